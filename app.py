@@ -1,0 +1,16 @@
+"""SAERL Studio app: routes to the pages. Run with `streamlit run app.py -- --db PATH`."""
+
+import streamlit as st
+
+from pages.common import init_state
+
+st.set_page_config(page_title="SAERL Studio", layout="wide")
+init_state()
+nav = st.navigation(
+    [
+        st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+        st.Page("pages/map.py", title="Map", icon=":material/scatter_plot:"),
+        st.Page("pages/export.py", title="Export", icon=":material/download:"),
+    ]
+)
+nav.run()

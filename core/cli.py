@@ -1,0 +1,289 @@
+"""``python -m core <command>``: the batch pipeline. Each command calls one function of core.steps.
+
+Errors a user can fix print one line (``error: ...``) and exit 2; nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from core.errors import StudioError
+
+DEFAULT_DB = "data/studio.duckdb"
+DEMO_DB = "data/demo.duckdb"
+
+
+def _mapping(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        field, sep, column = item.partition("=")
+        if not sep or not field or not column:
+            raise StudioError(f"--map {item!r}: expected FIELD=COLUMN, e.g. --map prompt=question")
+        out[field.strip()] = column.strip()
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m core",
+        description="SAERL Studio pipeline: ingest, train-sae, featurize, cluster, project, "
+        "export, demo.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, help: str, *, db_default: str = DEFAULT_DB) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("--db", default=db_default, help=f"DuckDB file (default {db_default})")
+        return sp
+
+    sp = cmd("ingest", "Load a JSONL/JSON/Parquet/CSV file or a save_to_disk folder as a dataset.")
+    sp.add_argument("path", help="the file or folder to read")
+    sp.add_argument("--dataset", required=True, help="name for the dataset in the store")
+    sp.add_argument("--kind", required=True, choices=["prompts", "preferences", "chats"])
+    sp.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="read our field from another column, e.g. --map prompt=question",
+    )
+    sp.add_argument("--replace", action="store_true", help="overwrite a dataset of that name")
+
+    def model_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--dataset", required=True)
+        sp.add_argument(
+            "--model",
+            required=True,
+            metavar="PATH_OR_HUB_ID",
+            help="a transformers model folder or hub id ('minilm' = the packaged all-MiniLM-L6-v2)",
+        )
+        sp.add_argument(
+            "--layer",
+            required=True,
+            type=int,
+            help="block index L (0-based); features read its residual output, "
+            "i.e. sae-lens blocks.L.hook_resid_post",
+        )
+        sp.add_argument("--max-length", type=int, default=256, help="tokens per example (truncate)")
+
+    sp = cmd("train-sae", "Train a TopK SAE (sae-lens) on a dataset's activations at one layer.")
+    model_args(sp)
+    sp.add_argument("--out", help="folder to write the SAE to (default data/saes/...)")
+    sp.add_argument("--width", type=int, help="SAE features (default 8 x hidden size)")
+    sp.add_argument("--k", type=int, default=32, help="active features per token (TopK)")
+    sp.add_argument("--epochs", type=int, default=1)
+    sp.add_argument("--lr", type=float, default=4e-4)
+    sp.add_argument("--batch-tokens", type=int, default=4096)
+    sp.add_argument(
+        "--max-tokens",
+        type=int,
+        default=1_000_000,
+        help="cap on training tokens (sampled across the dataset)",
+    )
+    sp.add_argument("--seed", type=int, default=0)
+
+    sp = cmd("featurize", "SAE features for every example (top-k per example, resumable).")
+    model_args(sp)
+    g = sp.add_mutually_exclusive_group(required=True)
+    g.add_argument("--sae-path", metavar="DIR", help="an SAE folder in sae-lens's format")
+    g.add_argument("--sae", metavar="RELEASE/ID", help="a sae-lens release and SAE id (needs hub)")
+    sp.add_argument("--pooling", choices=["mean", "max"], default="mean")
+    sp.add_argument("--top-k", type=int, default=64, help="features kept per example")
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--chunk-size", type=int, default=512, help="examples per commit")
+    sp.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start a new run even if an interrupted one with the same config exists",
+    )
+
+    sp = cmd("cluster", "k-means on L2-normalised SAE vectors, clusters labelled by features.")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--k", type=int, help="number of clusters (default ~sqrt(n/20))")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--feature-run", type=int, help="feature run id (default: the latest)")
+
+    sp = cmd("project", "UMAP of the SAE vectors to 2-D, for the Map.")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--n-neighbors", type=int, default=15)
+    sp.add_argument("--min-dist", type=float, default=0.1)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--feature-run", type=int, help="feature run id (default: the latest)")
+
+    sp = cmd("export", "Write the filtered, ordered rows with a manifest beside them.")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="filter, repeatable (ANDed): 'quality>=0.5', 'cluster in 1,3', "
+        "'task=leg_counting', 'cluster not in 2'",
+    )
+    sp.add_argument(
+        "--ids",
+        metavar="FILE",
+        help="keep only the example ids listed in FILE (one per line), e.g. a map selection",
+    )
+    sp.add_argument("--order", choices=["curriculum", "random", "none"], default="none")
+    sp.add_argument(
+        "--difficulty-column",
+        default="difficulty",
+        help="column that orders the curriculum (easy = low)",
+    )
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl")
+    sp.add_argument(
+        "--out", required=True, help="output file; the manifest goes to OUT.manifest.json"
+    )
+
+    sp = cmd(
+        "demo", "Build the demo database from scratch (offline, a few minutes).", db_default=DEMO_DB
+    )
+    sp.add_argument("--n", type=int, default=3000, help="number of prompts")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument(
+        "--if-missing", action="store_true", help="do nothing when the database already exists"
+    )
+
+    sp = cmd("info", "Print the datasets and runs in a database.")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch one parsed command. Imports are local so `--help` stays fast."""
+    from core import steps
+    from core.store import Store
+
+    store = Store(args.db)
+    if args.command == "ingest":
+        n = steps.ingest(
+            store,
+            args.path,
+            dataset=args.dataset,
+            kind=args.kind,
+            mapping=_mapping(args.map),
+            replace=args.replace,
+        )
+        print(f"ingested {n} {args.kind} into dataset '{args.dataset}' ({args.db})")
+    elif args.command == "train-sae":
+        s = steps.train_sae(
+            store,
+            dataset=args.dataset,
+            model=args.model,
+            layer=args.layer,
+            out=args.out,
+            width=args.width,
+            k=args.k,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_tokens=args.batch_tokens,
+            max_length=args.max_length,
+            max_tokens=args.max_tokens,
+            seed=args.seed,
+        )
+        print(f"wrote SAE to {s['path']}")
+        print(
+            f"explained variance {s['explained_variance']:.3f}; dead features "
+            f"{s['dead_features']} of {s['d_sae']}; trained on {s['n_tokens']} tokens"
+        )
+    elif args.command == "featurize":
+        run_id = steps.featurize(
+            store,
+            dataset=args.dataset,
+            model=args.model,
+            layer=args.layer,
+            sae_path=args.sae_path,
+            sae_release=args.sae,
+            pooling=args.pooling,
+            top_k=args.top_k,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            chunk_size=args.chunk_size,
+            resume=not args.no_resume,
+        )
+        s = store.run(run_id)["summary"]
+        print(
+            f"feature run {run_id}: {s['n_examples']} examples, {s['n_tokens']} tokens, "
+            f"{s['n_truncated']} truncated"
+        )
+    elif args.command == "cluster":
+        from core.clustering import ClusterConfig
+
+        run_id = steps.cluster(
+            store,
+            dataset=args.dataset,
+            cfg=ClusterConfig(k=args.k, seed=args.seed),
+            feature_run=args.feature_run,
+        )
+        for row in store.clusters(run_id).itertuples():
+            print(f"cluster {row.cluster:3d}  {row.size:6d}  {row.label}")
+    elif args.command == "project":
+        from core.projection import ProjectConfig
+
+        run_id = steps.project(
+            store,
+            dataset=args.dataset,
+            cfg=ProjectConfig(n_neighbors=args.n_neighbors, min_dist=args.min_dist, seed=args.seed),
+            feature_run=args.feature_run,
+        )
+        print(f"projection run {run_id}: {store.run(run_id)['summary']['n']} points")
+    elif args.command == "export":
+        from core.export import ExportConfig, parse_where
+
+        ids = None
+        if args.ids:
+            try:
+                ids = [ln.strip() for ln in Path(args.ids).read_text().splitlines() if ln.strip()]
+            except OSError as exc:
+                raise StudioError(f"--ids {args.ids}: {exc.strerror}") from exc
+        m = steps.export(
+            store,
+            dataset=args.dataset,
+            out=args.out,
+            filters=[parse_where(w) for w in args.where],
+            ids=ids,
+            cfg=ExportConfig(
+                order=args.order,
+                fmt=args.format,
+                seed=args.seed,
+                difficulty_column=args.difficulty_column,
+            ),
+        )
+        print(f"wrote {m['rows']} rows to {args.out} (manifest {args.out}.manifest.json)")
+    elif args.command == "demo":
+        if args.if_missing and Path(args.db).exists():
+            print(f"{args.db} exists; skipping the demo build")
+            return 0
+        path = steps.build_demo(args.db, n=args.n, seed=args.seed)
+        print(f"built the demo database {path}")
+    elif args.command == "info":
+        print(store.list_datasets().to_string(index=False))
+        runs = store.list_runs()
+        for rec in runs.to_dict("records"):
+            print(
+                f"run {rec['run_id']:4d} {rec['step']:10s} {rec['dataset']:12s} "
+                f"{rec['status']:8s} {json.dumps(rec['config'])[:100]}"
+            )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted: committed work is kept; rerun the same command to continue",
+            file=sys.stderr,
+        )
+        return 130

@@ -1,0 +1,236 @@
+"""The embedded demo dataset: reasoning-gym prompts with known difficulty and planted bad items.
+
+Every record is a verified reasoning-gym problem from one of eight task families at one of four
+difficulty levels (each level widens the generator's config ranges). A small, seeded share of the
+records is corrupted on purpose so the quality probe and the filters have something to find:
+
+    >>> recs = build_demo_records(n=64, seed=0, corrupt_share=0.1)
+    >>> sorted(recs[0])
+    ['answer', 'corruption', 'difficulty', 'id', 'prompt', 'quality', 'task']
+
+Everything runs offline and is deterministic in ``seed``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+from core.errors import StudioError
+
+# family -> one generator config per difficulty level (level = position + 1). Each level widens the
+# ranges that make the problem harder (more terms, more digits, bigger numbers, longer lists).
+DEMO_TASKS: dict[str, tuple[dict[str, Any], ...]] = {
+    "chain_sum": (
+        {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2},
+        {"min_terms": 3, "max_terms": 3, "min_digits": 2, "max_digits": 2},
+        {"min_terms": 4, "max_terms": 4, "min_digits": 3, "max_digits": 3},
+        {"min_terms": 5, "max_terms": 6, "min_digits": 4, "max_digits": 4},
+    ),
+    "basic_arithmetic": (
+        {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2, "operators": ("+", "-"),
+         "allow_parentheses": False, "allow_negation": False},
+        {"min_terms": 3, "max_terms": 3, "min_digits": 1, "max_digits": 2,
+         "operators": ("+", "-", "*"), "allow_parentheses": False, "allow_negation": False},
+        {"min_terms": 4, "max_terms": 4, "min_digits": 2, "max_digits": 2},
+        {"min_terms": 5, "max_terms": 6, "min_digits": 2, "max_digits": 3},
+    ),
+    "fraction_simplification": (
+        {"min_value": 1, "max_value": 20, "min_factor": 2, "max_factor": 5},
+        {"min_value": 5, "max_value": 100, "min_factor": 2, "max_factor": 20},
+        {"min_value": 20, "max_value": 1000, "min_factor": 5, "max_factor": 100},
+        {"min_value": 100, "max_value": 10000, "min_factor": 20, "max_factor": 1000},
+    ),
+    "prime_factorization": (
+        {"min_value": 4, "max_value": 100},
+        {"min_value": 100, "max_value": 1000},
+        {"min_value": 1000, "max_value": 20000},
+        {"min_value": 20000, "max_value": 1000000},
+    ),
+    "leg_counting": (
+        {"min_animals": 1, "max_animals": 2, "min_instances": 1, "max_instances": 3},
+        {"min_animals": 2, "max_animals": 4, "min_instances": 1, "max_instances": 8},
+        {"min_animals": 4, "max_animals": 7, "min_instances": 2, "max_instances": 15},
+        {"min_animals": 7, "max_animals": 12, "min_instances": 5, "max_instances": 30},
+    ),
+    "base_conversion": (
+        {"min_base": 2, "max_base": 10, "min_value": 2, "max_value": 64},
+        {"min_base": 2, "max_base": 16, "min_value": 64, "max_value": 1000},
+        {"min_base": 2, "max_base": 16, "min_value": 1000, "max_value": 100000},
+        {"min_base": 2, "max_base": 36, "min_value": 100000, "max_value": 10000000},
+    ),
+    "number_sorting": (
+        {"min_numbers": 3, "max_numbers": 4, "min_decimals": 0, "max_decimals": 0},
+        {"min_numbers": 5, "max_numbers": 7, "min_decimals": 0, "max_decimals": 1},
+        {"min_numbers": 8, "max_numbers": 11, "min_decimals": 1, "max_decimals": 2},
+        {"min_numbers": 12, "max_numbers": 16, "min_decimals": 2, "max_decimals": 3,
+         "min_value": -1000.0, "max_value": 1000.0},
+    ),
+    "word_sorting": (
+        {"min_words": 3, "max_words": 4, "min_word_length": 3, "max_word_length": 6},
+        {"min_words": 5, "max_words": 7, "min_word_length": 3, "max_word_length": 8},
+        {"min_words": 8, "max_words": 11, "min_word_length": 3, "max_word_length": 10},
+        {"min_words": 12, "max_words": 16, "min_word_length": 3, "max_word_length": 12},
+    ),
+}
+
+CORRUPTIONS: tuple[str, ...] = ("wrong_answer", "truncated", "garbled")
+
+_INT = re.compile(r"\d+")
+
+
+def build_demo_records(
+    *, n: int = 3000, seed: int = 0, corrupt_share: float = 0.04
+) -> list[dict[str, Any]]:
+    """Generate ``n`` verified demo prompts, balanced over families x levels, some corrupted.
+
+    Each record: ``id`` ("demo-00001"...), ``prompt``, ``answer`` (str), ``task`` (family),
+    ``difficulty`` (1..4), ``quality`` (1.0 clean / 0.0 corrupted) and ``corruption``
+    ("none" | "wrong_answer" | "truncated" | "garbled"). Records come in a seeded shuffled order.
+    """
+    if n < 1:
+        raise StudioError(f"demo: n must be at least 1, got {n}")
+    if not 0.0 <= corrupt_share <= 1.0:
+        raise StudioError(f"demo: corrupt_share must be within 0..1, got {corrupt_share}")
+    import reasoning_gym  # slow import, only needed here
+
+    cells = [(task, level) for task, levels in DEMO_TASKS.items() for level in range(len(levels))]
+    items: list[tuple[dict[str, Any], Any, str, int]] = []  # (entry, dataset, task, level 1..L)
+    seen: set[str] = set()
+    for c, (task, level) in enumerate(cells):
+        want = n // len(cells) + (1 if c < n % len(cells) else 0)
+        cell_seed = seed * 10_000 + 100 * list(DEMO_TASKS).index(task) + level
+        for entry, dataset in _verified_items(
+            reasoning_gym, task, DEMO_TASKS[task][level], seed=cell_seed, want=want, seen=seen
+        ):
+            items.append((entry, dataset, task, level + 1))
+
+    rng = random.Random(seed)
+    rng.shuffle(items)
+    n_bad = round(len(items) * corrupt_share)
+    bad = rng.sample(range(len(items)), n_bad)
+    kinds = {i: CORRUPTIONS[j % len(CORRUPTIONS)] for j, i in enumerate(bad)}
+
+    records = []
+    for i, (entry, dataset, task, level) in enumerate(items):
+        prompt, answer = entry["question"], str(entry["answer"])
+        kind = kinds.get(i, "none")
+        if kind == "wrong_answer":
+            answer = _wrong_answer(answer, entry, dataset, rng)
+        elif kind == "truncated":
+            prompt = prompt[: max(1, int(len(prompt) * rng.uniform(0.3, 0.6)))].rstrip()
+        elif kind == "garbled":
+            prompt = _garble(prompt, rng)
+        records.append(
+            {
+                "id": f"demo-{i + 1:05d}",
+                "prompt": prompt,
+                "answer": answer,
+                "task": task,
+                "difficulty": level,
+                "quality": 0.0 if kind != "none" else 1.0,
+                "corruption": kind,
+            }
+        )
+    return records
+
+
+def write_demo_jsonl(
+    path: str | Path, *, n: int = 3000, seed: int = 0, corrupt_share: float = 0.04
+) -> Path:
+    """Write :func:`build_demo_records` as JSONL (one record a line, UTF-8) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = build_demo_records(n=n, seed=seed, corrupt_share=corrupt_share)
+    with path.open("w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return path
+
+
+def _verified_items(
+    rg: Any, task: str, config: dict[str, Any], *, seed: int, want: int, seen: set[str]
+) -> list[tuple[dict[str, Any], Any]]:
+    """First ``want`` items of a seeded generator whose own answer scores 1.0, skipping repeats.
+
+    Grows the generator's size until enough pass: item i depends only on (seed, i), so a bigger
+    dataset starts with the same items and the result stays deterministic.
+    """
+    size = want + want // 4 + 8
+    while True:
+        dataset = rg.create_dataset(task, seed=seed, size=size, **config)
+        out, taken = [], set()
+        for entry in dataset:
+            q = entry["question"]
+            if q in seen or q in taken or dataset.score_answer(entry["answer"], entry) != 1.0:
+                continue
+            out.append((entry, dataset))
+            taken.add(q)
+            if len(out) == want:
+                seen |= taken
+                return out
+        if size > 50 * want + 1000:
+            raise RuntimeError(f"demo: {task} {config} gives too few distinct verified items")
+        size *= 2
+
+
+def _wrong_answer(answer: str, entry: dict[str, Any], dataset: Any, rng: random.Random) -> str:
+    """A plausible wrong answer (nudged number, swapped list items) that the verifier rejects."""
+    for _ in range(20):
+        candidate = _perturb(answer, rng)
+        if candidate != answer and dataset.score_answer(candidate, entry) < 1.0:
+            return candidate
+    return answer + " 1"  # never reached for the demo families; still wrong for every verifier
+
+
+def _perturb(answer: str, rng: random.Random) -> str:
+    """One small edit of an answer: swap two list items, shift an integer, or bump a character."""
+    items: list[Any] | None = None
+    if answer.startswith("["):
+        try:
+            parsed = ast.literal_eval(answer)
+            items = list(parsed) if isinstance(parsed, list) else None
+        except (ValueError, SyntaxError):
+            items = None
+        if items is not None and len(items) > 1:
+            j = rng.randrange(len(items) - 1)
+            items[j], items[j + 1] = items[j + 1], items[j]
+            return str(items)
+    if ", " in answer:
+        words = answer.split(", ")
+        j = rng.randrange(len(words) - 1)
+        words[j], words[j + 1] = words[j + 1], words[j]
+        return ", ".join(words)
+    numbers = list(_INT.finditer(answer))
+    if numbers:
+        m = rng.choice(numbers)
+        value = int(m.group())
+        shifted = value + rng.choice((-10, -2, -1, 1, 2, 10))
+        if shifted < 0 or shifted == value:
+            shifted = value + rng.choice((1, 2, 10))
+        return answer[: m.start()] + str(shifted) + answer[m.end() :]
+    alnum = [k for k, ch in enumerate(answer) if ch.isalnum()]
+    if not alnum:
+        return answer + "0"
+    k = rng.choice(alnum)
+    ch = answer[k]
+    bumped = chr(ord("a") + (ord(ch.lower()) - ord("a") + 1) % 26) if ch.isalpha() else "1"
+    return answer[:k] + bumped + answer[k + 1 :]
+
+
+def _garble(text: str, rng: random.Random) -> str:
+    """Shuffle the words; with fewer than three distinct words, scramble the characters instead."""
+    words = text.split()
+    if len(set(words)) >= 3:
+        shuffled = words[:]
+        while shuffled == words:
+            rng.shuffle(shuffled)
+        return " ".join(shuffled)
+    chars = list(text)
+    rng.shuffle(chars)
+    scrambled = "".join(chars)
+    return scrambled if scrambled != text else text[::-1] + "?"

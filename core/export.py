@@ -1,0 +1,209 @@
+"""Export: filter rows, order them, write JSONL or Parquet atomically with a manifest beside them.
+
+Filters come from the CLI as small expressions, parsed here into typed :class:`Filter` objects;
+the store turns them into parameterised SQL (no user text is ever pasted into SQL).
+
+Example:
+    >>> parse_where("difficulty<=3")
+    Filter(column='difficulty', op='<=', value=3.0)
+    >>> parse_where("cluster in 1,4")
+    Filter(column='cluster', op='in', value=[1.0, 4.0])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from core.errors import StudioError
+from core.store import Filter
+
+Order = Literal["curriculum", "random", "none"]
+Format = Literal["jsonl", "parquet"]
+
+_WHERE = re.compile(
+    r"^\s*([A-Za-z_][\w.\-]*)\s*(<=|>=|!=|==|=|<|>|\s+not\s+in\s+|\s+in\s+)\s*(.+?)\s*$"
+)
+
+
+def _value(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text.strip().strip("'\"")
+
+
+def parse_where(expr: str) -> Filter:
+    """``col<op>value`` with op one of < <= > >= = != , or ``col in a,b`` / ``col not in a,b``."""
+    m = _WHERE.match(expr)
+    if not m:
+        raise StudioError(
+            f"--where {expr!r}: expected COLUMN<op>VALUE (op: < <= > >= = !=) "
+            "or 'COLUMN in A,B,...'"
+        )
+    col, op, raw = m.group(1), " ".join(m.group(2).split()), m.group(3)
+    if op in ("in", "not in"):
+        return Filter(col, op, [_value(v) for v in raw.split(",") if v.strip()])  # type: ignore[arg-type]
+    return Filter(col, "=" if op == "==" else op, _value(raw))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Options of the export step."""
+
+    order: Order = "none"
+    fmt: Format = "jsonl"
+    seed: int = 0
+    difficulty_column: str = "difficulty"
+
+    def __post_init__(self) -> None:
+        if self.order not in ("curriculum", "random", "none"):
+            raise StudioError(f"unknown order {self.order!r}: use curriculum, random or none")
+        if self.fmt not in ("jsonl", "parquet"):
+            raise StudioError(f"unknown format {self.fmt!r}: use jsonl or parquet")
+
+
+def order_rows(df: pd.DataFrame, cfg: ExportConfig) -> pd.DataFrame:
+    """Reorder rows (ingest order in, a fresh 0..n-1 index out).
+
+    - none: as ingested.
+    - random: a seeded permutation.
+    - curriculum: easy-to-hard by ``difficulty_column`` within each cluster, clusters interleaved
+      by progress (row i of a cluster of size s sorts at i/s), so a sequential reader sees the
+      easy part of every cluster before the hard part of any. Ties keep ingest order.
+    """
+    df = df.reset_index(drop=True)
+    if cfg.order == "none" or df.empty:
+        return df
+    if cfg.order == "random":
+        perm = np.random.default_rng(cfg.seed).permutation(len(df))
+        return df.iloc[perm].reset_index(drop=True)
+    col = cfg.difficulty_column
+    if col not in df.columns:
+        raise StudioError(
+            f"--order curriculum needs a difficulty column {col!r}; this dataset has: "
+            f"{', '.join(c for c in df.columns if df[c].dtype.kind in 'fi') or 'none'}"
+        )
+    diff = pd.to_numeric(df[col], errors="coerce").fillna(np.inf).to_numpy()
+    cluster = df["cluster"].fillna(-1).to_numpy() if "cluster" in df.columns else np.zeros(len(df))
+    order = np.lexsort((np.arange(len(df)), diff, cluster))
+    # position of each row inside its cluster, as a share of the cluster's size
+    sorted_cluster = cluster[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_cluster)) + 1]
+    sizes = np.diff(np.r_[starts, len(order)])
+    pos = np.arange(len(order)) - np.repeat(starts, sizes)
+    progress = pos / np.repeat(sizes, sizes)
+    final = order[np.lexsort((sorted_cluster, progress))]
+    return df.iloc[final].reset_index(drop=True)
+
+
+def export_frame(wide: pa.Table) -> pd.DataFrame:
+    """Rows as users want them in a file: id, prompt, answer, tags as columns, cluster, labels."""
+    df = wide.to_pandas()
+    tags = df.pop("tags") if "tags" in df.columns else None
+    extra = df.pop("extra") if "extra" in df.columns else None
+    df = df.drop(columns=[c for c in ("text", "x", "y", "idx") if c in df.columns])
+    if "cluster" in df.columns:
+        df["cluster"] = df["cluster"].astype("Int64")
+    for src in (tags, extra):
+        if src is None:
+            continue
+        parsed = pd.DataFrame([json.loads(v) if isinstance(v, str) and v else {} for v in src])
+        for col in parsed.columns:
+            if col not in df.columns:
+                vals = parsed[col]
+                df[col] = [
+                    json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v for v in vals
+                ]
+    return df
+
+
+def _atomic_path(out: Path) -> tuple[int, Path]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    return fd, Path(tmp)
+
+
+def write_atomic_bytes(out: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over ``out``."""
+    fd, tmp = _atomic_path(out)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def serialize(df: pd.DataFrame, fmt: Format) -> bytes:
+    """The data file's bytes: deterministic for the same frame."""
+    if fmt == "jsonl":
+        if df.empty:
+            return b""
+        text = df.to_json(orient="records", lines=True, force_ascii=False)
+        return (text if text.endswith("\n") else text + "\n").encode("utf-8")
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def manifest_path(out: Path) -> Path:
+    return out.with_name(out.name + ".manifest.json")
+
+
+def build_payload(
+    df: pd.DataFrame, *, out_name: str, fmt: Format, manifest: dict[str, Any]
+) -> tuple[bytes, dict[str, Any]]:
+    """The data file's bytes and the full manifest (with row count and the file's sha256)."""
+    data = serialize(df, fmt)
+    full = {
+        **manifest,
+        "file": out_name,
+        "format": fmt,
+        "rows": len(df),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    return data, full
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+def write_export(
+    df: pd.DataFrame, *, out: Path, fmt: Format, manifest: dict[str, Any]
+) -> dict[str, Any]:
+    """Write the data file then its manifest, each atomically. Returns the manifest written."""
+    data, full = build_payload(df, out_name=out.name, fmt=fmt, manifest=manifest)
+    write_atomic_bytes(out, data)
+    write_atomic_bytes(manifest_path(out), manifest_bytes(full))
+    return full
+
+
+def counts_by(df: pd.DataFrame, column: str) -> dict[str, int]:
+    """Row counts per value of a column, keys as strings (JSON-friendly)."""
+    if column not in df.columns or df.empty:
+        return {}
+    vc = df[column].value_counts(dropna=False).sort_index()
+    return {str(k): int(v) for k, v in vc.items()}
+
+
+def describe_filters(filters: Sequence[Filter]) -> list[dict[str, Any]]:
+    return [
+        {"column": f.column, "op": f.op, "value": f.value, "text": f.describe()} for f in filters
+    ]

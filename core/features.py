@@ -1,0 +1,415 @@
+"""Turn texts into sparse SAE feature vectors, and keep running per-feature statistics.
+
+An example is represented by its SAE codes at one layer pooled over its real tokens (special
+tokens excluded), stored sparsely as its top-k (feature_id, value) pairs. ``TokenStats`` keeps,
+per feature, how often and how strongly it fires and the tokens where it fires most, so a
+feature can be read ("fires on 'integral' in ex-12, ex-40...") without revisiting the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import scipy.sparse as sp
+import torch
+
+from core.errors import StudioError
+from core.models import (
+    LoadedModel,
+    iter_length_batches,
+    layer_activations,
+    token_lengths,
+    tokenize_batch,
+)
+
+Pooling = Literal["mean", "max"]
+_POOLINGS = ("mean", "max")
+
+FEATURE_SCHEMA = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("n_tokens", pa.int32()),
+        ("truncated", pa.bool_()),
+        ("feature_ids", pa.list_(pa.int32())),
+        ("values", pa.list_(pa.float32())),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """How examples become feature vectors: layer, pooling over tokens, and how many to keep."""
+
+    layer: int
+    pooling: Pooling = "mean"
+    top_k: int = 64
+    batch_size: int = 32
+    max_length: int = 256
+
+    def __post_init__(self) -> None:
+        if self.pooling not in _POOLINGS:
+            raise StudioError(f"pooling must be one of {_POOLINGS}, got '{self.pooling}'")
+        if self.layer < 0:
+            raise StudioError(f"layer must be >= 0, got {self.layer}")
+        for name in ("top_k", "batch_size"):
+            if getattr(self, name) < 1:
+                raise StudioError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_length < 2:
+            raise StudioError(f"max_length must be at least 2, got {self.max_length}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
+        return cls(**data)
+
+
+def encode_tokens(sae: Any, acts: torch.Tensor) -> torch.Tensor:
+    """SAE codes of token activations: [T, d_in] -> [T, d_sae], on the SAE's device and dtype."""
+    with torch.inference_mode():
+        return sae.encode(acts.to(device=sae.device, dtype=sae.dtype))
+
+
+def pool(codes: torch.Tensor, how: Pooling) -> torch.Tensor:
+    """Pool one example's token codes [T, d_sae] -> [d_sae]; no tokens gives a zero vector."""
+    if how not in _POOLINGS:
+        raise StudioError(f"pooling must be one of {_POOLINGS}, got '{how}'")
+    if codes.shape[0] == 0:
+        return torch.zeros(codes.shape[1], dtype=codes.dtype, device=codes.device)
+    return codes.mean(0) if how == "mean" else codes.amax(0)
+
+
+def pool_segments(
+    codes: torch.Tensor, segment: torch.Tensor, n_segments: int, how: Pooling
+) -> torch.Tensor:
+    """Pool token codes [T, d_sae] per example at once: ``segment[t]`` is token t's example.
+
+    Returns [n_segments, d_sae]; an example without tokens pools to zeros. SAE codes are
+    non-negative, so max pooling can start from zeros.
+    """
+    out = torch.zeros(n_segments, codes.shape[1], dtype=codes.dtype, device=codes.device)
+    if codes.shape[0] == 0:
+        return out
+    if how == "mean":
+        out.index_add_(0, segment, codes)
+        counts = torch.bincount(segment, minlength=n_segments).clamp(min=1)
+        return out / counts.unsqueeze(1).to(codes.dtype)
+    if how == "max":
+        index = segment.unsqueeze(1).expand(-1, codes.shape[1])
+        return out.scatter_reduce_(0, index, codes, reduce="amax", include_self=True)
+    raise StudioError(f"pooling must be one of {_POOLINGS}, got '{how}'")
+
+
+def topk_sparse(pooled: torch.Tensor, k: int) -> pa.Table:
+    """Keep each row's top-k nonzero features, sorted by value descending.
+
+    Returns a table with ``feature_ids`` list<int32> and ``values`` list<float32>; a row has
+    fewer than k entries when fewer features are nonzero.
+    """
+    pooled = pooled.detach().float().cpu()
+    n, d_sae = pooled.shape
+    if n == 0 or d_sae == 0:
+        vals = torch.zeros(n, 0)
+        idx = torch.zeros(n, 0, dtype=torch.long)
+    else:
+        vals, idx = torch.topk(pooled, min(k, d_sae), dim=1, sorted=True)
+    nonzero = vals != 0
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(nonzero.sum(1).numpy(), out=offsets[1:])
+    ids = pa.ListArray.from_arrays(
+        pa.array(offsets), pa.array(idx[nonzero].numpy().astype(np.int32))
+    )
+    values = pa.ListArray.from_arrays(
+        pa.array(offsets), pa.array(vals[nonzero].numpy().astype(np.float32))
+    )
+    return pa.table({"feature_ids": ids, "values": values})
+
+
+class TokenStats:
+    """Running per-feature statistics over a dataset, restorable to continue a resumed run.
+
+    Per feature: ``n_fire`` (examples whose pooled value > 0), ``sum_act`` (sum of pooled
+    values), ``max_act`` (largest token activation) and the ``top_n`` token occurrences
+    (value, token, example id) where it fires most, one per (token, example) pair.
+    """
+
+    def __init__(self, d_sae: int, *, top_n: int = 10) -> None:
+        if d_sae < 1 or top_n < 1:
+            raise StudioError(f"TokenStats needs d_sae >= 1 and top_n >= 1, got {d_sae}, {top_n}")
+        self.d_sae = d_sae
+        self.top_n = top_n
+        self.n_fire = torch.zeros(d_sae, dtype=torch.long)
+        self.sum_act = torch.zeros(d_sae, dtype=torch.float64)
+        self.max_act = torch.zeros(d_sae, dtype=torch.float32)
+        # Top buffer: value (-inf = empty slot), token and example as indices into the tables.
+        self.top_val = torch.full((d_sae, top_n), -torch.inf)
+        self.top_tok = torch.zeros((d_sae, top_n), dtype=torch.long)
+        self.top_ex = torch.zeros((d_sae, top_n), dtype=torch.long)
+        self._tokens = _Interner()
+        self._examples = _Interner()
+
+    def update(
+        self,
+        codes: torch.Tensor,
+        token_strings: Sequence[str],
+        example_ids: Sequence[str],
+        pooled: torch.Tensor,
+    ) -> None:
+        """Fold in one batch: codes [T, d_sae] of kept tokens, each token's string and example
+        id (length T), and the batch's pooled vectors [n, d_sae]."""
+        if codes.shape[0] != len(token_strings) or codes.shape[0] != len(example_ids):
+            raise StudioError(
+                f"TokenStats.update: {codes.shape[0]} token codes but {len(token_strings)} "
+                f"token strings and {len(example_ids)} example ids"
+            )
+        pooled = pooled.detach().cpu()
+        self.n_fire += (pooled > 0).sum(0)
+        self.sum_act += pooled.double().sum(0)
+        if codes.shape[0] == 0:
+            return
+        codes = codes.detach()
+        self.max_act = torch.maximum(self.max_act, codes.amax(0).float().cpu())
+
+        # Candidates: a few more than top_n per feature, so duplicates can be dropped.
+        n_cand = min(codes.shape[0], 3 * self.top_n)
+        cand_val, cand_pos = torch.topk(codes, n_cand, dim=0)  # [n_cand, d_sae]
+        cand_val, cand_pos = cand_val.T.float().cpu(), cand_pos.T.cpu()
+        tok_idx = torch.tensor(self._tokens.indices(token_strings), dtype=torch.long)
+        ex_idx = torch.tensor(self._examples.indices(example_ids), dtype=torch.long)
+        self._merge(cand_val, tok_idx[cand_pos], ex_idx[cand_pos])
+        self._compact_if_large()
+
+    def _merge(self, val: torch.Tensor, tok: torch.Tensor, ex: torch.Tensor) -> None:
+        """Merge [d_sae, m] candidates into the buffer: drop non-firing and duplicate pairs."""
+        val = torch.cat([self.top_val, val.masked_fill(val <= 0, -torch.inf)], dim=1)
+        tok = torch.cat([self.top_tok, tok], dim=1)
+        ex = torch.cat([self.top_ex, ex], dim=1)
+        val, order = torch.sort(val, dim=1, descending=True)
+        tok, ex = tok.gather(1, order), ex.gather(1, order)
+        key = tok * (1 << 32) + ex
+        m = key.shape[1]
+        # A pair that already appeared at a higher value in the same row is a duplicate.
+        same = key.unsqueeze(2) == key.unsqueeze(1)  # [d_sae, m, m]
+        earlier = torch.ones(m, m, dtype=torch.bool).tril(diagonal=-1)
+        dup = (same & earlier).any(2) & torch.isfinite(val)
+        val = val.masked_fill(dup, -torch.inf)
+        val, order = torch.topk(val, self.top_n, dim=1)
+        self.top_val = val
+        self.top_tok, self.top_ex = tok.gather(1, order), ex.gather(1, order)
+
+    def _compact_if_large(self) -> None:
+        """Forget strings no longer referenced by the buffer, so memory stays bounded."""
+        limit = 2 * self.d_sae * self.top_n + 10_000
+        if len(self._examples) > limit:
+            self.top_ex = self._examples.compact(self.top_ex, torch.isfinite(self.top_val))
+        if len(self._tokens) > limit:
+            self.top_tok = self._tokens.compact(self.top_tok, torch.isfinite(self.top_val))
+
+    def to_frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(stats [feature_id, n_fire, sum_act, max_act], top [feature_id, rank, example_id,
+        token, value]) for the features that fired."""
+        fired = torch.nonzero((self.n_fire > 0) | (self.max_act > 0)).squeeze(1)
+        stats = pd.DataFrame(
+            {
+                "feature_id": fired.numpy().astype(np.int32),
+                "n_fire": self.n_fire[fired].numpy().astype(np.int64),
+                "sum_act": self.sum_act[fired].numpy(),
+                "max_act": self.max_act[fired].numpy().astype(np.float32),
+            }
+        )
+        rows, ranks = torch.nonzero(torch.isfinite(self.top_val), as_tuple=True)
+        top = pd.DataFrame(
+            {
+                "feature_id": rows.numpy().astype(np.int32),
+                "rank": ranks.numpy().astype(np.int32),
+                "example_id": self._examples.lookup(self.top_ex[rows, ranks].tolist()),
+                "token": self._tokens.lookup(self.top_tok[rows, ranks].tolist()),
+                "value": self.top_val[rows, ranks].numpy().astype(np.float32),
+            }
+        )
+        return stats, top
+
+    @classmethod
+    def from_frames(
+        cls, stats: pd.DataFrame, top: pd.DataFrame, *, d_sae: int, top_n: int = 10
+    ) -> TokenStats:
+        """Restore what ``to_frames`` wrote, so a resumed run keeps accumulating."""
+        out = cls(d_sae, top_n=top_n)
+        fid = torch.as_tensor(stats["feature_id"].to_numpy(dtype=np.int64))
+        out.n_fire[fid] = torch.as_tensor(stats["n_fire"].to_numpy(dtype=np.int64))
+        out.sum_act[fid] = torch.as_tensor(stats["sum_act"].to_numpy(dtype=np.float64))
+        out.max_act[fid] = torch.as_tensor(stats["max_act"].to_numpy(dtype=np.float32))
+        top = top[top["rank"] < top_n]
+        rows = torch.as_tensor(top["feature_id"].to_numpy(dtype=np.int64))
+        ranks = torch.as_tensor(top["rank"].to_numpy(dtype=np.int64))
+        out.top_val[rows, ranks] = torch.as_tensor(top["value"].to_numpy(dtype=np.float32))
+        out.top_tok[rows, ranks] = torch.tensor(
+            out._tokens.indices(top["token"].tolist()), dtype=torch.long
+        )
+        out.top_ex[rows, ranks] = torch.tensor(
+            out._examples.indices(top["example_id"].tolist()), dtype=torch.long
+        )
+        # Re-sort each row, in case the frames came back in another order.
+        out.top_val, order = torch.sort(out.top_val, dim=1, descending=True)
+        out.top_tok, out.top_ex = out.top_tok.gather(1, order), out.top_ex.gather(1, order)
+        return out
+
+
+class _Interner:
+    """Strings <-> dense integer ids, so the top buffers are plain integer tensors."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._names: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def indices(self, names: Sequence[str]) -> list[int]:
+        ids, table = self._ids, self._names
+        out = []
+        for name in names:
+            i = ids.get(name)
+            if i is None:
+                i = ids[name] = len(table)
+                table.append(name)
+            out.append(i)
+        return out
+
+    def lookup(self, indices: Sequence[int]) -> list[str]:
+        return [self._names[i] for i in indices]
+
+    def compact(self, refs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Keep only the strings referenced where ``valid``; return ``refs`` renumbered."""
+        used = torch.unique(refs[valid])
+        remap = torch.zeros(len(self._names), dtype=torch.long)
+        remap[used] = torch.arange(len(used))
+        self._names = [self._names[i] for i in used.tolist()]
+        self._ids = {name: i for i, name in enumerate(self._names)}
+        return torch.where(valid, remap[refs], torch.zeros_like(refs))
+
+
+def featurize_batches(
+    lm: LoadedModel,
+    sae: Any,
+    texts: Sequence[str],
+    example_ids: Sequence[str],
+    cfg: FeatureConfig,
+    *,
+    stats: TokenStats,
+    progress: Callable[[int], None] | None = None,
+    chunk_size: int | None = None,
+) -> Iterator[pa.Table]:
+    """Yield feature tables (``FEATURE_SCHEMA``) in the input order, one per chunk of examples.
+
+    Within a chunk, examples are run in batches of similar length (less padding) and written
+    back by index. Only blocks up to ``cfg.layer`` run. Memory holds one chunk at a time
+    (default ``16 * batch_size`` examples). ``progress(n)`` gets the number of examples
+    finished after each batch, like ``tqdm.update``.
+    """
+    from core.sae import check_sae_matches
+
+    if len(texts) != len(example_ids):
+        raise StudioError(f"{len(texts)} texts but {len(example_ids)} example ids")
+    if stats.d_sae != int(sae.cfg.d_sae):
+        raise StudioError(f"TokenStats has d_sae {stats.d_sae}, the SAE has {sae.cfg.d_sae}")
+    check_sae_matches(sae, lm, layer=cfg.layer)
+    chunk = chunk_size or 16 * cfg.batch_size
+    for start in range(0, len(texts), chunk):
+        chunk_texts = list(texts[start : start + chunk])
+        chunk_ids = [str(e) for e in example_ids[start : start + chunk]]
+        yield _featurize_chunk(lm, sae, chunk_texts, chunk_ids, cfg, stats, progress)
+
+
+def _featurize_chunk(
+    lm: LoadedModel,
+    sae: Any,
+    texts: list[str],
+    example_ids: list[str],
+    cfg: FeatureConfig,
+    stats: TokenStats,
+    progress: Callable[[int], None] | None,
+) -> pa.Table:
+    """Featurize one chunk, length-bucketed, and return its rows in the chunk's order."""
+    order: list[int] = []
+    parts: list[pa.Table] = []
+    lengths = token_lengths(lm, texts)
+    for idx in iter_length_batches(lengths, batch_size=cfg.batch_size):
+        batch = tokenize_batch(lm, [texts[i] for i in idx], max_length=cfg.max_length)
+        with torch.inference_mode():
+            acts = layer_activations(lm, batch, layer=cfg.layer)
+            keep = batch["keep"].to(acts.device)
+            codes = encode_tokens(sae, acts[keep])
+            segment = torch.nonzero(keep, as_tuple=True)[0].to(codes.device)
+            pooled = pool_segments(codes, segment, len(idx), cfg.pooling)
+            kept_ids = batch["input_ids"][batch["keep"]].tolist()
+            tokens = lm.tokenizer.convert_ids_to_tokens(kept_ids)
+            token_examples = [example_ids[idx[s]] for s in segment.tolist()]
+            stats.update(codes, tokens, token_examples, pooled)
+            sparse = topk_sparse(pooled, cfg.top_k)
+        parts.append(
+            pa.table(
+                {
+                    "example_id": pa.array([example_ids[i] for i in idx], pa.string()),
+                    "n_tokens": pa.array(batch["keep"].sum(1).numpy(), pa.int32()),
+                    "truncated": pa.array(batch["truncated"].numpy(), pa.bool_()),
+                    "feature_ids": sparse["feature_ids"],
+                    "values": sparse["values"],
+                },
+                schema=FEATURE_SCHEMA,
+            )
+        )
+        order.extend(idx)
+        if progress is not None:
+            progress(len(idx))
+    if not parts:
+        return FEATURE_SCHEMA.empty_table()
+    table = pa.concat_tables(parts)
+    # Position p of the concatenated table holds example order[p]; invert that permutation.
+    inverse = np.empty(len(order), dtype=np.int64)
+    inverse[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
+    return table.take(pa.array(inverse))
+
+
+def dense_from_sparse(ids_lists: Any, values_lists: Any, d_sae: int) -> sp.csr_matrix:
+    """Rows of (feature_ids, values) lists -> a CSR matrix [n, d_sae] for clustering and probes.
+
+    Accepts Arrow list arrays/columns (no Python loop) or sequences of sequences.
+    """
+    if isinstance(ids_lists, pa.ChunkedArray):
+        ids_lists = ids_lists.combine_chunks()
+    if isinstance(values_lists, pa.ChunkedArray):
+        values_lists = values_lists.combine_chunks()
+    if isinstance(ids_lists, pa.ListArray | pa.LargeListArray) and isinstance(
+        values_lists, pa.ListArray | pa.LargeListArray
+    ):
+        first = ids_lists.offsets[0].as_py()
+        indptr = ids_lists.offsets.to_numpy().astype(np.int64) - first
+        indices = ids_lists.flatten().to_numpy(zero_copy_only=False).astype(np.int32)
+        data = values_lists.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+        n = len(ids_lists)
+    else:
+        lens = np.fromiter((len(row) for row in ids_lists), dtype=np.int64)
+        n = len(lens)
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(lens, out=indptr[1:])
+        total = int(indptr[-1])
+        indices = np.fromiter(
+            (i for row in ids_lists for i in row), dtype=np.int32, count=total
+        )
+        data = np.fromiter(
+            (v for row in values_lists for v in row), dtype=np.float32, count=total
+        )
+    if len(indices) != len(data):
+        raise StudioError(f"{len(indices)} feature ids but {len(data)} values")
+    if len(indices) and (indices.min() < 0 or indices.max() >= d_sae):
+        raise StudioError(f"feature ids must lie in 0..{d_sae - 1}")
+    matrix = sp.csr_matrix((data, indices, indptr), shape=(n, d_sae))
+    matrix.sort_indices()
+    return matrix

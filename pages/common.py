@@ -1,0 +1,180 @@
+"""App-side plumbing shared by the pages: which database, session state, cached loaders.
+
+Session state is set up here and only here (:func:`init_state`). Loaders are ``st.cache_data``
+functions keyed on the database's version token, so a CLI command that writes the file shows up
+on the next rerun; no connection is held across reruns (see core.store on DuckDB's file lock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pandas as pd
+import streamlit as st
+
+from core.errors import StudioError
+from core.store import Store, Views
+
+DEMO_DB = "data/demo.duckdb"
+T = TypeVar("T")
+
+# Session-state keys, all in one place.
+DATASET = "dataset"
+SELECTION = "selection"  # {dataset: [example ids]} from the Map's box/lasso
+
+
+def db_path() -> str:
+    """--db from `streamlit run app.py -- --db PATH`, else $SAERL_DB, else the demo."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--db")
+    args, _ = parser.parse_known_args(sys.argv[1:])
+    return args.db or os.environ.get("SAERL_DB") or DEMO_DB
+
+
+def init_state() -> None:
+    st.session_state.setdefault(DATASET, None)
+    st.session_state.setdefault(SELECTION, {})
+
+
+def store() -> Store:
+    return Store(db_path(), lock_timeout_s=5.0)
+
+
+def token() -> tuple[float, float]:
+    return store().version_token()
+
+
+def guarded(fn: Callable[[], T]) -> T | None:
+    """Run a loader; show a StudioError (missing file, busy lock ...) as one line, not a trace."""
+    try:
+        return fn()
+    except StudioError as exc:
+        st.error(str(exc))
+        return None
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_datasets(path: str, tok: tuple[float, float]) -> pd.DataFrame:
+    s = Store(path, lock_timeout_s=5.0)
+    s.check_readable()
+    return s.list_datasets()
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_feature_runs(path: str, tok: tuple[float, float]) -> pd.DataFrame:
+    return Store(path, lock_timeout_s=5.0).feature_runs()
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_runs(path: str, tok: tuple[float, float], dataset: str | None) -> pd.DataFrame:
+    return Store(path, lock_timeout_s=5.0).list_runs(dataset=dataset)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_views(path: str, tok: tuple[float, float], dataset: str) -> Views:
+    return Store(path, lock_timeout_s=5.0).views(dataset)
+
+
+@st.cache_data(show_spinner="Loading the map…", max_entries=8)
+def load_map(path: str, tok: tuple[float, float], dataset: str) -> pd.DataFrame:
+    s = Store(path, lock_timeout_s=5.0)
+    return s.map_points(dataset, views=s.views(dataset))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_clusters(path: str, tok: tuple[float, float], cluster_run: int) -> pd.DataFrame:
+    return Store(path, lock_timeout_s=5.0).clusters(cluster_run)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def load_run(path: str, tok: tuple[float, float], run_id: int) -> dict[str, Any]:
+    return Store(path, lock_timeout_s=5.0).run(run_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_label_names(path: str, tok: tuple[float, float], dataset: str) -> list[str]:
+    return Store(path, lock_timeout_s=5.0).label_names(dataset)
+
+
+def pick_dataset() -> str | None:
+    """The sidebar's dataset picker; returns the chosen name or None (after telling the user)."""
+    path = db_path()
+    st.sidebar.caption(f"Database: `{path}`")
+    datasets = guarded(lambda: load_datasets(path, token()))
+    if datasets is None:
+        return None
+    if datasets.empty:
+        st.info("The database has no datasets yet: `python -m core ingest FILE --dataset NAME`.")
+        return None
+    names = datasets["name"].tolist()
+    current = st.session_state.get(DATASET)
+    index = names.index(current) if current in names else 0
+    choice = st.sidebar.selectbox("Dataset", names, index=index)
+    st.session_state[DATASET] = choice
+    return choice
+
+
+def selection(dataset: str) -> list[str]:
+    return list(st.session_state[SELECTION].get(dataset, []))
+
+
+def set_selection(dataset: str, ids: list[str]) -> None:
+    st.session_state[SELECTION] = {**st.session_state[SELECTION], dataset: ids}
+
+
+def provenance(views: Views) -> str:
+    """A caption that says where the map's numbers come from."""
+    path, tok = db_path(), token()
+    if views.feature_run is None:
+        return "No feature run yet."
+    fr = load_run(path, tok, views.feature_run)
+    c = fr["config"]
+    parts = [
+        f"Features: run {views.feature_run} — {c.get('model')} layer {c.get('layer')} "
+        f"({c.get('hook')}), SAE `{c.get('sae')}`, {c.get('pooling')} pooling, top {c.get('top_k')}."
+    ]
+    if views.cluster_run:
+        cr = load_run(path, tok, views.cluster_run)["config"]
+        parts.append(
+            f"Clusters: run {views.cluster_run} — k-means (k={cr.get('k')}, seed {cr.get('seed')}) "
+            "on L2-normalised SAE vectors; labels = most distinctive features (c-TF-IDF), "
+            "each named by its top-activating tokens."
+        )
+    if views.projection_run:
+        pr = load_run(path, tok, views.projection_run)["config"]
+        parts.append(
+            f"Positions: run {views.projection_run} — UMAP ({pr.get('metric')}, "
+            f"n_neighbors {pr.get('n_neighbors')}, min_dist {pr.get('min_dist')})."
+        )
+    parts.append("Other numeric columns are labels ingested with the dataset.")
+    return "  \n".join(parts)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_label_ranges(path: str, tok: tuple[float, float], dataset: str) -> pd.DataFrame:
+    return Store(path, lock_timeout_s=5.0).label_ranges(dataset)
+
+
+@st.cache_data(show_spinner="Counting…", max_entries=64)
+def load_export_rows(
+    path: str,
+    tok: tuple[float, float],
+    dataset: str,
+    filters: tuple,
+    ids: tuple | None,
+    cfg: Any,
+) -> pd.DataFrame:
+    from core.steps import export_rows
+
+    df, _ = export_rows(
+        Store(path, lock_timeout_s=5.0),
+        dataset=dataset,
+        filters=list(filters),
+        ids=None if ids is None else list(ids),
+        cfg=cfg,
+    )
+    return df

@@ -1,0 +1,166 @@
+"""Export: pick filters, see the live count and a preview, write or download the file."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from core.errors import StudioError
+from core.export import ExportConfig, build_payload, manifest_bytes
+from core.steps import export, export_manifest
+from core.store import Filter
+from pages.charts import histogram
+from pages.common import (
+    db_path,
+    guarded,
+    load_clusters,
+    load_export_rows,
+    load_label_ranges,
+    load_views,
+    pick_dataset,
+    selection,
+    store,
+    token,
+)
+
+
+def render() -> None:
+    st.title("Export")
+    dataset = pick_dataset()
+    if dataset is None:
+        return
+    path, tok = db_path(), token()
+    views = guarded(lambda: load_views(path, tok, dataset))
+    ranges = guarded(lambda: load_label_ranges(path, tok, dataset))
+    if views is None or ranges is None:
+        return
+
+    filters: list[Filter] = []
+    st.subheader("Filters")
+    cols = st.columns(2)
+    with cols[0]:
+        if views.cluster_run:
+            clusters = load_clusters(path, tok, views.cluster_run)
+            labels = dict(zip(clusters["cluster"], clusters["label"], strict=True))
+            keep = st.multiselect(
+                "Keep clusters (empty = all)",
+                list(labels),
+                key="exp_keep",
+                format_func=lambda c: f"{c} · {labels[c]}"[:70],
+            )
+            drop = st.multiselect(
+                "Drop clusters",
+                list(labels),
+                key="exp_drop",
+                format_func=lambda c: f"{c} · {labels[c]}"[:70],
+            )
+            if keep:
+                filters.append(Filter("cluster", "in", [float(c) for c in keep]))
+            if drop:
+                filters.append(Filter("cluster", "not in", [float(c) for c in drop]))
+        sel = selection(dataset)
+        use_sel = st.checkbox(
+            f"Only the map selection ({len(sel):,} points)", key="exp_sel", disabled=not sel
+        )
+    with cols[1]:
+        for row in ranges.itertuples():
+            lo, hi = float(row.min), float(row.max)
+            if lo == hi:
+                continue
+            value = st.slider(
+                f"{row.name} (label, {row.n:,} rows)", lo, hi, (lo, hi), key=f"exp_range_{row.name}"
+            )
+            if value[0] > lo:
+                filters.append(Filter(str(row.name), ">=", value[0]))
+            if value[1] < hi:
+                filters.append(Filter(str(row.name), "<=", value[1]))
+
+    st.subheader("Order and format")
+    c1, c2, c3 = st.columns(3)
+    order = c1.selectbox(
+        "Order",
+        ["none", "curriculum", "random"],
+        key="exp_order",
+        help="curriculum: easy-to-hard by difficulty within each cluster, clusters interleaved",
+    )
+    fmt = c2.selectbox("Format", ["jsonl", "parquet"], key="exp_fmt")
+    seed = int(c3.number_input("Seed", value=0, step=1, key="exp_seed"))
+    try:
+        cfg = ExportConfig(order=order, fmt=fmt, seed=seed)  # type: ignore[arg-type]
+        ids = tuple(sel) if use_sel else None
+        df = load_export_rows(path, tok, dataset, tuple(filters), ids, cfg)
+    except StudioError as exc:
+        st.error(str(exc))
+        return
+    total = int(ranges["n"].max()) if not ranges.empty else None
+    st.metric(
+        "Rows to export",
+        f"{len(df):,}",
+        delta=None if total is None else f"{len(df) - total:,} removed",
+        delta_color="off",
+    )
+    if filters:
+        st.caption(
+            "Rules: "
+            + " AND ".join(f.describe() for f in filters)
+            + (" AND in map selection" if use_sel else "")
+        )
+    st.dataframe(df.head(100), hide_index=True, width="stretch")
+
+    if not ranges.empty:
+        all_rows = load_export_rows(path, tok, dataset, (), None, ExportConfig())
+        hcols = st.columns(min(3, len(ranges)))
+        for i, name in enumerate(ranges["name"][:3]):
+            hcols[i].plotly_chart(
+                histogram(all_rows[name], title=f"{name}: all vs exported", selected=df[name]),
+                width="stretch",
+            )
+
+    st.subheader("Write")
+    out = st.text_input("Output path", value=f"data/exports/{dataset}.{fmt}", key="exp_out")
+    w1, w2, w3 = st.columns(3)
+    if w1.button("Write file + manifest", type="primary"):
+        try:
+            m = export(
+                store(),
+                dataset=dataset,
+                out=out,
+                filters=filters,
+                ids=list(ids) if ids else None,
+                cfg=cfg,
+                record=False,
+            )
+            st.success(
+                f"Wrote {m['rows']:,} rows to {out} and {out}.manifest.json "
+                f"(sha256 {m['sha256'][:12]}…)"
+            )
+        except StudioError as exc:
+            st.error(str(exc))
+    name = Path(out).name
+
+    def payload() -> tuple[bytes, dict]:
+        manifest = export_manifest(
+            store(),
+            dataset=dataset,
+            df=df,
+            filters=filters,
+            ids=list(ids) if ids else None,
+            cfg=cfg,
+            views=views,
+        )
+        return build_payload(df, out_name=name, fmt=fmt, manifest=manifest)
+
+    # Deferred: the bytes are built only when a download button is clicked.
+    w2.download_button("Download file", lambda: payload()[0], file_name=name, on_click="ignore")
+    w3.download_button(
+        "Download manifest",
+        lambda: manifest_bytes(payload()[1]),
+        file_name=name + ".manifest.json",
+        on_click="ignore",
+    )
+    st.caption(
+        "Row order is the training order. Trainers shuffle by default: with verl set "
+        "`data.shuffle=False`; with TRL, turn the sampler's shuffling off."
+    )
+
+
+render()

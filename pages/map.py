@@ -1,0 +1,100 @@
+"""Map: the UMAP of SAE features, coloured by cluster or any numeric column, with selection."""
+
+import pandas as pd
+import streamlit as st
+
+from pages.charts import map_figure
+from pages.common import (
+    db_path,
+    guarded,
+    load_clusters,
+    load_map,
+    load_views,
+    pick_dataset,
+    provenance,
+    selection,
+    set_selection,
+    token,
+)
+
+
+def render() -> None:
+    st.title("Map")
+    dataset = pick_dataset()
+    if dataset is None:
+        return
+    path, tok = db_path(), token()
+    views = guarded(lambda: load_views(path, tok, dataset))
+    if views is None:
+        return
+    if views.projection_run is None:
+        st.info(
+            f"Dataset '{dataset}' has no 2-D projection yet: run `python -m core featurize`, "
+            f"then `cluster` and `project --dataset {dataset}`."
+        )
+        return
+    df = guarded(lambda: load_map(path, tok, dataset))
+    if df is None:
+        return
+    clusters = load_clusters(path, tok, views.cluster_run) if views.cluster_run else pd.DataFrame()
+    labels = dict(zip(clusters.get("cluster", []), clusters.get("label", []), strict=True))
+
+    numeric = [
+        c
+        for c in df.columns
+        if c not in ("x", "y", "idx", "cluster") and pd.api.types.is_numeric_dtype(df[c])
+    ]
+    left, right = st.columns([3, 1])
+    with left:
+        options = (["cluster"] if views.cluster_run else []) + numeric
+        color_by = st.selectbox("Colour by", options, key="map_color") if options else "cluster"
+        shown = df
+        if views.cluster_run:
+            keep = st.multiselect(
+                "Show clusters (empty = all)",
+                sorted(labels),
+                key="map_clusters",
+                format_func=lambda c: f"{c} · {labels.get(c, '')}"[:70],
+            )
+            if keep:
+                shown = df[df["cluster"].isin(keep)]
+        fig = map_figure(shown, color_by=color_by, cluster_labels=labels)
+        event = st.plotly_chart(
+            fig,
+            key="map_chart",
+            on_select="rerun",
+            selection_mode=("box", "lasso"),
+            width="stretch",
+        )
+        points = event.selection.points if event and event.selection else []
+        if points:
+            ids = sorted({p["customdata"][0] for p in points if p.get("customdata")})
+            if ids != selection(dataset):
+                set_selection(dataset, ids)
+        sel = selection(dataset)
+        c1, c2 = st.columns([3, 1])
+        c1.markdown(
+            f"**{len(shown):,}** points shown · **{len(sel):,}** selected "
+            "(box or lasso on the map; the Export page can keep just these)"
+        )
+        if sel and c2.button("Clear selection"):
+            set_selection(dataset, [])
+            st.rerun()
+        st.caption(provenance(views))
+        if sel:
+            st.dataframe(
+                df[df["id"].isin(sel)][["id", "cluster", "prompt"]].head(200),
+                hide_index=True,
+                width="stretch",
+            )
+    with right:
+        st.subheader("Clusters")
+        if clusters.empty:
+            st.info("No clustering yet: `python -m core cluster`.")
+        else:
+            st.dataframe(
+                clusters[["cluster", "size", "label"]], hide_index=True, width="stretch", height=600
+            )
+
+
+render()
