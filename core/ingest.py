@@ -560,9 +560,9 @@ def _hash_ids(rows: Any) -> list[str]:
     """Stable content ids: sha1 of the canonical fields' JSON (16 hex), ``-2``... on repeats."""
     ids: list[str] = []
     seen: dict[str, int] = {}
-    dumps, sha1 = json.dumps, hashlib.sha1
+    encode, sha1 = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode, hashlib.sha1
     for row in rows:
-        h = sha1(dumps(row, ensure_ascii=False, sort_keys=True).encode()).hexdigest()[:16]
+        h = sha1(encode(row).encode()).hexdigest()[:16]
         k = seen.get(h, 0) + 1
         seen[h] = k
         ids.append(h if k == 1 else f"{h}-{k}")
@@ -650,13 +650,9 @@ def _extra_json(columns: list[tuple[str, list[Any]]], n: int) -> list[str]:
     if not columns:
         return ["{}"] * n
     names = [c for c, _ in columns]
-    dumps = json.dumps
+    encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
     return [
-        dumps(
-            {k: v for k, v in zip(names, row, strict=True) if v is not None},
-            ensure_ascii=False,
-            default=str,
-        )
+        encode({k: v for k, v in zip(names, row, strict=True) if v is not None})
         for row in zip(*(vals for _, vals in columns), strict=True)
     ]
 

@@ -20,7 +20,12 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # Session-scoped and read-only: tests must not change these objects.
 # ---------------------------------------------------------------------------------------------
 
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 TINY_D_MODEL = 64
 TINY_N_LAYERS = 3
 
@@ -149,3 +154,52 @@ def tiny_sae(tiny_sae_dir: Path) -> Any:
 
 
 # --------------------------------- end of model / SAE fixtures ---------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# A whole pipeline run (ingest -> featurize -> cluster -> project) on ~200 demo prompts with the
+# tiny BERT and SAE, through the CLI. Session-scoped: the one UMAP fit of the test session.
+# App, browser and integration tests read it; none may write to it.
+# ---------------------------------------------------------------------------------------------
+
+PIPELINE_ROWS = 200
+PIPELINE_LAYER = 1
+
+
+def run_cli(*argv: str) -> int:
+    from core.cli import main
+
+    return main(list(argv))
+
+
+@pytest.fixture(scope="session")
+def pipeline_db(
+    tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, tiny_sae_dir: Path
+) -> Path:
+    from core.demo_data import write_demo_jsonl
+
+    folder = tmp_path_factory.mktemp("pipeline")
+    data = write_demo_jsonl(folder / "demo.jsonl", n=PIPELINE_ROWS, seed=0)
+    db = str(folder / "studio.duckdb")
+    assert run_cli("ingest", str(data), "--dataset", "demo", "--kind", "prompts", "--db", db) == 0
+    assert (
+        run_cli(
+            "featurize",
+            "--dataset",
+            "demo",
+            "--model",
+            str(tiny_bert_dir),
+            "--layer",
+            str(PIPELINE_LAYER),
+            "--sae-path",
+            str(tiny_sae_dir),
+            "--chunk-size",
+            "64",
+            "--db",
+            db,
+        )
+        == 0
+    )
+    assert run_cli("cluster", "--dataset", "demo", "--k", "4", "--db", db) == 0
+    assert run_cli("project", "--dataset", "demo", "--db", db) == 0
+    return Path(db)

@@ -1,0 +1,109 @@
+"""One real-browser test: Streamlit serves the app, Debian's Chromium opens the Map page and
+finds the chart drawn with every point."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PIPELINE_ROWS
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(db: Path, port: int) -> subprocess.Popen:
+    """`streamlit run app.py -- --db DB`, as `make run` does, waiting until it answers."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+            "--",
+            "--db",
+            str(db),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+            return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("streamlit did not answer within 60 s")
+
+
+@pytest.fixture
+def server(pipeline_db):
+    port = _free_port()
+    proc = serve(pipeline_db, port)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="needs Debian chromium (.ci/run installs it)"
+)
+def test_map_page_draws_every_point(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{server}/map")
+        page.wait_for_selector(
+            ".js-plotly-plot .scatterlayer, .js-plotly-plot canvas", timeout=90_000
+        )
+        n_points = page.wait_for_function(
+            """() => {
+                const gd = document.querySelector('.js-plotly-plot');
+                if (!gd || !gd.data) return 0;
+                return gd.data.reduce((a, t) => a + (t.x ? t.x.length : 0), 0);
+            }""",
+            timeout=30_000,
+        ).json_value()
+        page.screenshot(path=str(tmp_path / "map.png"), full_page=True)
+        assert n_points == PIPELINE_ROWS
+        assert page.get_by_text("Clusters").first.is_visible()
+        assert not page.locator("[data-testid='stException']").count()
+        browser.close()
+    assert not errors, errors

@@ -1,0 +1,284 @@
+"""core.features: pooling, sparse top-k, running token statistics, featurizing texts."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import torch
+
+from core.errors import StudioError
+from core.features import (
+    FEATURE_SCHEMA,
+    FeatureConfig,
+    TokenStats,
+    dense_from_sparse,
+    encode_tokens,
+    featurize_batches,
+    pool,
+    pool_segments,
+    topk_sparse,
+)
+from core.models import full_forward_activations, tokenize_batch
+
+SENTENCES = [
+    "What is the sum of the first ten odd numbers?",
+    "Solve for x: 3x + 5 = 20.",
+    "Write a short story about a lighthouse keeper.",
+    "ok",
+    "A rectangle has a perimeter of 30 and a width of 5; find its area, and explain each step.",
+]
+
+
+def random_codes(t: int, d_sae: int, *, seed: int, density: float = 0.2) -> torch.Tensor:
+    """Non-negative sparse codes, like an SAE's, with distinct values (no ties)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(t, d_sae, generator=gen) * (torch.rand(t, d_sae, generator=gen) < density)
+
+
+def brute_force_top(
+    codes: torch.Tensor, tokens: list[str], examples: list[str], top_n: int
+) -> pd.DataFrame:
+    """Per feature, the top_n (token, example) pairs by their largest activation."""
+    t, d_sae = codes.shape
+    long = pd.DataFrame(
+        {
+            "feature_id": np.tile(np.arange(d_sae), t),
+            "token": np.repeat(tokens, d_sae),
+            "example_id": np.repeat(examples, d_sae),
+            "value": codes.reshape(-1).numpy(),
+        }
+    )
+    long = long[long["value"] > 0]
+    best = long.groupby(["feature_id", "token", "example_id"], as_index=False)["value"].max()
+    best = best.sort_values(["feature_id", "value"], ascending=[True, False])
+    best["rank"] = best.groupby("feature_id").cumcount()
+    return best[best["rank"] < top_n].reset_index(drop=True)
+
+
+def sorted_top(top: pd.DataFrame) -> pd.DataFrame:
+    cols = ["feature_id", "rank", "example_id", "token", "value"]
+    out = top[cols].sort_values(["feature_id", "rank"]).reset_index(drop=True)
+    return out.astype({"feature_id": np.int64, "rank": np.int64, "value": np.float32})
+
+
+def test_feature_config_validates_and_round_trips() -> None:
+    cfg = FeatureConfig(layer=2, pooling="max", top_k=16)
+    assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(StudioError, match="pooling must be one of"):
+        FeatureConfig(layer=2, pooling="sum")  # type: ignore[arg-type]
+    with pytest.raises(StudioError, match="top_k must be at least 1"):
+        FeatureConfig(layer=2, top_k=0)
+
+
+def test_pool_mean_and_max_against_direct_computation() -> None:
+    codes = random_codes(7, 12, seed=0)
+    torch.testing.assert_close(pool(codes, "mean"), codes.sum(0) / 7)
+    torch.testing.assert_close(pool(codes, "max"), torch.stack(list(codes)).max(0).values)
+    assert torch.equal(pool(codes[:0], "mean"), torch.zeros(12))
+
+    segment = torch.tensor([0, 0, 2, 2, 2, 3, 3])  # example 1 has no kept tokens
+    for how in ("mean", "max"):
+        batched = pool_segments(codes, segment, 4, how)  # type: ignore[arg-type]
+        for i in range(4):
+            torch.testing.assert_close(batched[i], pool(codes[segment == i], how))  # type: ignore[arg-type]
+    assert torch.equal(pool_segments(codes, segment, 4, "mean")[1], torch.zeros(12))
+
+
+def test_topk_sparse_equals_dense_top_k() -> None:
+    pooled = random_codes(20, 50, seed=1, density=0.1)
+    pooled[3] = 0  # no feature fires
+    table = topk_sparse(pooled, 8)
+    assert table.schema.field("feature_ids").type == pa.list_(pa.int32())
+    assert table.schema.field("values").type == pa.list_(pa.float32())
+    for row, ids, values in zip(
+        pooled.numpy(), table["feature_ids"].to_pylist(), table["values"].to_pylist(), strict=True
+    ):
+        order = np.argsort(-row, kind="stable")[:8]
+        order = order[row[order] > 0]
+        assert ids == order.tolist()
+        np.testing.assert_allclose(values, row[order])
+    assert table["feature_ids"][3].as_py() == []
+
+
+def test_dense_from_sparse_from_arrow_and_lists() -> None:
+    pooled = random_codes(10, 30, seed=2)
+    table = topk_sparse(pooled, 5)
+    want = np.where(
+        pooled.numpy() >= np.sort(pooled.numpy(), axis=1)[:, -5:][:, :1], pooled.numpy(), 0
+    )
+    from_arrow = dense_from_sparse(table["feature_ids"], table["values"], 30)
+    np.testing.assert_allclose(from_arrow.toarray(), want, rtol=1e-6)
+    sliced = table.slice(4, 3)
+    np.testing.assert_allclose(
+        dense_from_sparse(sliced["feature_ids"], sliced["values"], 30).toarray(), want[4:7]
+    )
+    lists = dense_from_sparse(
+        table["feature_ids"].to_pylist(), table["values"].to_pylist(), 30
+    )
+    assert (lists != from_arrow).nnz == 0
+    with pytest.raises(StudioError, match="feature ids must lie in 0..9"):
+        dense_from_sparse([[12]], [[1.0]], 10)
+
+
+def make_batch(t: int, d_sae: int, *, seed: int, n_examples: int, vocab: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    codes = random_codes(t, d_sae, seed=seed)
+    examples = sorted(f"ex{seed}-{rng.randrange(n_examples)}" for _ in range(t))
+    tokens = [f"tok{rng.randrange(vocab)}" for _ in range(t)]
+    ids = sorted(set(examples))
+    segment = torch.tensor([ids.index(e) for e in examples])
+    pooled = pool_segments(codes, segment, len(ids), "mean")
+    return {"codes": codes, "tokens": tokens, "examples": examples, "pooled": pooled}
+
+
+def test_token_stats_match_brute_force_and_one_big_update() -> None:
+    d_sae, top_n = 16, 3
+    # Few tokens and examples, so (token, example) pairs repeat and must be deduplicated.
+    a = make_batch(40, d_sae, seed=1, n_examples=4, vocab=3)
+    b = make_batch(30, d_sae, seed=2, n_examples=4, vocab=3)
+    two = TokenStats(d_sae, top_n=top_n)
+    for part in (a, b):
+        two.update(part["codes"], part["tokens"], part["examples"], part["pooled"])
+
+    codes = torch.cat([a["codes"], b["codes"]])
+    tokens, examples = a["tokens"] + b["tokens"], a["examples"] + b["examples"]
+    pooled = torch.cat([a["pooled"], b["pooled"]])
+    stats, top = two.to_frames()
+
+    assert stats["n_fire"].tolist() == (pooled > 0).sum(0)[stats["feature_id"]].tolist()
+    np.testing.assert_allclose(stats["sum_act"], pooled.double().sum(0)[stats["feature_id"]])
+    np.testing.assert_allclose(stats["max_act"], codes.amax(0)[stats["feature_id"]])
+    want = sorted_top(brute_force_top(codes, tokens, examples, top_n))
+    pd.testing.assert_frame_equal(sorted_top(top), want)
+
+    one = TokenStats(d_sae, top_n=top_n)
+    one.update(codes, tokens, examples, pooled)
+    stats_one, top_one = one.to_frames()
+    pd.testing.assert_frame_equal(stats, stats_one)
+    pd.testing.assert_frame_equal(sorted_top(top), sorted_top(top_one))
+
+
+def test_token_stats_round_trip_then_continue() -> None:
+    d_sae = 24
+    parts = [make_batch(50, d_sae, seed=s, n_examples=6, vocab=20) for s in (1, 2, 3)]
+    straight = TokenStats(d_sae, top_n=4)
+    for p in parts:
+        straight.update(p["codes"], p["tokens"], p["examples"], p["pooled"])
+
+    first = TokenStats(d_sae, top_n=4)
+    first.update(parts[0]["codes"], parts[0]["tokens"], parts[0]["examples"], parts[0]["pooled"])
+    stats, top = first.to_frames()
+    resumed = TokenStats.from_frames(stats, top.sample(frac=1.0, random_state=0), d_sae=d_sae, top_n=4)
+    pd.testing.assert_frame_equal(resumed.to_frames()[0], stats)
+    for p in parts[1:]:
+        resumed.update(p["codes"], p["tokens"], p["examples"], p["pooled"])
+
+    for got, want in zip(resumed.to_frames(), straight.to_frames(), strict=True):
+        pd.testing.assert_frame_equal(got, want)
+
+
+def test_token_stats_forgets_unreferenced_strings() -> None:
+    d_sae, top_n = 8, 2
+    stats = TokenStats(d_sae, top_n=top_n)
+    stats.compact_slack = 5
+    all_parts = [make_batch(12, d_sae, seed=s, n_examples=12, vocab=50) for s in range(30)]
+    for p in all_parts:
+        stats.update(p["codes"], p["tokens"], p["examples"], p["pooled"])
+    assert len(stats._examples) <= 2 * d_sae * top_n + 5 + 12
+    codes = torch.cat([p["codes"] for p in all_parts])
+    tokens = [t for p in all_parts for t in p["tokens"]]
+    examples = [e for p in all_parts for e in p["examples"]]
+    want = sorted_top(brute_force_top(codes, tokens, examples, top_n))
+    pd.testing.assert_frame_equal(sorted_top(stats.to_frames()[1]), want)
+
+
+def test_featurize_keeps_input_order_despite_bucketing(tiny_lm: Any, tiny_sae: Any) -> None:
+    texts = [SENTENCES[i % 5] + " again" * (i % 4) for i in range(11)]
+    ids = [f"ex-{i}" for i in range(11)]
+    cfg = FeatureConfig(layer=1, pooling="mean", top_k=256, batch_size=3)
+    done: list[int] = []
+    stats = TokenStats(256)
+    tables = list(
+        featurize_batches(tiny_lm, tiny_sae, texts, ids, cfg, stats=stats, progress=done.append, chunk_size=5)
+    )
+    assert [t.num_rows for t in tables] == [5, 5, 1]
+    table = pa.concat_tables(tables)
+    assert table.schema == FEATURE_SCHEMA
+    assert table["example_id"].to_pylist() == ids
+    assert sum(done) == 11
+
+    # Each row equals that text featurized alone (no padding, no reordering).
+    alone_cfg = FeatureConfig(layer=1, pooling="mean", top_k=256, batch_size=1)
+    for i in (0, 3, 7, 10):
+        alone = pa.concat_tables(
+            featurize_batches(tiny_lm, tiny_sae, [texts[i]], [ids[i]], alone_cfg, stats=TokenStats(256))
+        )
+        got = dense_from_sparse(table["feature_ids"][i : i + 1], table["values"][i : i + 1], 256)
+        want = dense_from_sparse(alone["feature_ids"], alone["values"], 256)
+        np.testing.assert_allclose(got.toarray(), want.toarray(), rtol=1e-4, atol=1e-5)
+        assert table["n_tokens"][i].as_py() == alone["n_tokens"][0].as_py()
+
+
+def test_featurize_pools_only_non_special_tokens(tiny_gpt2: Any, tiny_sae: Any) -> None:
+    text = SENTENCES[1]
+    for how in ("mean", "max"):
+        cfg = FeatureConfig(layer=2, pooling=how, top_k=256)  # type: ignore[arg-type]
+        table = pa.concat_tables(
+            featurize_batches(tiny_gpt2, tiny_sae, [text], ["a"], cfg, stats=TokenStats(256))
+        )
+        batch = tokenize_batch(tiny_gpt2, [text], max_length=256)
+        acts = full_forward_activations(tiny_gpt2, batch, layer=2)[0]
+        ids = batch["input_ids"][0]
+        tok = tiny_gpt2.tokenizer
+        real = (ids != tok.cls_token_id) & (ids != tok.sep_token_id)
+        want = pool(encode_tokens(tiny_sae, acts[real]), how)  # type: ignore[arg-type]
+        got = dense_from_sparse(table["feature_ids"], table["values"], 256).toarray()[0]
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-6)
+        assert table["n_tokens"][0].as_py() == int(real.sum()) == len(ids) - 2
+
+
+def test_featurize_flags_truncation_and_feeds_stats(tiny_bert: Any, tiny_sae: Any) -> None:
+    cfg = FeatureConfig(layer=0, top_k=4, max_length=8)
+    stats = TokenStats(256, top_n=3)
+    table = pa.concat_tables(
+        featurize_batches(tiny_bert, tiny_sae, SENTENCES, list("abcde"), cfg, stats=stats)
+    )
+    assert table["truncated"].to_pylist() == [True, True, True, False, True]
+    assert table["n_tokens"].to_pylist() == [6, 6, 6, 1, 6]
+    assert all(len(row) <= 4 for row in table["feature_ids"].to_pylist())
+    for values in table["values"].to_pylist():
+        assert values == sorted(values, reverse=True) and all(v > 0 for v in values)
+    fstats, top = stats.to_frames()
+    assert len(fstats) > 0 and set(top["example_id"]) <= set("abcde")
+    assert not set(top["token"]) & {"[CLS]", "[SEP]", "[PAD]"}
+    assert fstats["n_fire"].max() <= 5
+
+
+def test_featurize_rejects_mismatches(tiny_bert: Any, tiny_sae: Any, make_sae: Callable[..., Any]) -> None:
+    cfg = FeatureConfig(layer=1)
+    with pytest.raises(StudioError, match="SAE d_in 32 does not match"):
+        list(featurize_batches(tiny_bert, make_sae(d_in=32), ["x"], ["a"], cfg, stats=TokenStats(256)))
+    with pytest.raises(StudioError, match="layer 5 is out of range"):
+        list(featurize_batches(tiny_bert, tiny_sae, ["x"], ["a"], FeatureConfig(layer=5), stats=TokenStats(256)))
+    with pytest.raises(StudioError, match="2 texts but 1 example ids"):
+        list(featurize_batches(tiny_bert, tiny_sae, ["x", "y"], ["a"], cfg, stats=TokenStats(256)))
+
+
+def test_featurize_real_minilm(minilm: Any, make_sae: Callable[..., Any]) -> None:
+    sae = make_sae(d_in=384, d_sae=512, k=16)
+    stats = TokenStats(512)
+    cfg = FeatureConfig(layer=3, pooling="max", top_k=32, batch_size=2)
+    table = pa.concat_tables(
+        featurize_batches(minilm, sae, SENTENCES, [f"s{i}" for i in range(5)], cfg, stats=stats)
+    )
+    assert table["example_id"].to_pylist() == ["s0", "s1", "s2", "s3", "s4"]
+    assert all(n > 0 for n in table["n_tokens"].to_pylist())
+    assert all(0 < len(r) <= 32 for r in table["feature_ids"].to_pylist())
+    fstats, top = stats.to_frames()
+    assert (fstats["max_act"] > 0).all() and top["token"].str.len().min() > 0
