@@ -27,7 +27,7 @@ from core.store import Store
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, serve
 
 COUNT_JS = """() => { const gd = document.querySelector('.js-plotly-plot');
-  if (!gd || !gd.data) return -1; return gd.data.reduce((a, t) => a + (t.x ? t.x.length : 0), 0); }"""
+  if (!gd || !gd._fullData) return -1; return gd._fullData.reduce((a, t) => a + (t._length || 0), 0); }"""
 
 
 def build(path: Path, n: int, seed: int = 0) -> None:

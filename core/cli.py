@@ -76,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="folder to write the SAE to (default data/saes/...)")
     sp.add_argument("--width", type=int, help="SAE features (default 8 x hidden size)")
     sp.add_argument("--k", type=int, default=32, help="active features per token (TopK)")
-    sp.add_argument("--epochs", type=int, default=1)
-    sp.add_argument("--lr", type=float, default=4e-4)
-    sp.add_argument("--batch-tokens", type=int, default=4096)
+    sp.add_argument("--epochs", type=int, default=2)
+    sp.add_argument("--lr", type=float, default=1e-3)
+    sp.add_argument("--batch-tokens", type=int, default=1024)
     sp.add_argument(
         "--max-tokens",
         type=int,

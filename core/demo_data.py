@@ -110,7 +110,9 @@ def build_demo_records(
 
     Each record: ``id`` ("demo-00001"...), ``prompt``, ``answer`` (str), ``task`` (family),
     ``difficulty`` (1..4), ``quality`` (1.0 clean / 0.0 corrupted) and ``corruption``
-    ("none" | "wrong_answer" | "truncated" | "garbled"). Records come in a seeded shuffled order.
+    ("none" | "wrong_answer" | "truncated" | "garbled"). Records come in a seeded shuffled order
+    that does not depend on ``corrupt_share``: the same seed gives the same problems in the same
+    places, only some of them corrupted.
     """
     if n < 1:
         raise StudioError(f"demo: n must be at least 1, got {n}")
@@ -123,9 +125,9 @@ def build_demo_records(
     seen: set[str] = set()
     for c, (task, level) in enumerate(cells):
         want = n // len(cells) + (1 if c < n % len(cells) else 0)
-        cell_seed = seed * 10_000 + 100 * list(DEMO_TASKS).index(task) + level
+        cell = cell_seed(seed=seed, task=task, level=level + 1)
         for entry, dataset in _verified_items(
-            reasoning_gym, task, DEMO_TASKS[task][level], seed=cell_seed, want=want, seen=seen
+            reasoning_gym, task, DEMO_TASKS[task][level], seed=cell, want=want, seen=seen
         ):
             items.append((entry, dataset, task, level + 1))
 
@@ -157,6 +159,11 @@ def build_demo_records(
             }
         )
     return records
+
+
+def cell_seed(*, seed: int, task: str, level: int) -> int:
+    """The reasoning-gym seed of one (task, level 1..L) cell, so its entries can be regenerated."""
+    return seed * 10_000 + 100 * list(DEMO_TASKS).index(task) + level - 1
 
 
 def write_demo_jsonl(

@@ -244,20 +244,19 @@ class TokenStats:
     ) -> TokenStats:
         """Restore what ``to_frames`` wrote, so a resumed run keeps accumulating."""
         out = cls(d_sae, top_n=top_n)
-        fid = torch.as_tensor(stats["feature_id"].to_numpy(dtype=np.int64))
-        out.n_fire[fid] = torch.as_tensor(stats["n_fire"].to_numpy(dtype=np.int64))
-        out.sum_act[fid] = torch.as_tensor(stats["sum_act"].to_numpy(dtype=np.float64))
-        out.max_act[fid] = torch.as_tensor(stats["max_act"].to_numpy(dtype=np.float32))
-        top = top[top["rank"] < top_n]
-        rows = torch.as_tensor(top["feature_id"].to_numpy(dtype=np.int64))
-        ranks = torch.as_tensor(top["rank"].to_numpy(dtype=np.int64))
-        out.top_val[rows, ranks] = torch.as_tensor(top["value"].to_numpy(dtype=np.float32))
-        out.top_tok[rows, ranks] = torch.tensor(
-            out._tokens.indices(top["token"].tolist()), dtype=torch.long
-        )
-        out.top_ex[rows, ranks] = torch.tensor(
-            out._examples.indices(top["example_id"].tolist()), dtype=torch.long
-        )
+        fid = torch.tensor(stats["feature_id"].to_numpy(dtype=np.int64))
+        out.n_fire[fid] = torch.tensor(stats["n_fire"].to_numpy(dtype=np.int64))
+        out.sum_act[fid] = torch.tensor(stats["sum_act"].to_numpy(dtype=np.float64))
+        out.max_act[fid] = torch.tensor(stats["max_act"].to_numpy(dtype=np.float32))
+        kept = top["rank"].to_numpy() < top_n
+        rows = torch.tensor(top["feature_id"].to_numpy(dtype=np.int64)[kept])
+        ranks = torch.tensor(top["rank"].to_numpy(dtype=np.int64)[kept])
+        values = top["value"].to_numpy(dtype=np.float32)[kept]
+        out.top_val[rows, ranks] = torch.tensor(values)
+        tokens = [t for t, k in zip(top["token"].tolist(), kept, strict=True) if k]
+        examples = [e for e, k in zip(top["example_id"].tolist(), kept, strict=True) if k]
+        out.top_tok[rows, ranks] = torch.tensor(out._tokens.indices(tokens), dtype=torch.long)
+        out.top_ex[rows, ranks] = torch.tensor(out._examples.indices(examples), dtype=torch.long)
         # Re-sort each row, in case the frames came back in another order.
         out.top_val, order = torch.sort(out.top_val, dim=1, descending=True)
         out.top_tok, out.top_ex = out.top_tok.gather(1, order), out.top_ex.gather(1, order)
@@ -401,12 +400,8 @@ def dense_from_sparse(ids_lists: Any, values_lists: Any, d_sae: int) -> sp.csr_m
         indptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lens, out=indptr[1:])
         total = int(indptr[-1])
-        indices = np.fromiter(
-            (i for row in ids_lists for i in row), dtype=np.int32, count=total
-        )
-        data = np.fromiter(
-            (v for row in values_lists for v in row), dtype=np.float32, count=total
-        )
+        indices = np.fromiter((i for row in ids_lists for i in row), dtype=np.int32, count=total)
+        data = np.fromiter((v for row in values_lists for v in row), dtype=np.float32, count=total)
     if len(indices) != len(data):
         raise StudioError(f"{len(indices)} feature ids but {len(data)} values")
     if len(indices) and (indices.min() < 0 or indices.max() >= d_sae):

@@ -28,6 +28,7 @@ Field rules (``mapping`` renames: our field -> the file's column):
   and ``prompt`` is the content of the last user turn.
 - Ids: the file's ``id`` column (as string) when present, unique and non-empty; otherwise the
   first 16 hex digits of the sha1 of the canonical fields' JSON, ``-2``, ``-3``... on repeats.
+- ``tags`` is the JSON object of a record's non-null string tags (``"{}"`` when none).
 - ``extra`` is the JSON of the record's non-canonical fields under their original names and with
   their original values (labels and tags included), so export can rebuild the record; null and
   absent fields are both left out.
@@ -41,8 +42,8 @@ import io
 import json
 import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,7 +62,7 @@ EXAMPLES_SCHEMA = pa.schema(
         pa.field("prompt", pa.string(), nullable=False),
         pa.field("answer", pa.string()),
         pa.field("text", pa.string(), nullable=False),
-        pa.field("tags", pa.map_(pa.string(), pa.string()), nullable=False),
+        pa.field("tags", pa.string(), nullable=False),
         pa.field("extra", pa.string(), nullable=False),
     ]
 )
@@ -92,8 +93,15 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "chats": ("messages",),
 }
 _ALL_CANONICAL = frozenset(f for fields in CANONICAL.values() for f in fields)
-_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
-             ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}  # fmt: skip
+_SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+}
 _NUMBER = re.compile(
     r"\s*[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|nan|inf|infinity)\s*",
     re.IGNORECASE,
@@ -106,7 +114,7 @@ _TURNS = "a non-empty (JSON) list of {role, content}"
 class IngestTables:
     """What one file becomes: examples, long-form labels and (preferences) responses.
 
-    ``examples``: EXAMPLES_SCHEMA (id, idx, prompt, answer, text, tags map<str,str>, extra JSON);
+    ``examples``: EXAMPLES_SCHEMA (id, idx, prompt, answer, text, tags JSON, extra JSON);
     ``labels``: LABELS_SCHEMA (example_id, name, value); ``responses``: RESPONSES_SCHEMA
     (example_id, response_idx, role 'chosen'|'rejected', text; empty unless preferences).
     """
@@ -116,7 +124,7 @@ class IngestTables:
     responses: pa.Table
     source: str
     n: int
-    kind: str
+    kind: Kind
 
     def __post_init__(self) -> None:
         for name, schema in (
@@ -153,79 +161,97 @@ def read_dataset(
     path = Path(path)
     src = _load(path)
     fields, declared = _resolve_fields(src, kind=kind, mapping=mapping or {})
-    for field in REQUIRED[kind]:
-        if field not in fields:
+    for need in REQUIRED[kind]:
+        if need not in fields:
             cols = ", ".join(src.columns) or "none"
             raise src.error(
-                0, f"missing required field {field!r} (columns: {cols}; map one to {field!r})"
+                0, f"missing required field {need!r} (columns: {cols}; map one to {need!r})"
             )
 
-    col = {f: src.columns[c] for f, c in fields.items()}
-    if kind == "chats":
-        turns = _check_messages(src, col["messages"])
-        prompts = [_last_user(src, i, t) for i, t in enumerate(turns)]
-        texts = ["\n".join(f"{r}: {c}" for r, c in t) for t in turns]
-        answers: list[str | None] = [None] * src.n
-        basis: list[list[Any]] = [[[{"role": r, "content": c} for r, c in t] for t in turns]]
-        keys: tuple[str, ...] = ("messages",)
-    else:
-        prompts = _check_text(src, "prompt", col["prompt"])
-        texts = prompts
-        answers = _check_answers(src, col["answer"]) if "answer" in col else [None] * src.n
-        basis, keys = [prompts, answers], ("prompt", "answer")
-
-    chosen: list[str] = []
-    rejected: list[list[str]] = []
-    if kind == "preferences":
-        chosen = _check_text(src, "chosen", col["chosen"])
-        rejected = _check_rejected(src, col["rejected"])
-        basis, keys = (
-            [prompts, answers, chosen, rejected],
-            ("prompt", "answer", "chosen", "rejected"),
-        )
-
-    labels: dict[str, list[float | None]] = {}
-    if "feedback" in col:
-        labels["feedback"] = _check_feedback(src, col["feedback"])
-    tags: dict[str, list[str | None]] = {}
+    parsed = _parse_canonical(
+        src, kind=kind, columns={f: src.columns[c] for f, c in fields.items()}
+    )
     used = set(fields.values())
-    renamed = {c: f for f, c in declared.items()}
-    for c, values in src.columns.items():
-        if c in used:
-            continue
-        name = renamed.get(c, c)
-        what = _column_class(src, c, values, must_be_label=c in renamed)
-        if what == "label":
-            labels[name] = _label_values(src, c, values)
-        elif what == "tag":
-            tags[name] = [None if v is None else str(v) for v in values]
-
-    if "id" in col:
-        ids = _check_ids(src, col["id"])
+    labels, tags = _labels_and_tags(src, used=used, declared=declared)
+    if "feedback" in fields:
+        labels = {"feedback": _check_feedback(src, src.columns[fields["feedback"]]), **labels}
+    if "id" in fields:
+        ids = _check_ids(src, src.columns[fields["id"]])
     else:
-        ids = _hash_ids(dict(zip(keys, row, strict=True)) for row in zip(*basis, strict=True))
+        keys, cols = list(parsed.basis), parsed.basis.values()
+        ids = _hash_ids(dict(zip(keys, row, strict=True)) for row in zip(*cols, strict=True))
 
     extra_cols = [(c, v) for c, v in src.columns.items() if c not in used]
     examples = pa.table(
         {
             "id": pa.array(ids, pa.string()),
             "idx": pa.array(np.arange(src.n, dtype=np.int64)),
-            "prompt": pa.array(prompts, pa.string()),
-            "answer": pa.array(answers, pa.string()),
-            "text": pa.array(texts, pa.string()),
-            "tags": _tags_array(tags, src.n),
-            "extra": pa.array(_extra_json(extra_cols, src.n), pa.string()),
+            "prompt": pa.array(parsed.prompts, pa.string()),
+            "answer": pa.array(parsed.answers, pa.string()),
+            "text": pa.array(parsed.texts, pa.string()),
+            "tags": pa.array(_objects_json(list(tags.items()), src.n), pa.string()),
+            "extra": pa.array(_objects_json(extra_cols, src.n), pa.string()),
         },
         schema=EXAMPLES_SCHEMA,
     )
     return IngestTables(
         examples=examples,
         labels=_labels_table(ids, labels),
-        responses=_responses_table(ids, chosen, rejected),
+        responses=_responses_table(ids, parsed.chosen, parsed.rejected),
         source=str(path),
         n=src.n,
         kind=kind,
     )
+
+
+@dataclass
+class _Canonical:
+    """The validated canonical fields, one list entry per record."""
+
+    prompts: list[str]
+    answers: list[str | None]
+    texts: list[str]
+    basis: dict[str, list[Any]]  # the fields whose JSON hashes to the assigned id
+    chosen: list[str] = field(default_factory=list)
+    rejected: list[list[str]] = field(default_factory=list)
+
+
+def _parse_canonical(src: _Source, *, kind: str, columns: dict[str, list[Any]]) -> _Canonical:
+    """Validate the kind's canonical fields and derive prompt, answer and featurized text."""
+    if kind == "chats":
+        turns = _check_messages(src, columns["messages"])
+        prompts = [_last_user(src, i, t) for i, t in enumerate(turns)]
+        messages = [[{"role": r, "content": c} for r, c in t] for t in turns]
+        texts = ["\n".join(f"{r}: {c}" for r, c in t) for t in turns]
+        return _Canonical(prompts, [None] * src.n, texts, basis={"messages": messages})
+    prompts = _check_text(src, "prompt", columns["prompt"])
+    answers: list[str | None] = [None] * src.n
+    if "answer" in columns:
+        answers = _check_answers(src, columns["answer"])
+    if kind == "prompts":
+        return _Canonical(prompts, answers, prompts, basis={"prompt": prompts, "answer": answers})
+    chosen = _check_text(src, "chosen", columns["chosen"])
+    rejected = _check_rejected(src, columns["rejected"])
+    basis = {"prompt": prompts, "answer": answers, "chosen": chosen, "rejected": rejected}
+    return _Canonical(prompts, answers, prompts, basis, chosen=chosen, rejected=rejected)
+
+
+def _labels_and_tags(
+    src: _Source, *, used: set[str], declared: dict[str, str]
+) -> tuple[dict[str, list[float | None]], dict[str, list[str | None]]]:
+    """Sort the non-canonical columns into numeric labels and string tags (see module doc)."""
+    renamed = {c: f for f, c in declared.items()}
+    labels: dict[str, list[float | None]] = {}
+    tags: dict[str, list[str | None]] = {}
+    for c, values in src.columns.items():
+        if c in used:
+            continue
+        what = _column_class(src, c, values, must_be_label=c in renamed)
+        if what == "label":
+            labels[renamed.get(c, c)] = _label_values(src, c, values)
+        elif what == "tag":
+            tags[c] = [None if v is None else str(v) for v in values]
+    return labels, tags
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -372,10 +398,10 @@ def _read_saved_dataset(path: Path) -> _Source:
 
     try:
         ds = datasets.load_from_disk(str(path))
-    except (OSError, ValueError, FileNotFoundError) as e:
+    except (OSError, ValueError) as e:
         raise StudioError(f"{name}: cannot load datasets folder: {_one_line(e)}") from None
     if isinstance(ds, datasets.DatasetDict):
-        splits = list(ds)
+        splits = [str(s) for s in ds]
         if len(splits) != 1:
             raise StudioError(
                 f"{name}: holds splits {', '.join(splits)}; which one? "
@@ -414,44 +440,40 @@ def _resolve_fields(
 ) -> tuple[dict[str, str], dict[str, str]]:
     """(canonical field -> column present in the file, declared label name -> column)."""
     canonical = CANONICAL[kind]
-    for field, column in mapping.items():
+    for ours, column in mapping.items():
+        where = f"{src.name}: mapping {ours}={column}"
         if column not in src.columns:
-            cols = ", ".join(src.columns)
-            raise StudioError(
-                f"{src.name}: mapping {field}={column}: no column {column!r} (columns: {cols})"
-            )
-        if field in _ALL_CANONICAL and field not in canonical:
-            raise StudioError(
-                f"{src.name}: mapping {field}={column}: {field!r} is not a field of {kind} data "
-                f"(fields: {', '.join(canonical)})"
-            )
+            raise StudioError(f"{where}: no column {column!r} (columns: {', '.join(src.columns)})")
+        if ours in _ALL_CANONICAL and ours not in canonical:
+            fields = ", ".join(canonical)
+            raise StudioError(f"{where}: {ours!r} is not a field of {kind} (fields: {fields})")
     targets = list(mapping.values())
     dup = next((c for j, c in enumerate(targets) if c in targets[:j]), None)
     if dup is not None:
         raise StudioError(f"{src.name}: mapping names column {dup!r} twice")
-    fields: dict[str, str] = {}
-    for field in canonical:
-        column = mapping.get(field, field if field not in targets else None)
+    found: dict[str, str] = {}
+    for name in canonical:
+        column = mapping.get(name, name if name not in targets else None)
         if column is not None and column in src.columns:
-            fields[field] = column
-    declared = {f: c for f, c in mapping.items() if f not in canonical}
+            found[name] = column
+    declared = {ours: c for ours, c in mapping.items() if ours not in canonical}
     for label, column in declared.items():
         if label in src.columns and label not in targets:
             raise StudioError(
                 f"{src.name}: mapping {label}={column}: the file already has a column {label!r}"
             )
-    return fields, declared
+    return found, declared
 
 
-def _check_text(src: _Source, field: str, values: list[Any]) -> list[str]:
+def _check_text(src: _Source, name: str, values: list[Any]) -> list[str]:
     """A required string field: present, a string, not blank."""
     for i, v in enumerate(values):
         if type(v) is not str:
             if v is None:
-                raise src.error(i, f"missing required field {field!r}")
-            raise src.error(i, f"field {field!r} must be a string, got {_tname(v)} {_show(v)}")
+                raise src.error(i, f"missing required field {name!r}")
+            raise src.error(i, f"field {name!r} must be a string, got {_tname(v)} {_show(v)}")
         if not v or v.isspace():
-            raise src.error(i, f"field {field!r} is empty")
+            raise src.error(i, f"field {name!r} is empty")
     return values
 
 
@@ -556,7 +578,7 @@ def _check_ids(src: _Source, values: list[Any]) -> list[str]:
     return ids
 
 
-def _hash_ids(rows: Any) -> list[str]:
+def _hash_ids(rows: Iterable[dict[str, Any]]) -> list[str]:
     """Stable content ids: sha1 of the canonical fields' JSON (16 hex), ``-2``... on repeats."""
     ids: list[str] = []
     seen: dict[str, int] = {}
@@ -624,29 +646,8 @@ def _label_values(src: _Source, column: str, values: list[Any]) -> list[float | 
     return out
 
 
-def _tags_array(tags: dict[str, list[str | None]], n: int) -> pa.MapArray:
-    """Row-wise map<string,string> of the non-null tags, built column-wise with numpy."""
-    names = list(tags)
-    if not names:
-        return pa.MapArray.from_arrays(
-            pa.array(np.zeros(n + 1, dtype=np.int32)),
-            pa.array([], pa.string()),
-            pa.array([], pa.string()),
-        )
-    values = np.empty((n, len(names)), dtype=object)
-    for j, name in enumerate(names):
-        values[:, j] = tags[name]
-    present = values != None  # noqa: E711 (elementwise on an object array)
-    offsets = np.zeros(n + 1, dtype=np.int32)
-    np.cumsum(present.sum(axis=1), out=offsets[1:])
-    keys = np.broadcast_to(np.array(names, dtype=object), values.shape)[present]
-    return pa.MapArray.from_arrays(
-        pa.array(offsets), pa.array(keys, pa.string()), pa.array(values[present], pa.string())
-    )
-
-
-def _extra_json(columns: list[tuple[str, list[Any]]], n: int) -> list[str]:
-    """Per record, the JSON of its non-null non-canonical fields under their original names."""
+def _objects_json(columns: list[tuple[str, list[Any]]], n: int) -> list[str]:
+    """Per record, the JSON object of the given columns' non-null values (``"{}"`` when none)."""
     if not columns:
         return ["{}"] * n
     names = [c for c, _ in columns]

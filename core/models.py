@@ -9,6 +9,7 @@ block output is what we read, as sae-lens does).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,7 @@ def load_model(
     positions never change the activations of real tokens in a causal model.
     """
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     path = Path(name_or_path).expanduser()
     is_local = path.exists()
@@ -84,6 +86,8 @@ def load_model(
     source = str(path) if is_local else name_or_path
 
     kwargs: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
+    # transformers' per-tensor "Loading weights" bar drowns our own progress bars and errors
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModel.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -143,12 +147,14 @@ def find_blocks(model: nn.Module) -> nn.ModuleList:
                 candidate = model.get_submodule(prefix + name)
             except AttributeError:
                 continue
-            if fits(candidate) and len(candidate) > 0:
-                return candidate  # type: ignore[return-value]
+            if isinstance(candidate, nn.ModuleList) and fits(candidate) and len(candidate):
+                return candidate
 
-    lists = [m for _, m in model.named_modules() if isinstance(m, nn.ModuleList) and fits(m)]
+    lists: list[nn.ModuleList] = [
+        m for m in model.modules() if isinstance(m, nn.ModuleList) and fits(m)
+    ]
     if lists:
-        return max(lists, key=len)  # type: ignore[return-value]
+        return max(lists, key=len)
     raise StudioError(
         f"could not find the transformer blocks of {type(model).__name__} "
         f"(expected {n_expected} layers)"
@@ -173,6 +179,16 @@ def _excluded_token_ids(tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
+def context_length(lm: LoadedModel) -> int | None:
+    """The most tokens the model takes (position embeddings), or None when it does not say."""
+    cfg = _text_config(lm.model)
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def token_lengths(lm: LoadedModel, texts: Sequence[str]) -> list[int]:
     """Untruncated token counts (special tokens included), for bucketing and truncation flags."""
     if not texts:
@@ -187,6 +203,9 @@ def tokenize_batch(lm: LoadedModel, texts: Sequence[str], *, max_length: int) ->
     Returns ``input_ids``, ``attention_mask`` [B, S], ``keep`` [B, S] (real, non-special tokens:
     the ones that are pooled), ``truncated`` [B] bool and ``n_truncated``.
     """
+    ctx = context_length(lm)
+    if ctx is not None:
+        max_length = min(max_length, ctx)  # longer inputs would crash the position embeddings
     enc = lm.tokenizer(
         list(texts),
         padding=True,
@@ -244,11 +263,8 @@ def layer_activations(lm: LoadedModel, batch: dict[str, Any], *, layer: int) -> 
 
     handle = block.register_forward_hook(hook)
     try:
-        with torch.inference_mode():
-            try:
-                lm.model(**_model_inputs(lm, batch))
-            except _StopForward:
-                pass
+        with torch.inference_mode(), contextlib.suppress(_StopForward):
+            lm.model(**_model_inputs(lm, batch))
     finally:
         handle.remove()
     if not captured:
@@ -256,9 +272,7 @@ def layer_activations(lm: LoadedModel, batch: dict[str, Any], *, layer: int) -> 
     return captured[0]
 
 
-def full_forward_activations(
-    lm: LoadedModel, batch: dict[str, Any], *, layer: int
-) -> torch.Tensor:
+def full_forward_activations(lm: LoadedModel, batch: dict[str, Any], *, layer: int) -> torch.Tensor:
     """Baseline: a full forward with ``output_hidden_states=True``, taking ``hidden_states[L+1]``.
 
     For the last block the block output is captured by a pass-through hook instead, because

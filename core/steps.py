@@ -164,25 +164,21 @@ def train_sae(
     out: str | Path | None = None,
     width: int | None = None,
     k: int = 32,
-    epochs: int = 1,
-    lr: float = 4e-4,
-    batch_tokens: int = 4096,
+    epochs: int = 2,
+    lr: float = 1e-3,
+    batch_tokens: int = 1024,
     max_length: int = 256,
     max_tokens: int = 1_000_000,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Train a TopK SAE with sae-lens on the dataset's activations at ``layer``; saves it in
     sae-lens's on-disk format and records a run. Returns the run's summary."""
-    from core.models import load_model
+    from core.models import check_layer, load_model
     from core.sae import train_sae as _train
 
     _, texts = _texts(store, dataset)
     lm = load_model(resolve_model(model))
-    if not 0 <= layer < lm.n_layers:
-        raise StudioError(
-            f"layer {layer} is out of range: model '{model}' has {lm.n_layers} layers "
-            f"(0..{lm.n_layers - 1})"
-        )
+    check_layer(lm, layer)
     width = width or 8 * lm.d_model
     out_dir = (
         Path(out)
@@ -211,6 +207,8 @@ def train_sae(
         batch_size=batch_tokens,
         seed=seed,
         out_dir=out_dir,
+        hook_name=f"blocks.{layer}.hook_resid_post",
+        model_name=_model_label(model),
     )
     summary = {
         "path": str(res.path),
@@ -264,7 +262,7 @@ def featurize(
     continues with the examples not yet stored. Returns the run id.
     """
     from core.features import FeatureConfig, TokenStats, featurize_batches
-    from core.models import load_model
+    from core.models import check_layer, load_model
     from core.sae import check_sae_matches, load_sae, sae_info
 
     if (sae_path is None) == (sae_release is None):
@@ -278,11 +276,7 @@ def featurize(
         max_length=max_length,
     )
     lm = load_model(resolve_model(model))
-    if not 0 <= layer < lm.n_layers:
-        raise StudioError(
-            f"layer {layer} is out of range: model '{model}' has {lm.n_layers} layers "
-            f"(0..{lm.n_layers - 1})"
-        )
+    check_layer(lm, layer)
     if sae_path is not None:
         sae = load_sae(path=sae_path, device=lm.device)
         sae_name = str(Path(sae_path).resolve())
@@ -338,7 +332,8 @@ def featurize(
             store.write_feature_chunk(run_id, chunk=chunk, stats=s, top_tokens=top)
     if n_trunc:
         tqdm.write(
-            f"warning: {n_trunc} examples were longer than {max_length} tokens and truncated"
+            f"warning: {n_trunc} examples were longer than {max_length} tokens (or the "
+            "model's context) and were truncated"
         )
     totals = store.feature_totals(run_id)
     store.finish_run(
@@ -365,14 +360,10 @@ def feature_matrix(store: Store, run_id: int) -> tuple[list[str], sparse.csr_mat
 
 
 def csr_from_lists(tbl: pa.Table, *, d_sae: int) -> sparse.csr_matrix:
-    """A CSR matrix straight from the Arrow list columns feature_ids / vals (no Python loop)."""
-    ids_col = tbl.column("feature_ids").combine_chunks()
-    val_col = tbl.column("vals").combine_chunks()
-    offsets = np.asarray(ids_col.offsets.to_numpy(), dtype=np.int64)
-    indices = ids_col.values.to_numpy(zero_copy_only=False).astype(np.int32)
-    data = val_col.values.to_numpy(zero_copy_only=False).astype(np.float32)
-    offsets = offsets - offsets[0]
-    return sparse.csr_matrix((data, indices, offsets), shape=(tbl.num_rows, d_sae))
+    """A CSR matrix straight from the Arrow list columns feature_ids / vals."""
+    from core.features import dense_from_sparse
+
+    return dense_from_sparse(tbl.column("feature_ids"), tbl.column("vals"), d_sae)
 
 
 def _need_feature_run(store: Store, dataset: str, feature_run: int | None) -> int:

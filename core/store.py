@@ -518,7 +518,7 @@ class Store:
     def features(self, run_id: int) -> pa.Table:
         """example_id, n_tokens, truncated, feature_ids, vals of a run, in ingest order."""
         with self.connect() as con:
-            return con.execute(
+            return con.sql(
                 "SELECT f.example_id, f.n_tokens, f.truncated, f.feature_ids, f.vals "
                 "FROM features f JOIN runs r ON r.run_id = f.run_id "
                 "JOIN examples e ON e.dataset = r.dataset AND e.id = f.example_id "

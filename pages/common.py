@@ -20,6 +20,22 @@ from core.errors import StudioError
 from core.store import Store, Views
 
 DEMO_DB = "data/demo.duckdb"
+
+
+def _leave_pages_directory_mode() -> None:
+    """Streamlit runs the first session of a fresh server in its old pages/-folder mode when a
+    pages/ folder exists (it learns of st.navigation only once app.py has run), so a first visit
+    to /map would run pages/map.py without app.py. Switch that mode off and rerun: app.py then
+    routes the same URL through st.navigation."""
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    if PagesManager.uses_pages_directory and get_script_run_ctx() is not None:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_leave_pages_directory_mode()
 T = TypeVar("T")
 
 # Session-state keys, all in one place.

@@ -1,7 +1,11 @@
 """Every page under AppTest, on the pipeline database: no exception, the right elements drawn."""
 
+from pathlib import Path
+
 import pytest
 from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 pytestmark = pytest.mark.slow
 
@@ -9,7 +13,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def app(pipeline_db, monkeypatch):
     monkeypatch.setenv("SAERL_DB", str(pipeline_db))
-    at = AppTest.from_file("app.py", default_timeout=60)
+    at = AppTest.from_file(APP, default_timeout=60)
     at.run()
     return at
 
@@ -49,7 +53,7 @@ def test_export_counts_follow_filters(app):
 
 def test_missing_database_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("SAERL_DB", str(tmp_path / "none.duckdb"))
-    at = AppTest.from_file("app.py", default_timeout=30)
+    at = AppTest.from_file(APP, default_timeout=30)
     at.run()
     assert not at.exception
     assert "does not exist" in at.error[0].value

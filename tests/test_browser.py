@@ -97,7 +97,7 @@ def test_map_page_draws_every_point(server, tmp_path):
             """() => {
                 const gd = document.querySelector('.js-plotly-plot');
                 if (!gd || !gd.data) return 0;
-                return gd.data.reduce((a, t) => a + (t.x ? t.x.length : 0), 0);
+                return (gd._fullData || []).reduce((a, t) => a + (t._length || 0), 0);
             }""",
             timeout=30_000,
         ).json_value()

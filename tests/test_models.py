@@ -86,7 +86,7 @@ def test_blocks_above_the_layer_never_run(tiny_lm: Any) -> None:
     assert [len(block._forward_hooks) for block in blocks] == hooks_before
 
 
-def test_layer_out_of_range(tiny_bert: Any, tiny_bert_dir: Path) -> None:
+def test_layer_out_of_range(tiny_bert: Any) -> None:
     batch = tokenize_batch(tiny_bert, TEXTS[:1], max_length=16)
     with pytest.raises(StudioError, match=r"layer 7 is out of range: .* has 3 layers \(0\.\.2\)"):
         layer_activations(tiny_bert, batch, layer=7)
@@ -146,7 +146,7 @@ def test_load_model_missing_path(tmp_path: Path) -> None:
 
 
 def test_load_model_folder_without_config(tmp_path: Path) -> None:
-    with pytest.raises(StudioError, match="has no config.json"):
+    with pytest.raises(StudioError, match=r"has no config\.json"):
         load_model(str(tmp_path))
 
 

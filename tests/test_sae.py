@@ -44,7 +44,7 @@ def test_load_sae_missing_or_bad_folder(tmp_path: Path) -> None:
     missing = tmp_path / "no-sae"
     with pytest.raises(StudioError, match=f"SAE folder '{missing}' does not exist"):
         load_sae(path=missing)
-    with pytest.raises(StudioError, match="has no cfg.json"):
+    with pytest.raises(StudioError, match=r"has no cfg\.json"):
         load_sae(path=tmp_path)
     with pytest.raises(StudioError, match="either an SAE folder"):
         load_sae()
@@ -57,9 +57,7 @@ def test_load_sae_from_hub_offline_is_a_studio_error() -> None:
 
 def test_check_sae_d_in_mismatch(tiny_bert: Any, make_sae: Callable[..., Any]) -> None:
     sae = make_sae(d_in=32)
-    with pytest.raises(
-        StudioError, match=r"SAE d_in 32 does not match model '.*' hidden size 64"
-    ):
+    with pytest.raises(StudioError, match=r"SAE d_in 32 does not match model '.*' hidden size 64"):
         check_sae_matches(sae, tiny_bert, layer=1)
 
 
@@ -68,7 +66,9 @@ def test_check_sae_hook_layer(tiny_bert: Any, make_sae: Callable[..., Any]) -> N
     check_sae_matches(sae, tiny_bert, layer=1)  # no hook recorded: nothing to compare
     sae.cfg.metadata.hook_name = "blocks.2.hook_resid_post"
     check_sae_matches(sae, tiny_bert, layer=2)
-    with pytest.raises(StudioError, match=r"'blocks.2.hook_resid_post' \(layer 2\), not on layer 1"):
+    with pytest.raises(
+        StudioError, match=r"'blocks.2.hook_resid_post' \(layer 2\), not on layer 1"
+    ):
         check_sae_matches(sae, tiny_bert, layer=1)
     sae.cfg.metadata.hook_name = "blocks.2.hook_resid_pre"  # = output of block 1
     check_sae_matches(sae, tiny_bert, layer=1)

@@ -1,0 +1,481 @@
+"""core.ingest: every format, ids, mapping, labels/tags, the three kinds, and each bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from core.errors import StudioError
+from core.ingest import (
+    EXAMPLES_SCHEMA,
+    LABELS_SCHEMA,
+    RESPONSES_SCHEMA,
+    IngestTables,
+    read_dataset,
+)
+
+RECORDS: list[dict[str, Any]] = [
+    {"prompt": "What is 2+2?", "answer": "4", "difficulty": 1, "task": "add"},
+    {"prompt": "What is 3*7?", "answer": "21", "difficulty": 2, "task": "mul"},
+    {"prompt": "What is 9-4?", "answer": "5", "difficulty": 1, "task": "sub"},
+]
+
+
+def write_jsonl(path: Path, records: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def write_records(path: Path, records: list[dict[str, Any]]) -> Path:
+    """Write ``records`` in the format ``path``'s name asks for (a folder: save_to_disk)."""
+    if path.suffix in (".jsonl", ".ndjson"):
+        return write_jsonl(path, records)
+    if path.suffix == ".json":
+        path.write_text(json.dumps(records, indent=2), encoding="utf-8")
+    elif path.suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(records), path)
+    elif path.suffix == ".csv":
+        write_csv(path, records)
+    else:
+        import datasets
+
+        datasets.Dataset.from_list(records).save_to_disk(str(path))
+    return path
+
+
+def labels_of(t: IngestTables) -> dict[tuple[str, str], float]:
+    return {(r["example_id"], r["name"]): r["value"] for r in t.labels.to_pylist()}
+
+
+def error_of(path: Path, **kw: Any) -> str:
+    kw.setdefault("kind", "prompts")
+    with pytest.raises(StudioError) as e:
+        read_dataset(path, **kw)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(path.name)
+    return msg
+
+
+# --- formats ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["d.jsonl", "d.ndjson", "d.json", "d.parquet", "d.csv", "d_hf"])
+def test_every_format_reads_the_same(tmp_path: Path, name: str) -> None:
+    t = read_dataset(write_records(tmp_path / name, RECORDS), kind="prompts")
+    assert t.n == 3 and t.kind == "prompts" and t.source.endswith(name)
+    assert t.examples.schema.equals(EXAMPLES_SCHEMA)
+    assert t.labels.schema.equals(LABELS_SCHEMA)
+    assert t.responses.schema.equals(RESPONSES_SCHEMA) and t.responses.num_rows == 0
+    ex = t.examples.to_pylist()
+    assert [r["prompt"] for r in ex] == [r["prompt"] for r in RECORDS]
+    assert [r["text"] for r in ex] == [r["prompt"] for r in RECORDS]
+    assert [r["answer"] for r in ex] == ["4", "21", "5"]
+    assert [r["idx"] for r in ex] == [0, 1, 2]
+    assert [json.loads(r["tags"]) for r in ex] == [{"task": r["task"]} for r in RECORDS]
+    values = labels_of(t)
+    assert [values[(r["id"], "difficulty")] for r in ex] == [1.0, 2.0, 1.0]
+    # extra keeps the non-canonical fields (CSV: as the text that was in the file)
+    assert json.loads(ex[1]["extra"])["task"] == "mul"
+    assert str(json.loads(ex[1]["extra"])["difficulty"]) == "2"
+
+
+def test_json_object_with_data_key(tmp_path: Path) -> None:
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"version": 1, "data": RECORDS}), encoding="utf-8")
+    assert read_dataset(path, kind="prompts").n == 3
+
+
+def test_dataset_dict_needs_one_split(tmp_path: Path) -> None:
+    import datasets
+
+    one = datasets.Dataset.from_list(RECORDS)
+    datasets.DatasetDict({"train": one}).save_to_disk(str(tmp_path / "single"))
+    assert read_dataset(tmp_path / "single", kind="prompts").n == 3
+
+    datasets.DatasetDict({"train": one, "test": one}).save_to_disk(str(tmp_path / "two"))
+    msg = error_of(tmp_path / "two")
+    assert "train" in msg and "test" in msg and "which" in msg
+    assert read_dataset(tmp_path / "two" / "test", kind="prompts").n == 3
+
+
+def test_blank_lines_crlf_and_bom_are_fine(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    body = "\r\n".join(json.dumps(r) for r in RECORDS)
+    path.write_bytes(("\ufeff" + body + "\r\n\r\n").encode())
+    assert read_dataset(path, kind="prompts").n == 3
+
+
+def test_csv_quoted_newlines_and_mixed_text_column(tmp_path: Path) -> None:
+    rows = [
+        {"prompt": "line one\nline two", "answer": "1", "zip": "02139", "score": "0.5"},
+        {"prompt": "second", "answer": "", "zip": "SW1A", "score": ""},
+    ]
+    t = read_dataset(write_csv(tmp_path / "d.csv", rows), kind="prompts")
+    ex = t.examples.to_pylist()
+    assert ex[0]["prompt"] == "line one\nline two"
+    assert ex[1]["answer"] is None  # empty cell -> null
+    assert json.loads(ex[0]["tags"]) == {"zip": "02139"}  # numbers and text -> a tag
+    assert [(r["name"], r["value"]) for r in t.labels.to_pylist()] == [("score", 0.5)]
+
+
+# --- ids -------------------------------------------------------------------------------------
+
+
+def test_file_ids_are_kept_as_strings(tmp_path: Path) -> None:
+    recs = [dict(r, id=i * 10) for i, r in enumerate(RECORDS)]
+    t = read_dataset(write_jsonl(tmp_path / "d.jsonl", recs), kind="prompts")
+    assert t.examples.column("id").to_pylist() == ["0", "10", "20"]
+    assert "id" not in json.loads(t.examples.column("extra")[0].as_py())
+
+
+def test_assigned_ids_are_stable_and_disambiguated(tmp_path: Path) -> None:
+    recs = [*RECORDS, RECORDS[0], dict(RECORDS[0], difficulty=5)]
+    a = read_dataset(write_jsonl(tmp_path / "a.jsonl", recs), kind="prompts")
+    b = read_dataset(write_records(tmp_path / "b.parquet", recs), kind="prompts")
+    ids = a.examples.column("id").to_pylist()
+    assert ids == b.examples.column("id").to_pylist()  # same content, same ids, any format
+    assert len(ids[0]) == 16 and all(c in "0123456789abcdef" for c in ids[0])
+    assert ids[3] == ids[0] + "-2" and ids[4] == ids[0] + "-3"
+    assert len(set(ids)) == 5
+    shifted = read_dataset(write_jsonl(tmp_path / "c.jsonl", recs[1:]), kind="prompts")
+    assert shifted.examples.column("id").to_pylist()[0] == ids[1]  # not position-based
+
+
+# --- mapping ---------------------------------------------------------------------------------
+
+
+def test_mapping_renames_fields_and_declares_labels(tmp_path: Path) -> None:
+    recs = [
+        {"question": "Q1?", "solution": "1", "level": 3, "src": "x"},
+        {"question": "Q2?", "solution": "2", "level": 4, "src": "y"},
+    ]
+    path = write_jsonl(tmp_path / "d.jsonl", recs)
+    t = read_dataset(
+        path, kind="prompts", mapping={"prompt": "question", "answer": "solution", "hard": "level"}
+    )
+    ex = t.examples.to_pylist()
+    assert [r["prompt"] for r in ex] == ["Q1?", "Q2?"]
+    assert [r["answer"] for r in ex] == ["1", "2"]
+    assert sorted({r["name"] for r in t.labels.to_pylist()}) == ["hard"]
+    assert json.loads(ex[0]["extra"]) == {"level": 3, "src": "x"}  # original names
+
+
+def test_answer_aliases_are_not_guessed(tmp_path: Path) -> None:
+    recs = [{"prompt": "Q?", "ground_truth": "7", "solution": "because"}]
+    t = read_dataset(write_jsonl(tmp_path / "d.jsonl", recs), kind="prompts")
+    assert t.examples.column("answer").to_pylist() == [None]
+    assert json.loads(t.examples.column("tags")[0].as_py()) == {
+        "ground_truth": "7",
+        "solution": "because",
+    }
+
+
+@pytest.mark.parametrize(
+    ("mapping", "needle"),
+    [
+        ({"prompt": "nope"}, "no column 'nope'"),
+        ({"chosen": "task"}, "'chosen' is not a field of prompts"),
+        ({"prompt": "task", "answer": "task"}, "names column 'task' twice"),
+        ({"difficulty": "answer"}, "already has a column 'difficulty'"),
+        ({"weight": "task"}, "line 1: field 'task' must be a number, got 'add'"),
+    ],
+)
+def test_bad_mapping(tmp_path: Path, mapping: dict[str, str], needle: str) -> None:
+    assert needle in error_of(write_jsonl(tmp_path / "d.jsonl", RECORDS), mapping=mapping)
+
+
+def test_declared_label_in_csv_must_be_numeric(tmp_path: Path) -> None:
+    rows = [
+        {"prompt": "a", "lvl": "1"},
+        {"prompt": "b", "lvl": "2"},
+        {"prompt": "c", "lvl": "hard"},
+    ]
+    path = write_csv(tmp_path / "d.csv", rows)
+    assert json.loads(read_dataset(path, kind="prompts").examples["tags"][2].as_py()) == {
+        "lvl": "hard"
+    }
+    msg = error_of(path, mapping={"difficulty": "lvl"})
+    assert "line 4: field 'lvl' must be a number" in msg and "'hard'" in msg
+
+
+# --- preferences and chats -------------------------------------------------------------------
+
+
+def test_preferences_with_rejected_lists_of_different_sizes(tmp_path: Path) -> None:
+    recs = [
+        {"prompt": "Tell a story.", "chosen": "A", "rejected": ["B", "C", "D"], "genre": "sf"},
+        {"prompt": "Another.", "chosen": "E", "rejected": "F", "margin": 0.5},
+        {"prompt": "Third.", "chosen": "G", "rejected": ["H"]},
+    ]
+    t = read_dataset(write_jsonl(tmp_path / "p.jsonl", recs), kind="preferences")
+    ids = t.examples.column("id").to_pylist()
+    rs = t.responses.to_pylist()
+    assert [(r["example_id"], r["response_idx"], r["role"], r["text"]) for r in rs] == [
+        (ids[0], 0, "chosen", "A"),
+        (ids[0], 1, "rejected", "B"),
+        (ids[0], 2, "rejected", "C"),
+        (ids[0], 3, "rejected", "D"),
+        (ids[1], 0, "chosen", "E"),
+        (ids[1], 1, "rejected", "F"),
+        (ids[2], 0, "chosen", "G"),
+        (ids[2], 1, "rejected", "H"),
+    ]
+    assert t.examples.column("text").to_pylist() == [r["prompt"] for r in recs]
+    assert labels_of(t) == {(ids[1], "margin"): 0.5}
+    # the same prompt with other responses is another example
+    other = read_dataset(
+        write_jsonl(tmp_path / "q.jsonl", [dict(recs[0], chosen="Z")]), kind="preferences"
+    )
+    assert other.examples.column("id")[0].as_py() != ids[0]
+
+
+def test_preferences_from_parquet_and_csv_lists(tmp_path: Path) -> None:
+    recs = [{"prompt": "P", "chosen": "A", "rejected": ["B", "C"]}]
+    t = read_dataset(write_records(tmp_path / "p.parquet", recs), kind="preferences")
+    assert t.responses.num_rows == 3
+    path = write_csv(tmp_path / "p.csv", [{"prompt": "P", "chosen": "A", "rejected": '["B", "C"]'}])
+    assert read_dataset(path, kind="preferences").responses.column("text").to_pylist() == [
+        "A",
+        "B",
+        "C",
+    ]
+
+
+def test_chats_with_feedback(tmp_path: Path) -> None:
+    recs = [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!"},
+                {"role": "user", "content": "Thanks"},
+                {"role": "assistant", "content": None},
+            ],
+            "feedback": 4,
+            "lang": "en",
+        },
+        {"messages": [{"role": "user", "content": "Why?"}], "feedback": None},
+    ]
+    t = read_dataset(write_jsonl(tmp_path / "c.jsonl", recs), kind="chats")
+    ex = t.examples.to_pylist()
+    assert (
+        ex[0]["text"] == "system: Be brief.\nuser: Hi\nassistant: Hello!\nuser: Thanks\nassistant: "
+    )
+    assert [r["prompt"] for r in ex] == ["Thanks", "Why?"]
+    assert [r["answer"] for r in ex] == [None, None]
+    assert labels_of(t) == {(ex[0]["id"], "feedback"): 4.0}  # null feedback: no label row
+    assert json.loads(ex[0]["tags"]) == {"lang": "en"}
+    parquet = read_dataset(write_records(tmp_path / "c.parquet", recs), kind="chats")
+    assert parquet.examples.column("id").to_pylist() == [r["id"] for r in ex]
+
+
+def test_chats_messages_as_json_text_in_csv(tmp_path: Path) -> None:
+    msgs = json.dumps([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}])
+    t = read_dataset(
+        write_csv(tmp_path / "c.csv", [{"messages": msgs, "feedback": "2"}]), kind="chats"
+    )
+    assert t.examples.column("text").to_pylist() == ["user: Hi\nassistant: Yo"]
+    assert t.labels.column("value").to_pylist() == [2.0]
+
+
+# --- bad input: every message names the file, the line and the field ------------------------
+
+
+def jsonl_lines(tmp_path: Path, *lines: str) -> Path:
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+GOOD = json.dumps({"prompt": "ok", "difficulty": 1})
+
+
+@pytest.mark.parametrize(
+    ("lines", "needle"),
+    [
+        (
+            [GOOD, "", GOOD, '{"prompt": "x" "a": 1}'],
+            "line 4: malformed JSON: Expecting ',' delimiter",
+        ),
+        ([GOOD, "[1, 2]"], "line 2: expected a JSON object, got list"),
+        ([GOOD, GOOD, '{"answer": "3"}'], "line 3: missing required field 'prompt'"),
+        ([GOOD, '{"prompt": null}'], "line 2: missing required field 'prompt'"),
+        ([GOOD, '{"prompt": "   "}'], "line 2: field 'prompt' is empty"),
+        ([GOOD, '{"prompt": 12}'], "line 2: field 'prompt' must be a string, got int"),
+        (
+            [GOOD, '{"prompt": "a", "answer": [1]}'],
+            "line 2: field 'answer' must be a string or number",
+        ),
+        (
+            [GOOD, GOOD, GOOD, GOOD, '{"prompt": "a", "difficulty": "hard"}'],
+            "line 5: field 'difficulty' must be a number (as on line 1), got 'hard'",
+        ),
+        (
+            ['{"prompt": "a", "difficulty": "hard"}', GOOD],
+            "line 1: field 'difficulty' must be a number (as on line 2), got 'hard'",
+        ),
+        (
+            [GOOD, '{"prompt": "a", "difficulty": NaN}'],
+            "line 2: field 'difficulty' must be a finite number, got nan",
+        ),
+        (
+            [GOOD, '{"prompt": "a", "difficulty": Infinity}'],
+            "line 2: field 'difficulty' must be a finite number",
+        ),
+        (
+            [
+                '{"id": "a", "prompt": "x"}',
+                '{"id": "b", "prompt": "y"}',
+                '{"id": "a", "prompt": "z"}',
+            ],
+            "line 3: duplicate id 'a' (first at line 1)",
+        ),
+        (
+            ['{"id": "a", "prompt": "x"}', '{"id": " ", "prompt": "y"}'],
+            "line 2: field 'id' is empty",
+        ),
+        (['{"id": "a", "prompt": "x"}', '{"prompt": "y"}'], "line 2: field 'id' is empty"),
+    ],
+)
+def test_bad_jsonl(tmp_path: Path, lines: list[str], needle: str) -> None:
+    msg = error_of(jsonl_lines(tmp_path, *lines))
+    assert msg.startswith("data.jsonl line")
+    assert needle in msg
+
+
+def test_not_utf8_names_byte_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    good = (GOOD + "\n").encode()
+    path.write_bytes(good * 2 + b'{"prompt": "caf\xe9"}\n')
+    msg = error_of(path)
+    assert msg == f"data.jsonl: not valid UTF-8 at byte {2 * len(good) + 15} (line 3)"
+
+
+@pytest.mark.parametrize("body", ["", "\n\n  \n"])
+def test_empty_files(tmp_path: Path, body: str) -> None:
+    for name in ("data.jsonl", "data.csv"):
+        path = tmp_path / name
+        path.write_text(body, encoding="utf-8")
+        assert error_of(path).endswith("no records")
+    (tmp_path / "data.json").write_text("[]", encoding="utf-8")
+    assert error_of(tmp_path / "data.json") == "data.json: no records"
+    pq.write_table(pa.table({"prompt": pa.array([], pa.string())}), tmp_path / "data.parquet")
+    assert error_of(tmp_path / "data.parquet") == "data.parquet: no records"
+
+
+def test_unknown_extension_and_missing_file(tmp_path: Path) -> None:
+    (tmp_path / "data.txt").write_text("hello", encoding="utf-8")
+    assert "unknown file type '.txt'" in error_of(tmp_path / "data.txt")
+    assert error_of(tmp_path / "gone.jsonl") == "gone.jsonl: no such file"
+    (tmp_path / "folder").mkdir()
+    assert "not a datasets save_to_disk folder" in error_of(tmp_path / "folder")
+
+
+def test_json_errors_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "data.json"
+    path.write_text('[\n  {"prompt": "a"},\n  {"prompt": "b",}\n]', encoding="utf-8")
+    assert "data.json line 3: malformed JSON" in error_of(path)
+    recs = [{"prompt": "a", "difficulty": 1}, {"prompt": "b"}, {"prompt": "c", "difficulty": "x"}]
+    path.write_text(json.dumps({"meta": {"a": [1, 2]}, "data": recs}, indent=2), encoding="utf-8")
+    starts = [i + 1 for i, text in enumerate(path.read_text().splitlines()) if text == "    {"]
+    assert len(starts) == 3
+    assert f"data.json line {starts[2]}: field 'difficulty' must be a number" in error_of(path)
+    path.write_text('{"rows": []}', encoding="utf-8")
+    assert "expected a list of records" in error_of(path)
+
+
+def test_csv_errors_count_the_header_line(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text('prompt,answer\n"multi\nline",1\n,2\nok,3\n', encoding="utf-8")
+    assert error_of(path) == "data.csv line 4: missing required field 'prompt'"
+    path.write_text("prompt,answer\na,1\nb,2,3\n", encoding="utf-8")
+    assert error_of(path) == "data.csv line 3: expected 2 fields, got 3"
+    path.write_text("prompt,score\na,1\nb,inf\n", encoding="utf-8")
+    assert "data.csv line 3: field 'score' must be a finite number" in error_of(path)
+    path.write_text("question\na\n", encoding="utf-8")
+    msg = error_of(path)
+    assert "line 2: missing required field 'prompt'" in msg and "question" in msg
+
+
+def test_parquet_errors_name_the_row(tmp_path: Path) -> None:
+    path = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"prompt": ["a", "b", None]}), path)
+    assert error_of(path) == "data.parquet row 3: missing required field 'prompt'"
+    pq.write_table(pa.table({"prompt": ["a", "b"], "pass_rate": [0.5, float("nan")]}), path)
+    assert "data.parquet row 2: field 'pass_rate' must be a finite number" in error_of(path)
+
+
+@pytest.mark.parametrize(
+    ("record", "needle"),
+    [
+        ({"prompt": "p", "chosen": "a"}, "line 2: missing required field 'rejected'"),
+        (
+            {"prompt": "p", "chosen": "a", "rejected": []},
+            "line 2: field 'rejected' must be a string or a non-empty list",
+        ),
+        (
+            {"prompt": "p", "chosen": "a", "rejected": ["b", ""]},
+            "line 2: field 'rejected' item 2 must be non-empty",
+        ),
+        ({"prompt": "p", "rejected": "b"}, "line 2: missing required field 'chosen'"),
+    ],
+)
+def test_bad_preferences(tmp_path: Path, record: dict[str, Any], needle: str) -> None:
+    ok = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    path = write_jsonl(tmp_path / "data.jsonl", [ok, record])
+    assert needle in error_of(path, kind="preferences")
+
+
+def test_preferences_without_any_rejected_column(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "data.jsonl", [{"prompt": "p", "chosen": "a"}])
+    assert "line 1: missing required field 'rejected'" in error_of(path, kind="preferences")
+
+
+@pytest.mark.parametrize(
+    ("record", "needle"),
+    [
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "feedback": 7},
+            "line 2: field 'feedback' must be an integer 1..5, got 7",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "feedback": 2.5},
+            "field 'feedback' must be an integer 1..5",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "feedback": "good"},
+            "line 2: field 'feedback' must be a number",
+        ),
+        ({"messages": []}, "line 2: field 'messages' must be a non-empty"),
+        ({"messages": [{"content": "hi"}]}, "line 2: field 'messages' turn 1 must be"),
+        (
+            {"messages": [{"role": "assistant", "content": "hi"}]},
+            "line 2: field 'messages' has no non-empty 'user' turn",
+        ),
+        ({"messages": "not json"}, "line 2: field 'messages' must be"),
+    ],
+)
+def test_bad_chats(tmp_path: Path, record: dict[str, Any], needle: str) -> None:
+    ok = {"messages": [{"role": "user", "content": "hi"}], "feedback": 1}
+    path = write_jsonl(tmp_path / "data.jsonl", [ok, record])
+    assert needle in error_of(path, kind="chats")
+
+
+def test_bad_kind(tmp_path: Path) -> None:
+    with pytest.raises(StudioError, match="unknown data kind"):
+        read_dataset(write_jsonl(tmp_path / "d.jsonl", RECORDS), kind="rollouts")  # type: ignore[arg-type]
