@@ -54,7 +54,7 @@ def kmeans_clusters(
     X: sparse.csr_matrix, *, k: int, seed: int = 0, n_init: int = 3
 ) -> ClusterResult:
     """k-means on the L2-normalised rows of ``X``. Empty rows stay zero and join the nearest."""
-    n = X.shape[0]
+    n = len(X.indptr) - 1
     if k > n:
         raise StudioError(f"k={k} is larger than the dataset ({n} examples)")
     Xn = normalize(X.astype(np.float32), norm="l2", axis=1)
@@ -86,7 +86,7 @@ def distinctive_features(
     """
     X = sparse.csr_matrix(X, dtype=np.float64)
     onehot = sparse.csr_matrix(
-        (np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(k, X.shape[0])
+        (np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(k, len(labels))
     )
     mass = np.asarray((onehot @ X).todense())  # [k, d_sae]
     totals = mass.sum(axis=1, keepdims=True)

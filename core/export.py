@@ -155,7 +155,7 @@ def serialize(df: pd.DataFrame, fmt: Format) -> bytes:
     if fmt == "jsonl":
         if df.empty:
             return b""
-        text = df.to_json(orient="records", lines=True, force_ascii=False)
+        text = df.to_json(orient="records", lines=True, force_ascii=False) or ""
         return (text if text.endswith("\n") else text + "\n").encode("utf-8")
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), sink, compression="zstd")

@@ -33,7 +33,7 @@ def umap_2d(X: sparse.csr_matrix, cfg: ProjectConfig) -> np.ndarray:
     """[n, d_sae] sparse -> [n, 2] float32. Seeded, so the same input gives the same map."""
     import umap  # slow import (numba); only the project step pays for it
 
-    n = X.shape[0]
+    n = len(X.indptr) - 1
     if n < 4:
         raise StudioError(f"UMAP needs at least 4 examples, got {n}")
     Xn = normalize(X.astype(np.float32), norm="l2", axis=1)

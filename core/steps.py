@@ -130,29 +130,29 @@ def collect_activations(
 ) -> Any:
     """Token activations of ``layer`` for the kept (non-special) tokens of ``texts``.
 
-    Stops at ``max_tokens`` (texts are visited in a seeded random order, so a cap samples
-    the whole dataset rather than its head). Returns a float32 tensor [n_tokens, d_model].
+    With more than ``max_tokens`` tokens in the dataset, a seeded random subset of the texts is
+    taken (so a cap samples the whole dataset, not its head). Batches are bucketed by length, as
+    in featurize. Returns a float32 tensor [n_tokens, d_model] in a seeded shuffled order.
     """
     import torch
 
-    from core.models import layer_activations, tokenize_batch
+    from core.models import iter_length_batches, layer_activations, token_lengths, tokenize_batch
 
+    lengths = np.minimum(np.asarray(token_lengths(lm, texts)), max_length)
     order = np.random.default_rng(seed).permutation(len(texts))
+    n_take = int(np.searchsorted(np.cumsum(lengths[order]), max_tokens)) + 1
+    chosen = order[:n_take]
     chunks: list[torch.Tensor] = []
-    total = 0
-    with tqdm(total=len(texts), desc=desc, unit="ex") as bar:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = tokenize_batch(lm, [texts[i] for i in idx], max_length=max_length)
+    with tqdm(total=len(chosen), desc=desc, unit="ex") as bar:
+        for idx in iter_length_batches(lengths[chosen].tolist(), batch_size=batch_size):
+            rows = chosen[idx]
+            batch = tokenize_batch(lm, [texts[i] for i in rows], max_length=max_length)
             acts = layer_activations(lm, batch, layer=layer)
-            kept = acts[batch["keep"].bool()].float().cpu()
-            chunks.append(kept)
-            total += kept.shape[0]
-            bar.update(len(idx))
-            if total >= max_tokens:
-                break
-    acts = torch.cat(chunks)[:max_tokens]
-    return acts
+            chunks.append(acts[batch["keep"].bool()].float().cpu())
+            bar.update(len(rows))
+    acts = torch.cat(chunks)
+    perm = torch.from_numpy(np.random.default_rng(seed + 1).permutation(acts.shape[0]))
+    return acts[perm][:max_tokens]
 
 
 def train_sae(

@@ -67,7 +67,7 @@ def test_curriculum_is_easy_to_hard_within_each_cluster_and_interleaved():
     for _, part in out.groupby("cluster", sort=False):
         assert part["difficulty"].is_monotonic_increasing
     # interleaved: the first 3 rows come from 3 different clusters
-    assert out["cluster"].head(3).nunique() == 3
+    assert int(out["cluster"].head(3).nunique()) == 3
 
 
 def test_curriculum_without_difficulty_names_the_columns():

@@ -26,7 +26,7 @@ def test_pipeline_stores_every_example(pipeline_db):
     assert set(wide["cluster"]) == {0, 1, 2, 3}
     assert {"difficulty", "quality"} <= set(wide.columns)
     clusters = s.clusters(views.cluster_run)
-    assert clusters["size"].sum() == PIPELINE_ROWS
+    assert int(clusters["size"].sum()) == PIPELINE_ROWS
     assert all(label.startswith("f") for label in clusters["label"])
     fr = s.run(views.feature_run)
     assert fr["config"]["layer"] == PIPELINE_LAYER and fr["config"]["pooling"] == "mean"
