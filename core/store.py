@@ -596,18 +596,57 @@ class Store:
             con.register("_p", points)
             con.execute("INSERT INTO projections SELECT ?, example_id, x, y FROM _p", [run_id])
 
-    # --- the wide view: one row per example with cluster, xy and every label -----------------
-    def _wide_sql(self, dataset: str, views: Views, label_names: Sequence[str]) -> tuple[str, list]:
+    # --- the wide view: one row per example with cluster, xy, every label and tag -------------
+    def tag_names(self, dataset: str) -> list[str]:
+        """Names of the string tags (task, corruption, ...) the dataset's examples carry."""
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT DISTINCT unnest(json_keys(tags)) AS k FROM examples "
+                "WHERE dataset = ? AND tags IS NOT NULL ORDER BY k",
+                [dataset],
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def tag_values(self, dataset: str, *, max_values: int = 50) -> pd.DataFrame:
+        """(name, value, n) for every tag with at most ``max_values`` distinct values."""
+        names = self.tag_names(dataset)
+        frames = []
+        with self.connect() as con:
+            for name in names:
+                df = con.execute(
+                    "SELECT ? AS name, json_extract_string(tags, ?) AS value, count(*) AS n "
+                    "FROM examples WHERE dataset = ? GROUP BY value ORDER BY value",
+                    [name, _json_path(name), dataset],
+                ).df()
+                if len(df) <= max_values:
+                    frames.append(df)
+        if not frames:
+            return pd.DataFrame({"name": [], "value": [], "n": []})
+        return pd.concat(frames, ignore_index=True)
+
+    def _columns(self, dataset: str) -> tuple[list[str], list[str]]:
+        """(label names, tag names) of a dataset; tags that clash with a column are left out."""
+        labels = self.label_names(dataset)
+        taken = set(BASE_COLUMNS) | set(labels) | {"tags", "extra"}
+        return labels, [t for t in self.tag_names(dataset) if t not in taken]
+
+    def _wide_sql(
+        self, dataset: str, views: Views, label_names: Sequence[str], tag_names: Sequence[str]
+    ) -> tuple[str, list]:
         params: list[Any] = []
+        tag_cols = []
+        for name in tag_names:
+            tag_cols.append(f"json_extract_string(e.tags, ?) AS {quote_ident(name)}")
+            params.append(_json_path(name))
         label_cols = []
         for name in label_names:
             label_cols.append(f"max(value) FILTER (WHERE name = ?) AS {quote_ident(name)}")
             params.append(name)
         label_select = ", ".join(["example_id", *label_cols])
-        lab = ", ".join(f"lb.{quote_ident(n)}" for n in label_names)
+        extra = [f"lb.{quote_ident(n)}" for n in label_names] + tag_cols
         sql = f"""
             SELECT e.id, e.idx, e.prompt, e.answer, e.text, e.tags, e.extra,
-                   ca.cluster, p.x, p.y{", " + lab if lab else ""}
+                   ca.cluster, p.x, p.y{"".join(", " + c for c in extra)}
             FROM examples e
             LEFT JOIN (SELECT {label_select} FROM labels WHERE dataset = ? GROUP BY example_id) lb
                 ON lb.example_id = e.id
@@ -615,8 +654,16 @@ class Store:
             LEFT JOIN projections p ON p.run_id = ? AND p.example_id = e.id
             WHERE e.dataset = ?
         """
-        params += [dataset, views.cluster_run, views.projection_run, dataset]
-        return sql, params
+        # the tag expressions come first in the text, then the label subquery
+        tag_params, label_params = params[: len(tag_names)], params[len(tag_names) :]
+        return sql, [
+            *tag_params,
+            *label_params,
+            dataset,
+            views.cluster_run,
+            views.projection_run,
+            dataset,
+        ]
 
     def wide(
         self,
@@ -630,13 +677,14 @@ class Store:
     ) -> pa.Table:
         """Examples of a dataset as one wide table (ingest order), filtered.
 
-        ``filters`` are ANDed; ``ids`` keeps only those example ids (a map selection);
-        ``columns`` restricts the output (default: all).
+        Columns: id, idx, prompt, answer, text, tags, extra, cluster, x, y, then one column per
+        numeric label and one per string tag. ``filters`` are ANDed; ``ids`` keeps only those
+        example ids (a map selection); ``columns`` restricts the output (default: all).
         """
-        names = self.label_names(dataset)
-        inner, params = self._wide_sql(dataset, views, names)
-        allowed = set(BASE_COLUMNS) | set(names)
-        where, wparams = _where(filters, allowed, numeric=set(NUMERIC_BASE) | set(names))
+        labels, tags = self._columns(dataset)
+        inner, params = self._wide_sql(dataset, views, labels, tags)
+        allowed = set(BASE_COLUMNS) | set(labels) | set(tags)
+        where, wparams = _where(filters, allowed, numeric=set(NUMERIC_BASE) | set(labels))
         select = "*"
         if columns is not None:
             bad = [c for c in columns if c not in allowed | {"tags", "extra"}]
@@ -721,6 +769,11 @@ class Store:
                 "WHERE ? IS NULL OR dataset = ? ORDER BY created_at DESC",
                 [dataset, dataset],
             ).df()
+
+
+def _json_path(key: str) -> str:
+    """A JSON path for one top-level key, quoted so any key name is safe: ``$."a b"``."""
+    return "$." + json.dumps(key)
 
 
 def _run_record(rec: dict[str, Any]) -> dict[str, Any]:

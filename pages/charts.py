@@ -42,42 +42,34 @@ def map_figure(
     cluster_labels: dict[int, str],
     height: int = 640,
 ) -> go.Figure:
-    """The UMAP scatter (WebGL). Coloured by cluster (one trace per cluster, fixed order so
+    """The UMAP scatter (WebGL). Coloured by cluster or a tag (one trace per value, fixed order so
     colours stay put when filters change) or by a numeric column (missing values in grey)."""
     fig = go.Figure()
     marker = {"size": 5 if len(df) < 20_000 else 3, "opacity": 0.8}
-    if color_by == "cluster":
+    values = df[color_by]
+    if color_by == "cluster" or not pd.api.types.is_numeric_dtype(values):
+        # categorical: one trace per value, in a fixed order so colours stay put under filters
         palette = _palette()
-        clusters = sorted(int(c) for c in df["cluster"].dropna().unique())
-        for c in clusters:
-            part = df[df["cluster"] == c]
+        cats = sorted(values.dropna().unique().tolist())
+        for i, cat in enumerate(cats):
+            part = df[values == cat]
+            name = f"{cat} · {cluster_labels.get(int(cat), '')}" if color_by == "cluster" else cat
+            color = palette[(int(cat) if color_by == "cluster" else i) % len(palette)]
             fig.add_trace(
                 go.Scattergl(
                     x=part["x"],
                     y=part["y"],
                     mode="markers",
-                    name=f"{c} · {cluster_labels.get(c, '')}"[:28],
-                    marker={**marker, "color": palette[c % len(palette)]},
+                    name=str(name)[:28],
+                    marker={**marker, "color": color},
                     customdata=_custom(part),
                     hovertemplate=HOVER,
                 )
             )
-        rest = df[df["cluster"].isna()]
-        if len(rest):
-            fig.add_trace(
-                go.Scattergl(
-                    x=rest["x"],
-                    y=rest["y"],
-                    mode="markers",
-                    name="no cluster",
-                    marker={**marker, "color": "#bbbbbb"},
-                    customdata=_custom(rest),
-                    hovertemplate=HOVER,
-                )
-            )
-    else:
-        values = pd.to_numeric(df[color_by], errors="coerce")
         has = values.notna()
+    else:
+        numeric = pd.to_numeric(values, errors="coerce")
+        has = numeric.notna()
         part = df[has]
         fig.add_trace(
             go.Scattergl(
@@ -87,7 +79,7 @@ def map_figure(
                 name=color_by,
                 marker={
                     **marker,
-                    "color": values[has],
+                    "color": numeric[has],
                     "colorscale": "Viridis",
                     "showscale": True,
                     "colorbar": {"title": {"text": color_by}},
@@ -96,19 +88,19 @@ def map_figure(
                 hovertemplate=HOVER,
             )
         )
-        if (~has).any():
-            rest = df[~has]
-            fig.add_trace(
-                go.Scattergl(
-                    x=rest["x"],
-                    y=rest["y"],
-                    mode="markers",
-                    name=f"no {color_by}",
-                    marker={**marker, "color": "#bbbbbb"},
-                    customdata=_custom(rest),
-                    hovertemplate=HOVER,
-                )
+    if (~has).any():
+        rest = df[~has]
+        fig.add_trace(
+            go.Scattergl(
+                x=rest["x"],
+                y=rest["y"],
+                mode="markers",
+                name=f"no {color_by}",
+                marker={**marker, "color": "#bbbbbb"},
+                customdata=_custom(rest),
+                hovertemplate=HOVER,
             )
+        )
     fig.update_layout(
         height=height,
         margin={"l": 10, "r": 10, "t": 10, "b": 10},
@@ -122,8 +114,8 @@ def map_figure(
             "xanchor": "left",
             "x": 0,
         },
-        xaxis={"showticklabels": False, "title": "UMAP 1"},
-        yaxis={"showticklabels": False, "title": "UMAP 2"},
+        xaxis={"showticklabels": False, "zeroline": False},
+        yaxis={"showticklabels": False, "zeroline": False},
         uirevision="map",
     )
     return fig

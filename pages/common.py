@@ -194,3 +194,8 @@ def load_export_rows(
         cfg=cfg,
     )
     return df
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_tag_values(path: str, tok: tuple[float, float], dataset: str) -> pd.DataFrame:
+    return Store(path, lock_timeout_s=5.0).tag_values(dataset)

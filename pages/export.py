@@ -13,8 +13,10 @@ from pages.common import (
     db_path,
     guarded,
     load_clusters,
+    load_datasets,
     load_export_rows,
     load_label_ranges,
+    load_tag_values,
     load_views,
     pick_dataset,
     selection,
@@ -31,7 +33,8 @@ def render() -> None:
     path, tok = db_path(), token()
     views = guarded(lambda: load_views(path, tok, dataset))
     ranges = guarded(lambda: load_label_ranges(path, tok, dataset))
-    if views is None or ranges is None:
+    tag_values = guarded(lambda: load_tag_values(path, tok, dataset))
+    if views is None or ranges is None or tag_values is None:
         return
 
     filters: list[Filter] = []
@@ -57,6 +60,16 @@ def render() -> None:
                 filters.append(Filter("cluster", "in", [float(c) for c in keep]))
             if drop:
                 filters.append(Filter("cluster", "not in", [float(c) for c in drop]))
+        for name, part in tag_values.groupby("name", sort=True):
+            counts = dict(zip(part["value"], part["n"], strict=True))
+            keep_tags = st.multiselect(
+                f"{name} (tag; empty = all)",
+                list(counts),
+                key=f"exp_tag_{name}",
+                format_func=lambda v, c=counts: f"{v} ({c[v]:,})",
+            )
+            if keep_tags:
+                filters.append(Filter(str(name), "in", keep_tags))
         sel = selection(dataset)
         use_sel = st.checkbox(
             f"Only the map selection ({len(sel):,} points)", key="exp_sel", disabled=not sel
@@ -91,13 +104,11 @@ def render() -> None:
     except StudioError as exc:
         st.error(str(exc))
         return
-    total = int(ranges["n"].max()) if not ranges.empty else None
-    st.metric(
-        "Rows to export",
-        f"{len(df):,}",
-        delta=None if total is None else f"{len(df) - total:,} removed",
-        delta_color="off",
-    )
+    datasets = load_datasets(path, tok)
+    total = int(datasets.set_index("name").loc[dataset, "n_examples"])
+    m1, m2, _ = st.columns(3)
+    m1.metric("Rows to export", f"{len(df):,}")
+    m2.metric("Removed by the rules", f"{total - len(df):,}", help=f"of {total:,} rows")
     if filters:
         st.caption(
             "Rules: "

@@ -44,9 +44,16 @@ def render() -> None:
         for c in df.columns
         if c not in ("x", "y", "idx", "cluster") and pd.api.types.is_numeric_dtype(df[c])
     ]
-    left, right = st.columns([3, 1])
+    left, right = st.columns([5, 3])
     with left:
-        options = (["cluster"] if views.cluster_run else []) + numeric
+        tags = [
+            c
+            for c in df.columns
+            if c not in ("id", "prompt", "answer", "tags", "top_features")
+            and not pd.api.types.is_numeric_dtype(df[c])
+            and df[c].nunique() <= 40
+        ]
+        options = (["cluster"] if views.cluster_run else []) + numeric + tags
         color_by = st.selectbox("Colour by", options, key="map_color") if options else "cluster"
         shown = df
         if views.cluster_run:
@@ -93,7 +100,19 @@ def render() -> None:
             st.info("No clustering yet: `python -m core cluster`.")
         else:
             st.dataframe(
-                clusters[["cluster", "size", "label"]], hide_index=True, width="stretch", height=600
+                clusters[["cluster", "size", "label"]],
+                hide_index=True,
+                width="stretch",
+                height=600,
+                column_config={
+                    "cluster": st.column_config.NumberColumn(width="small"),
+                    "size": st.column_config.NumberColumn(width="small"),
+                    "label": st.column_config.TextColumn(
+                        width="large",
+                        help="Most distinctive SAE features of the cluster (c-TF-IDF), each "
+                        "shown by its top-activating tokens",
+                    ),
+                },
             )
 
 

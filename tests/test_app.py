@@ -36,8 +36,9 @@ def test_map(app):
     _ok(app)
     assert app.get("plotly_chart"), "the map chart is drawn"
     assert any("Features: run" in c.value for c in app.caption)
-    app.selectbox(key="map_color").select("difficulty").run()
-    _ok(app)
+    for colour in ("difficulty", "task"):
+        app.selectbox(key="map_color").select(colour).run()
+        _ok(app)
 
 
 def test_export_counts_follow_filters(app):
@@ -49,6 +50,10 @@ def test_export_counts_follow_filters(app):
     _ok(app)
     kept = int(app.metric[0].value.replace(",", ""))
     assert 150 < kept < 200  # the corrupted items are gone
+    assert int(app.metric[1].value.replace(",", "")) == 200 - kept
+    app.multiselect(key="exp_tag_corruption").select("truncated").run()
+    _ok(app)
+    assert int(app.metric[0].value.replace(",", "")) == 0  # truncated items all have quality 0
 
 
 def test_missing_database_is_one_line(monkeypatch, tmp_path):

@@ -129,6 +129,11 @@ def test_wide_pivots_labels_and_filters_with_parameters(store):
     evil = store.wide("d", views=views, filters=[Filter("prompt", "=", "x' OR 1=1 --")])
     assert evil.num_rows == 0
     assert store.count("d", views=views, ids=["e0", "e2", "zz"]) == 2
+    # tags are columns too, and filterable
+    assert list(wide["task"]) == ["a"] * 5
+    assert store.count("d", views=views, filters=[Filter("task", "=", "a")]) == 5
+    assert store.count("d", views=views, filters=[Filter("task", "in", ["b"])]) == 0
+    assert store.tag_values("d").to_dict("records") == [{"name": "task", "value": "a", "n": 5}]
 
 
 def test_filter_on_unknown_column_is_refused(store):
