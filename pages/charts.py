@@ -88,7 +88,7 @@ def map_figure(
                 hovertemplate=HOVER,
             )
         )
-    if (~has).any():
+    if not bool(has.all()):
         rest = df[~has]
         fig.add_trace(
             go.Scattergl(

@@ -19,6 +19,7 @@ from pages.common import (
     load_tag_values,
     load_views,
     pick_dataset,
+    provenance,
     selection,
     store,
     token,
@@ -116,6 +117,7 @@ def render() -> None:
             + (" AND in map selection" if use_sel else "")
         )
     st.dataframe(df.head(100), hide_index=True, width="stretch")
+    st.caption(provenance(views))
 
     if not ranges.empty:
         all_rows = load_export_rows(path, tok, dataset, (), None, ExportConfig())

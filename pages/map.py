@@ -51,7 +51,7 @@ def render() -> None:
             for c in df.columns
             if c not in ("id", "prompt", "answer", "tags", "top_features")
             and not pd.api.types.is_numeric_dtype(df[c])
-            and df[c].nunique() <= 40
+            and int(df[c].nunique()) <= 40
         ]
         options = (["cluster"] if views.cluster_run else []) + numeric + tags
         color_by = st.selectbox("Colour by", options, key="map_color") if options else "cluster"
