@@ -112,11 +112,12 @@ def build(path: Path, n: int, seed: int = 0) -> None:
     )
     s.write_feature_chunk(fr, chunk=chunk, stats=stats, top_tokens=top)
     s.finish_run(fr, summary={"n_examples": n, "d_sae": 4096})
-    cr, _ = s.start_run(
-        step="cluster", dataset="synthetic", parent_run=fr, versions={}, config={"k": k, "seed": 0}
-    )
-    s.write_clusters(
-        cr,
+    s.add_cluster_run(
+        dataset="synthetic",
+        feature_run=fr,
+        config={"k": k, "seed": 0},
+        versions={},
+        summary={"k": k},
         assignments=pa.table({"example_id": ids, "cluster": cluster}),
         clusters=pd.DataFrame(
             {
@@ -127,21 +128,16 @@ def build(path: Path, n: int, seed: int = 0) -> None:
             }
         ),
     )
-    s.finish_run(cr, summary={"k": k})
-    pr, _ = s.start_run(
-        step="project",
+    s.add_projection_run(
         dataset="synthetic",
-        parent_run=fr,
+        feature_run=fr,
         versions={},
+        summary={"n": n},
         config={"metric": "cosine", "n_neighbors": 15, "min_dist": 0.1},
-    )
-    s.write_projection(
-        pr,
         points=pa.table(
             {"example_id": ids, "x": xy[:, 0].astype(np.float32), "y": xy[:, 1].astype(np.float32)}
         ),
     )
-    s.finish_run(pr, summary={"n": n})
 
 
 def main() -> None:

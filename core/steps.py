@@ -233,10 +233,9 @@ def train_sae(
         "seed": seed,
         "out": str(out_dir),
     }
-    run_id, _ = store.start_run(
-        step="train-sae", dataset=dataset, config=config, versions=versions(), resume=False
+    store.record_run(
+        step="train-sae", dataset=dataset, config=config, versions=versions(), summary=summary
     )
-    store.finish_run(run_id, summary=summary)
     return summary
 
 
@@ -399,21 +398,15 @@ def cluster(
             ],
         }
     )
-    run_id, _ = store.start_run(
-        step="cluster",
+    return store.add_cluster_run(
         dataset=dataset,
-        parent_run=fr,
+        feature_run=fr,
         config={**asdict(cfg), "k": k, "feature_run": fr},
         versions=versions(),
-        resume=False,
-    )
-    store.write_clusters(
-        run_id,
+        summary={"k": k, "inertia": res.inertia, "sizes": sizes.tolist()},
         assignments=pa.table({"example_id": ids, "cluster": pa.array(res.labels, pa.int32())}),
         clusters=clusters,
     )
-    store.finish_run(run_id, summary={"k": k, "inertia": res.inertia, "sizes": sizes.tolist()})
-    return run_id
 
 
 def _tokens_by_feature(top: pd.DataFrame) -> dict[int, list[str]]:
@@ -434,20 +427,14 @@ def project(
     ids, X = feature_matrix(store, fr)
     t0 = time.perf_counter()
     xy = umap_2d(X, cfg)
-    run_id, _ = store.start_run(
-        step="project",
+    return store.add_projection_run(
         dataset=dataset,
-        parent_run=fr,
+        feature_run=fr,
         config={**asdict(cfg), "feature_run": fr},
         versions=versions(),
-        resume=False,
-    )
-    store.write_projection(
-        run_id,
+        summary={"n": len(ids), "seconds": round(time.perf_counter() - t0, 1)},
         points=pa.table({"example_id": ids, "x": pa.array(xy[:, 0]), "y": pa.array(xy[:, 1])}),
     )
-    store.finish_run(run_id, summary={"n": len(ids), "seconds": round(time.perf_counter() - t0, 1)})
-    return run_id
 
 
 # --- export ----------------------------------------------------------------------------------

@@ -567,18 +567,111 @@ class Store:
         return pd.DataFrame(rows)
 
     # --- clusters and projections ----------------------------------------------------------
-    def write_clusters(self, run_id: int, *, assignments: pa.Table, clusters: pd.DataFrame) -> None:
-        """assignments: (example_id, cluster); clusters: (cluster, size, label, top_features)."""
+    @contextmanager
+    def _finished_run(
+        self,
+        *,
+        step: str,
+        dataset: str,
+        parent_run: int | None,
+        config: dict[str, Any],
+        versions: dict[str, str],
+        summary: dict[str, Any],
+    ) -> Iterator[tuple[duckdb.DuckDBPyConnection, int]]:
+        """One transaction that records a finished run and (in the body) its rows: a crash
+        leaves either the whole run or nothing."""
+        self.migrate()
         with self.transaction() as con:
+            row = con.execute(
+                "INSERT INTO runs (step, dataset, parent_run, status, config, summary, versions, "
+                "finished_at) VALUES (?, ?, ?, 'done', ?, ?, ?, current_timestamp) "
+                "RETURNING run_id",
+                [
+                    step,
+                    dataset,
+                    parent_run,
+                    canonical_json(config),
+                    canonical_json(summary),
+                    canonical_json(versions),
+                ],
+            ).fetchone()
+            assert row is not None
+            yield con, int(row[0])
+
+    def record_run(
+        self,
+        *,
+        step: str,
+        dataset: str,
+        config: dict[str, Any],
+        versions: dict[str, str],
+        summary: dict[str, Any],
+        parent_run: int | None = None,
+    ) -> int:
+        """A finished run that stored no rows of its own (train-sae: its output is a folder)."""
+        with self._finished_run(
+            step=step,
+            dataset=dataset,
+            parent_run=parent_run,
+            config=config,
+            versions=versions,
+            summary=summary,
+        ) as (_, rid):
+            pass
+        return rid
+
+    def add_cluster_run(
+        self,
+        *,
+        dataset: str,
+        feature_run: int,
+        config: dict[str, Any],
+        versions: dict[str, str],
+        summary: dict[str, Any],
+        assignments: pa.Table,
+        clusters: pd.DataFrame,
+    ) -> int:
+        """assignments: (example_id, cluster); clusters: (cluster, size, label, top_features)."""
+        with self._finished_run(
+            step="cluster",
+            dataset=dataset,
+            parent_run=feature_run,
+            config=config,
+            versions=versions,
+            summary=summary,
+        ) as (con, rid):
             con.register("_a", assignments)
             con.execute(
-                "INSERT INTO cluster_assignments SELECT ?, example_id, cluster FROM _a", [run_id]
+                "INSERT INTO cluster_assignments SELECT ?, example_id, cluster FROM _a", [rid]
             )
             con.register("_c", clusters)
             con.execute(
-                "INSERT INTO clusters SELECT ?, cluster, size, label, top_features FROM _c",
-                [run_id],
+                "INSERT INTO clusters SELECT ?, cluster, size, label, top_features FROM _c", [rid]
             )
+        return rid
+
+    def add_projection_run(
+        self,
+        *,
+        dataset: str,
+        feature_run: int,
+        config: dict[str, Any],
+        versions: dict[str, str],
+        summary: dict[str, Any],
+        points: pa.Table,
+    ) -> int:
+        """points: (example_id, x, y)."""
+        with self._finished_run(
+            step="project",
+            dataset=dataset,
+            parent_run=feature_run,
+            config=config,
+            versions=versions,
+            summary=summary,
+        ) as (con, rid):
+            con.register("_p", points)
+            con.execute("INSERT INTO projections SELECT ?, example_id, x, y FROM _p", [rid])
+        return rid
 
     def clusters(self, run_id: int) -> pd.DataFrame:
         with self.connect() as con:
@@ -589,12 +682,6 @@ class Store:
             ).df()
         df["top_features"] = [json.loads(v) if v else [] for v in df["top_features"]]
         return df
-
-    def write_projection(self, run_id: int, *, points: pa.Table) -> None:
-        """points: (example_id, x, y)."""
-        with self.transaction() as con:
-            con.register("_p", points)
-            con.execute("INSERT INTO projections SELECT ?, example_id, x, y FROM _p", [run_id])
 
     # --- the wide view: one row per example with cluster, xy, every label and tag -------------
     def tag_names(self, dataset: str) -> list[str]:
