@@ -54,31 +54,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--replace", action="store_true", help="overwrite a dataset of that name")
 
-    def model_args(sp: argparse.ArgumentParser) -> None:
+    def model_args(sp: argparse.ArgumentParser, *, layer_required: bool) -> None:
         sp.add_argument("--dataset", required=True)
         sp.add_argument(
             "--model",
             required=True,
             metavar="PATH_OR_HUB_ID",
-            help="a transformers model folder or hub id ('minilm' = the packaged all-MiniLM-L6-v2)",
+            help="a transformers model folder or hub id ('minilm' = the packaged "
+            "all-MiniLM-L6-v2); Qwen2/2.5/3, Llama, Gemma/Gemma 2, GPT-2, BERT and kin",
         )
-        sp.add_argument(
+        where = sp.add_mutually_exclusive_group(required=layer_required)
+        where.add_argument(
             "--layer",
-            required=True,
             type=int,
             help="block index L (0-based); features read its residual output, "
-            "i.e. sae-lens blocks.L.hook_resid_post",
+            "i.e. sae-lens blocks.L.hook_resid_post (-1: the embeddings)",
         )
-        sp.add_argument("--max-length", type=int, default=256, help="tokens per example (truncate)")
+        where.add_argument(
+            "--hook",
+            metavar="NAME",
+            help="the layer as a sae-lens hook name instead: blocks.L.hook_resid_post, or "
+            "blocks.L.hook_resid_pre (= layer L-1; blocks.0.hook_resid_pre = the embeddings)"
+            + ("" if layer_required else "; with neither, the SAE's own hook is used"),
+        )
+        sp.add_argument(
+            "--max-length",
+            type=int,
+            default=256,
+            help="tokens per example; longer examples are truncated and counted",
+        )
+        sp.add_argument(
+            "--device",
+            default="auto",
+            help="torch device: auto (cuda when there is a GPU, else cpu), cpu, cuda, cuda:1 ...",
+        )
+        sp.add_argument(
+            "--dtype",
+            choices=["auto", "float32", "bfloat16", "float16"],
+            default="auto",
+            help="model weights: auto = bfloat16 on a GPU, float32 on CPU",
+        )
 
     sp = cmd("train-sae", "Train a TopK SAE (sae-lens) on a dataset's activations at one layer.")
-    model_args(sp)
+    model_args(sp, layer_required=True)
     sp.add_argument("--out", help="folder to write the SAE to (default data/saes/...)")
     sp.add_argument("--width", type=int, help="SAE features (default 8 x hidden size)")
     sp.add_argument("--k", type=int, default=32, help="active features per token (TopK)")
-    sp.add_argument("--epochs", type=int, default=2)
-    sp.add_argument("--lr", type=float, default=1e-3)
-    sp.add_argument("--batch-tokens", type=int, default=1024)
+    sp.add_argument("--epochs", type=int, default=2, help="passes over the training tokens")
+    sp.add_argument("--lr", type=float, default=1e-3, help="learning rate (Adam)")
+    sp.add_argument("--batch-tokens", type=int, default=1024, help="tokens per training step")
+    sp.add_argument(
+        "--eval-every",
+        type=int,
+        help="print explained variance and dead features every N steps (default: 5 looks)",
+    )
     sp.add_argument(
         "--max-tokens",
         type=int,
@@ -88,11 +117,40 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
 
     sp = cmd("featurize", "SAE features for every example (top-k per example, resumable).")
-    model_args(sp)
+    model_args(sp, layer_required=False)
     g = sp.add_mutually_exclusive_group(required=True)
-    g.add_argument("--sae-path", metavar="DIR", help="an SAE folder in sae-lens's format")
+    g.add_argument(
+        "--sae-path",
+        metavar="PATH",
+        help="a sae-lens SAE folder, or a raw .safetensors checkpoint (file, or folder with "
+        "one): W_enc, b_enc, W_dec, b_dec, plus threshold (JumpReLU) or k (TopK, from a "
+        "cfg.json/config.json beside it or --sae-k)",
+    )
     g.add_argument("--sae", metavar="RELEASE/ID", help="a sae-lens release and SAE id (needs hub)")
-    sp.add_argument("--pooling", choices=["mean", "max"], default="mean")
+    sp.add_argument(
+        "--sae-k", type=int, help="k of a raw TopK checkpoint whose config does not give it"
+    )
+    sp.add_argument(
+        "--pooling",
+        choices=["mean", "max", "sum", "count"],
+        default="mean",
+        help="per feature over the pooled tokens: mean, max, sum, or count of tokens where "
+        "it fires",
+    )
+    sp.add_argument(
+        "--pool-over",
+        choices=["prompt", "response", "both"],
+        default="prompt",
+        help="which tokens are pooled: the prompt (the example's text), the chosen response, "
+        "or both (responses need preference data); with a response the model reads the prompt "
+        "then the response",
+    )
+    sp.add_argument(
+        "--chat-template",
+        action="store_true",
+        help="render the prompt as a user message (and the response as the assistant's) with "
+        "the tokenizer's chat template",
+    )
     sp.add_argument("--top-k", type=int, default=64, help="features kept per example")
     sp.add_argument("--batch-size", type=int, default=32)
     sp.add_argument("--chunk-size", type=int, default=512, help="examples per commit")
@@ -172,11 +230,26 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"ingested {n} {args.kind} into dataset '{args.dataset}' ({args.db})")
     elif args.command == "train-sae":
+        from core.sae import TrainProgress
+
+        def report(p: TrainProgress) -> None:
+            print(
+                f"step {p.step}/{p.steps} (epoch {p.epoch:.2f}): explained variance "
+                f"{p.explained_variance:.3f}, dead features {p.dead_features} of {p.d_sae}",
+                file=sys.stderr,
+                flush=True,
+            )
+
         s = steps.train_sae(
             store,
             dataset=args.dataset,
             model=args.model,
             layer=args.layer,
+            hook=args.hook,
+            device=args.device,
+            dtype=args.dtype,
+            eval_every=args.eval_every,
+            report=report,
             out=args.out,
             width=args.width,
             k=args.k,
@@ -192,15 +265,23 @@ def run(args: argparse.Namespace) -> int:
             f"explained variance {s['explained_variance']:.3f}; dead features "
             f"{s['dead_features']} of {s['d_sae']}; trained on {s['n_tokens']} tokens"
         )
+        for warning in s["warnings"]:
+            print(f"warning: {warning}")
     elif args.command == "featurize":
         run_id = steps.featurize(
             store,
             dataset=args.dataset,
             model=args.model,
             layer=args.layer,
+            hook=args.hook,
             sae_path=args.sae_path,
             sae_release=args.sae,
+            sae_k=args.sae_k,
             pooling=args.pooling,
+            pool_over=args.pool_over,
+            chat_template=args.chat_template,
+            device=args.device,
+            dtype=args.dtype,
             top_k=args.top_k,
             batch_size=args.batch_size,
             max_length=args.max_length,
@@ -208,9 +289,11 @@ def run(args: argparse.Namespace) -> int:
             resume=not args.no_resume,
         )
         s = store.run(run_id)["summary"]
+        r = store.run(run_id)["config"]
         print(
             f"feature run {run_id}: {s['n_examples']} examples, {s['n_tokens']} tokens, "
-            f"{s['n_truncated']} truncated"
+            f"{s['n_truncated']} truncated (longer than {args.max_length} tokens or the "
+            f"model's context); {r['hook']}, {s['device']} {s['dtype']}"
         )
     elif args.command == "cluster":
         from core.clustering import ClusterConfig

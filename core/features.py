@@ -1,16 +1,21 @@
 """Turn texts into sparse SAE feature vectors, and keep running per-feature statistics.
 
 An example is represented by its SAE codes at one layer pooled over its real tokens (special
-tokens excluded), stored sparsely as its top-k (feature_id, value) pairs. ``TokenStats`` keeps,
-per feature, how often and how strongly it fires and the tokens where it fires most, so a
-feature can be read ("fires on 'integral' in ex-12, ex-40...") without revisiting the data.
+tokens excluded; the prompt's, the response's or both), stored sparsely as its top-k
+(feature_id, value) pairs. ``TokenStats`` keeps, per feature, how often and how strongly it
+fires and the tokens where it fires most (with their character spans in the example's text), so
+a feature can be read ("fires on 'integral' in ex-12, ex-40...") without revisiting the data.
+
+Tokenization runs on a background thread, one chunk ahead of the model, so the two overlap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -20,16 +25,20 @@ import torch
 
 from core.errors import StudioError
 from core.models import (
+    POOL_OVER,
+    EncodedText,
     LoadedModel,
+    PoolOver,
+    collate,
+    encode_texts,
     iter_length_batches,
     layer_activations,
-    token_lengths,
-    tokenize_batch,
 )
 from core.sae import check_sae_matches
 
-Pooling = Literal["mean", "max"]
-_POOLINGS = ("mean", "max")
+Pooling = Literal["mean", "max", "sum", "count"]
+_POOLINGS = ("mean", "max", "sum", "count")
+T = TypeVar("T")
 
 FEATURE_SCHEMA = pa.schema(
     [
@@ -44,19 +53,29 @@ FEATURE_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """How examples become feature vectors: layer, pooling over tokens, and how many to keep."""
+    """How examples become feature vectors: layer (-1 = embeddings), which tokens and how they
+    are pooled, and how many features to keep.
+
+    ``pooling``: mean, max or sum of each feature over the pooled tokens, or count (the number
+    of tokens where it fires). ``pool_over``: the example's text (prompt), its response, or
+    both. ``chat_template``: render the text as a user message with the tokenizer's template.
+    """
 
     layer: int
     pooling: Pooling = "mean"
     top_k: int = 64
     batch_size: int = 32
     max_length: int = 256
+    pool_over: PoolOver = "prompt"
+    chat_template: bool = False
 
     def __post_init__(self) -> None:
         if self.pooling not in _POOLINGS:
             raise StudioError(f"pooling must be one of {_POOLINGS}, got '{self.pooling}'")
-        if self.layer < 0:
-            raise StudioError(f"layer must be >= 0, got {self.layer}")
+        if self.pool_over not in POOL_OVER:
+            raise StudioError(f"pool_over must be one of {POOL_OVER}, got '{self.pool_over}'")
+        if self.layer < -1:
+            raise StudioError(f"layer must be >= -1 (-1 = the embeddings), got {self.layer}")
         for name in ("top_k", "batch_size"):
             if getattr(self, name) < 1:
                 raise StudioError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -83,7 +102,13 @@ def pool(codes: torch.Tensor, how: Pooling) -> torch.Tensor:
         raise StudioError(f"pooling must be one of {_POOLINGS}, got '{how}'")
     if codes.shape[0] == 0:
         return torch.zeros(codes.shape[1], dtype=codes.dtype, device=codes.device)
-    return codes.mean(0) if how == "mean" else codes.amax(0)
+    if how == "mean":
+        return codes.mean(0)
+    if how == "max":
+        return codes.amax(0)
+    if how == "sum":
+        return codes.sum(0)
+    return (codes > 0).sum(0).to(codes.dtype)
 
 
 def pool_segments(
@@ -97,6 +122,10 @@ def pool_segments(
     out = torch.zeros(n_segments, codes.shape[1], dtype=codes.dtype, device=codes.device)
     if codes.shape[0] == 0:
         return out
+    if how == "sum":
+        return out.index_add_(0, segment, codes)
+    if how == "count":
+        return out.index_add_(0, segment, (codes > 0).to(codes.dtype))
     if how == "mean":
         out.index_add_(0, segment, codes)
         counts = torch.bincount(segment, minlength=n_segments).clamp(min=1)
@@ -137,7 +166,8 @@ class TokenStats:
 
     Per feature: ``n_fire`` (examples whose pooled value > 0), ``sum_act`` (sum of pooled
     values), ``max_act`` (largest token activation) and the ``top_n`` token occurrences
-    (value, token, example id) where it fires most, one per (token, example) pair.
+    (value, token, example id, character span) where it fires most, one per (token, example)
+    pair. Spans index the example's text; -1 where unknown.
     """
 
     compact_slack: int = 10_000  # strings kept beyond those the buffer references
@@ -154,6 +184,7 @@ class TokenStats:
         self.top_val = torch.full((d_sae, top_n), -torch.inf)
         self.top_tok = torch.zeros((d_sae, top_n), dtype=torch.long)
         self.top_ex = torch.zeros((d_sae, top_n), dtype=torch.long)
+        self.top_span = torch.full((d_sae, top_n, 2), -1, dtype=torch.long)
         self._tokens = _Interner()
         self._examples = _Interner()
 
@@ -163,9 +194,11 @@ class TokenStats:
         token_strings: Sequence[str],
         example_ids: Sequence[str],
         pooled: torch.Tensor,
+        spans: torch.Tensor | None = None,
     ) -> None:
         """Fold in one batch: codes [T, d_sae] of kept tokens, each token's string and example
-        id (length T), and the batch's pooled vectors [n, d_sae]."""
+        id (length T), the batch's pooled vectors [n, d_sae], and optionally each token's
+        character span [T, 2] in its example's text (-1 = unknown)."""
         if codes.shape[0] != len(token_strings) or codes.shape[0] != len(example_ids):
             raise StudioError(
                 f"TokenStats.update: {codes.shape[0]} token codes but {len(token_strings)} "
@@ -185,16 +218,24 @@ class TokenStats:
         cand_val, cand_pos = cand_val.T.float().cpu(), cand_pos.T.cpu()
         tok_idx = torch.tensor(self._tokens.indices(token_strings), dtype=torch.long)
         ex_idx = torch.tensor(self._examples.indices(example_ids), dtype=torch.long)
-        self._merge(cand_val, tok_idx[cand_pos], ex_idx[cand_pos])
+        if spans is None:
+            spans = torch.full((codes.shape[0], 2), -1, dtype=torch.long)
+        spans = spans.detach().cpu().long()
+        self._merge(cand_val, tok_idx[cand_pos], ex_idx[cand_pos], spans[cand_pos])
         self._compact_if_large()
 
-    def _merge(self, val: torch.Tensor, tok: torch.Tensor, ex: torch.Tensor) -> None:
-        """Merge [d_sae, m] candidates into the buffer: drop non-firing and duplicate pairs."""
+    def _merge(
+        self, val: torch.Tensor, tok: torch.Tensor, ex: torch.Tensor, span: torch.Tensor
+    ) -> None:
+        """Merge [d_sae, m] candidates (spans [d_sae, m, 2]) into the buffer: drop non-firing
+        and duplicate (token, example) pairs."""
         val = torch.cat([self.top_val, val.masked_fill(val <= 0, -torch.inf)], dim=1)
         tok = torch.cat([self.top_tok, tok], dim=1)
         ex = torch.cat([self.top_ex, ex], dim=1)
+        span = torch.cat([self.top_span, span], dim=1)
         val, order = torch.sort(val, dim=1, descending=True)
         tok, ex = tok.gather(1, order), ex.gather(1, order)
+        span = span.gather(1, order.unsqueeze(2).expand(-1, -1, 2))
         key = tok * (1 << 32) + ex
         m = key.shape[1]
         # A pair that already appeared at a higher value in the same row is a duplicate.
@@ -205,6 +246,7 @@ class TokenStats:
         val, order = torch.topk(val, self.top_n, dim=1)
         self.top_val = val
         self.top_tok, self.top_ex = tok.gather(1, order), ex.gather(1, order)
+        self.top_span = span.gather(1, order.unsqueeze(2).expand(-1, -1, 2))
 
     def _compact_if_large(self) -> None:
         """Forget strings no longer referenced by the buffer, so memory stays bounded."""
@@ -216,7 +258,7 @@ class TokenStats:
 
     def to_frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(stats [feature_id, n_fire, sum_act, max_act], top [feature_id, rank, example_id,
-        token, value]) for the features that fired."""
+        token, value, char_start, char_end]) for the features that fired; spans -1 = unknown."""
         fired = torch.nonzero((self.n_fire > 0) | (self.max_act > 0)).squeeze(1)
         stats = pd.DataFrame(
             {
@@ -234,6 +276,8 @@ class TokenStats:
                 "example_id": self._examples.lookup(self.top_ex[rows, ranks].tolist()),
                 "token": self._tokens.lookup(self.top_tok[rows, ranks].tolist()),
                 "value": self.top_val[rows, ranks].numpy().astype(np.float32),
+                "char_start": self.top_span[rows, ranks, 0].numpy().astype(np.int32),
+                "char_end": self.top_span[rows, ranks, 1].numpy().astype(np.int32),
             }
         )
         return stats, top
@@ -242,7 +286,8 @@ class TokenStats:
     def from_frames(
         cls, stats: pd.DataFrame, top: pd.DataFrame, *, d_sae: int, top_n: int = 10
     ) -> TokenStats:
-        """Restore what ``to_frames`` wrote, so a resumed run keeps accumulating."""
+        """Restore what ``to_frames`` wrote, so a resumed run keeps accumulating. Frames
+        without char_start / char_end (older runs) restore as unknown spans (-1)."""
         out = cls(d_sae, top_n=top_n)
         fid = torch.tensor(stats["feature_id"].to_numpy(dtype=np.int64))
         out.n_fire[fid] = torch.tensor(stats["n_fire"].to_numpy(dtype=np.int64))
@@ -257,9 +302,14 @@ class TokenStats:
         examples = [e for e, k in zip(top["example_id"].tolist(), kept, strict=True) if k]
         out.top_tok[rows, ranks] = torch.tensor(out._tokens.indices(tokens), dtype=torch.long)
         out.top_ex[rows, ranks] = torch.tensor(out._examples.indices(examples), dtype=torch.long)
+        for col, j in (("char_start", 0), ("char_end", 1)):
+            if col in top.columns:
+                values = top[col].fillna(-1).to_numpy(dtype=np.int64)[kept]
+                out.top_span[rows, ranks, j] = torch.from_numpy(values)
         # Re-sort each row, in case the frames came back in another order.
         out.top_val, order = torch.sort(out.top_val, dim=1, descending=True)
         out.top_tok, out.top_ex = out.top_tok.gather(1, order), out.top_ex.gather(1, order)
+        out.top_span = out.top_span.gather(1, order.unsqueeze(2).expand(-1, -1, 2))
         return out
 
 
@@ -297,6 +347,48 @@ class _Interner:
         return torch.where(valid, remap[refs], torch.zeros_like(refs))
 
 
+def background(items: Iterable[T], *, depth: int = 1) -> Iterator[T]:
+    """Iterate ``items`` on a daemon thread, up to ``depth`` items ahead of the consumer.
+
+    Exceptions raised while producing are re-raised in the consumer; stopping early (break,
+    an error, generator close) stops the producer at its next item.
+    """
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(("item", item)):
+                    return
+            offer(("end", None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            offer(("error", exc))
+
+    thread = threading.Thread(target=produce, name="studio-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
 def featurize_batches(
     lm: LoadedModel,
     sae: Any,
@@ -307,51 +399,78 @@ def featurize_batches(
     stats: TokenStats,
     progress: Callable[[int], None] | None = None,
     chunk_size: int | None = None,
+    responses: Sequence[str | None] | None = None,
 ) -> Iterator[pa.Table]:
     """Yield feature tables (``FEATURE_SCHEMA``) in the input order, one per chunk of examples.
 
     Within a chunk, examples are run in batches of similar length (less padding) and written
-    back by index. Only blocks up to ``cfg.layer`` run. Memory holds one chunk at a time
-    (default ``16 * batch_size`` examples). ``progress(n)`` gets the number of examples
-    finished after each batch, like ``tqdm.update``.
+    back by index. Only blocks up to ``cfg.layer`` run. Memory holds about two chunks at a time
+    (default ``16 * batch_size`` examples): the next one is tokenized on a background thread
+    while this one runs. ``responses`` (one per text, for ``cfg.pool_over`` response/both) are
+    read after their texts. ``progress(n)`` gets the number of examples finished after each
+    batch, like ``tqdm.update``.
     """
     if len(texts) != len(example_ids):
         raise StudioError(f"{len(texts)} texts but {len(example_ids)} example ids")
+    if responses is not None and len(responses) != len(texts):
+        raise StudioError(f"{len(texts)} texts but {len(responses)} responses")
+    if cfg.pool_over != "prompt":
+        missing = [i for i, r in enumerate(responses or [None] * len(texts)) if r is None]
+        if missing:
+            raise StudioError(
+                f"pooling over the {cfg.pool_over} needs a response for every example; "
+                f"example '{example_ids[missing[0]]}' has none ({len(missing)} without)"
+            )
     if stats.d_sae != int(sae.cfg.d_sae):
         raise StudioError(f"TokenStats has d_sae {stats.d_sae}, the SAE has {sae.cfg.d_sae}")
     check_sae_matches(sae, lm, layer=cfg.layer)
     chunk = chunk_size or 16 * cfg.batch_size
-    for start in range(0, len(texts), chunk):
-        chunk_texts = list(texts[start : start + chunk])
-        chunk_ids = [str(e) for e in example_ids[start : start + chunk]]
-        yield _featurize_chunk(lm, sae, chunk_texts, chunk_ids, cfg, stats, progress)
+
+    def encoded() -> Iterator[tuple[list[str], list[EncodedText]]]:
+        # The only user of the tokenizer while featurizing (fast tokenizers are not reentrant).
+        for start in range(0, len(texts), chunk):
+            stop = start + chunk
+            yield (
+                [str(e) for e in example_ids[start:stop]],
+                encode_texts(
+                    lm,
+                    list(texts[start:stop]),
+                    max_length=cfg.max_length,
+                    responses=None if responses is None else list(responses[start:stop]),
+                    pool_over=cfg.pool_over,
+                    chat_template=cfg.chat_template,
+                ),
+            )
+
+    for chunk_ids, chunk_enc in background(encoded(), depth=1):
+        yield _featurize_chunk(lm, sae, chunk_enc, chunk_ids, cfg, stats, progress)
 
 
 def _featurize_chunk(
     lm: LoadedModel,
     sae: Any,
-    texts: list[str],
+    encoded: list[EncodedText],
     example_ids: list[str],
     cfg: FeatureConfig,
     stats: TokenStats,
     progress: Callable[[int], None] | None,
 ) -> pa.Table:
-    """Featurize one chunk, length-bucketed, and return its rows in the chunk's order."""
+    """Featurize one tokenized chunk, length-bucketed, and return its rows in the chunk's order."""
     order: list[int] = []
     parts: list[pa.Table] = []
-    lengths = token_lengths(lm, texts)
+    lengths = [len(e.ids) for e in encoded]
     for idx in iter_length_batches(lengths, batch_size=cfg.batch_size):
-        batch = tokenize_batch(lm, [texts[i] for i in idx], max_length=cfg.max_length)
+        members = [encoded[i] for i in idx]
+        batch = collate(lm, members)
         with torch.inference_mode():
             acts = layer_activations(lm, batch, layer=cfg.layer)
             keep = batch["keep"].to(acts.device)
             codes = encode_tokens(sae, acts[keep])
             segment = torch.nonzero(keep, as_tuple=True)[0].to(codes.device)
             pooled = pool_segments(codes, segment, len(idx), cfg.pooling)
-            kept_ids = batch["input_ids"][batch["keep"]].tolist()
-            tokens = lm.tokenizer.convert_ids_to_tokens(kept_ids)
+            tokens = [t for e in members for t, k in zip(e.tokens, e.keep, strict=True) if k]
             token_examples = [example_ids[idx[s]] for s in segment.tolist()]
-            stats.update(codes, tokens, token_examples, pooled)
+            stats.update(codes, tokens, token_examples, pooled, spans=batch["spans"][batch["keep"]])
             sparse = topk_sparse(pooled, cfg.top_k)
         parts.append(
             pa.table(

@@ -10,9 +10,12 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import queue
 import shutil
+import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -117,6 +120,62 @@ def _texts(store: Store, dataset: str) -> tuple[list[str], list[str]]:
     return tbl.column("id").to_pylist(), tbl.column("text").to_pylist()
 
 
+def _chosen_responses(store: Store, dataset: str) -> dict[str, str]:
+    """example_id -> the chosen response (response_idx 0) of a dataset.
+
+    TODO(store): move this read into core/store.py as ``Store.chosen_responses``; it sits here
+    only because store.py was being changed by someone else when pooling over responses landed.
+    """
+    with store.connect() as con:
+        rows = con.execute(
+            "SELECT example_id, text FROM responses WHERE dataset = ? AND response_idx = 0",
+            [dataset],
+        ).fetchall()
+    return {str(r[0]): str(r[1]) for r in rows}
+
+
+def example_pairs(
+    store: Store, dataset: str, *, pool_over: str = "prompt"
+) -> tuple[list[str], list[str], list[str | None] | None]:
+    """(ids, texts, responses) of a dataset in ingest order, for featurizing.
+
+    ``texts`` are the examples' texts (the prompt; a chat's rendered turns). ``responses`` is
+    None when only the prompt is pooled; for ``response``/``both`` it is each example's chosen
+    response, and a dataset without one for every example (``prompts`` kind) is an error.
+    """
+    ids, texts = _texts(store, dataset)
+    if pool_over == "prompt":
+        return ids, texts, None
+    kind = store.dataset(dataset).get("kind")
+    chosen = _chosen_responses(store, dataset)
+    if not chosen:
+        raise StudioError(
+            f"--pool-over {pool_over}: dataset '{dataset}' ({kind}) has no responses; "
+            "only preference data carries them, so pool over the prompt"
+        )
+    missing = [i for i in ids if i not in chosen]
+    if missing:
+        raise StudioError(
+            f"--pool-over {pool_over}: {len(missing)} examples of dataset '{dataset}' have no "
+            f"response (first: '{missing[0]}')"
+        )
+    return ids, texts, [chosen[i] for i in ids]
+
+
+def _warn(message: str) -> None:
+    """A warning line on stderr that does not break a progress bar."""
+    tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
+def _load_for_activations(model: str, *, device: str, dtype: str) -> Any:
+    """The model on ``device`` (auto: cuda if there is one) in ``dtype`` (auto: bf16 on a
+    GPU, fp32 on CPU)."""
+    from core.models import load_model, resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    return load_model(resolve_model(model), device=dev, dtype=resolve_dtype(dtype, device=dev))
+
+
 def collect_activations(
     lm: Any,
     texts: Sequence[str],
@@ -131,14 +190,16 @@ def collect_activations(
     """Token activations of ``layer`` for the kept (non-special) tokens of ``texts``.
 
     With more than ``max_tokens`` tokens in the dataset, a seeded random subset of the texts is
-    taken (so a cap samples the whole dataset, not its head). Batches are bucketed by length, as
-    in featurize. Returns a float32 tensor [n_tokens, d_model] in a seeded shuffled order.
+    taken (so a cap samples the whole dataset, not its head). Each text is tokenized once;
+    batches are bucketed by length, as in featurize. Returns a float32 CPU tensor
+    [n_tokens, d_model] in a seeded shuffled order.
     """
     import torch
 
-    from core.models import iter_length_batches, layer_activations, token_lengths, tokenize_batch
+    from core.models import collate, encode_texts, iter_length_batches, layer_activations
 
-    lengths = np.minimum(np.asarray(token_lengths(lm, texts)), max_length)
+    encoded = encode_texts(lm, texts, max_length=max_length)
+    lengths = np.asarray([len(e.ids) for e in encoded])
     order = np.random.default_rng(seed).permutation(len(texts))
     n_take = int(np.searchsorted(np.cumsum(lengths[order]), max_tokens)) + 1
     chosen = order[:n_take]
@@ -146,9 +207,9 @@ def collect_activations(
     with tqdm(total=len(chosen), desc=desc, unit="ex") as bar:
         for idx in iter_length_batches(lengths[chosen].tolist(), batch_size=batch_size):
             rows = chosen[idx]
-            batch = tokenize_batch(lm, [texts[i] for i in rows], max_length=max_length)
+            batch = collate(lm, [encoded[i] for i in rows])
             acts = layer_activations(lm, batch, layer=layer)
-            chunks.append(acts[batch["keep"].bool()].float().cpu())
+            chunks.append(acts[batch["keep"].to(acts.device)].float().cpu())
             bar.update(len(rows))
     acts = torch.cat(chunks)
     perm = torch.from_numpy(np.random.default_rng(seed + 1).permutation(acts.shape[0]))
@@ -160,7 +221,8 @@ def train_sae(
     *,
     dataset: str,
     model: str,
-    layer: int,
+    layer: int | None = None,
+    hook: str | None = None,
     out: str | Path | None = None,
     width: int | None = None,
     k: int = 32,
@@ -170,15 +232,25 @@ def train_sae(
     max_length: int = 256,
     max_tokens: int = 1_000_000,
     seed: int = 0,
+    device: str = "auto",
+    dtype: str = "auto",
+    eval_every: int | None = None,
+    report: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
-    """Train a TopK SAE with sae-lens on the dataset's activations at ``layer``; saves it in
-    sae-lens's on-disk format and records a run. Returns the run's summary."""
-    from core.models import check_layer, load_model
+    """Train a TopK SAE with sae-lens on the dataset's activations at ``layer`` (or ``hook``);
+    saves it in sae-lens's on-disk format and records a run. Returns the run's summary, whose
+    ``warnings`` say when the SAE reconstructs poorly or has many dead features.
+
+    ``report`` gets a ``core.sae.TrainProgress`` every ``eval_every`` steps and at the end.
+    """
+    from core.models import hook_name, resolve_layer
+    from core.sae import quality_warnings
     from core.sae import train_sae as _train
 
     _, texts = _texts(store, dataset)
-    lm = load_model(resolve_model(model))
-    check_layer(lm, layer)
+    lm = _load_for_activations(model, device=device, dtype=dtype)
+    layer = resolve_layer(lm, layer=layer, hook=hook)
+    hook = hook_name(layer)
     width = width or 8 * lm.d_model
     out_dir = (
         Path(out)
@@ -207,8 +279,11 @@ def train_sae(
         batch_size=batch_tokens,
         seed=seed,
         out_dir=out_dir,
-        hook_name=f"blocks.{layer}.hook_resid_post",
+        hook_name=hook,
         model_name=_model_label(model),
+        device=lm.device,
+        report=report,
+        eval_every=eval_every,
     )
     summary = {
         "path": str(res.path),
@@ -218,11 +293,12 @@ def train_sae(
         "k": res.k,
         "n_tokens": res.n_tokens,
         "seconds": round(time.perf_counter() - t0, 1),
+        "warnings": quality_warnings(res.explained_variance, res.dead_features, res.d_sae),
     }
     config = {
         "model": _model_label(model),
         "layer": layer,
-        "hook": f"blocks.{layer}.hook_resid_post",
+        "hook": hook,
         "width": width,
         "k": k,
         "epochs": epochs,
@@ -239,64 +315,132 @@ def train_sae(
     return summary
 
 
+class _ChunkWriter:
+    """Commits feature chunks on a background thread, in order, so the store write overlaps
+    the next chunk's compute. The queue is bounded (``depth`` chunks), so memory stays flat;
+    each commit is one transaction, so a kill loses only uncommitted chunks, which a rerun
+    redoes. Errors in the writer surface on the next ``put`` or on ``close``."""
+
+    def __init__(self, commit: Callable[..., None], *, depth: int = 2) -> None:
+        self._commit = commit
+        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="studio-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._commit(*item)
+                except BaseException as exc:  # re-raised in the computing thread
+                    self._error = exc
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, *item: Any) -> None:
+        self._check()
+        self._queue.put(item)
+
+    def close(self) -> None:
+        """Wait for every queued commit, then re-raise a writer error if there was one."""
+        self._queue.put(None)
+        self._thread.join()
+        self._check()
+
+
 def featurize(
     store: Store,
     *,
     dataset: str,
     model: str,
-    layer: int,
+    layer: int | None = None,
+    hook: str | None = None,
     sae_path: str | None = None,
     sae_release: str | None = None,
+    sae_k: int | None = None,
     pooling: str = "mean",
+    pool_over: str = "prompt",
+    chat_template: bool = False,
     top_k: int = 64,
     batch_size: int = 32,
     max_length: int = 256,
     chunk_size: int = 512,
     resume: bool = True,
+    device: str = "auto",
+    dtype: str = "auto",
+    warn: Callable[[str], None] = _warn,
 ) -> int:
-    """SAE features of every example: forward up to ``layer`` only, SAE-encode each token,
-    pool over the non-special tokens, keep the top ``top_k`` as sparse pairs.
+    """SAE features of every example: forward up to the layer only, SAE-encode each token on
+    the model's device, pool over the non-special tokens of the prompt/response/both, keep the
+    top ``top_k`` as sparse pairs.
 
-    Commits every ``chunk_size`` examples; rerunning the same command after an interruption
-    continues with the examples not yet stored. Returns the run id.
+    The layer is ``layer``, else the ``hook`` name, else the SAE's own hook. Everything is
+    checked (dataset, responses, model, SAE width and hook) before the run is recorded.
+    Commits every ``chunk_size`` examples on a writer thread; rerunning the same command after
+    an interruption continues with the examples not yet stored. Returns the run id.
     """
     from core.features import FeatureConfig, TokenStats, featurize_batches
-    from core.models import check_layer, load_model
-    from core.sae import check_sae_matches, load_sae, sae_info
+    from core.models import check_chat_template, hook_name, resolve_layer
+    from core.sae import check_sae_matches, load_sae, sae_info, transfer_warning
 
     if (sae_path is None) == (sae_release is None):
         raise StudioError("give exactly one of --sae-path DIR or --sae RELEASE/ID")
-    ids, texts = _texts(store, dataset)
-    fcfg = FeatureConfig(
-        layer=layer,
-        pooling=pooling,
-        top_k=top_k,  # type: ignore[arg-type]
+    FeatureConfig(  # validate the options before any loading
+        layer=0,
+        pooling=pooling,  # type: ignore[arg-type]
+        top_k=top_k,
         batch_size=batch_size,
         max_length=max_length,
+        pool_over=pool_over,  # type: ignore[arg-type]
     )
-    lm = load_model(resolve_model(model))
-    check_layer(lm, layer)
+    ids, texts, responses = example_pairs(store, dataset, pool_over=pool_over)
+    lm = _load_for_activations(model, device=device, dtype=dtype)
+    if chat_template:
+        check_chat_template(lm)
     if sae_path is not None:
-        sae = load_sae(path=sae_path, device=lm.device)
+        sae = load_sae(path=sae_path, device=lm.device, k=sae_k)
         sae_name = str(Path(sae_path).resolve())
     else:
         assert sae_release is not None
         release, _, sae_id = sae_release.partition("/")
         if not sae_id:
             raise StudioError(f"--sae {sae_release!r}: expected RELEASE/ID")
-        sae = load_sae(release=release, sae_id=sae_id, device=lm.device)
+        sae = load_sae(release=release, sae_id=sae_id, device=lm.device, k=sae_k)
         sae_name = sae_release
+    layer = resolve_layer(lm, layer=layer, hook=hook, sae_hook=sae.cfg.metadata.hook_name)
     check_sae_matches(sae, lm, layer=layer)
+    if (msg := transfer_warning(sae, _model_label(model))) is not None:
+        warn(msg)
+    fcfg = FeatureConfig(
+        layer=layer,
+        pooling=pooling,  # type: ignore[arg-type]
+        top_k=top_k,
+        batch_size=batch_size,
+        max_length=max_length,
+        pool_over=pool_over,  # type: ignore[arg-type]
+        chat_template=chat_template,
+    )
     info = sae_info(sae)
     config = {
         "model": _model_label(model),
         "layer": layer,
-        "hook": f"blocks.{layer}.hook_resid_post",
+        "hook": hook_name(layer),
         "sae": sae_name,
         "pooling": pooling,
         "top_k": top_k,
         "max_length": max_length,
     }
+    # Keys added later are written only when not at their default, so an interrupted run of an
+    # older version still resumes with the same config.
+    if pool_over != "prompt":
+        config["pool_over"] = pool_over
+    if chat_template:
+        config["chat_template"] = True
+    if str(lm.model.dtype) != "torch.float32":
+        config["dtype"] = str(lm.model.dtype).removeprefix("torch.")
     run_id, resumed = store.start_run(
         step="featurize", dataset=dataset, config=config, versions=versions(), resume=resume
     )
@@ -310,29 +454,36 @@ def featurize(
     todo = [i for i, eid in enumerate(ids) if eid not in done]
     t0 = time.perf_counter()
     n_tokens = n_trunc = 0
-    with tqdm(total=len(ids), initial=len(ids) - len(todo), desc="featurize", unit="ex") as bar:
-        for start in range(0, len(todo), chunk_size):
-            part = todo[start : start + chunk_size]
-            tables = list(
-                featurize_batches(
-                    lm,
-                    sae,
-                    [texts[i] for i in part],
-                    [ids[i] for i in part],
-                    fcfg,
-                    stats=stats,
-                    progress=bar.update,
+
+    def commit(chunk: pa.Table, s: pd.DataFrame, top: pd.DataFrame) -> None:
+        store.write_feature_chunk(run_id, chunk=chunk, stats=s, top_tokens=top)
+
+    writer = _ChunkWriter(commit)
+    try:
+        with tqdm(total=len(ids), initial=len(ids) - len(todo), desc="featurize", unit="ex") as bar:
+            for chunk in featurize_batches(
+                lm,
+                sae,
+                [texts[i] for i in todo],
+                [ids[i] for i in todo],
+                fcfg,
+                stats=stats,
+                progress=bar.update,
+                chunk_size=chunk_size,
+                responses=None if responses is None else [responses[i] for i in todo],
+            ):
+                n_tokens += int(pa.compute.sum(chunk.column("n_tokens")).as_py() or 0)
+                n_trunc += int(
+                    pa.compute.sum(chunk.column("truncated").cast(pa.int64())).as_py() or 0
                 )
-            )
-            chunk = pa.concat_tables(tables)
-            n_tokens += int(pa.compute.sum(chunk.column("n_tokens")).as_py() or 0)
-            n_trunc += int(pa.compute.sum(chunk.column("truncated").cast(pa.int64())).as_py() or 0)
-            s, top = stats.to_frames()
-            store.write_feature_chunk(run_id, chunk=chunk, stats=s, top_tokens=top)
+                s, top = stats.to_frames()  # a snapshot: stats keep changing after this
+                writer.put(chunk, s, top)
+    finally:
+        writer.close()
     if n_trunc:
-        tqdm.write(
-            f"warning: {n_trunc} examples were longer than {max_length} tokens (or the "
-            "model's context) and were truncated"
+        warn(
+            f"{n_trunc} examples were longer than {max_length} tokens (or the model's context) "
+            "and were truncated"
         )
     totals = store.feature_totals(run_id)
     store.finish_run(
@@ -346,6 +497,8 @@ def featurize(
             "resumed": resumed,
             "seconds_this_session": round(time.perf_counter() - t0, 1),
             "tokens_this_session": n_tokens,
+            "device": lm.device,
+            "dtype": str(lm.model.dtype).removeprefix("torch."),
         },
     )
     return run_id

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -133,8 +134,24 @@ CREATE TABLE exports (
 );
 """
 
+# Feature descriptions (imported, e.g. from Neuronpedia) and the character span of each top token
+# occurrence in its example's text (NULL where the featurizer did not know it).
+DDL_V2 = """
+CREATE TABLE feature_descriptions (
+    run_id INTEGER NOT NULL,
+    feature_id INTEGER NOT NULL,
+    description VARCHAR NOT NULL,
+    source VARCHAR
+);
+ALTER TABLE feature_top_tokens ADD COLUMN char_start INTEGER;
+ALTER TABLE feature_top_tokens ADD COLUMN char_end INTEGER;
+"""
+
 # (version, name, ddl). Append new migrations; never edit an applied one.
-MIGRATIONS: list[tuple[int, str, str]] = [(1, "initial schema", DDL_V1)]
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (1, "initial schema", DDL_V1),
+    (2, "feature descriptions and token char spans", DDL_V2),
+]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Columns of the wide example view that are not labels; filters may use these too.
@@ -265,6 +282,17 @@ class Store:
                 return 0
         return int(row[0] or 0) if row else 0
 
+    @staticmethod
+    def _version(con: duckdb.DuckDBPyConnection) -> int:
+        """The schema version of an open connection. The app only reads, so it may meet a file
+        written by an older version of the tool: readers treat what a later migration adds
+        (descriptions, char spans) as empty rather than refusing the file."""
+        try:
+            row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+        except duckdb.CatalogException:
+            return 0
+        return int(row[0] or 0) if row else 0
+
     def check_readable(self) -> None:
         """Raise a StudioError unless the file holds a schema this tool can read."""
         version = self.schema_version()
@@ -320,6 +348,7 @@ class Store:
             "features",
             "feature_stats",
             "feature_top_tokens",
+            "feature_descriptions",
             "clusters",
             "cluster_assignments",
             "projections",
@@ -498,9 +527,17 @@ class Store:
                 [run_id],
             )
             con.register("_top", top_tokens)
+            # char spans when the frame carries them (-1 = unknown -> NULL), else NULL;
+            # a file still on schema 1 has no span columns
+            cols, spans = "", ""
+            if self._version(con) >= 2:
+                cols = ", char_start, char_end"
+                has = {"char_start", "char_end"} <= set(top_tokens.columns)
+                spans = ", nullif(char_start, -1), nullif(char_end, -1)" if has else ", NULL, NULL"
             con.execute(
-                "INSERT INTO feature_top_tokens SELECT ?, feature_id, rank, example_id, token, "
-                "value FROM _top",
+                "INSERT INTO feature_top_tokens (run_id, feature_id, rank, example_id, token, "
+                f"value{cols}) SELECT ?, feature_id, rank, example_id, token, value{spans} "
+                "FROM _top",
                 [run_id],
             )
 
@@ -527,7 +564,8 @@ class Store:
             ).to_arrow_table()
 
     def feature_stats(self, run_id: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """(stats, top_tokens) frames as written by the last committed chunk."""
+        """(stats, top_tokens) frames as written by the last committed chunk; top_tokens carries
+        char_start / char_end with -1 where unknown (as TokenStats.to_frames writes them)."""
         with self.connect() as con:
             stats = con.execute(
                 "SELECT feature_id, n_fire, sum_act, max_act FROM feature_stats WHERE run_id = ? "
@@ -535,11 +573,202 @@ class Store:
                 [run_id],
             ).df()
             top = con.execute(
-                "SELECT feature_id, rank, example_id, token, value FROM feature_top_tokens "
-                "WHERE run_id = ? ORDER BY feature_id, rank",
+                f"SELECT feature_id, rank, example_id, token, value, {self._spans(con)} "
+                "FROM feature_top_tokens t WHERE run_id = ? ORDER BY feature_id, rank",
                 [run_id],
             ).df()
         return stats, top
+
+    def _spans(self, con: duckdb.DuckDBPyConnection, *, unknown: str = "-1") -> str:
+        """Select list for the char span columns of feature_top_tokens ``t`` (absent before v2)."""
+        if self._version(con) >= 2:
+            return (
+                f"CAST(coalesce(t.char_start, {unknown}) AS INTEGER) AS char_start, "
+                f"CAST(coalesce(t.char_end, {unknown}) AS INTEGER) AS char_end"
+            )
+        return f"CAST({unknown} AS INTEGER) AS char_start, CAST({unknown} AS INTEGER) AS char_end"
+
+    # --- reading the features: per-feature statistics, top examples, descriptions ----------
+    def feature_summary(self, run_id: int) -> pd.DataFrame:
+        """One row per feature that fired in a run, computed in one pass over the stored lists.
+
+        Columns: feature_id; n_topk and freq (examples whose stored top-k holds the feature, as a
+        count and a share of the run's examples); mean_act and max_act (its pooled value over
+        those examples); n_fire, fire_rate, mean_fired and max_token_act (from feature_stats:
+        pooled > 0 over all d_sae features before the top-k cut, sum_act / n_fire, and the
+        largest single-token activation); tokens (its distinct top tokens, strongest first);
+        description and source (imported descriptions, NULL where none).
+        """
+        with self.connect() as con:
+            v2 = self._version(con) >= 2
+            desc = (
+                "LEFT JOIN feature_descriptions d ON d.run_id = ? AND d.feature_id = ids.feature_id"
+                if v2
+                else ""
+            )
+            desc_cols = (
+                "d.description, d.source"
+                if v2
+                else "NULL::VARCHAR AS description, NULL::VARCHAR AS source"
+            )
+            params: list[Any] = [run_id, run_id, run_id, run_id]
+            if v2:
+                params.append(run_id)
+            return con.execute(
+                f"""
+                WITH n AS (SELECT count(*) AS n FROM features WHERE run_id = ?),
+                hits AS (
+                    SELECT unnest(feature_ids) AS feature_id, unnest(vals) AS v
+                    FROM features WHERE run_id = ?
+                ),
+                agg AS (
+                    SELECT feature_id, count(*) AS n_topk, avg(v) AS mean_act, max(v) AS max_act
+                    FROM hits GROUP BY feature_id
+                ),
+                st AS (SELECT * FROM feature_stats WHERE run_id = ?),
+                toks AS (
+                    SELECT feature_id, list(token ORDER BY r, token) AS tokens
+                    FROM (SELECT feature_id, token, min(rank) AS r FROM feature_top_tokens
+                          WHERE run_id = ? GROUP BY feature_id, token)
+                    GROUP BY feature_id
+                ),
+                ids AS (SELECT feature_id FROM agg UNION SELECT feature_id FROM st)
+                SELECT ids.feature_id,
+                       coalesce(agg.n_topk, 0) AS n_topk,
+                       coalesce(agg.n_topk, 0) / greatest(n.n, 1) AS freq,
+                       agg.mean_act, agg.max_act,
+                       coalesce(st.n_fire, 0) AS n_fire,
+                       coalesce(st.n_fire, 0) / greatest(n.n, 1) AS fire_rate,
+                       st.sum_act / nullif(st.n_fire, 0) AS mean_fired,
+                       st.max_act AS max_token_act,
+                       coalesce(toks.tokens, []::VARCHAR[]) AS tokens,
+                       {desc_cols}
+                FROM ids CROSS JOIN n
+                LEFT JOIN agg ON agg.feature_id = ids.feature_id
+                LEFT JOIN st ON st.feature_id = ids.feature_id
+                LEFT JOIN toks ON toks.feature_id = ids.feature_id
+                {desc}
+                ORDER BY ids.feature_id
+                """,
+                params,
+            ).df()
+
+    def feature_top_examples(
+        self, run_id: int, *, feature_ids: Sequence[int] | None = None, per_feature: int = 10
+    ) -> pd.DataFrame:
+        """The examples with the largest pooled value of each feature (all features, or only
+        ``feature_ids``), in one pass over the list columns — no index, no Python loop.
+
+        Columns: feature_id, rank (0 = strongest), example_id, value, prompt, text.
+        """
+        fids = None if feature_ids is None else [int(f) for f in feature_ids]
+        with self.connect() as con:
+            return con.execute(
+                """
+                WITH pick AS (SELECT CAST(? AS INTEGER[]) AS fids),
+                hits AS (
+                    -- unnest then filter: far faster in DuckDB than list_has_any on the lists
+                    SELECT example_id, unnest(feature_ids) AS feature_id, unnest(vals) AS value
+                    FROM features WHERE run_id = ?
+                ),
+                ranked AS (
+                    SELECT feature_id, example_id, value,
+                           row_number() OVER (PARTITION BY feature_id
+                                              ORDER BY value DESC, example_id) - 1 AS rank
+                    FROM hits, pick
+                    WHERE pick.fids IS NULL OR list_contains(pick.fids, hits.feature_id)
+                    QUALIFY rank < ?
+                )
+                SELECT r.feature_id, r.rank, r.example_id, r.value, e.prompt, e.text
+                FROM ranked r JOIN runs ON runs.run_id = ?
+                LEFT JOIN examples e ON e.dataset = runs.dataset AND e.id = r.example_id
+                ORDER BY r.feature_id, r.rank
+                """,
+                [fids, run_id, per_feature, run_id],
+            ).df()
+
+    def feature_activations(self, run_id: int, feature_id: int) -> np.ndarray:
+        """The feature's pooled value in every example whose stored top-k holds it."""
+        with self.connect() as con:
+            df = con.execute(
+                "SELECT vals[list_position(feature_ids, ?)] AS value FROM features "
+                "WHERE run_id = ? AND list_contains(feature_ids, ?)",
+                [feature_id, run_id, feature_id],
+            ).df()
+        return df["value"].to_numpy(dtype=np.float64)
+
+    def feature_tokens(
+        self, run_id: int, *, feature_ids: Sequence[int] | None = None, with_text: bool = False
+    ) -> pd.DataFrame:
+        """Top token occurrences (feature_id, rank, example_id, token, value, char_start,
+        char_end, and the example's text when ``with_text``) of a run's features, or of
+        ``feature_ids``; spans are NULL where unknown."""
+        fids = None if feature_ids is None else [int(f) for f in feature_ids]
+        text = ", e.text" if with_text else ""
+        join = (
+            "LEFT JOIN runs r ON r.run_id = t.run_id "
+            "LEFT JOIN examples e ON e.dataset = r.dataset AND e.id = t.example_id "
+            if with_text
+            else ""
+        )
+        with self.connect() as con:
+            return con.execute(
+                "SELECT t.feature_id, t.rank, t.example_id, t.token, t.value, "
+                f"{self._spans(con, unknown='NULL')}{text} FROM feature_top_tokens t {join}"
+                "WHERE t.run_id = ? AND (CAST(? AS INTEGER[]) IS NULL "
+                "OR list_contains(CAST(? AS INTEGER[]), t.feature_id)) "
+                "ORDER BY t.feature_id, t.rank",
+                [run_id, fids, fids],
+            ).df()
+
+    def example_features(self, run_id: int, example_ids: Sequence[str]) -> pd.DataFrame:
+        """The features of one example (its stored top-k) or, over several, how many of them
+        hold each feature. Columns: feature_id, n_examples, mean_value, max_value (strongest
+        first; for one example mean_value is its pooled value)."""
+        with self.connect() as con:
+            con.register("_ids", pa.table({"id": pa.array(list(example_ids), pa.string())}))
+            return con.execute(
+                """
+                WITH hits AS (
+                    SELECT example_id, unnest(feature_ids) AS feature_id, unnest(vals) AS value
+                    FROM features WHERE run_id = ? AND example_id IN (SELECT id FROM _ids)
+                )
+                SELECT feature_id, count(*) AS n_examples, avg(value) AS mean_value,
+                       max(value) AS max_value
+                FROM hits GROUP BY feature_id
+                ORDER BY n_examples DESC, mean_value DESC, feature_id
+                """,
+                [run_id],
+            ).df()
+
+    def find_examples(self, dataset: str, query: str, *, limit: int = 50) -> pd.DataFrame:
+        """Examples whose id equals ``query`` (first) or whose text contains it, ignoring case.
+        Columns: id, idx, prompt, text."""
+        with self.connect() as con:
+            return con.execute(
+                "SELECT id, idx, prompt, text FROM examples WHERE dataset = ? "
+                "AND (contains(lower(id), lower(?)) OR contains(lower(text), lower(?))) "
+                "ORDER BY (lower(id) = lower(?)) DESC, idx LIMIT ?",
+                [dataset, query, query, query, limit],
+            ).df()
+
+    def write_descriptions(self, run_id: int, descriptions: dict[int, str], *, source: str) -> int:
+        """Replace the run's feature descriptions in one transaction; returns how many."""
+        self.migrate()
+        table = pa.table(
+            {
+                "feature_id": pa.array(list(descriptions), pa.int32()),
+                "description": pa.array(list(descriptions.values()), pa.string()),
+            }
+        )
+        with self.transaction() as con:
+            con.execute("DELETE FROM feature_descriptions WHERE run_id = ?", [run_id])
+            con.register("_d", table)
+            con.execute(
+                "INSERT INTO feature_descriptions SELECT ?, feature_id, description, ? FROM _d",
+                [run_id, source],
+            )
+        return table.num_rows
 
     def feature_runs(self) -> pd.DataFrame:
         """Finished feature runs with model, layer, SAE, pooling and counts, for the Overview."""

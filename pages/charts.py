@@ -141,3 +141,17 @@ def histogram(values: pd.Series, *, title: str, selected: pd.Series | None = Non
         showlegend=False,
     )
     return fig
+
+
+def activation_histogram(values: np.ndarray, *, title: str) -> go.Figure:
+    """Distribution of one feature's pooled activations."""
+    fig = go.Figure(go.Histogram(x=values, nbinsx=40, marker={"color": "#ff8c00"}))
+    fig.update_layout(
+        height=200,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        title={"text": title, "font": {"size": 13}},
+        xaxis_title="pooled activation",
+        yaxis_title="examples",
+        bargap=0.05,
+    )
+    return fig

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -41,6 +42,8 @@ T = TypeVar("T")
 # Session-state keys, all in one place.
 DATASET = "dataset"
 SELECTION = "selection"  # {dataset: [example ids]} from the Map's box/lasso
+OPEN_FEATURE = "open_feature"  # {dataset: feature id} shown on the Features page
+OPEN_EXAMPLE = "open_example"  # {dataset: example id} shown on the Features page
 
 
 def db_path() -> str:
@@ -54,6 +57,8 @@ def db_path() -> str:
 def init_state() -> None:
     st.session_state.setdefault(DATASET, None)
     st.session_state.setdefault(SELECTION, {})
+    st.session_state.setdefault(OPEN_FEATURE, {})
+    st.session_state.setdefault(OPEN_EXAMPLE, {})
 
 
 def store() -> Store:
@@ -142,6 +147,22 @@ def set_selection(dataset: str, ids: list[str]) -> None:
     st.session_state[SELECTION] = {**st.session_state[SELECTION], dataset: ids}
 
 
+def open_feature(dataset: str) -> int | None:
+    return st.session_state[OPEN_FEATURE].get(dataset)
+
+
+def set_open_feature(dataset: str, feature_id: int | None) -> None:
+    st.session_state[OPEN_FEATURE] = {**st.session_state[OPEN_FEATURE], dataset: feature_id}
+
+
+def open_example(dataset: str) -> str | None:
+    return st.session_state[OPEN_EXAMPLE].get(dataset)
+
+
+def set_open_example(dataset: str, example_id: str | None) -> None:
+    st.session_state[OPEN_EXAMPLE] = {**st.session_state[OPEN_EXAMPLE], dataset: example_id}
+
+
 def provenance(views: Views) -> str:
     """A caption that says where the map's numbers come from."""
     path, tok = db_path(), token()
@@ -199,3 +220,59 @@ def load_export_rows(
 @st.cache_data(show_spinner=False, max_entries=32)
 def load_tag_values(path: str, tok: tuple[float, float], dataset: str) -> pd.DataFrame:
     return Store(path, lock_timeout_s=5.0).tag_values(dataset)
+
+
+# --- the Features page ----------------------------------------------------------------------------
+@st.cache_data(show_spinner="Reading the features…", max_entries=8)
+def load_feature_table(path: str, tok: tuple[float, float], run_id: int) -> pd.DataFrame:
+    """Every feature of a run with its statistics and label (description or top tokens)."""
+    from core.feature_info import with_labels
+
+    return with_labels(Store(path, lock_timeout_s=5.0).feature_summary(run_id))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def load_feature_search(
+    path: str, tok: tuple[float, float], run_id: int, query: str
+) -> pd.DataFrame:
+    from core.feature_info import search_features
+
+    return search_features(load_feature_table(path, tok, run_id), query)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def load_feature_detail(
+    path: str, tok: tuple[float, float], run_id: int, feature_id: int, n_examples: int
+) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """(top examples by pooled value, pooled values in the stored top-k, top token occurrences)."""
+    s = Store(path, lock_timeout_s=5.0)
+    return (
+        s.feature_top_examples(run_id, feature_ids=[feature_id], per_feature=n_examples),
+        s.feature_activations(run_id, feature_id),
+        s.feature_tokens(run_id, feature_ids=[feature_id], with_text=True),
+    )
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def load_example_features(
+    path: str, tok: tuple[float, float], run_id: int, example_ids: tuple[str, ...]
+) -> pd.DataFrame:
+    """The features of one example (or those shared by several), with their labels."""
+    feats = Store(path, lock_timeout_s=5.0).example_features(run_id, list(example_ids))
+    table = load_feature_table(path, tok, run_id)[["feature_id", "label", "freq"]]
+    return feats.merge(table, on="feature_id", how="left")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def load_example_search(
+    path: str, tok: tuple[float, float], dataset: str, query: str
+) -> pd.DataFrame:
+    return Store(path, lock_timeout_s=5.0).find_examples(dataset, query)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def load_example(path: str, tok: tuple[float, float], dataset: str, example_id: str) -> dict | None:
+    """One example's row of the wide view (text, cluster, labels, tags), or None."""
+    s = Store(path, lock_timeout_s=5.0)
+    rows = s.wide(dataset, views=s.views(dataset), ids=[example_id]).to_pylist()
+    return rows[0] if rows else None

@@ -13,9 +13,12 @@ from pages.common import (
     pick_dataset,
     provenance,
     selection,
+    set_open_example,
     set_selection,
     token,
 )
+
+MAX_OPEN_IN_FEATURES = 1000  # larger selections are for the Export page, not for reading
 
 
 def render() -> None:
@@ -87,6 +90,14 @@ def render() -> None:
         if sel and c2.button("Clear selection"):
             set_selection(dataset, [])
             st.rerun()
+        if 0 < len(sel) <= MAX_OPEN_IN_FEATURES and c2.button(
+            "Open in Features",
+            key="map_open_features",
+            help="Read the selected examples' SAE features (the first one opened; the others "
+            "one pick away)",
+        ):
+            set_open_example(dataset, sel[0])
+            st.switch_page("pages/features.py")
         st.caption(provenance(views))
         if sel:
             st.dataframe(

@@ -112,6 +112,69 @@ def tiny_lm(request: pytest.FixtureRequest) -> Any:
     return request.getfixturevalue(f"tiny_{request.param}")
 
 
+# A minimal chat template (Qwen-style markers written as plain text, as the MiniLM vocabulary
+# has no template tokens): enough to test rendering and offsets.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def _save_decoder(folder: Path, arch: str) -> None:
+    """A random-init 3-layer decoder of ``arch`` (64 wide, 2 heads, 1 KV head) with the MiniLM
+    tokenizer ([CLS] as BOS, [SEP] as EOS) and a chat template."""
+    import transformers
+
+    tok = _copy_tokenizer(folder)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+    config_cls, model_cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaModel),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2Model),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3Model),
+        "gemma2": (transformers.Gemma2Config, transformers.Gemma2Model),
+    }[arch]
+    extra: dict[str, Any] = {"head_dim": 32} if arch in ("qwen3", "gemma2") else {}
+    torch.manual_seed(0)
+    config = config_cls(
+        vocab_size=len(tok),
+        hidden_size=TINY_D_MODEL,
+        num_hidden_layers=TINY_N_LAYERS,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
+        pad_token_id=tok.pad_token_id,
+        **extra,
+    )
+    model_cls(config).save_pretrained(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random-init Llama, Qwen2, Qwen3 and Gemma 2 folders (with a chat template)."""
+    out = {}
+    for arch in ("llama", "qwen2", "qwen3", "gemma2"):
+        out[arch] = tmp_path_factory.mktemp(f"tiny-{arch}")
+        _save_decoder(out[arch], arch)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_decoders(tiny_decoder_dirs: dict[str, Path]) -> dict[str, Any]:
+    from core.models import load_model
+
+    return {arch: load_model(str(folder)) for arch, folder in tiny_decoder_dirs.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_decoders: dict[str, Any]) -> Any:
+    """The tiny Llama, whose tokenizer has a chat template."""
+    return tiny_decoders["llama"]
+
+
 @pytest.fixture(scope="session")
 def minilm() -> Any:
     """The real all-MiniLM-L6-v2 (BertModel, 6 layers, 384 wide), loaded offline."""

@@ -62,3 +62,62 @@ def test_missing_database_is_one_line(monkeypatch, tmp_path):
     at.run()
     assert not at.exception
     assert "does not exist" in at.error[0].value
+
+
+def test_map_opens_the_selection_in_features(app):
+    app.switch_page("pages/map.py").run()
+    _ok(app)
+    assert not any(b.key == "map_open_features" for b in app.button)  # nothing selected yet
+    ids = app.session_state["selection"].get("demo", [])
+    assert ids == []
+    app.session_state["selection"] = {"demo": ["demo-00003", "demo-00007"]}
+    app.run()
+    app.button(key="map_open_features").click().run()
+    _ok(app)
+    assert app.title[0].value == "Features"
+    assert app.session_state["open_example"] == {"demo": "demo-00003"}
+    assert any("Example demo" in m.value for m in app.markdown)
+    assert app.selectbox(key="feat_map_pick").options[:2] == ["demo-00003", "demo-00007"]
+
+
+def test_features_search_open_feature_and_example(app):
+    app.switch_page("pages/features.py").run()
+    _ok(app)
+    assert app.title[0].value == "Features"
+    assert any("stored top-k per example" in c.value for c in app.caption)
+    top = app.dataframe[0].value
+    assert len(top) > 0 and top["freq"].is_monotonic_decreasing
+    fid = int(top["feature_id"].iloc[0])
+    app.text_input(key="feat_query").input(f"f{fid}").run()
+    _ok(app)
+    assert int(app.dataframe[0].value["feature_id"].iloc[0]) == fid
+    # open it (a row pick does this; AppTest cannot click table rows, so the deep link does)
+    app.query_params["feature"] = str(fid)
+    app.run()
+    _ok(app)
+    assert any(m.value == f"#### Feature {fid}" for m in app.markdown)
+    assert [m.label for m in app.metric] == [
+        "Frequency",
+        "Fires in",
+        "Mean activation",
+        "Max activation",
+    ]
+    assert app.get("plotly_chart"), "the activation histogram is drawn"
+    top_examples = [h.value for h in app.get("html")]
+    opens = [b for b in app.button if b.key and b.key.startswith("feat_open_ex_")]
+    assert opens, "top examples each have an Open button"
+    opens[0].click().run()
+    _ok(app)
+    eid = app.session_state["open_example"]["demo"]
+    assert any(f"<b>{eid}</b>" in h for h in top_examples)
+    assert any(m.value.startswith("#### Example ") for m in app.markdown)
+    feats = app.dataframe(key="ex_features").value
+    assert fid in set(feats["feature_id"])  # the example holds the feature it came from
+    # find an example by text, then send the feature's top examples to the Map
+    app.text_input(key="ex_query").input("the").run()
+    _ok(app)
+    assert len(app.dataframe(key="ex_results").value) > 0
+    app.button(key="feat_to_map").click().run()
+    _ok(app)
+    assert app.title[0].value == "Map"
+    assert len(app.session_state["selection"]["demo"]) >= 1

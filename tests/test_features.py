@@ -73,7 +73,13 @@ def test_feature_config_validates_and_round_trips() -> None:
     cfg = FeatureConfig(layer=2, pooling="max", top_k=16)
     assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(StudioError, match="pooling must be one of"):
-        FeatureConfig(layer=2, pooling="sum")  # type: ignore[arg-type]
+        FeatureConfig(layer=2, pooling="median")  # type: ignore[arg-type]
+    with pytest.raises(StudioError, match="pool_over must be one of"):
+        FeatureConfig(layer=2, pool_over="answer")  # type: ignore[arg-type]
+    with pytest.raises(StudioError, match="layer must be >= -1"):
+        FeatureConfig(layer=-2)
+    full = FeatureConfig(layer=-1, pooling="count", pool_over="both", chat_template=True)
+    assert FeatureConfig.from_dict(full.to_dict()) == full
     with pytest.raises(StudioError, match="top_k must be at least 1"):
         FeatureConfig(layer=2, top_k=0)
 
@@ -90,6 +96,19 @@ def test_pool_mean_and_max_against_direct_computation() -> None:
         for i in range(4):
             torch.testing.assert_close(batched[i], pool(codes[segment == i], how))  # type: ignore[arg-type]
     assert torch.equal(pool_segments(codes, segment, 4, "mean")[1], torch.zeros(12))
+
+
+def test_pool_sum_and_count() -> None:
+    codes = random_codes(7, 12, seed=3)
+    torch.testing.assert_close(pool(codes, "sum"), codes.sum(0))
+    torch.testing.assert_close(pool(codes, "count"), (codes > 0).sum(0).float())
+    segment = torch.tensor([0, 0, 2, 2, 2, 3, 3])
+    for how in ("sum", "count"):
+        batched = pool_segments(codes, segment, 4, how)  # type: ignore[arg-type]
+        for i in range(4):
+            torch.testing.assert_close(batched[i], pool(codes[segment == i], how))  # type: ignore[arg-type]
+    counts = pool_segments(codes, segment, 4, "count")
+    assert counts.max() <= 3 and bool((counts == counts.round()).all())
 
 
 def test_topk_sparse_equals_dense_top_k() -> None:
@@ -301,3 +320,90 @@ def test_featurize_real_minilm(minilm: Any, make_sae: Callable[..., Any]) -> Non
     fstats, top = stats.to_frames()
     assert bool((fstats["max_act"].to_numpy() > 0).all())
     assert all(len(token) > 0 for token in top["token"].tolist())
+
+
+def test_token_stats_keep_char_spans_and_restore_old_frames() -> None:
+    d_sae = 16
+    a = make_batch(40, d_sae, seed=1, n_examples=4, vocab=30)
+    spans = torch.stack([torch.arange(40), torch.arange(40) + 3], dim=1)
+    st = TokenStats(d_sae, top_n=3)
+    st.update(a["codes"], a["tokens"], a["examples"], a["pooled"], spans=spans)
+    _, top = st.to_frames()
+    assert {"char_start", "char_end"} <= set(top.columns)
+    assert bool((top["char_end"].to_numpy() - top["char_start"].to_numpy() == 3).all())
+    # Each occurrence keeps the span of the token it came from.
+    for row in top.itertuples():
+        t = int(row.char_start)
+        assert a["tokens"][t] == row.token and a["examples"][t] == row.example_id
+        assert float(a["codes"][t, int(row.feature_id)]) == pytest.approx(float(row.value))
+    stats, _ = st.to_frames()
+    again = TokenStats.from_frames(stats, top, d_sae=d_sae, top_n=3)
+    pd.testing.assert_frame_equal(again.to_frames()[1], top)
+    old = TokenStats.from_frames(
+        stats, top.drop(columns=["char_start", "char_end"]), d_sae=d_sae, top_n=3
+    )
+    assert (old.to_frames()[1][["char_start", "char_end"]] == -1).all().all()
+    plain = TokenStats(d_sae, top_n=3)
+    plain.update(a["codes"], a["tokens"], a["examples"], a["pooled"])
+    assert bool((plain.to_frames()[1]["char_end"].to_numpy() == -1).all())
+
+
+def test_featurize_records_token_spans_in_the_text(tiny_bert: Any, tiny_sae: Any) -> None:
+    ids = [f"s{i}" for i in range(len(SENTENCES))]
+    stats = TokenStats(256, top_n=5)
+    list(
+        featurize_batches(tiny_bert, tiny_sae, SENTENCES, ids, FeatureConfig(layer=1), stats=stats)
+    )
+    _, top = stats.to_frames()
+    text = dict(zip(ids, SENTENCES, strict=True))
+    assert len(top) > 0 and bool((top["char_start"].to_numpy() >= 0).all())
+    for row in top.itertuples():
+        piece = text[str(row.example_id)][int(row.char_start) : int(row.char_end)]
+        assert piece.lower() == str(row.token).removeprefix("##")
+
+
+@pytest.mark.parametrize("how", ["response", "both"])
+def test_featurize_pools_over_responses(
+    tiny_llama: Any, make_sae: Callable[..., Any], how: str
+) -> None:
+    sae = make_sae()
+    texts, responses = ["What is two plus two?", "Name a colour."], ["Four.", "Blue, I think."]
+    cfg = FeatureConfig(layer=1, pooling="sum", top_k=256, pool_over=how, chat_template=True)  # type: ignore[arg-type]
+    stats = TokenStats(256)
+    table = pa.concat_tables(
+        featurize_batches(tiny_llama, sae, texts, ["a", "b"], cfg, stats=stats, responses=responses)
+    )
+    want = {"response": [2, 5], "both": [6 + 2, 4 + 5]}[how]  # "four ." / "blue , i think ."
+    assert table["n_tokens"].to_pylist() == want
+    _, top = stats.to_frames()
+    if how == "response":
+        assert bool(
+            (top["char_start"].to_numpy() == -1).all()
+        )  # response tokens lie outside the example text
+    else:
+        assert bool((top["char_start"].to_numpy() >= 0).any())
+    with pytest.raises(StudioError, match="example 'b' has none"):
+        list(
+            featurize_batches(
+                tiny_llama, sae, texts, ["a", "b"], cfg, stats=stats, responses=["Four.", None]
+            )
+        )
+
+
+def test_background_prefetch_keeps_order_and_raises() -> None:
+    from core.features import background
+
+    assert list(background(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("boom")
+
+    got = []
+    with pytest.raises(ValueError, match="boom"):
+        for x in background(failing()):
+            got.append(x)
+    assert got == [1]
+    early = background(iter(range(10**6)))
+    assert next(early) == 0
+    early.close()  # stops the producer thread

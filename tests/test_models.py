@@ -12,11 +12,19 @@ from torch import nn
 
 from core.errors import StudioError
 from core.models import (
+    collate,
+    encode_texts,
     find_blocks,
     full_forward_activations,
+    hook_name,
+    hub_error_message,
     iter_length_batches,
     layer_activations,
     load_model,
+    parse_hook,
+    resolve_device,
+    resolve_dtype,
+    resolve_layer,
     token_lengths,
     tokenize_batch,
 )
@@ -88,10 +96,171 @@ def test_blocks_above_the_layer_never_run(tiny_lm: Any) -> None:
 
 def test_layer_out_of_range(tiny_bert: Any) -> None:
     batch = tokenize_batch(tiny_bert, TEXTS[:1], max_length=16)
-    with pytest.raises(StudioError, match=r"layer 7 is out of range: .* has 3 layers \(0\.\.2\)"):
+    with pytest.raises(StudioError, match=r"layer 7 is out of range: .* has 3 layers \(0\.\.2;"):
         layer_activations(tiny_bert, batch, layer=7)
-    with pytest.raises(StudioError, match="layer -1 is out of range"):
-        full_forward_activations(tiny_bert, batch, layer=-1)
+    with pytest.raises(StudioError, match="layer -2 is out of range"):
+        full_forward_activations(tiny_bert, batch, layer=-2)
+
+
+def test_parse_hook_and_hook_name() -> None:
+    assert parse_hook("blocks.12.hook_resid_post") == 12
+    assert parse_hook("blocks.12.hook_resid_pre") == 11  # input of block 12 = output of 11
+    assert parse_hook("blocks.0.hook_resid_pre") == -1  # the embeddings
+    assert parse_hook("3") == 3
+    for layer in (-1, 0, 5):
+        assert parse_hook(hook_name(layer)) == layer
+    with pytest.raises(
+        StudioError, match=r"'blocks\.3\.hook_mlp_out' is not a residual-stream hook"
+    ):
+        parse_hook("blocks.3.hook_mlp_out")
+
+
+def test_resolve_layer_from_layer_hook_or_sae(tiny_gpt2: Any) -> None:
+    assert resolve_layer(tiny_gpt2, layer=1) == 1
+    assert resolve_layer(tiny_gpt2, hook="blocks.2.hook_resid_pre") == 1
+    assert resolve_layer(tiny_gpt2, sae_hook="blocks.2.hook_resid_post") == 2
+    assert resolve_layer(tiny_gpt2, layer=0, sae_hook="blocks.2.hook_resid_post") == 0
+    with pytest.raises(
+        StudioError,
+        match=r"hook 'blocks.12.hook_resid_post' does not exist in model .* has 3 layers "
+        r"\(blocks.0 .. blocks.2\)",
+    ):
+        resolve_layer(tiny_gpt2, hook="blocks.12.hook_resid_post")
+    with pytest.raises(StudioError, match=r"the SAE's hook 'blocks\.9\.hook_resid_post' does not"):
+        resolve_layer(tiny_gpt2, sae_hook="blocks.9.hook_resid_post")
+    with pytest.raises(StudioError, match="no layer"):
+        resolve_layer(tiny_gpt2)
+    with pytest.raises(StudioError, match="not both"):
+        resolve_layer(tiny_gpt2, layer=1, hook="blocks.1.hook_resid_post")
+
+
+ARCHS = ("llama", "qwen2", "qwen3", "gemma2")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_decoder_archs_map_hooks_to_their_blocks(tiny_decoders: dict[str, Any], arch: str) -> None:
+    """Every layer, the embeddings included, equals the full forward's hidden state, and the
+    blocks above it never run."""
+    lm = tiny_decoders[arch]
+    assert (lm.n_layers, lm.d_model, lm.arch) == (3, 64, arch)
+    batch = tokenize_batch(lm, TEXTS, max_length=32)
+    with torch.inference_mode():
+        out = lm.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            output_hidden_states=True,
+        )
+    for layer in (-1, 0, 1):
+        got = layer_activations(lm, batch, layer=parse_hook(hook_name(layer)))
+        torch.testing.assert_close(got, out.hidden_states[layer + 1])
+    calls: list[int] = []
+    blocks = find_blocks(lm.model)
+    handles = [
+        b.register_forward_hook(lambda _m, _a, _o, i=i: calls.append(i))
+        for i, b in enumerate(blocks)
+    ]
+    try:
+        layer_activations(lm, batch, layer=-1)
+        assert calls == []  # no block finished
+        layer_activations(lm, batch, layer=1)
+        assert calls == [0, 1]
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_embeddings_layer_equals_hidden_state_0(tiny_lm: Any) -> None:
+    batch = tokenize_batch(tiny_lm, TEXTS, max_length=32)
+    torch.testing.assert_close(
+        layer_activations(tiny_lm, batch, layer=-1),
+        full_forward_activations(tiny_lm, batch, layer=-1),
+    )
+
+
+def test_encode_texts_spans_point_into_the_text(tiny_bert: Any) -> None:
+    texts = ["The Integral of x", "Hi there"]
+    for text, enc in zip(texts, encode_texts(tiny_bert, texts, max_length=32), strict=True):
+        kept = [t for t, k in zip(enc.tokens, enc.keep, strict=True) if k]
+        spans = enc.spans[enc.keep]
+        assert [text[s:e].lower() for s, e in spans] == [t.removeprefix("##") for t in kept]
+        assert (enc.spans[~enc.keep] == -1).all()  # [CLS], [SEP]
+
+
+def test_chat_template_pools_the_prompt_with_spans_into_it(tiny_llama: Any) -> None:
+    text = "What is 2+2?"
+    enc = encode_texts(tiny_llama, [text], max_length=64, chat_template=True)[0]
+    kept = [t for t, k in zip(enc.tokens, enc.keep, strict=True) if k]
+    assert kept == ["what", "is", "2", "+", "2", "?"]  # no template words ("user", "|")
+    assert "user" in enc.tokens and "assistant" in enc.tokens  # but the model reads them
+    assert [text[s:e].lower() for s, e in enc.spans[enc.keep]] == kept
+
+
+def test_chat_template_missing_is_a_clear_error(tiny_gpt2: Any) -> None:
+    with pytest.raises(StudioError, match="has no chat template; drop --chat-template"):
+        encode_texts(tiny_gpt2, ["x"], max_length=16, chat_template=True)
+
+
+@pytest.mark.parametrize("template", [False, True])
+def test_pool_over_response_or_both(tiny_llama: Any, template: bool) -> None:
+    text, response = "Add two and two.", "Four, of course."
+    kw: dict[str, Any] = {"max_length": 64, "responses": [response], "chat_template": template}
+    resp = encode_texts(tiny_llama, [text], pool_over="response", **kw)[0]
+    both = encode_texts(tiny_llama, [text], pool_over="both", **kw)[0]
+    prompt = encode_texts(tiny_llama, [text], chat_template=template, max_length=64)[0]
+    words = lambda e: [t for t, k in zip(e.tokens, e.keep, strict=True) if k]  # noqa: E731
+    assert words(resp) == ["four", ",", "of", "course", "."]
+    assert words(both) == words(prompt) + words(resp)
+    # Response tokens are not in the example's text: their spans are unknown.
+    assert (resp.spans[resp.keep] == -1).all()
+    with pytest.raises(StudioError, match="needs responses"):
+        encode_texts(tiny_llama, [text], pool_over="both", max_length=64)
+
+
+def test_encode_texts_truncation_is_counted(tiny_gpt2: Any) -> None:
+    long = " ".join(["word"] * 500)  # beyond the 128-token context too
+    enc = encode_texts(tiny_gpt2, [long, "short"], max_length=1000)
+    assert len(enc[0].ids) == 128
+    assert [e.truncated for e in enc] == [True, False]
+    assert collate(tiny_gpt2, enc)["n_truncated"] == 1
+
+
+def test_hub_error_message_names_gated_and_offline() -> None:
+    import httpx2
+    from huggingface_hub.errors import GatedRepoError
+
+    request = httpx2.Request("GET", "https://huggingface.co/meta-llama/Llama-3.1-8B")
+    gated = GatedRepoError("401 Client Error", response=httpx2.Response(401, request=request))
+    wrapped = OSError("You are trying to access a gated repo.")
+    wrapped.__cause__ = gated
+    for exc in (gated, wrapped):
+        msg = hub_error_message("meta-llama/Llama-3.1-8B", exc)
+        assert msg.startswith("model 'meta-llama/Llama-3.1-8B' is gated on the Hugging Face hub")
+        assert "\n" not in msg
+    offline = hub_error_message("org/model", OSError("We couldn't connect to the hub\nmore"))
+    assert offline == (
+        "model 'org/model' is not a local folder and could not be fetched from the Hugging "
+        "Face hub (offline?): We couldn't connect to the hub"
+    )
+
+
+def test_device_and_dtype_resolution() -> None:
+    assert resolve_dtype("auto", device="cpu") == torch.float32
+    assert resolve_dtype("auto", device="cuda") == torch.bfloat16
+    assert resolve_dtype("bfloat16", device="cpu") == torch.bfloat16
+    with pytest.raises(StudioError, match="dtype must be auto or one of"):
+        resolve_dtype("int8", device="cpu")
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_bf16_model_reads_close_to_fp32(tiny_gpt2_dir: Path, tiny_gpt2: Any) -> None:
+    """The GPU default (bf16 weights) runs the same path on CPU, within bf16 precision."""
+    lm = load_model(str(tiny_gpt2_dir), dtype=torch.bfloat16)
+    assert lm.model.dtype == torch.bfloat16
+    batch = tokenize_batch(lm, TEXTS, max_length=32)
+    got = layer_activations(lm, batch, layer=1).float()
+    want = layer_activations(tiny_gpt2, batch, layer=1)
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
 
 
 def test_tokenize_batch_keep_excludes_special_tokens(tiny_gpt2: Any) -> None:

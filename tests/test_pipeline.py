@@ -135,11 +135,29 @@ def test_train_sae_cli_prints_folder_and_quality(pipeline_db, tiny_bert_dir, tmp
         )
         == 0
     )
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert str(out) in text and "explained variance" in text and "dead features" in text
+    # Quality as it goes: a line per look, then the final figures.
+    looks = [ln for ln in captured.err.splitlines() if ln.startswith("step ")]
+    assert len(looks) >= 2
+    assert all("explained variance" in ln and "dead features" in ln for ln in looks)
     from core.sae import load_sae
 
-    assert load_sae(path=out).cfg.d_sae == 128
+    sae = load_sae(path=out)
+    assert sae.cfg.d_sae == 128
+    assert sae.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
+
+
+def test_train_sae_warns_when_poor(pipeline_db, tiny_bert_dir, tmp_path, capsys):
+    """k=1 on a random model reconstructs poorly: the CLI says so, with what to try."""
+    argv = ["train-sae", "--dataset", "demo", "--model", str(tiny_bert_dir), "--hook"]
+    argv += ["blocks.2.hook_resid_pre", "--width", "64", "--k", "1", "--epochs", "1"]
+    argv += ["--out", str(tmp_path / "poor"), "--db", str(_copy(pipeline_db, tmp_path))]
+    assert run_cli(*argv) == 0
+    out = capsys.readouterr().out
+    warnings = [ln for ln in out.splitlines() if ln.startswith("warning: ")]
+    assert warnings and "explained variance" in warnings[0] and "--k" in warnings[0]
 
 
 def _copy(db: Path, tmp: Path) -> Path:
@@ -155,6 +173,12 @@ def _copy(db: Path, tmp: Path) -> Path:
     [
         (["--layer", "9"], "out of range"),
         (["--layer", "1", "--model", "/nonexistent/model"], "/nonexistent/model"),
+        (["--layer", "1", "--model", "nobody/no-such-model"], "(offline?)"),
+        (["--hook", "blocks.7.hook_resid_post"], "'blocks.7.hook_resid_post' does not exist"),
+        (["--hook", "blocks.1.hook_mlp_out"], "not a residual-stream hook"),
+        (["--layer", "1", "--pool-over", "response"], "has no responses"),
+        (["--layer", "1", "--chat-template"], "has no chat template"),
+        (["--layer", "1", "--pooling", "count", "--top-k", "0"], "top_k must be at least 1"),
     ],
 )
 def test_featurize_bad_input_writes_nothing(
@@ -162,12 +186,15 @@ def test_featurize_bad_input_writes_nothing(
 ):
     db = _copy(pipeline_db, tmp_path)
     before = len(Store(db).list_runs())
-    base = {"--model": str(tiny_bert_dir), "--layer": "1"}
-    for i in range(0, len(args), 2):
-        base[args[i]] = args[i + 1]
+    base: dict[str, str | None] = {"--model": str(tiny_bert_dir)}
+    i = 0
+    while i < len(args):  # flags without a value (--chat-template) take None
+        value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else None
+        base[args[i]] = value
+        i += 1 if value is None else 2
     argv = ["featurize", "--dataset", "demo", "--sae-path", str(tiny_sae_dir), "--db", str(db)]
     for k, v in base.items():
-        argv += [k, v]
+        argv += [k] if v is None else [k, v]
     assert run_cli(*argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and words in err[0]
@@ -209,3 +236,119 @@ def test_ingest_bad_file_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.jsonl" in err and "line 2" in err
     assert not db.exists() or Store(db).list_datasets().empty
+
+
+def _featurize(db, model, sae, *extra):
+    return run_cli(
+        "featurize", "--dataset", "demo", "--model", str(model), "--sae-path", str(sae),
+        "--chunk-size", "64", "--db", str(db), *extra,
+    )  # fmt: skip
+
+
+def _features(db, run_id):
+    return {
+        r["example_id"]: (r["feature_ids"], [round(v, 5) for v in r["vals"]])
+        for r in Store(db).features(run_id).to_pylist()
+    }
+
+
+def test_layer_from_hook_or_from_the_sae(pipeline_db, tiny_bert_dir, tmp_path, capsys):
+    from core.sae import load_sae
+
+    db = _copy(pipeline_db, tmp_path)
+    reference = _features(db, Store(db).latest_run(dataset="demo", step="featurize"))
+    sae = load_sae(path=Path(str(pipeline_db)).parent.parent / "tiny-sae0")  # conftest's SAE
+    sae.cfg.metadata.hook_name = "blocks.2.hook_resid_pre"  # = layer 1
+    hooked = tmp_path / "hooked-sae"
+    sae.save_model(str(hooked))
+
+    assert _featurize(db, tiny_bert_dir, hooked) == 0  # no --layer: the SAE's hook says 1
+    run = Store(db).run(Store(db).latest_run(dataset="demo", step="featurize"))
+    assert (run["config"]["layer"], run["config"]["hook"]) == (1, "blocks.1.hook_resid_post")
+    assert _features(db, run["run_id"]) == reference
+    assert "blocks.1.hook_resid_post" in capsys.readouterr().out
+
+    assert _featurize(db, tiny_bert_dir, hooked, "--layer", "2") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: SAE was trained on 'blocks.2.hook_resid_pre' (layer 1), not on layer 2 "
+        f"(blocks.2.hook_resid_post) of model '{tiny_bert_dir}'"
+    )
+
+
+def test_raw_safetensors_sae_with_k_option(pipeline_db, tiny_bert_dir, tiny_sae_dir, tmp_path):
+    """conftest's TopK SAE as a bare safetensors file: --sae-k makes it the same SAE."""
+    import shutil
+
+    db = _copy(pipeline_db, tmp_path)
+    reference = _features(db, Store(db).latest_run(dataset="demo", step="featurize"))
+    raw = tmp_path / "raw" / "sae.safetensors"
+    raw.parent.mkdir()
+    shutil.copy(tiny_sae_dir / "sae_weights.safetensors", raw)
+    assert _featurize(db, tiny_bert_dir, raw, "--layer", "1", "--sae-k", "8") == 0
+    run_id = Store(db).latest_run(dataset="demo", step="featurize")
+    assert Store(db).run(run_id)["summary"]["sae_info"]["architecture"] == "topk"
+    assert _features(db, run_id) == reference
+
+
+def test_transfer_warning_truncation_count_and_bf16(
+    pipeline_db, tiny_bert_dir, make_sae, tmp_path, capsys
+):
+    db = _copy(pipeline_db, tmp_path)
+    sae = make_sae()
+    sae.cfg.metadata.model_name = "Qwen/Qwen2.5-Math-1.5B"
+    folder = tmp_path / "other-model-sae"
+    sae.save_model(str(folder))
+    argv = ["--layer", "1", "--max-length", "12", "--dtype", "bfloat16", "--pooling", "count"]
+    assert _featurize(db, tiny_bert_dir, folder, *argv) == 0
+    captured = capsys.readouterr()
+    warnings = [ln for ln in captured.err.splitlines() if ln.startswith("warning: ")]
+    assert any("'Qwen/Qwen2.5-Math-1.5B'" in w and str(tiny_bert_dir) in w for w in warnings)
+    run = Store(db).run(Store(db).latest_run(dataset="demo", step="featurize"))
+    n_trunc = run["summary"]["n_truncated"]
+    assert 0 < n_trunc <= PIPELINE_ROWS
+    assert f"{n_trunc} truncated" in captured.out
+    assert any(f"{n_trunc} examples were longer than 12 tokens" in w for w in warnings)
+    assert run["config"]["dtype"] == "bfloat16" and run["summary"]["dtype"] == "bfloat16"
+    counts = [v for r in Store(db).features(run["run_id"]).to_pylist() for v in r["vals"]]
+    assert counts and all(v == int(v) and 1 <= v <= 10 for v in counts)  # <= 10 kept tokens
+
+
+def test_empty_dataset_is_an_error(tmp_path, tiny_bert_dir, tiny_sae_dir, capsys):
+    from core.ingest import EXAMPLES_SCHEMA, LABELS_SCHEMA, RESPONSES_SCHEMA
+
+    db = tmp_path / "empty.duckdb"
+    Store(db).write_dataset(
+        name="demo",
+        kind="prompts",
+        source="none",
+        examples=EXAMPLES_SCHEMA.empty_table(),
+        labels=LABELS_SCHEMA.empty_table(),
+        responses=RESPONSES_SCHEMA.empty_table(),
+    )
+    assert _featurize(db, tiny_bert_dir, tiny_sae_dir, "--layer", "1") == 2
+    assert capsys.readouterr().err.strip() == "error: dataset 'demo' has no examples"
+    assert Store(db).list_runs().empty
+
+
+def test_preferences_pool_over_the_chosen_response(tmp_path, tiny_decoder_dirs, make_sae):
+    data = tmp_path / "prefs.jsonl"
+    rows = [
+        {"prompt": "Tell me a story.", "chosen": "Once upon a time.", "rejected": ["No."]},
+        {"prompt": "What is two plus two?", "chosen": "Four.", "rejected": ["Five.", "?"]},
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    db = tmp_path / "p.duckdb"
+    assert (
+        run_cli("ingest", str(data), "--dataset", "demo", "--kind", "preferences", "--db", str(db))
+        == 0
+    )
+    sae = tmp_path / "sae"
+    make_sae().save_model(str(sae))
+    llama = tiny_decoder_dirs["llama"]
+    for over, want in (("response", [5, 2]), ("both", [5 + 5, 6 + 2])):
+        args = ["--layer", "1", "--pool-over", over, "--chat-template"]
+        assert _featurize(db, llama, sae, *args) == 0
+        run_id = Store(db).latest_run(dataset="demo", step="featurize")
+        assert Store(db).run(run_id)["config"]["pool_over"] == over
+        assert Store(db).features(run_id).column("n_tokens").to_pylist() == want

@@ -15,10 +15,13 @@ from safetensors.torch import load_file
 from core.errors import StudioError
 from core.sae import (
     TRAINING_INFO_FILENAME,
+    TrainProgress,
     check_sae_matches,
     load_sae,
+    quality_warnings,
     sae_info,
     train_sae,
+    transfer_warning,
 )
 
 
@@ -151,3 +154,151 @@ def test_train_sae_rejects_bad_input(tmp_path: Path) -> None:
         train_sae(torch.zeros(10, 32), d_in=32, width=4, k=8, out_dir=tmp_path)
     with pytest.raises(StudioError, match="no activations"):
         train_sae(torch.zeros(0, 32), d_in=32, width=64, k=4, out_dir=tmp_path)
+
+
+# --- raw safetensors checkpoints -------------------------------------------------------------
+
+
+def _reference(kind: str, *, d_in: int = 64, d_sae: int = 96, seed: int = 0) -> Any:
+    """A seeded sae-lens SAE of one architecture with random weights (thresholds > 0)."""
+    from sae_lens import (
+        JumpReLUSAE,
+        JumpReLUSAEConfig,
+        StandardSAE,
+        StandardSAEConfig,
+        TopKSAE,
+        TopKSAEConfig,
+    )
+
+    torch.manual_seed(seed)
+    sae: Any
+    if kind == "jumprelu":
+        sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, apply_b_dec_to_input=False))
+    elif kind == "topk":
+        sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=6))
+    else:
+        sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0.0, 0.2)
+        if kind == "jumprelu":
+            sae.threshold.uniform_(0.05, 0.2)
+    return sae
+
+
+def _save_raw(path: Path, sae: Any, *, transposed: bool = False) -> Path:
+    from safetensors.torch import save_file
+
+    w = {name: t.detach().clone() for name, t in sae.state_dict().items()}
+    if transposed:  # dictionary_learning's nn.Linear layout
+        w = {
+            "encoder.weight": w["W_enc"].T.contiguous(),
+            "encoder.bias": w["b_enc"],
+            "decoder.weight": w["W_dec"].T.contiguous(),
+            "b_dec": w["b_dec"],
+        }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(w, str(path))
+    return path
+
+
+def test_raw_jumprelu_checkpoint(tmp_path: Path) -> None:
+    from sae_lens import JumpReLUSAE
+
+    ref = _reference("jumprelu")
+    file = _save_raw(tmp_path / "params.safetensors", ref)
+    (tmp_path / "cfg.json").write_text(
+        json.dumps({"hook_name": "blocks.1.hook_resid_post", "model_name": "gemma-2-2b"})
+    )
+    sae = load_sae(path=file)
+    assert isinstance(sae, JumpReLUSAE)
+    assert sae_info(sae)["hook_name"] == "blocks.1.hook_resid_post"
+    assert sae.cfg.metadata.model_name == "gemma-2-2b"
+    x = torch.randn(20, 64)
+    codes = sae.encode(x)
+    torch.testing.assert_close(codes, ref.encode(x))
+    assert (codes > 0).any() and (codes == 0).any()
+
+
+def test_raw_transposed_topk_with_k_from_config_or_option(tmp_path: Path) -> None:
+    from sae_lens import StandardSAE, TopKSAE
+
+    ref = _reference("topk")
+    x = torch.randn(20, 64)
+    folder = tmp_path / "topk"
+    _save_raw(folder / "ae.safetensors", ref, transposed=True)
+    (folder / "config.json").write_text(json.dumps({"k": 6}))
+    sae = load_sae(path=folder)  # a folder with one checkpoint and its config
+    assert isinstance(sae, TopKSAE) and sae.cfg.k == 6
+    assert (sae.cfg.d_in, sae.cfg.d_sae) == (64, 96)
+    torch.testing.assert_close(sae.encode(x), ref.encode(x))
+
+    bare = _save_raw(tmp_path / "bare" / "ae.safetensors", ref, transposed=True)
+    assert isinstance(load_sae(path=bare), StandardSAE)  # no k anywhere: a ReLU SAE
+    with_k = load_sae(path=bare, k=6)
+    assert isinstance(with_k, TopKSAE)
+    torch.testing.assert_close(with_k.encode(x), ref.encode(x))
+
+
+def test_raw_checkpoint_errors(tmp_path: Path, tiny_bert: Any) -> None:
+    from safetensors.torch import save_file
+
+    save_file(
+        {"W_enc": torch.zeros(64, 8), "b_dec": torch.zeros(64)}, str(tmp_path / "a.safetensors")
+    )
+    with pytest.raises(StudioError, match=r"has no b_enc \(looked for b_enc, encoder\.bias"):
+        load_sae(path=tmp_path / "a.safetensors")
+    with pytest.raises(StudioError, match=r"is not a \.safetensors checkpoint"):
+        (tmp_path / "x.pt").write_bytes(b"")
+        load_sae(path=tmp_path / "x.pt")
+    save_file({"W_enc": torch.zeros(8, 8)}, str(tmp_path / "b.safetensors"))
+    with pytest.raises(StudioError, match=r"several checkpoints \(a.safetensors, b.safetensors\)"):
+        load_sae(path=tmp_path)
+    # Another model's SAE: the width mismatch is named before any work.
+    other = load_sae(path=_save_raw(tmp_path / "o" / "w.safetensors", _reference("relu", d_in=32)))
+    with pytest.raises(StudioError, match=r"SAE d_in 32 does not match model '.*' hidden size 64"):
+        check_sae_matches(other, tiny_bert, layer=1)
+
+
+def test_transfer_and_quality_warnings(make_sae: Callable[..., Any], tiny_bert_dir: Path) -> None:
+    sae = make_sae()
+    assert transfer_warning(sae, "any/model") is None  # no model recorded
+    sae.cfg.metadata.model_name = "Qwen/Qwen2.5-Math-1.5B"
+    msg = transfer_warning(sae, "Qwen/Qwen2.5-Math-7B")
+    assert msg is not None
+    assert "'Qwen/Qwen2.5-Math-1.5B'" in msg and "'Qwen/Qwen2.5-Math-7B'" in msg
+    assert transfer_warning(sae, "Qwen/Qwen2.5-Math-1.5B") is None
+    sae.cfg.metadata.model_name = str(tiny_bert_dir)
+    assert transfer_warning(sae, str(tiny_bert_dir) + "/") is None  # the same folder
+    sae.cfg.metadata.model_name = None
+
+    assert quality_warnings(0.9, 10, 256) == []
+    poor = quality_warnings(0.42, 100, 256)
+    assert len(poor) == 2
+    assert "explained variance 0.420 is below 0.7" in poor[0] and "--epochs" in poor[0]
+    assert "100 of 256 features (39%) never fire" in poor[1] and "--width" in poor[1]
+
+
+def test_train_sae_reports_as_it_goes(tmp_path: Path) -> None:
+    data = sparse_data(n=2000)
+    looks: list[TrainProgress] = []
+    result = train_sae(
+        data,
+        d_in=32,
+        width=64,
+        k=4,
+        epochs=4,
+        batch_size=100,
+        lr=2e-3,
+        out_dir=tmp_path / "r",
+        report=looks.append,
+        eval_every=20,
+    )
+    steps = 4 * 2000 // 100
+    assert [p.step for p in looks] == [20, 40, 60, steps]
+    assert all(p.steps == steps and p.d_sae == 64 for p in looks)
+    assert [p.epoch for p in looks] == [1.0, 2.0, 3.0, 4.0]
+    assert all(math.isfinite(p.explained_variance) for p in looks)
+    assert looks[-1].explained_variance == result.explained_variance
+    assert looks[-1].dead_features == result.dead_features
+    assert looks[-1].explained_variance > looks[0].explained_variance - 0.05

@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import duckdb
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -182,3 +183,121 @@ def test_busy_lock_past_timeout_is_a_studio_error(store):
         quick.list_datasets()
     proc.kill()
     proc.wait()
+
+
+# --- reading the features (migration 2) ----------------------------------------------------------
+def _feature_run(s: Store, *, spans: bool = True) -> int:
+    """A hand-made feature run over e0..e4 of dataset 'd': feature 7 in every example's top-k
+    (values 0.1 .. 0.5), feature 3 in e0 and e1, feature 9 fired but never made the top-k."""
+    run, _ = s.start_run(step="featurize", dataset="d", config={"k": 2}, versions={})
+    chunk = pa.table(
+        {
+            "example_id": [f"e{i}" for i in range(5)],
+            "n_tokens": pa.array([3] * 5, pa.int32()),
+            "truncated": [False] * 5,
+            "feature_ids": pa.array([[7, 3], [3, 7], [7], [7], [7]], pa.list_(pa.int32())),
+            "values": pa.array(
+                [[0.1, 0.05], [0.9, 0.2], [0.3], [0.4], [0.5]], pa.list_(pa.float32())
+            ),
+        }
+    )
+    stats = pd.DataFrame(
+        {"feature_id": [3, 7, 9], "n_fire": [2, 5, 1], "sum_act": [0.95, 1.5, 0.01]}
+    ).assign(max_act=[1.2, 0.8, 0.02])
+    top = pd.DataFrame(
+        {
+            "feature_id": [7, 7, 3],
+            "rank": [0, 1, 0],
+            "example_id": ["e4", "e3", "e1"],
+            "token": ["prompt", "4", "1"],
+            "value": [0.8, 0.6, 1.2],
+        }
+    )
+    if spans:
+        top = top.assign(char_start=[0, -1, 7], char_end=[6, -1, 8])
+    s.write_feature_chunk(run, chunk=chunk, stats=stats, top_tokens=top)
+    s.finish_run(run, summary={"d_sae": 16})
+    return run
+
+
+def test_migration_2_upgrades_a_v1_database(tmp_path, monkeypatch):
+    s = Store(tmp_path / "v1.duckdb")
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:1])
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 1)
+    s.write_dataset(name="d", kind="prompts", source="x.jsonl", **_tables())
+    run = _feature_run(s, spans=False)  # the v1 write path: no char span columns yet
+    assert s.schema_version() == 1
+    # a read-only app meets the old file: descriptions and spans read as empty
+    summary = s.feature_summary(run)
+    assert bool(summary["description"].isna().all())
+    assert bool(s.feature_tokens(run)["char_start"].isna().all())
+    monkeypatch.undo()
+    assert s.migrate() == 2
+    with s.connect() as con:
+        cols = [r[0] for r in con.execute("DESCRIBE feature_top_tokens").fetchall()]
+        assert cols[-2:] == ["char_start", "char_end"]
+        assert con.execute("SELECT count(*) FROM feature_top_tokens").fetchone() == (3,)
+    assert bool(s.feature_tokens(run)["char_start"].isna().all())  # old rows: unknown
+    s.write_descriptions(run, {7: "prompts"}, source="np.json")
+    assert s.feature_summary(run).set_index("feature_id").loc[7, "description"] == "prompts"
+
+
+def test_char_spans_are_stored_and_minus_one_is_unknown(store):
+    run = _feature_run(store)
+    tokens = store.feature_tokens(run, feature_ids=[7])
+    assert tokens["token"].tolist() == ["prompt", "4"]
+    assert tokens["char_start"].iloc[0] == 0 and tokens["char_end"].iloc[0] == 6
+    assert pd.isna(tokens["char_start"].iloc[1])  # -1 was stored as NULL
+    _, top = store.feature_stats(run)  # what a resumed run restores: -1 again
+    assert top["char_start"].tolist() == [7, 0, -1]
+
+
+def test_feature_summary_counts_topk_and_fires(store):
+    run = _feature_run(store)
+    df = store.feature_summary(run).set_index("feature_id")
+    assert df.index.tolist() == [3, 7, 9]
+    assert df.loc[7, "n_topk"] == 5 and df.loc[7, "freq"] == pytest.approx(1.0)
+    assert df.loc[7, "mean_act"] == pytest.approx(0.3) and df.loc[7, "max_act"] == pytest.approx(
+        0.5
+    )
+    assert df.loc[3, "freq"] == pytest.approx(0.4) and df.loc[3, "max_act"] == pytest.approx(0.9)
+    assert df.loc[9, "n_topk"] == 0 and df.loc[9, "n_fire"] == 1  # fired, never in a top-k
+    assert df.loc[9, "fire_rate"] == pytest.approx(0.2)
+    assert df.loc[7, "mean_fired"] == pytest.approx(0.3)
+    assert list(df.loc[7, "tokens"]) == ["prompt", "4"]
+
+
+def test_top_examples_by_pooled_value(store):
+    run = _feature_run(store)
+    top = store.feature_top_examples(run, feature_ids=[7], per_feature=3)
+    assert top["example_id"].tolist() == ["e4", "e3", "e2"]
+    assert top["rank"].tolist() == [0, 1, 2]
+    assert top["text"].tolist() == ["prompt 4", "prompt 3", "prompt 2"]
+    every = store.feature_top_examples(run, per_feature=1)  # all features in one query
+    assert dict(zip(every["feature_id"], every["example_id"], strict=True)) == {3: "e1", 7: "e4"}
+    acts = store.feature_activations(run, 3)
+    assert sorted(acts.round(3).tolist()) == [0.05, 0.9]
+
+
+def test_example_features_one_and_many(store):
+    run = _feature_run(store)
+    one = store.example_features(run, ["e1"])
+    assert one["feature_id"].tolist() == [3, 7]
+    assert one["mean_value"].round(3).tolist() == [0.9, 0.2]
+    many = store.example_features(run, ["e0", "e1", "e2"])
+    assert many.set_index("feature_id")["n_examples"].to_dict() == {7: 3, 3: 2}
+
+
+def test_find_examples_by_id_or_text_with_parameters(store):
+    assert store.find_examples("d", "E3")["id"].tolist() == ["e3"]
+    assert store.find_examples("d", "PROMPT", limit=2)["id"].tolist() == ["e0", "e1"]
+    assert store.find_examples("d", "%' OR 1=1 --").empty
+
+
+def test_write_descriptions_replaces_the_run(store):
+    run = _feature_run(store)
+    assert store.write_descriptions(run, {3: "a", 7: "b"}, source="x.json") == 2
+    assert store.write_descriptions(run, {7: "c"}, source="y.json") == 1
+    df = store.feature_summary(run).set_index("feature_id")
+    assert df["description"].isna().tolist() == [True, False, True]
+    assert (df.loc[7, "description"], df.loc[7, "source"]) == ("c", "y.json")
