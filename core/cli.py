@@ -155,6 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=32)
     sp.add_argument("--chunk-size", type=int, default=512, help="examples per commit")
     sp.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run as a Ray Data pipeline: 'local' starts Ray here, else a cluster address "
+        "('auto', 'ray://head:10001'); model + SAE in one actor per GPU (or CPU slot), Parquet "
+        "shards loaded into DuckDB in bulk (needs: pip install -r requirements-ray.txt)",
+    )
+    sp.add_argument("--workers", type=int, help="Ray actors (default: one per GPU, else CPUs/8)")
+    sp.add_argument("--ray-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    sp.add_argument(
+        "--shard-dir", help="where Ray writes Parquet shards (a folder every node can reach)"
+    )
+    sp.add_argument(
         "--no-resume",
         action="store_true",
         help="start a new run even if an interrupted one with the same config exists",
@@ -208,6 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--if-missing", action="store_true", help="do nothing when the database already exists"
     )
+
+    sp = cmd(
+        "import-descriptions",
+        "Import feature descriptions (a Neuronpedia-style JSON export) for a feature run.",
+    )
+    sp.add_argument("path", help='JSON: [{index, description}, ...] or {"123": "desc"}')
+    g = sp.add_mutually_exclusive_group(required=True)
+    g.add_argument("--dataset", help="use the dataset's latest feature run")
+    g.add_argument("--run", type=int, help="feature run id")
 
     sp = cmd("info", "Print the datasets and runs in a database.")
     return p
@@ -267,6 +288,36 @@ def run(args: argparse.Namespace) -> int:
         )
         for warning in s["warnings"]:
             print(f"warning: {warning}")
+    elif args.command == "featurize" and args.ray:
+        from core.distributed import featurize_ray
+
+        run_id = featurize_ray(
+            store,
+            dataset=args.dataset,
+            model=args.model,
+            layer=args.layer,
+            hook=args.hook,
+            sae_path=args.sae_path,
+            sae_release=args.sae,
+            sae_k=args.sae_k,
+            pooling=args.pooling,
+            pool_over=args.pool_over,
+            chat_template=args.chat_template,
+            dtype=args.dtype,
+            top_k=args.top_k,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            address=args.ray,
+            num_workers=args.workers,
+            num_cpus=args.ray_cpus,
+            shard_dir=args.shard_dir,
+            resume=not args.no_resume,
+        )
+        s = store.run(run_id)["summary"]
+        print(
+            f"feature run {run_id} (ray, {s.get('workers')} workers): {s['n_examples']} "
+            f"examples, {s['n_tokens']} tokens, {s['n_truncated']} truncated"
+        )
     elif args.command == "featurize":
         run_id = steps.featurize(
             store,
@@ -345,6 +396,11 @@ def run(args: argparse.Namespace) -> int:
             return 0
         path = steps.build_demo(args.db, n=args.n, seed=args.seed)
         print(f"built the demo database {path}")
+    elif args.command == "import-descriptions":
+        from core.feature_info import import_descriptions
+
+        n = import_descriptions(store, run_id=args.run, dataset=args.dataset, path=args.path)
+        print(f"imported {n} feature descriptions from {args.path}")
     elif args.command == "info":
         print(store.list_datasets().to_string(index=False))
         runs = store.list_runs()

@@ -120,20 +120,6 @@ def _texts(store: Store, dataset: str) -> tuple[list[str], list[str]]:
     return tbl.column("id").to_pylist(), tbl.column("text").to_pylist()
 
 
-def _chosen_responses(store: Store, dataset: str) -> dict[str, str]:
-    """example_id -> the chosen response (response_idx 0) of a dataset.
-
-    TODO(store): move this read into core/store.py as ``Store.chosen_responses``; it sits here
-    only because store.py was being changed by someone else when pooling over responses landed.
-    """
-    with store.connect() as con:
-        rows = con.execute(
-            "SELECT example_id, text FROM responses WHERE dataset = ? AND response_idx = 0",
-            [dataset],
-        ).fetchall()
-    return {str(r[0]): str(r[1]) for r in rows}
-
-
 def example_pairs(
     store: Store, dataset: str, *, pool_over: str = "prompt"
 ) -> tuple[list[str], list[str], list[str | None] | None]:
@@ -147,7 +133,7 @@ def example_pairs(
     if pool_over == "prompt":
         return ids, texts, None
     kind = store.dataset(dataset).get("kind")
-    chosen = _chosen_responses(store, dataset)
+    chosen = store.chosen_responses(dataset)
     if not chosen:
         raise StudioError(
             f"--pool-over {pool_over}: dataset '{dataset}' ({kind}) has no responses; "

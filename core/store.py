@@ -391,6 +391,15 @@ class Store:
                 "SELECT id, text FROM examples WHERE dataset = ? ORDER BY idx", params=[dataset]
             ).to_arrow_table()
 
+    def chosen_responses(self, dataset: str) -> dict[str, str]:
+        """example_id -> the chosen response (response_idx 0) of a preference dataset."""
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT example_id, text FROM responses WHERE dataset = ? AND response_idx = 0",
+                [dataset],
+            ).fetchall()
+        return {str(r[0]): str(r[1]) for r in rows}
+
     def label_names(self, dataset: str) -> list[str]:
         with self.connect() as con:
             rows = con.execute(

@@ -352,3 +352,30 @@ def test_preferences_pool_over_the_chosen_response(tmp_path, tiny_decoder_dirs, 
         run_id = Store(db).latest_run(dataset="demo", step="featurize")
         assert Store(db).run(run_id)["config"]["pool_over"] == over
         assert Store(db).features(run_id).column("n_tokens").to_pylist() == want
+
+
+def test_import_descriptions_cli(pipeline_db, tmp_path, capsys):
+    import json as _json
+
+    db = _copy(pipeline_db, tmp_path)
+    run = Store(db).views("demo").feature_run
+    assert run is not None
+    fired = [int(f) for f in Store(db).feature_summary(run)["feature_id"][:2]]
+    path = tmp_path / "np.json"
+    path.write_text(
+        _json.dumps(
+            [
+                {"index": fired[0], "description": "sums of numbers"},
+                {"index": str(fired[1]), "description": "animals"},
+            ]
+        )
+    )
+    assert run_cli("import-descriptions", str(path), "--dataset", "demo", "--db", str(db)) == 0
+    assert "imported 2" in capsys.readouterr().out
+    summary = Store(db).feature_summary(run).set_index("feature_id")
+    assert summary.loc[fired[0], "description"] == "sums of numbers"
+    assert summary.loc[fired[1], "description"] == "animals"
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"index": "x"}]')
+    assert run_cli("import-descriptions", str(bad), "--dataset", "demo", "--db", str(db)) == 2
+    assert "bad.json" in capsys.readouterr().err

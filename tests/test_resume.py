@@ -15,7 +15,7 @@ from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-N = 1500
+N = 3000
 
 
 def _featurize_argv(db: Path, model: Path, sae: Path) -> list[str]:
@@ -32,7 +32,7 @@ def _featurize_argv(db: Path, model: Path, sae: Path) -> list[str]:
         "--chunk-size",
         "32",
         "--batch-size",
-        "16",
+        "8",
         "--db",
         str(db),
     ]
