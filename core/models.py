@@ -129,7 +129,7 @@ def load_model(
     positions never change the activations of real tokens in a causal model. ``dtype`` None
     keeps float32 weights; pass ``resolve_dtype("auto", device=...)`` for bf16 on a GPU.
     """
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     path = Path(name_or_path).expanduser()
@@ -147,7 +147,9 @@ def load_model(
     # transformers' per-tensor "Loading weights" bar drowns our own progress bars and errors
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModel.from_pretrained(source, **kwargs)
+        config = AutoConfig.from_pretrained(source)
+        _fuse_activation(config)
+        model = AutoModel.from_pretrained(source, config=config, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as exc:  # hub errors (gated, not found, offline) are OSErrors too
         raise StudioError(hub_error_message(name_or_path, exc, is_local=is_local)) from exc
@@ -178,6 +180,15 @@ def load_model(
         arch=str(getattr(model.config, "model_type", type(model).__name__)),
         device=device,
     )
+
+
+def _fuse_activation(config: Any) -> None:
+    """GPT-2's ``gelu_new`` is the tanh-approximate GELU written as four separate ops; torch's
+    own ``gelu(approximate="tanh")`` computes the same function in one kernel (~20% of a GPT-2
+    forward on CPU). Only the activation's implementation changes, not the model."""
+    for name in ("activation_function", "hidden_act"):
+        if getattr(config, name, None) == "gelu_new":
+            setattr(config, name, "gelu_pytorch_tanh")
 
 
 def find_blocks(model: nn.Module) -> nn.ModuleList:
