@@ -10,6 +10,7 @@ nav = st.navigation(
     [
         st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
         st.Page("pages/map.py", title="Map", icon=":material/scatter_plot:"),
+        st.Page("pages/clusters.py", title="Clusters", icon=":material/bubble_chart:"),
         st.Page("pages/features.py", title="Features", icon=":material/manage_search:"),
         st.Page("pages/export.py", title="Export", icon=":material/download:"),
     ]

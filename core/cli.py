@@ -31,8 +31,8 @@ def _mapping(items: Sequence[str]) -> dict[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m core",
-        description="SAERL Studio pipeline: ingest, train-sae, featurize, cluster, project, "
-        "export, demo.",
+        description="SAERL Studio pipeline: ingest, train-sae, featurize, cluster, dedup, "
+        "project, export, demo.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -174,8 +174,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd("cluster", "k-means on L2-normalised SAE vectors, clusters labelled by features.")
     sp.add_argument("--dataset", required=True)
-    sp.add_argument("--k", type=int, help="number of clusters (default ~sqrt(n/20))")
+    sp.add_argument(
+        "--k",
+        type=int,
+        help="number of clusters (default: the sweep's best k, else ~sqrt(n/20))",
+    )
+    sp.add_argument(
+        "--sweep",
+        metavar="K,K,...|auto",
+        help="score each k by silhouette (cosine, on a sample of at most 3,000 rows) and store "
+        "the scores; 'auto' = a small grid bounded by the dataset's size",
+    )
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--feature-run", type=int, help="feature run id (default: the latest)")
+
+    sp = cmd("dedup", "Group near-duplicate examples (cosine of SAE vectors >= threshold).")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument(
+        "--threshold", type=float, default=0.95, help="cosine at or above which two are copies"
+    )
     sp.add_argument("--feature-run", type=int, help="feature run id (default: the latest)")
 
     sp = cmd("project", "UMAP of the SAE vectors to 2-D, for the Map.")
@@ -347,16 +364,28 @@ def run(args: argparse.Namespace) -> int:
             f"model's context); {r['hook']}, {s['device']} {s['dtype']}"
         )
     elif args.command == "cluster":
-        from core.clustering import ClusterConfig
+        from core.clustering import ClusterConfig, parse_sweep
 
+        sweep = parse_sweep(args.sweep) if args.sweep else None
         run_id = steps.cluster(
             store,
             dataset=args.dataset,
-            cfg=ClusterConfig(k=args.k, seed=args.seed),
+            cfg=ClusterConfig(k=args.k, seed=args.seed, sweep=sweep),
             feature_run=args.feature_run,
         )
+        for point in store.run(run_id)["summary"].get("sweep", []):
+            print(f"k={point['k']:3d}  silhouette {point['silhouette']:.4f}")
         for row in store.clusters(run_id).itertuples():
             print(f"cluster {row.cluster:3d}  {row.size:6d}  {row.label}")
+    elif args.command == "dedup":
+        run_id = steps.dedup(
+            store, dataset=args.dataset, threshold=args.threshold, feature_run=args.feature_run
+        )
+        s = store.run(run_id)["summary"]
+        print(
+            f"dedup run {run_id}: {s['n_groups']} groups of near-duplicates, "
+            f"{s['n_duplicates']} extra copies (drop them with --where is_duplicate=0)"
+        )
     elif args.command == "project":
         from core.projection import ProjectConfig
 

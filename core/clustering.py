@@ -7,16 +7,21 @@ Example:
     >>> X = csr_matrix(...)                       # [n_examples, d_sae], pooled SAE activations
     >>> res = kmeans_clusters(X, k=8, seed=0)
     >>> top = distinctive_features(X, res.labels, k=8, top_n=5)
+    >>> sweep_k(X, [4, 8, 12], seed=0)         # silhouette per k: the best one is a good k
+    >>> near_duplicate_groups(X, threshold=0.95)  # group id per row, -1 where it has no copy
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy import sparse
+from scipy.sparse.csgraph import connected_components
 from sklearn.cluster import KMeans
+from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import normalize
 
 from core.errors import StudioError
@@ -24,16 +29,23 @@ from core.errors import StudioError
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """Options of the cluster step; ``k=None`` picks :func:`default_k`."""
+    """Options of the cluster step. ``sweep`` (a list of k, or "auto" for :func:`auto_ks`) scores
+    each k by silhouette; ``k=None`` then takes the best one, else :func:`default_k`."""
 
     k: int | None = None
     seed: int = 0
     n_init: int = 3
     top_features: int = 5
+    sweep: tuple[int, ...] | Literal["auto"] | None = None
+    sweep_sample: int = 3000
 
     def __post_init__(self) -> None:
         if self.k is not None and self.k < 2:
             raise StudioError(f"--k must be at least 2, got {self.k}")
+        if isinstance(self.sweep, tuple) and (not self.sweep or min(self.sweep) < 2):
+            raise StudioError(f"--sweep needs values of k of at least 2, got {list(self.sweep)}")
+        if self.sweep_sample < 10:
+            raise StudioError("sweep_sample must be at least 10")
         if self.top_features < 1:
             raise StudioError("top_features must be at least 1")
 
@@ -48,6 +60,77 @@ class ClusterResult:
 def default_k(n: int) -> int:
     """A size-aware default: about sqrt(n/20) clusters, between 2 and 50 (3,000 rows -> 12)."""
     return int(min(50, max(2, round(math.sqrt(n / 20)))))
+
+
+def parse_sweep(text: str) -> tuple[int, ...] | Literal["auto"]:
+    """``"4,8,12"`` -> ``(4, 8, 12)``; ``"auto"`` stays "auto"."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        ks = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError as exc:
+        raise StudioError(f"--sweep {text!r}: expected 'auto' or k values like 4,8,12") from exc
+    if not ks:
+        raise StudioError(f"--sweep {text!r}: expected 'auto' or k values like 4,8,12")
+    return ks
+
+
+def auto_ks(n: int) -> list[int]:
+    """A small default grid of k for ``n`` rows: clusters of at least ~5 rows on average.
+
+    >>> auto_ks(200), auto_ks(3000)
+    ([4, 6, 8, 12, 16, 24, 32], [4, 6, 8, 12, 16, 24, 32, 48])
+    """
+    ks = [k for k in (4, 6, 8, 12, 16, 24, 32, 48) if k <= n // 5]
+    return ks or [k for k in (2, 3) if k < n]
+
+
+def sweep_k(
+    X: sparse.csr_matrix,
+    ks: list[int] | tuple[int, ...],
+    *,
+    seed: int = 0,
+    sample: int = 3000,
+    n_init: int = 3,
+) -> list[dict[str, float]]:
+    """k-means for each k on the L2-normalised rows; silhouette (cosine) on a seeded sample of
+    at most ``sample`` rows, so a big dataset costs one k-means per k plus a fixed-size score.
+
+    Returns ``[{"k": 4, "silhouette": 0.31, "inertia": 812.0}, ...]`` in the order of ``ks``;
+    values of k that are not smaller than the number of rows are refused.
+    """
+    n = len(X.indptr) - 1
+    bad = [k for k in ks if k >= n or k < 2]
+    if bad:
+        raise StudioError(f"--sweep: k={bad[0]} needs 2 <= k < {n} (the dataset's size)")
+    Xn = normalize(X.astype(np.float32), norm="l2", axis=1)
+    out = []
+    for k in ks:
+        res = kmeans_clusters(X, k=k, seed=seed, n_init=n_init)
+        n_labels = len(np.unique(res.labels))
+        score = (
+            float(
+                silhouette_score(
+                    Xn,
+                    res.labels,
+                    metric="cosine",
+                    sample_size=min(sample, n),
+                    random_state=seed,
+                )
+            )
+            if 2 <= n_labels < n
+            else float("nan")
+        )
+        out.append({"k": int(k), "silhouette": score, "inertia": res.inertia})
+    return out
+
+
+def best_k(sweep: list[dict[str, float]]) -> int:
+    """The k with the highest silhouette (the smallest such k on ties)."""
+    scored = [p for p in sweep if not math.isnan(p["silhouette"])]
+    if not scored:
+        raise StudioError("--sweep: no k gave a silhouette score (too few distinct rows)")
+    return int(max(scored, key=lambda p: (p["silhouette"], -p["k"]))["k"])
 
 
 def kmeans_clusters(
@@ -117,3 +200,48 @@ def cluster_label(top: list[tuple[int, float]], names: dict[int, str], *, n: int
         name = names.get(fid, "")
         parts.append(f"f{fid} ({name})" if name else f"f{fid}")
     return " · ".join(parts) if parts else "(no active features)"
+
+
+def near_duplicate_groups(
+    X: sparse.csr_matrix, *, threshold: float = 0.95, block_entries: int = 1 << 24
+) -> np.ndarray:
+    """Groups of rows whose L2-normalised vectors have cosine >= ``threshold`` with another member
+    (transitively: single linkage). Returns ``group[n]`` int64: -1 for rows with no near copy,
+    else groups numbered 0, 1, ... by their first row. Empty rows are never duplicates.
+
+    Cosines come from a sparse product in blocks of rows (about ``block_entries`` cells each), so
+    memory stays bounded; pairs are joined with connected components (union-find).
+
+    >>> near_duplicate_groups(csr_matrix([[1, 0], [2, 0], [0, 1]]))
+    array([ 0,  0, -1])
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise StudioError(f"--threshold must be in (0, 1], got {threshold}")
+    n = len(X.indptr) - 1
+    Xn = sparse.csr_matrix(normalize(X.astype(np.float32), norm="l2", axis=1))
+    XnT = sparse.csr_matrix(Xn.T)
+    step = max(1, block_entries // max(n, 1))
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    # float32 products of a row with itself can land just under 1.0
+    tol = threshold - 1e-6
+    for start in range(0, n, step):
+        sims = sparse.coo_matrix(Xn[start : start + step] @ XnT)
+        keep = (sims.data >= tol) & (sims.col > sims.row + start)
+        rows.append(sims.row[keep] + start)
+        cols.append(sims.col[keep])
+    r = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    c = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
+    graph = sparse.coo_matrix((np.ones(len(r)), (r, c)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    sizes = np.bincount(comp, minlength=n)
+    group = np.full(n, -1, dtype=np.int64)
+    next_id = 0
+    seen: dict[int, int] = {}
+    for i in np.flatnonzero(sizes[comp] > 1):
+        cid = int(comp[i])
+        if cid not in seen:
+            seen[cid] = next_id
+            next_id += 1
+        group[i] = seen[cid]
+    return group

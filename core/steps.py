@@ -28,11 +28,15 @@ from tqdm.auto import tqdm
 
 from core.clustering import (
     ClusterConfig,
+    auto_ks,
+    best_k,
     cluster_label,
     default_k,
     distinctive_features,
     feature_names,
     kmeans_clusters,
+    near_duplicate_groups,
+    sweep_k,
 )
 from core.errors import StudioError
 from core.export import ExportConfig, counts_by, describe_filters, export_frame, order_rows
@@ -515,10 +519,17 @@ def _need_feature_run(store: Store, dataset: str, feature_run: int | None) -> in
 def cluster(
     store: Store, *, dataset: str, cfg: ClusterConfig, feature_run: int | None = None
 ) -> int:
-    """k-means in SAE space; each cluster labelled by its most distinctive features."""
+    """k-means in SAE space; each cluster labelled by its most distinctive features. With
+    ``cfg.sweep`` the silhouette of each k is stored in the run's summary, and without ``cfg.k``
+    the best k is used."""
     fr = _need_feature_run(store, dataset, feature_run)
     ids, X = feature_matrix(store, fr)
-    k = cfg.k or default_k(len(ids))
+    sweep: list[dict[str, float]] | None = None
+    ks: list[int] | None = None
+    if cfg.sweep is not None:
+        ks = auto_ks(len(ids)) if cfg.sweep == "auto" else list(cfg.sweep)
+        sweep = sweep_k(X, ks, seed=cfg.seed, sample=cfg.sweep_sample, n_init=cfg.n_init)
+    k = cfg.k or (best_k(sweep) if sweep else default_k(len(ids)))
     res = kmeans_clusters(X, k=k, seed=cfg.seed, n_init=cfg.n_init)
     top = distinctive_features(X, res.labels, k=k, top_n=cfg.top_features)
     _, top_tokens = store.feature_stats(fr)
@@ -540,11 +551,49 @@ def cluster(
     return store.add_cluster_run(
         dataset=dataset,
         feature_run=fr,
-        config={**asdict(cfg), "k": k, "feature_run": fr},
+        config={**asdict(cfg), "k": k, "sweep": ks, "feature_run": fr},
         versions=versions(),
-        summary={"k": k, "inertia": res.inertia, "sizes": sizes.tolist()},
+        summary={
+            "k": k,
+            "inertia": res.inertia,
+            "sizes": sizes.tolist(),
+            **({"sweep": sweep} if sweep is not None else {}),
+        },
         assignments=pa.table({"example_id": ids, "cluster": pa.array(res.labels, pa.int32())}),
         clusters=clusters,
+    )
+
+
+def dedup(
+    store: Store, *, dataset: str, threshold: float = 0.95, feature_run: int | None = None
+) -> int:
+    """Near-duplicate groups in SAE space (cosine >= threshold); the member with the lowest
+    ingest index represents its group, the others are marked ``is_duplicate`` in the wide view."""
+    fr = _need_feature_run(store, dataset, feature_run)
+    ids, X = feature_matrix(store, fr)  # ingest order, so a group's first row is its lowest idx
+    group = near_duplicate_groups(X, threshold=threshold)
+    members = np.flatnonzero(group >= 0)
+    _, first = np.unique(group[members], return_index=True)
+    is_rep = np.zeros(len(members), dtype=bool)
+    is_rep[first] = True
+    n_groups = int(group.max() + 1) if len(members) else 0
+    return store.add_dedup_run(
+        dataset=dataset,
+        feature_run=fr,
+        config={"threshold": threshold, "feature_run": fr},
+        versions=versions(),
+        summary={
+            "n_groups": n_groups,
+            "n_in_groups": len(members),
+            "n_duplicates": len(members) - n_groups,
+        },
+        groups=pa.table(
+            {
+                "example_id": pa.array([ids[i] for i in members], pa.string()),
+                "group_id": pa.array(group[members], pa.int64()),
+                "is_representative": pa.array(is_rep, pa.bool_()),
+            }
+        ),
     )
 
 
@@ -648,6 +697,7 @@ def export_manifest(
         "feature_run": {"run_id": views.feature_run, **(feature_run or {})},
         "cluster_run": views.cluster_run,
         "projection_run": views.projection_run,
+        "dedup_run": views.dedup_run,
         "counts": {"rows": len(df), "per_cluster": counts_by(df, "cluster")},
         "versions": versions(),
         "command": " ".join(command),

@@ -147,16 +147,30 @@ ALTER TABLE feature_top_tokens ADD COLUMN char_start INTEGER;
 ALTER TABLE feature_top_tokens ADD COLUMN char_end INTEGER;
 """
 
+# Near-duplicate groups of a dedup run: only examples that have a near copy get a row.
+DDL_V3 = """
+CREATE TABLE duplicate_groups (
+    run_id INTEGER NOT NULL,
+    example_id VARCHAR NOT NULL,
+    group_id BIGINT NOT NULL,
+    is_representative BOOLEAN NOT NULL
+);
+"""
+
 # (version, name, ddl). Append new migrations; never edit an applied one.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial schema", DDL_V1),
     (2, "feature descriptions and token char spans", DDL_V2),
+    (3, "near-duplicate groups", DDL_V3),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Columns of the wide example view that are not labels; filters may use these too.
 BASE_COLUMNS = ("id", "idx", "prompt", "answer", "text", "cluster", "x", "y")
 NUMERIC_BASE = ("idx", "cluster", "x", "y")
+# Present only when the dataset has a dedup run: dup_group (NULL without a near copy) and
+# is_duplicate (1 for the extra copies of a group, else 0; `--where is_duplicate=0` drops them).
+DEDUP_COLUMNS = ("dup_group", "is_duplicate")
 
 
 def quote_ident(name: str) -> str:
@@ -193,6 +207,7 @@ class Views:
     feature_run: int | None
     cluster_run: int | None
     projection_run: int | None
+    dedup_run: int | None = None
 
 
 class Store:
@@ -504,6 +519,7 @@ class Store:
             fr,
             self.latest_run(dataset=dataset, step="cluster", parent_run=fr),
             self.latest_run(dataset=dataset, step="project", parent_run=fr),
+            self.latest_run(dataset=dataset, step="dedup", parent_run=fr),
         )
 
     # --- features ------------------------------------------------------------------------
@@ -911,6 +927,81 @@ class Store:
             con.execute("INSERT INTO projections SELECT ?, example_id, x, y FROM _p", [rid])
         return rid
 
+    def add_dedup_run(
+        self,
+        *,
+        dataset: str,
+        feature_run: int,
+        config: dict[str, Any],
+        versions: dict[str, str],
+        summary: dict[str, Any],
+        groups: pa.Table,
+    ) -> int:
+        """groups: (example_id, group_id, is_representative), one row per member of a group."""
+        with self._finished_run(
+            step="dedup",
+            dataset=dataset,
+            parent_run=feature_run,
+            config=config,
+            versions=versions,
+            summary=summary,
+        ) as (con, rid):
+            con.register("_g", groups)
+            con.execute(
+                "INSERT INTO duplicate_groups SELECT ?, example_id, group_id, is_representative "
+                "FROM _g",
+                [rid],
+            )
+        return rid
+
+    def duplicate_groups(self, run_id: int, *, limit: int = 200) -> pd.DataFrame:
+        """The largest near-duplicate groups: group_id, size, and the representative's id and
+        prompt."""
+        with self.connect() as con:
+            return con.execute(
+                "SELECT g.group_id, count(*) AS size, "
+                "any_value(g.example_id) FILTER (WHERE g.is_representative) AS representative, "
+                "any_value(e.prompt) FILTER (WHERE g.is_representative) AS prompt "
+                "FROM duplicate_groups g JOIN runs r ON r.run_id = g.run_id "
+                "JOIN examples e ON e.dataset = r.dataset AND e.id = g.example_id "
+                "WHERE g.run_id = ? GROUP BY g.group_id ORDER BY size DESC, g.group_id LIMIT ?",
+                [run_id, limit],
+            ).df()
+
+    def cluster_summary(self, dataset: str, *, views: Views) -> pd.DataFrame:
+        """The clusters of ``views.cluster_run`` with their size, label, top features, the mean of
+        every numeric label (``mean_<label>``) and, with a dedup run, their extra copies
+        (``n_duplicates``)."""
+        if views.cluster_run is None:
+            return pd.DataFrame()
+        clusters = self.clusters(views.cluster_run)
+        with self.connect() as con:
+            means = con.execute(
+                "SELECT ca.cluster, l.name, avg(l.value) AS mean FROM cluster_assignments ca "
+                "JOIN labels l ON l.dataset = ? AND l.example_id = ca.example_id "
+                "WHERE ca.run_id = ? GROUP BY ca.cluster, l.name",
+                [dataset, views.cluster_run],
+            ).df()
+            # a dedup run implies schema v3; an older file has no duplicate_groups table
+            dups = (
+                con.execute(
+                    "SELECT ca.cluster, count(*) AS n_duplicates FROM cluster_assignments ca "
+                    "JOIN duplicate_groups g ON g.run_id = ? AND g.example_id = ca.example_id "
+                    "WHERE ca.run_id = ? AND NOT g.is_representative GROUP BY ca.cluster",
+                    [views.dedup_run, views.cluster_run],
+                ).df()
+                if views.dedup_run is not None
+                else None
+            )
+        if not means.empty:
+            wide = means.pivot(index="cluster", columns="name", values="mean")
+            wide.columns = [f"mean_{c}" for c in wide.columns]
+            clusters = clusters.merge(wide, how="left", left_on="cluster", right_index=True)
+        if dups is not None:
+            clusters = clusters.merge(dups, how="left", on="cluster")
+            clusters["n_duplicates"] = clusters["n_duplicates"].fillna(0).astype(int)
+        return clusters
+
     def clusters(self, run_id: int) -> pd.DataFrame:
         with self.connect() as con:
             df = con.execute(
@@ -952,7 +1043,7 @@ class Store:
     def _columns(self, dataset: str) -> tuple[list[str], list[str]]:
         """(label names, tag names) of a dataset; tags that clash with a column are left out."""
         labels = self.label_names(dataset)
-        taken = set(BASE_COLUMNS) | set(labels) | {"tags", "extra"}
+        taken = set(BASE_COLUMNS) | set(DEDUP_COLUMNS) | set(labels) | {"tags", "extra"}
         return labels, [t for t in self.tag_names(dataset) if t not in taken]
 
     def _wide_sql(
@@ -969,14 +1060,23 @@ class Store:
             params.append(name)
         label_select = ", ".join(["example_id", *label_cols])
         extra = [f"lb.{quote_ident(n)}" for n in label_names] + tag_cols
+        dedup_cols, dedup_join, dedup_params = "", "", []
+        if views.dedup_run is not None:
+            dedup_cols = (
+                ", dg.group_id AS dup_group, "
+                "CAST(coalesce(NOT dg.is_representative, false) AS INTEGER) AS is_duplicate"
+            )
+            dedup_join = "LEFT JOIN duplicate_groups dg ON dg.run_id = ? AND dg.example_id = e.id"
+            dedup_params = [views.dedup_run]
         sql = f"""
             SELECT e.id, e.idx, e.prompt, e.answer, e.text, e.tags, e.extra,
-                   ca.cluster, p.x, p.y{"".join(", " + c for c in extra)}
+                   ca.cluster, p.x, p.y{dedup_cols}{"".join(", " + c for c in extra)}
             FROM examples e
             LEFT JOIN (SELECT {label_select} FROM labels WHERE dataset = ? GROUP BY example_id) lb
                 ON lb.example_id = e.id
             LEFT JOIN cluster_assignments ca ON ca.run_id = ? AND ca.example_id = e.id
             LEFT JOIN projections p ON p.run_id = ? AND p.example_id = e.id
+            {dedup_join}
             WHERE e.dataset = ?
         """
         # the tag expressions come first in the text, then the label subquery
@@ -987,6 +1087,7 @@ class Store:
             dataset,
             views.cluster_run,
             views.projection_run,
+            *dedup_params,
             dataset,
         ]
 
@@ -1002,14 +1103,15 @@ class Store:
     ) -> pa.Table:
         """Examples of a dataset as one wide table (ingest order), filtered.
 
-        Columns: id, idx, prompt, answer, text, tags, extra, cluster, x, y, then one column per
-        numeric label and one per string tag. ``filters`` are ANDed; ``ids`` keeps only those
+        Columns: id, idx, prompt, answer, text, tags, extra, cluster, x, y, (with a dedup run)
+        dup_group, is_duplicate, then one column per numeric label and one per string tag. ``filters`` are ANDed; ``ids`` keeps only those
         example ids (a map selection); ``columns`` restricts the output (default: all).
         """
         labels, tags = self._columns(dataset)
         inner, params = self._wide_sql(dataset, views, labels, tags)
-        allowed = set(BASE_COLUMNS) | set(labels) | set(tags)
-        where, wparams = _where(filters, allowed, numeric=set(NUMERIC_BASE) | set(labels))
+        dedup = set(DEDUP_COLUMNS) if views.dedup_run is not None else set()
+        allowed = set(BASE_COLUMNS) | dedup | set(labels) | set(tags)
+        where, wparams = _where(filters, allowed, numeric=set(NUMERIC_BASE) | dedup | set(labels))
         select = "*"
         if columns is not None:
             bad = [c for c in columns if c not in allowed | {"tags", "extra"}]
@@ -1115,6 +1217,11 @@ def _where(
     clauses: list[str] = []
     params: list[Any] = []
     for f in filters:
+        if f.column in DEDUP_COLUMNS and f.column not in allowed:
+            raise StudioError(
+                f"filter {f.describe()!r}: the dataset has no near-duplicate groups yet; "
+                "run `python -m core dedup --dataset NAME` first"
+            )
         if f.column not in allowed:
             raise StudioError(
                 f"filter {f.describe()!r}: unknown column {f.column!r}; "

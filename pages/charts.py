@@ -155,3 +155,30 @@ def activation_histogram(values: np.ndarray, *, title: str) -> go.Figure:
         bargap=0.05,
     )
     return fig
+
+
+def sweep_figure(sweep: pd.DataFrame, *, chosen: int | None) -> go.Figure:
+    """Silhouette against k from a cluster run's sweep, the k that was used marked."""
+    fig = go.Figure(
+        go.Scatter(x=sweep["k"], y=sweep["silhouette"], mode="lines+markers", name="silhouette")
+    )
+    if chosen is not None and chosen in set(sweep["k"]):
+        y = float(sweep.loc[sweep["k"] == chosen, "silhouette"].iloc[0])
+        fig.add_trace(
+            go.Scatter(
+                x=[chosen],
+                y=[y],
+                mode="markers",
+                name=f"used: k={chosen}",
+                marker={"size": 12, "color": "#d62728"},
+            )
+        )
+    fig.update_layout(
+        height=240,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        title={"text": "Silhouette (cosine) by k", "font": {"size": 13}},
+        xaxis_title="k",
+        yaxis_title="silhouette",
+        showlegend=False,
+    )
+    return fig

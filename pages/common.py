@@ -276,3 +276,28 @@ def load_example(path: str, tok: tuple[float, float], dataset: str, example_id: 
     s = Store(path, lock_timeout_s=5.0)
     rows = s.wide(dataset, views=s.views(dataset), ids=[example_id]).to_pylist()
     return rows[0] if rows else None
+
+
+# --- the Clusters page ----------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_cluster_summary(path: str, tok: tuple[float, float], dataset: str) -> pd.DataFrame:
+    """The latest clusters with size, label, top features, mean_<label> and n_duplicates."""
+    s = Store(path, lock_timeout_s=5.0)
+    return s.cluster_summary(dataset, views=s.views(dataset))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_duplicate_groups(path: str, tok: tuple[float, float], dedup_run: int) -> pd.DataFrame:
+    return Store(path, lock_timeout_s=5.0).duplicate_groups(dedup_run)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def load_cluster_examples(
+    path: str, tok: tuple[float, float], dataset: str, cluster: int
+) -> pd.DataFrame:
+    """The examples of one cluster (wide view, without text/extra/tags)."""
+    from core.store import Filter
+
+    s = Store(path, lock_timeout_s=5.0)
+    wide = s.wide(dataset, views=s.views(dataset), filters=[Filter("cluster", "=", cluster)])
+    return wide.to_pandas().drop(columns=["text", "extra", "tags"])

@@ -121,3 +121,36 @@ def test_features_search_open_feature_and_example(app):
     _ok(app)
     assert app.title[0].value == "Map"
     assert len(app.session_state["selection"]["demo"]) >= 1
+
+
+def test_clusters_page_without_and_with_sweep_and_dedup(app, pipeline_db, tmp_path, monkeypatch):
+    import shutil
+
+    from tests.conftest import run_cli
+
+    app.switch_page("pages/clusters.py").run()
+    _ok(app)
+    assert app.metric[0].value == "4"  # pipeline_db: --k 4, no sweep, no dedup
+    assert app.metric[2].value == "–"
+    assert any("--sweep auto" in i.value for i in app.info)
+    table = app.dataframe(key="clusters_table").value
+    assert int(table["size"].sum()) == 200
+    assert {"mean_difficulty", "mean_quality"} <= set(table.columns)
+    assert app.get("plotly_chart"), "the cluster's map is drawn"
+    app.selectbox(key="clusters_pick").select(2).run()
+    _ok(app)
+    shown = next(d.value for d in app.dataframe if "prompt" in d.value.columns)
+    assert len(shown) == int(table.loc[table["cluster"] == 2, "size"].iloc[0])
+
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(pipeline_db, db)
+    assert run_cli("cluster", "--dataset", "demo", "--sweep", "2,3,4", "--db", str(db)) == 0
+    assert run_cli("dedup", "--dataset", "demo", "--threshold", "0.99", "--db", str(db)) == 0
+    monkeypatch.setenv("SAERL_DB", str(db))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page("pages/clusters.py").run()
+    _ok(at)
+    assert at.metric[2].value != "–"
+    assert len(at.get("plotly_chart")) == 2  # the sweep and the cluster's map
+    assert "n_duplicates" in at.dataframe(key="clusters_table").value.columns

@@ -6,10 +6,15 @@ from scipy import sparse
 
 from core.clustering import (
     ClusterConfig,
+    auto_ks,
+    best_k,
     cluster_label,
     default_k,
     distinctive_features,
     kmeans_clusters,
+    near_duplicate_groups,
+    parse_sweep,
+    sweep_k,
 )
 from core.errors import StudioError
 
@@ -66,3 +71,53 @@ def test_k_larger_than_data_is_refused():
 def test_default_k_and_label():
     assert default_k(3000) == 12 and default_k(10) == 2 and default_k(10**7) == 50
     assert cluster_label([(3, 1.0), (7, 0.5)], {3: "sum add"}) == "f3 (sum add) · f7"
+
+
+@pytest.mark.parametrize("planted", [3, 5])
+def test_sweep_picks_the_planted_k(planted):
+    X, _ = _planted(n_per=30, k=planted)
+    sweep = sweep_k(X, [2, 3, 4, 5, 6, 8], seed=0, sample=100)
+    assert [p["k"] for p in sweep] == [2, 3, 4, 5, 6, 8]
+    assert best_k(sweep) == planted
+    inertia = [p["inertia"] for p in sweep]
+    assert inertia[0] > inertia[-1]  # more clusters fit tighter
+
+
+def test_sweep_input_is_checked():
+    X, _ = _planted(n_per=2)  # 6 rows
+    with pytest.raises(StudioError, match="k=6 needs"):
+        sweep_k(X, [2, 6])
+    assert parse_sweep("8, 4,4") == (4, 8) and parse_sweep("auto") == "auto"
+    with pytest.raises(StudioError, match="expected 'auto'"):
+        parse_sweep("four")
+    with pytest.raises(StudioError, match="at least 2"):
+        ClusterConfig(sweep=(1, 4))
+    assert auto_ks(200) == [4, 6, 8, 12, 16, 24, 32] and auto_ks(10) == [2, 3]
+    assert max(auto_ks(3000)) == 48 and auto_ks(2) == []
+
+
+def test_near_duplicates_group_copies_and_respect_the_threshold():
+    rng = np.random.default_rng(0)
+    base = rng.random((6, 40))
+    base[base < 0.6] = 0
+    X = np.vstack(
+        [
+            base,
+            base[1] * 3.0,  # row 6: an exact copy of row 1, scaled (cosine 1)
+            base[4],  # row 7: a copy of row 4
+            base[4] + 0.15 * (base[4] > 0),  # row 8: almost row 4, joins the same group
+            np.zeros(40),  # row 9 and 10: empty rows are never duplicates
+            np.zeros(40),
+        ]
+    )
+    group = near_duplicate_groups(sparse.csr_matrix(X), threshold=0.95, block_entries=7)
+    assert group[1] == group[6] == 0  # numbered by first row
+    assert group[4] == group[7] == group[8] == 1
+    assert (group[[0, 2, 3, 5, 9, 10]] == -1).all()
+    # a threshold above the near copy's cosine splits it off; exact copies stay together
+    cos = float(X[4] @ X[8] / np.linalg.norm(X[4]) / np.linalg.norm(X[8]))
+    assert 0.95 < cos < 0.9999
+    strict = near_duplicate_groups(sparse.csr_matrix(X), threshold=(cos + 1) / 2)
+    assert strict[8] == -1 and strict[4] == strict[7] >= 0
+    with pytest.raises(StudioError, match="threshold"):
+        near_duplicate_groups(sparse.csr_matrix(X), threshold=0)

@@ -379,3 +379,51 @@ def test_import_descriptions_cli(pipeline_db, tmp_path, capsys):
     bad.write_text('[{"index": "x"}]')
     assert run_cli("import-descriptions", str(bad), "--dataset", "demo", "--db", str(db)) == 2
     assert "bad.json" in capsys.readouterr().err
+
+
+def test_cluster_sweep_picks_k_and_stores_the_scores(pipeline_db, tmp_path, capsys):
+    db = str(_copy(pipeline_db, tmp_path))
+    assert run_cli("cluster", "--dataset", "demo", "--sweep", "2,3,5", "--db", db) == 0
+    out = capsys.readouterr().out
+    assert out.count("silhouette") == 3
+    s = Store(db)
+    run = s.run(s.views("demo").cluster_run or 0)
+    sweep = run["summary"]["sweep"]
+    assert [p["k"] for p in sweep] == [2, 3, 5]
+    best = max(sweep, key=lambda p: p["silhouette"])["k"]
+    assert run["summary"]["k"] == best == len(s.clusters(run["run_id"]))
+    assert run_cli("cluster", "--dataset", "demo", "--sweep", "2,500", "--db", db) == 2
+    assert "k=500 needs" in capsys.readouterr().err
+
+
+def test_dedup_cli_groups_repeated_prompts_and_filters_them(
+    pipeline_db, tiny_bert_dir, tiny_sae_dir, tmp_path, capsys
+):
+    db = str(_copy(pipeline_db, tmp_path))
+    prompts = [f"Question {i}: what is {i} plus {i * 7}?" for i in range(12)]
+    rows = [*prompts, prompts[2], prompts[5], prompts[2]]  # idx 12, 13, 14 are copies
+    data = tmp_path / "dups.jsonl"
+    data.write_text(
+        "".join(json.dumps({"id": f"r{i}", "prompt": p}) + "\n" for i, p in enumerate(rows))
+    )
+    assert run_cli("ingest", str(data), "--dataset", "dups", "--kind", "prompts", "--db", db) == 0
+    featurize = ["featurize", "--dataset", "dups", "--model", str(tiny_bert_dir)]
+    featurize += ["--layer", str(PIPELINE_LAYER), "--sae-path", str(tiny_sae_dir), "--db", db]
+    assert run_cli(*featurize) == 0
+    out = tmp_path / "kept.jsonl"
+    where = ["--where", "is_duplicate=0"]
+    export = ["export", "--dataset", "dups", *where, "--out", str(out), "--db", db]
+    assert run_cli(*export) == 2  # no dedup run yet: a clear message
+    assert "run `python -m core dedup" in capsys.readouterr().err
+    assert run_cli("dedup", "--dataset", "dups", "--threshold", "0.9999", "--db", db) == 0
+    assert "extra copies" in capsys.readouterr().out
+    s = Store(db)
+    wide = s.wide("dups", views=s.views("dups")).to_pandas().set_index("id")
+    for original, copies in (("r2", ["r12", "r14"]), ("r5", ["r13"])):
+        group = wide.loc[original, "dup_group"]
+        assert not np.isnan(group) and (wide.loc[copies, "dup_group"] == group).all()
+        assert wide.loc[original, "is_duplicate"] == 0
+        assert (wide.loc[copies, "is_duplicate"] == 1).all()
+    assert run_cli(*export) == 0
+    kept = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert sorted(kept) == sorted(f"r{i}" for i in range(12))

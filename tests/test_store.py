@@ -232,7 +232,7 @@ def test_migration_2_upgrades_a_v1_database(tmp_path, monkeypatch):
     assert bool(summary["description"].isna().all())
     assert bool(s.feature_tokens(run)["char_start"].isna().all())
     monkeypatch.undo()
-    assert s.migrate() == 2
+    assert s.migrate() == store_mod.SCHEMA_VERSION  # v2, and every later migration
     with s.connect() as con:
         cols = [r[0] for r in con.execute("DESCRIBE feature_top_tokens").fetchall()]
         assert cols[-2:] == ["char_start", "char_end"]
@@ -301,3 +301,21 @@ def test_write_descriptions_replaces_the_run(store):
     df = store.feature_summary(run).set_index("feature_id")
     assert df["description"].isna().tolist() == [True, False, True]
     assert (df.loc[7, "description"], df.loc[7, "source"]) == ("c", "y.json")
+
+
+def test_migration_3_adds_duplicate_groups_and_old_files_still_read(tmp_path, monkeypatch):
+    s = Store(tmp_path / "v2.duckdb")
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:2])
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 2)
+    s.write_dataset(name="d", kind="prompts", source="x.jsonl", **_tables())
+    assert s.schema_version() == 2
+    monkeypatch.undo()
+    # the read-only app meets the v2 file: no dedup run, no dup columns, no error
+    views = s.views("d")
+    assert views.dedup_run is None
+    assert "is_duplicate" not in s.wide("d", views=views).column_names
+    with pytest.raises(StudioError, match="no near-duplicate groups yet"):
+        s.wide("d", views=views, filters=[Filter("is_duplicate", "=", 0)])
+    assert s.migrate() == 3
+    with s.connect() as con:
+        assert con.execute("SELECT count(*) FROM duplicate_groups").fetchone() == (0,)

@@ -1,0 +1,143 @@
+"""Clusters: the clusters in SAE space with their features and label means, the k sweep, the
+near-duplicate groups, and one cluster's examples on a small map."""
+
+import pandas as pd
+import streamlit as st
+
+from pages.charts import map_figure, sweep_figure
+from pages.common import (
+    db_path,
+    guarded,
+    load_cluster_examples,
+    load_cluster_summary,
+    load_duplicate_groups,
+    load_map,
+    load_run,
+    load_views,
+    pick_dataset,
+    provenance,
+    token,
+)
+
+
+def _features(top: list[dict]) -> str:
+    return " · ".join(
+        f"f{t['feature']} ({t['tokens']})" if t.get("tokens") else f"f{t['feature']}" for t in top
+    )
+
+
+def render() -> None:
+    st.title("Clusters")
+    dataset = pick_dataset()
+    if dataset is None:
+        return
+    path, tok = db_path(), token()
+    views = guarded(lambda: load_views(path, tok, dataset))
+    if views is None:
+        return
+    if views.cluster_run is None:
+        st.info(
+            f"Dataset '{dataset}' has no clusters yet: `python -m core cluster --dataset {dataset}`."
+        )
+        return
+    summary = guarded(lambda: load_cluster_summary(path, tok, dataset))
+    run = guarded(lambda: load_run(path, tok, views.cluster_run or 0))
+    if summary is None or run is None:
+        return
+    dups = load_duplicate_groups(path, tok, views.dedup_run) if views.dedup_run else None
+
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Clusters", f"{len(summary):,}")
+    m2.metric("Examples", f"{int(summary['size'].sum()):,}")
+    if views.dedup_run is not None and dups is not None:
+        dedup = load_run(path, tok, views.dedup_run)
+        m3.metric(
+            "Near-duplicate groups",
+            f"{dedup['summary'].get('n_groups', 0):,}",
+            help=f"cosine >= {dedup['config'].get('threshold')} between SAE vectors; "
+            f"{dedup['summary'].get('n_duplicates', 0):,} extra copies "
+            "(export with `--where is_duplicate=0` to drop them)",
+        )
+    else:
+        m3.metric("Near-duplicate groups", "–", help="`python -m core dedup --dataset NAME`")
+
+    table = summary.copy()
+    table["top_features"] = [_features(t) for t in table["top_features"]]
+    means = [c for c in table.columns if c.startswith("mean_")]
+    shown = ["cluster", "size", "label", "top_features", *means]
+    shown += ["n_duplicates"] if "n_duplicates" in table.columns else []
+    left, right = st.columns([3, 2])
+    with left:
+        event = st.dataframe(
+            table[shown],
+            key="clusters_table",
+            on_select="rerun",
+            selection_mode="single-row",
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "label": st.column_config.TextColumn(
+                    help="Most distinctive SAE features of the cluster (c-TF-IDF)"
+                ),
+                "top_features": st.column_config.TextColumn(
+                    "top features", help="Each feature with its top-activating tokens"
+                ),
+                **{c: st.column_config.NumberColumn(f"mean {c[5:]}", format="%.3f") for c in means},
+            },
+        )
+        st.caption(provenance(views))
+    with right:
+        sweep = run["summary"].get("sweep")
+        if sweep:
+            st.plotly_chart(
+                sweep_figure(pd.DataFrame(sweep), chosen=run["summary"].get("k")),
+                key="clusters_sweep",
+                width="stretch",
+            )
+        else:
+            st.info(
+                "No k sweep for this clustering: `python -m core cluster --dataset "
+                f"{dataset} --sweep auto` scores k by silhouette and picks the best."
+            )
+        if dups is not None and not dups.empty:
+            st.markdown("**Largest near-duplicate groups**")
+            st.dataframe(dups, key="clusters_dups", hide_index=True, width="stretch", height=240)
+
+    rows = event.selection.rows if event and event.selection else []
+    options = summary["cluster"].tolist()
+    labels = dict(zip(summary["cluster"], summary["label"], strict=True))
+    picked = st.selectbox(
+        "Cluster (or select a row above)",
+        options,
+        key="clusters_pick",
+        format_func=lambda c: f"{c} · {labels.get(c, '')}"[:90],
+    )
+    cluster = int(options[rows[0]]) if rows else int(picked)
+    st.subheader(f"Cluster {cluster} · {labels.get(cluster, '')}")
+    examples = guarded(lambda: load_cluster_examples(path, tok, dataset, cluster))
+    if examples is None:
+        return
+    ex_left, ex_right = st.columns([3, 2])
+    with ex_left:
+        cols = [c for c in examples.columns if c not in ("idx", "x", "y", "cluster")]
+        st.dataframe(
+            examples[cols], key="clusters_examples", hide_index=True, width="stretch", height=420
+        )
+    with ex_right:
+        if views.projection_run is None:
+            st.info(f"No map yet: `python -m core project --dataset {dataset}`.")
+        else:
+            points = guarded(lambda: load_map(path, tok, dataset))
+            if points is not None:
+                part = points[points["cluster"] == cluster]
+                colour = next(
+                    (c for c in ("difficulty", "quality") if c in part.columns), "cluster"
+                )
+                st.plotly_chart(
+                    map_figure(part, color_by=colour, cluster_labels=labels, height=420),
+                    key="clusters_map",
+                    width="stretch",
+                )
+
+
+render()
