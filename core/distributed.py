@@ -430,41 +430,6 @@ def _run_pipeline(
     (out / _DONE_MARKER).touch()
 
 
-def run_config(
-    *,
-    model_label: str,
-    layer: int,
-    sae_name: str,
-    pooling: str,
-    top_k: int,
-    max_length: int,
-    pool_over: str,
-    chat_template: bool,
-    dtype: str,
-) -> dict[str, Any]:
-    """The featurize run config, key for key as ``steps.featurize`` records it, so a Ray run
-    and a single-process run with the same options are the same run (and resume each other).
-    Keys added later appear only when not at their default, as there."""
-    from core.models import hook_name
-
-    config: dict[str, Any] = {
-        "model": model_label,
-        "layer": layer,
-        "hook": hook_name(layer),
-        "sae": sae_name,
-        "pooling": pooling,
-        "top_k": top_k,
-        "max_length": max_length,
-    }
-    if pool_over != "prompt":
-        config["pool_over"] = pool_over
-    if chat_template:
-        config["chat_template"] = True
-    if dtype != "float32":
-        config["dtype"] = dtype
-    return config
-
-
 def featurize_ray(
     store: Store,
     *,
@@ -503,13 +468,17 @@ def featurize_ray(
     loads shards a finished pipeline of an interrupted attempt left behind.
     """
     from core.features import FeatureConfig
-    from core.steps import _model_label, example_pairs, resolve_model, versions
+    from core.steps import (
+        _model_label,
+        check_sae_source,
+        example_pairs,
+        feature_run_config,
+        resolve_model,
+        versions,
+    )
 
     say = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    if (sae_path is None) == (sae_release is None):
-        raise StudioError("give exactly one of --sae-path DIR or --sae RELEASE/ID")
-    if sae_release is not None and not sae_release.partition("/")[2]:
-        raise StudioError(f"--sae {sae_release!r}: expected RELEASE/ID")
+    sae_name = check_sae_source(sae_path, sae_release)
     if chunk_rows < 1:
         raise StudioError(f"chunk_rows must be at least 1, got {chunk_rows}")
     options = {
@@ -523,7 +492,6 @@ def featurize_ray(
     FeatureConfig(layer=0, **options)  # validate the options before any loading
     ids, texts, responses = example_pairs(store, dataset, pool_over=pool_over)
     ray = _import_ray()
-    sae_name = str(Path(sae_path).resolve()) if sae_path is not None else str(sae_release)
     started = _ray_init(ray, address, num_cpus)
     try:
         workers, threads, cpus_per_actor, gpus_per_actor = plan_workers(
@@ -532,7 +500,7 @@ def featurize_ray(
         spec = _ActorSpec(
             model=resolve_model(model),
             model_label=_model_label(model),
-            sae_path=str(Path(sae_path).resolve()) if sae_path is not None else None,
+            sae_path=sae_name if sae_path is not None else None,
             sae_release=sae_release,
             sae_k=sae_k,
             layer=layer,
@@ -554,8 +522,8 @@ def featurize_ray(
             feature_config={"layer": found["layer"], **options},
         )
         info, d_sae = found["info"], int(found["info"]["d_sae"])
-        config = run_config(
-            model_label=_model_label(model),
+        config = feature_run_config(
+            model=model,
             layer=found["layer"],
             sae_name=sae_name,
             pooling=pooling,

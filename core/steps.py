@@ -341,6 +341,55 @@ class _ChunkWriter:
         self._check()
 
 
+def check_sae_source(sae_path: str | None, sae_release: str | None) -> str:
+    """Exactly one SAE source; returns the name a run records (a resolved path or RELEASE/ID)."""
+    if (sae_path is None) == (sae_release is None):
+        raise StudioError("give exactly one of --sae-path DIR or --sae RELEASE/ID")
+    if sae_release is not None:
+        if not sae_release.partition("/")[2]:
+            raise StudioError(f"--sae {sae_release!r}: expected RELEASE/ID")
+        return sae_release
+    return str(Path(str(sae_path)).resolve())
+
+
+def feature_run_config(
+    *,
+    model: str,
+    layer: int,
+    sae_name: str,
+    pooling: str,
+    top_k: int,
+    max_length: int,
+    pool_over: str,
+    chat_template: bool,
+    dtype: str,
+) -> dict[str, Any]:
+    """The config a featurize run records: one function for both engines (single process and
+    Ray), so runs with the same options are the same run and resume each other.
+
+    Keys added later are written only when not at their default, so an interrupted run of an
+    older version still resumes with the same config.
+    """
+    from core.models import hook_name
+
+    config: dict[str, Any] = {
+        "model": _model_label(model),
+        "layer": layer,
+        "hook": hook_name(layer),
+        "sae": sae_name,
+        "pooling": pooling,
+        "top_k": top_k,
+        "max_length": max_length,
+    }
+    if pool_over != "prompt":
+        config["pool_over"] = pool_over
+    if chat_template:
+        config["chat_template"] = True
+    if dtype != "float32":
+        config["dtype"] = dtype
+    return config
+
+
 def featurize(
     store: Store,
     *,
@@ -373,11 +422,10 @@ def featurize(
     an interruption continues with the examples not yet stored. Returns the run id.
     """
     from core.features import FeatureConfig, TokenStats, featurize_batches
-    from core.models import check_chat_template, hook_name, resolve_layer
+    from core.models import check_chat_template, resolve_layer
     from core.sae import check_sae_matches, load_sae, sae_info, transfer_warning
 
-    if (sae_path is None) == (sae_release is None):
-        raise StudioError("give exactly one of --sae-path DIR or --sae RELEASE/ID")
+    sae_name = check_sae_source(sae_path, sae_release)
     FeatureConfig(  # validate the options before any loading
         layer=0,
         pooling=pooling,  # type: ignore[arg-type]
@@ -392,14 +440,9 @@ def featurize(
         check_chat_template(lm)
     if sae_path is not None:
         sae = load_sae(path=sae_path, device=lm.device, k=sae_k)
-        sae_name = str(Path(sae_path).resolve())
     else:
-        assert sae_release is not None
-        release, _, sae_id = sae_release.partition("/")
-        if not sae_id:
-            raise StudioError(f"--sae {sae_release!r}: expected RELEASE/ID")
+        release, _, sae_id = sae_name.partition("/")
         sae = load_sae(release=release, sae_id=sae_id, device=lm.device, k=sae_k)
-        sae_name = sae_release
     layer = resolve_layer(lm, layer=layer, hook=hook, sae_hook=sae.cfg.metadata.hook_name)
     check_sae_matches(sae, lm, layer=layer)
     if (msg := transfer_warning(sae, _model_label(model))) is not None:
@@ -414,23 +457,17 @@ def featurize(
         chat_template=chat_template,
     )
     info = sae_info(sae)
-    config = {
-        "model": _model_label(model),
-        "layer": layer,
-        "hook": hook_name(layer),
-        "sae": sae_name,
-        "pooling": pooling,
-        "top_k": top_k,
-        "max_length": max_length,
-    }
-    # Keys added later are written only when not at their default, so an interrupted run of an
-    # older version still resumes with the same config.
-    if pool_over != "prompt":
-        config["pool_over"] = pool_over
-    if chat_template:
-        config["chat_template"] = True
-    if str(lm.model.dtype) != "torch.float32":
-        config["dtype"] = str(lm.model.dtype).removeprefix("torch.")
+    config = feature_run_config(
+        model=model,
+        layer=layer,
+        sae_name=sae_name,
+        pooling=pooling,
+        top_k=top_k,
+        max_length=max_length,
+        pool_over=pool_over,
+        chat_template=chat_template,
+        dtype=str(lm.model.dtype).removeprefix("torch."),
+    )
     run_id, resumed = store.start_run(
         step="featurize", dataset=dataset, config=config, versions=versions(), resume=resume
     )
