@@ -305,63 +305,47 @@ def run(args: argparse.Namespace) -> int:
         )
         for warning in s["warnings"]:
             print(f"warning: {warning}")
-    elif args.command == "featurize" and args.ray:
-        from core.distributed import featurize_ray
-
-        run_id = featurize_ray(
-            store,
-            dataset=args.dataset,
-            model=args.model,
-            layer=args.layer,
-            hook=args.hook,
-            sae_path=args.sae_path,
-            sae_release=args.sae,
-            sae_k=args.sae_k,
-            pooling=args.pooling,
-            pool_over=args.pool_over,
-            chat_template=args.chat_template,
-            dtype=args.dtype,
-            top_k=args.top_k,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            address=args.ray,
-            num_workers=args.workers,
-            num_cpus=args.ray_cpus,
-            shard_dir=args.shard_dir,
-            resume=not args.no_resume,
-        )
-        s = store.run(run_id)["summary"]
-        print(
-            f"feature run {run_id} (ray, {s.get('workers')} workers): {s['n_examples']} "
-            f"examples, {s['n_tokens']} tokens, {s['n_truncated']} truncated"
-        )
     elif args.command == "featurize":
-        run_id = steps.featurize(
-            store,
-            dataset=args.dataset,
-            model=args.model,
-            layer=args.layer,
-            hook=args.hook,
-            sae_path=args.sae_path,
-            sae_release=args.sae,
-            sae_k=args.sae_k,
-            pooling=args.pooling,
-            pool_over=args.pool_over,
-            chat_template=args.chat_template,
-            device=args.device,
-            dtype=args.dtype,
-            top_k=args.top_k,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            chunk_size=args.chunk_size,
-            resume=not args.no_resume,
-        )
-        s = store.run(run_id)["summary"]
-        r = store.run(run_id)["config"]
+        common = {
+            "dataset": args.dataset,
+            "model": args.model,
+            "layer": args.layer,
+            "hook": args.hook,
+            "sae_path": args.sae_path,
+            "sae_release": args.sae,
+            "sae_k": args.sae_k,
+            "pooling": args.pooling,
+            "pool_over": args.pool_over,
+            "chat_template": args.chat_template,
+            "dtype": args.dtype,
+            "top_k": args.top_k,
+            "batch_size": args.batch_size,
+            "max_length": args.max_length,
+            "resume": not args.no_resume,
+        }
+        if args.ray:
+            from core.distributed import featurize_ray
+
+            run_id = featurize_ray(
+                store,
+                **common,
+                address=args.ray,
+                num_workers=args.workers,
+                num_cpus=args.ray_cpus,
+                shard_dir=args.shard_dir,
+            )
+            engine = f"ray, {store.run(run_id)['summary'].get('workers')} workers"
+        else:
+            run_id = steps.featurize(
+                store, **common, device=args.device, chunk_size=args.chunk_size
+            )
+            engine = "{device} {dtype}".format(**store.run(run_id)["summary"])
+        run = store.run(run_id)
+        s = run["summary"]
         print(
             f"feature run {run_id}: {s['n_examples']} examples, {s['n_tokens']} tokens, "
             f"{s['n_truncated']} truncated (longer than {args.max_length} tokens or the "
-            f"model's context); {r['hook']}, {s['device']} {s['dtype']}"
+            f"model's context); {run['config']['hook']}, {engine}"
         )
     elif args.command == "cluster":
         from core.clustering import ClusterConfig, parse_sweep
