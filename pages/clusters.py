@@ -6,17 +6,14 @@ import streamlit as st
 
 from pages.charts import map_figure, sweep_figure
 from pages.common import (
-    db_path,
     guarded,
     load_cluster_examples,
     load_cluster_summary,
     load_duplicate_groups,
     load_map,
     load_run,
-    load_views,
-    pick_dataset,
+    open_dataset,
     provenance,
-    token,
 )
 
 
@@ -27,14 +24,10 @@ def _features(top: list[dict]) -> str:
 
 
 def render() -> None:
-    st.title("Clusters")
-    dataset = pick_dataset()
-    if dataset is None:
+    ctx = open_dataset("Clusters")
+    if ctx is None:
         return
-    path, tok = db_path(), token()
-    views = guarded(lambda: load_views(path, tok, dataset))
-    if views is None:
-        return
+    dataset, path, tok, views = ctx.dataset, ctx.path, ctx.tok, ctx.views
     if views.cluster_run is None:
         st.info(
             f"Dataset '{dataset}' has no clusters yet: `python -m core cluster --dataset {dataset}`."

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -137,6 +138,31 @@ def pick_dataset() -> str | None:
     choice = st.sidebar.selectbox("Dataset", names, index=index)
     st.session_state[DATASET] = choice
     return choice
+
+
+@dataclass(frozen=True)
+class PageContext:
+    """What every dataset page starts from: the chosen dataset, the database path, its version
+    token (the cache key) and the runs the page's views are built from."""
+
+    dataset: str
+    path: str
+    tok: tuple[float, float]
+    views: Views
+
+
+def open_dataset(title: str) -> PageContext | None:
+    """A dataset page's preamble: title, sidebar dataset picker, views. None (after telling the
+    user why) when there is nothing to show."""
+    st.title(title)
+    dataset = pick_dataset()
+    if dataset is None:
+        return None
+    path, tok = db_path(), token()
+    views = guarded(lambda: load_views(path, tok, dataset))
+    if views is None:
+        return None
+    return PageContext(dataset, path, tok, views)
 
 
 def selection(dataset: str) -> list[str]:

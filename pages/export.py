@@ -10,32 +10,27 @@ from core.steps import export, export_manifest
 from core.store import Filter
 from pages.charts import histogram
 from pages.common import (
-    db_path,
     guarded,
     load_clusters,
     load_datasets,
     load_export_rows,
     load_label_ranges,
     load_tag_values,
-    load_views,
-    pick_dataset,
+    open_dataset,
     provenance,
     selection,
     store,
-    token,
 )
 
 
 def render() -> None:
-    st.title("Export")
-    dataset = pick_dataset()
-    if dataset is None:
+    ctx = open_dataset("Export")
+    if ctx is None:
         return
-    path, tok = db_path(), token()
-    views = guarded(lambda: load_views(path, tok, dataset))
+    dataset, path, tok, views = ctx.dataset, ctx.path, ctx.tok, ctx.views
     ranges = guarded(lambda: load_label_ranges(path, tok, dataset))
     tag_values = guarded(lambda: load_tag_values(path, tok, dataset))
-    if views is None or ranges is None or tag_values is None:
+    if ranges is None or tag_values is None:
         return
 
     filters: list[Filter] = []

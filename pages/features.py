@@ -21,10 +21,9 @@ from pages.common import (
     load_feature_search,
     load_feature_table,
     load_run,
-    load_views,
+    open_dataset,
     open_example,
     open_feature,
-    pick_dataset,
     selection,
     set_open_example,
     set_open_feature,
@@ -285,14 +284,10 @@ def _clip(text: str, n: int = 600) -> str:
 
 
 def render() -> None:
-    st.title("Features")
-    dataset = pick_dataset()
-    if dataset is None:
+    ctx = open_dataset("Features")
+    if ctx is None:
         return
-    path, tok = db_path(), token()
-    views = guarded(lambda: load_views(path, tok, dataset))
-    if views is None:
-        return
+    dataset, path, tok, views = ctx.dataset, ctx.path, ctx.tok, ctx.views
     if views.feature_run is None:
         st.info(f"Dataset '{dataset}' has no feature run yet: run `python -m core featurize`.")
         return

@@ -5,31 +5,24 @@ import streamlit as st
 
 from pages.charts import map_figure
 from pages.common import (
-    db_path,
     guarded,
     load_clusters,
     load_map,
-    load_views,
-    pick_dataset,
+    open_dataset,
     provenance,
     selection,
     set_open_example,
     set_selection,
-    token,
 )
 
 MAX_OPEN_IN_FEATURES = 1000  # larger selections are for the Export page, not for reading
 
 
 def render() -> None:
-    st.title("Map")
-    dataset = pick_dataset()
-    if dataset is None:
+    ctx = open_dataset("Map")
+    if ctx is None:
         return
-    path, tok = db_path(), token()
-    views = guarded(lambda: load_views(path, tok, dataset))
-    if views is None:
-        return
+    dataset, path, tok, views = ctx.dataset, ctx.path, ctx.tok, ctx.views
     if views.projection_run is None:
         st.info(
             f"Dataset '{dataset}' has no 2-D projection yet: run `python -m core featurize`, "
