@@ -1229,7 +1229,7 @@ def _where(
             )
         col = f"w.{quote_ident(f.column)}"
         if f.op in ("in", "not in"):
-            values = list(f.value)
+            values = [_filter_value(f, v, numeric=f.column in numeric) for v in f.value]
             if not values:
                 raise StudioError(f"filter {f.describe()!r}: empty list")
             cast = "DOUBLE" if f.column in numeric else "VARCHAR"
@@ -1240,5 +1240,20 @@ def _where(
             if f.op not in ("<", "<=", ">", ">=", "=", "!="):
                 raise StudioError(f"filter {f.describe()!r}: unknown operator {f.op!r}")
             clauses.append(f"{col} {f.op} ?")
-            params.append(f.value)
+            params.append(_filter_value(f, f.value, numeric=f.column in numeric))
     return clauses, params
+
+
+def _filter_value(f: Filter, value: Any, *, numeric: bool) -> Any:
+    """A filter value typed for its column: a number for a numeric column (else a one-line error
+    naming the filter, not a DuckDB conversion traceback), text for a text column."""
+    if numeric:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise StudioError(
+                f"filter {f.describe()!r}: column {f.column!r} is numeric, got {value!r}"
+            ) from None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # `task=3` parsed as 3.0 means the text "3"
+    return str(value)

@@ -137,6 +137,16 @@ def test_wide_pivots_labels_and_filters_with_parameters(store):
     assert store.tag_values("d").to_dict("records") == [{"name": "task", "value": "a", "n": 5}]
 
 
+def test_filter_value_of_the_wrong_type_is_a_one_line_error(store):
+    views = Views(None, None, None)
+    with pytest.raises(StudioError, match="'difficulty' is numeric, got '>2'"):
+        store.wide("d", views=views, filters=[Filter("difficulty", ">", ">2")])
+    with pytest.raises(StudioError, match="is numeric, got 'x'"):
+        store.wide("d", views=views, filters=[Filter("difficulty", "in", [1.0, "x"])])
+    # a number given for a text column compares as text
+    assert store.count("d", views=views, filters=[Filter("answer", "=", 3.0)]) == 1
+
+
 def test_filter_on_unknown_column_is_refused(store):
     with pytest.raises(StudioError, match="unknown column 'nope'"):
         store.wide("d", views=Views(None, None, None), filters=[Filter("nope", "<", 1)])
