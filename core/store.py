@@ -157,11 +157,33 @@ CREATE TABLE duplicate_groups (
 );
 """
 
+# Signals: the dense baseline vector of an example (mean-pooled hidden state of the feature
+# run's layer, only when featurize ran with --dense), per-example scores of a probe run (the
+# final model's prediction for every example and, for labelled ones, the out-of-fold
+# prediction the evidence is computed from), and raw rollout results.
+DDL_V4 = """
+ALTER TABLE features ADD COLUMN dense FLOAT[];
+CREATE TABLE probe_scores (
+    run_id INTEGER NOT NULL,
+    example_id VARCHAR NOT NULL,
+    value DOUBLE NOT NULL,
+    oof DOUBLE
+);
+CREATE TABLE rollouts (
+    dataset VARCHAR NOT NULL,
+    example_id VARCHAR NOT NULL,
+    sample_idx INTEGER NOT NULL,
+    passed BOOLEAN NOT NULL,
+    source VARCHAR
+);
+"""
+
 # (version, name, ddl). Append new migrations; never edit an applied one.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial schema", DDL_V1),
     (2, "feature descriptions and token char spans", DDL_V2),
     (3, "near-duplicate groups", DDL_V3),
+    (4, "dense baseline vectors, probe scores, rollouts", DDL_V4),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -208,6 +230,9 @@ class Views:
     cluster_run: int | None
     projection_run: int | None
     dedup_run: int | None = None
+    # (score name, probe run) of the latest probe run per name on the feature run: each adds a
+    # numeric column of that name (e.g. difficulty_proxy) to the wide view
+    score_runs: tuple[tuple[str, int], ...] = ()
 
 
 class Store:
@@ -367,9 +392,11 @@ class Store:
             "clusters",
             "cluster_assignments",
             "projections",
+            "duplicate_groups",
+            "probe_scores",
         ):
             con.execute(f"DELETE FROM {table} WHERE run_id IN ({runs})", [name])
-        for table in ("runs", "labels", "responses", "examples", "exports"):
+        for table in ("runs", "labels", "responses", "examples", "exports", "rollouts"):
             con.execute(f"DELETE FROM {table} WHERE dataset = ?", [name])
         con.execute("DELETE FROM datasets WHERE name = ?", [name])
 
@@ -520,7 +547,19 @@ class Store:
             self.latest_run(dataset=dataset, step="cluster", parent_run=fr),
             self.latest_run(dataset=dataset, step="project", parent_run=fr),
             self.latest_run(dataset=dataset, step="dedup", parent_run=fr),
+            self.score_runs(dataset, feature_run=fr),
         )
+
+    def score_runs(self, dataset: str, *, feature_run: int) -> tuple[tuple[str, int], ...]:
+        """(score name, run id) of the newest finished probe run of each name, by name."""
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT json_extract_string(config, '$.name') AS name, max(run_id) FROM runs "
+                "WHERE dataset = ? AND step = 'probe' AND status = 'done' AND parent_run = ? "
+                "GROUP BY name ORDER BY name",
+                [dataset, feature_run],
+            ).fetchall()
+        return tuple((str(r[0]), int(r[1])) for r in rows if r[0] is not None)
 
     # --- features ------------------------------------------------------------------------
     def done_example_ids(self, run_id: int) -> set[str]:
@@ -538,9 +577,14 @@ class Store:
         after a crash the stored stats always match the stored features."""
         with self.transaction() as con:
             con.register("_chunk", chunk)
+            # the dense baseline column exists from schema 4; a chunk carries it with --dense
+            dense = "dense" in chunk.column_names
+            if dense and self._version(con) < 4:
+                raise StudioError(f"database {self.path} predates dense vectors: run migrate")
             con.execute(
-                "INSERT INTO features SELECT ?, example_id, n_tokens, truncated, "
-                'feature_ids, "values" FROM _chunk',
+                "INSERT INTO features (run_id, example_id, n_tokens, truncated, feature_ids, "
+                f"vals{', dense' if dense else ''}) SELECT ?, example_id, n_tokens, truncated, "
+                f'feature_ids, "values"{", dense" if dense else ""} FROM _chunk',
                 [run_id],
             )
             con.execute("DELETE FROM feature_stats WHERE run_id = ?", [run_id])
@@ -795,6 +839,137 @@ class Store:
             )
         return table.num_rows
 
+    def descriptions(self, run_id: int) -> dict[int, str]:
+        """Imported feature descriptions of a feature run (empty on a pre-v2 file)."""
+        with self.connect() as con:
+            if self._version(con) < 2:
+                return {}
+            rows = con.execute(
+                "SELECT feature_id, description FROM feature_descriptions WHERE run_id = ?",
+                [run_id],
+            ).fetchall()
+        return {int(f): str(d) for f, d in rows}
+
+    def dense_vectors(self, run_id: int) -> tuple[list[str], np.ndarray] | None:
+        """(example ids in ingest order, [n, d_model] float32) of the dense baseline stored by
+        ``featurize --dense``; None when the run has none."""
+        with self.connect() as con:
+            if self._version(con) < 4:
+                return None
+            tbl = con.sql(
+                "SELECT f.example_id, f.dense FROM features f JOIN runs r ON r.run_id = f.run_id "
+                "JOIN examples e ON e.dataset = r.dataset AND e.id = f.example_id "
+                "WHERE f.run_id = ? AND f.dense IS NOT NULL ORDER BY e.idx",
+                params=[run_id],
+            ).to_arrow_table()
+        if tbl.num_rows == 0:
+            return None
+        col = tbl.column("dense").combine_chunks()
+        width = len(col[0])
+        flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+        if flat.size != width * tbl.num_rows:
+            raise StudioError(f"feature run {run_id}: dense vectors of different widths")
+        return tbl.column("example_id").to_pylist(), flat.reshape(tbl.num_rows, width)
+
+    # --- signals: probes, marks, rollouts ----------------------------------------------------
+    def add_probe_run(
+        self,
+        *,
+        dataset: str,
+        feature_run: int,
+        config: dict[str, Any],
+        versions: dict[str, str],
+        summary: dict[str, Any],
+        scores: pa.Table,
+    ) -> int:
+        """A finished probe run (config["name"] names its score column) and its scores:
+        (example_id, value, oof) with oof NULL for unlabelled examples."""
+        if not config.get("name"):
+            raise StudioError("a probe run needs a score name")
+        with self._finished_run(
+            step="probe",
+            dataset=dataset,
+            parent_run=feature_run,
+            config=config,
+            versions=versions,
+            summary=summary,
+        ) as (con, rid):
+            con.register("_s", scores)
+            con.execute("INSERT INTO probe_scores SELECT ?, example_id, value, oof FROM _s", [rid])
+        return rid
+
+    def probe_scores(self, run_id: int) -> pd.DataFrame:
+        """example_id, value, oof of a probe run, in ingest order."""
+        with self.connect() as con:
+            return con.execute(
+                "SELECT s.example_id, s.value, s.oof FROM probe_scores s "
+                "JOIN runs r ON r.run_id = s.run_id "
+                "JOIN examples e ON e.dataset = r.dataset AND e.id = s.example_id "
+                "WHERE s.run_id = ? ORDER BY e.idx",
+                [run_id],
+            ).df()
+
+    def set_labels(self, dataset: str, name: str, values: pa.Table) -> int:
+        """Set one label for some examples (``values``: example_id, value; a NULL value removes
+        the example's label), e.g. the good/bad marks made in the app. Unknown ids are an
+        error and nothing is written. Returns the number of rows given."""
+        self.migrate()
+        with self.transaction() as con:
+            con.register("_v", values)
+            row = con.execute(
+                "SELECT any_value(v.example_id), count(*) FROM _v "
+                "LEFT JOIN examples e ON e.dataset = ? AND e.id = v.example_id WHERE e.id IS NULL",
+                [dataset],
+            ).fetchone()
+            if row and row[1]:
+                raise StudioError(
+                    f"dataset '{dataset}' has no example '{row[0]}' ({row[1]} unknown ids)"
+                )
+            con.execute(
+                "DELETE FROM labels WHERE dataset = ? AND name = ? "
+                "AND example_id IN (SELECT example_id FROM _v)",
+                [dataset, name],
+            )
+            con.execute(
+                "INSERT INTO labels SELECT ?, example_id, ?, value FROM _v WHERE value IS NOT NULL",
+                [dataset, name],
+            )
+        return values.num_rows
+
+    def write_rollouts(
+        self,
+        *,
+        dataset: str,
+        rollouts: pa.Table,
+        labels: pa.Table,
+        config: dict[str, Any],
+        versions: dict[str, str],
+        summary: dict[str, Any],
+    ) -> int:
+        """Replace a dataset's rollouts (example_id, sample_idx, passed) and the labels derived
+        from them (example_id, name, value: pass_rate, pass@k, zero_signal ...) in one
+        transaction, recorded as a 'rollouts' run."""
+        names = sorted(set(labels.column("name").to_pylist()))
+        with self._finished_run(
+            step="rollouts",
+            dataset=dataset,
+            parent_run=None,
+            config=config,
+            versions=versions,
+            summary=summary,
+        ) as (con, _rid):
+            con.execute("DELETE FROM rollouts WHERE dataset = ?", [dataset])
+            con.register("_r", rollouts)
+            con.execute(
+                "INSERT INTO rollouts SELECT ?, example_id, sample_idx, passed, ? FROM _r",
+                [dataset, str(config.get("source", ""))],
+            )
+            for name in names:
+                con.execute("DELETE FROM labels WHERE dataset = ? AND name = ?", [dataset, name])
+            con.register("_l", labels)
+            con.execute("INSERT INTO labels SELECT ?, example_id, name, value FROM _l", [dataset])
+        return _rid
+
     def feature_runs(self) -> pd.DataFrame:
         """Finished feature runs with model, layer, SAE, pooling and counts, for the Overview."""
         runs = self.list_runs(step="featurize")
@@ -970,7 +1145,7 @@ class Store:
 
     def cluster_summary(self, dataset: str, *, views: Views) -> pd.DataFrame:
         """The clusters of ``views.cluster_run`` with their size, label, top features, the mean of
-        every numeric label (``mean_<label>``) and, with a dedup run, their extra copies
+        every numeric label and probe score (``mean_<name>``) and, with a dedup run, their extra copies
         (``n_duplicates``)."""
         if views.cluster_run is None:
             return pd.DataFrame()
@@ -982,6 +1157,18 @@ class Store:
                 "WHERE ca.run_id = ? GROUP BY ca.cluster, l.name",
                 [dataset, views.cluster_run],
             ).df()
+            labelled = set(means["name"]) if not means.empty else set()
+            for name, rid in views.score_runs:
+                if name in labelled:
+                    continue
+                scores = con.execute(
+                    "SELECT ca.cluster, ? AS name, avg(s.value) AS mean "
+                    "FROM cluster_assignments ca JOIN probe_scores s "
+                    "ON s.run_id = ? AND s.example_id = ca.example_id "
+                    "WHERE ca.run_id = ? GROUP BY ca.cluster",
+                    [name, rid, views.cluster_run],
+                ).df()
+                means = scores if means.empty else pd.concat([means, scores], ignore_index=True)
             # a dedup run implies schema v3; an older file has no duplicate_groups table
             dups = (
                 con.execute(
@@ -1040,11 +1227,16 @@ class Store:
             return pd.DataFrame({"name": [], "value": [], "n": []})
         return pd.concat(frames, ignore_index=True)
 
-    def _columns(self, dataset: str) -> tuple[list[str], list[str]]:
-        """(label names, tag names) of a dataset; tags that clash with a column are left out."""
+    def _columns(
+        self, dataset: str, views: Views | None = None
+    ) -> tuple[list[str], list[str], list[str]]:
+        """(label names, score names, tag names) of a dataset; tags that clash with a column
+        are left out, and so is a score that clashes with a label."""
         labels = self.label_names(dataset)
-        taken = set(BASE_COLUMNS) | set(DEDUP_COLUMNS) | set(labels) | {"tags", "extra"}
-        return labels, [t for t in self.tag_names(dataset) if t not in taken]
+        scores = [n for n, _ in (views.score_runs if views else ()) if n not in labels]
+        taken = set(BASE_COLUMNS) | set(DEDUP_COLUMNS) | set(labels) | set(scores)
+        taken |= {"tags", "extra"}
+        return labels, scores, [t for t in self.tag_names(dataset) if t not in taken]
 
     def _wide_sql(
         self, dataset: str, views: Views, label_names: Sequence[str], tag_names: Sequence[str]
@@ -1068,15 +1260,25 @@ class Store:
             )
             dedup_join = "LEFT JOIN duplicate_groups dg ON dg.run_id = ? AND dg.example_id = e.id"
             dedup_params = [views.dedup_run]
+        score_cols, score_joins, score_params = "", [], []
+        for i, (name, rid) in enumerate(views.score_runs):
+            if name in label_names:  # a label of that name wins; the probe step forbids it
+                continue
+            score_cols += f", ps{i}.value AS {quote_ident(name)}"
+            score_joins.append(
+                f"LEFT JOIN probe_scores ps{i} ON ps{i}.run_id = ? AND ps{i}.example_id = e.id"
+            )
+            score_params.append(rid)
         sql = f"""
             SELECT e.id, e.idx, e.prompt, e.answer, e.text, e.tags, e.extra,
-                   ca.cluster, p.x, p.y{dedup_cols}{"".join(", " + c for c in extra)}
+                   ca.cluster, p.x, p.y{dedup_cols}{score_cols}{"".join(", " + c for c in extra)}
             FROM examples e
             LEFT JOIN (SELECT {label_select} FROM labels WHERE dataset = ? GROUP BY example_id) lb
                 ON lb.example_id = e.id
             LEFT JOIN cluster_assignments ca ON ca.run_id = ? AND ca.example_id = e.id
             LEFT JOIN projections p ON p.run_id = ? AND p.example_id = e.id
             {dedup_join}
+            {" ".join(score_joins)}
             WHERE e.dataset = ?
         """
         # the tag expressions come first in the text, then the label subquery
@@ -1088,6 +1290,7 @@ class Store:
             views.cluster_run,
             views.projection_run,
             *dedup_params,
+            *score_params,
             dataset,
         ]
 
@@ -1104,14 +1307,16 @@ class Store:
         """Examples of a dataset as one wide table (ingest order), filtered.
 
         Columns: id, idx, prompt, answer, text, tags, extra, cluster, x, y, (with a dedup run)
-        dup_group, is_duplicate, then one column per numeric label and one per string tag. ``filters`` are ANDed; ``ids`` keeps only those
+        dup_group, is_duplicate, then one column per probe score (difficulty_proxy ...), one
+        per numeric label and one per string tag. ``filters`` are ANDed; ``ids`` keeps only those
         example ids (a map selection); ``columns`` restricts the output (default: all).
         """
-        labels, tags = self._columns(dataset)
+        labels, scores, tags = self._columns(dataset, views)
         inner, params = self._wide_sql(dataset, views, labels, tags)
         dedup = set(DEDUP_COLUMNS) if views.dedup_run is not None else set()
-        allowed = set(BASE_COLUMNS) | dedup | set(labels) | set(tags)
-        where, wparams = _where(filters, allowed, numeric=set(NUMERIC_BASE) | dedup | set(labels))
+        numeric = set(NUMERIC_BASE) | dedup | set(labels) | set(scores)
+        allowed = numeric | set(BASE_COLUMNS) | set(tags)
+        where, wparams = _where(filters, allowed, numeric=numeric)
         select = "*"
         if columns is not None:
             bad = [c for c in columns if c not in allowed | {"tags", "extra"}]

@@ -326,6 +326,6 @@ def test_migration_3_adds_duplicate_groups_and_old_files_still_read(tmp_path, mo
     assert "is_duplicate" not in s.wide("d", views=views).column_names
     with pytest.raises(StudioError, match="no near-duplicate groups yet"):
         s.wide("d", views=views, filters=[Filter("is_duplicate", "=", 0)])
-    assert s.migrate() == 3
+    assert s.migrate() == store_mod.SCHEMA_VERSION
     with s.connect() as con:
         assert con.execute("SELECT count(*) FROM duplicate_groups").fetchone() == (0,)
