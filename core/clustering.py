@@ -188,9 +188,25 @@ def distinctive_features(
     return out
 
 
-def feature_names(top_tokens: dict[int, list[str]], *, n_tokens: int = 3) -> dict[int, str]:
-    """A short name per feature from its top-activating tokens: ``{12: "sum total add"}``."""
-    return {fid: " ".join(toks[:n_tokens]) for fid, toks in top_tokens.items()}
+def feature_names(
+    top_tokens: dict[int, list[str]],
+    *,
+    descriptions: dict[int, str] | None = None,
+    n_tokens: int = 3,
+    max_chars: int = 48,
+) -> dict[int, str]:
+    """A short name per feature: its description where the run has one (imported from
+    Neuronpedia or an auto-interp run, cut to ``max_chars``), else its top-activating tokens.
+
+    >>> feature_names({12: ["sum", "total", "add", "plus"], 7: ["cat"]}, descriptions={7: "felines"})
+    {12: 'sum total add', 7: 'felines'}
+    """
+    names = {fid: " ".join(toks[:n_tokens]) for fid, toks in top_tokens.items()}
+    for fid, text in (descriptions or {}).items():
+        text = " ".join(text.split())
+        if text:
+            names[fid] = text if len(text) <= max_chars else text[: max_chars - 1].rstrip() + "…"
+    return names
 
 
 def cluster_label(top: list[tuple[int, float]], names: dict[int, str], *, n: int = 3) -> str:

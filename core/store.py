@@ -449,14 +449,26 @@ class Store:
             ).fetchall()
         return [r[0] for r in rows]
 
-    def label_ranges(self, dataset: str) -> pd.DataFrame:
-        """name, min, max and count of every numeric label (for filter sliders)."""
+    def label_ranges(self, dataset: str, *, views: Views | None = None) -> pd.DataFrame:
+        """name, min, max, count and kind ('label', or 'score' for the probe scores of
+        ``views``) of every numeric column a filter slider can use."""
         with self.connect() as con:
-            return con.execute(
-                "SELECT name, min(value) AS min, max(value) AS max, count(value) AS n "
-                "FROM labels WHERE dataset = ? GROUP BY name ORDER BY name",
+            df = con.execute(
+                "SELECT name, min(value) AS min, max(value) AS max, count(value) AS n, "
+                "'label' AS kind FROM labels WHERE dataset = ? GROUP BY name ORDER BY name",
                 [dataset],
             ).df()
+            labelled = set(df["name"])
+            for name, rid in views.score_runs if views else ():
+                if name in labelled:
+                    continue
+                score = con.execute(
+                    "SELECT ? AS name, min(value) AS min, max(value) AS max, count(value) AS n, "
+                    "'score' AS kind FROM probe_scores WHERE run_id = ?",
+                    [name, rid],
+                ).df()
+                df = score if df.empty else pd.concat([df, score], ignore_index=True)
+        return df
 
     def labels(self, dataset: str, name: str) -> pa.Table:
         """(example_id, value) of one label, in ingest order."""

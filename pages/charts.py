@@ -182,3 +182,96 @@ def sweep_figure(sweep: pd.DataFrame, *, chosen: int | None) -> go.Figure:
         showlegend=False,
     )
     return fig
+
+
+def score_histogram(
+    df: pd.DataFrame,
+    *,
+    score: str,
+    title: str,
+    color: str | None = None,
+    threshold: float | None = None,
+) -> go.Figure:
+    """Distribution of a probe score, optionally split by a label and with a threshold line."""
+    import plotly.express as px
+
+    frame = df.copy()
+    if color is not None:
+        frame[color] = frame[color].map(lambda v: "unlabelled" if pd.isna(v) else f"{v:g}")
+    fig = px.histogram(
+        frame, x=score, color=color, nbins=50, barmode="overlay", opacity=0.7, title=title
+    )
+    if threshold is not None:
+        fig.add_vline(x=threshold, line_color="#d62728", line_dash="dash")
+    fig.update_layout(height=280, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+def cluster_box(df: pd.DataFrame, *, score: str, labels: dict[int, str], title: str) -> go.Figure:
+    """A probe score's distribution per cluster (clusters ordered by their median)."""
+    import plotly.express as px
+
+    frame = df.dropna(subset=["cluster"]).copy()
+    frame["cluster"] = frame["cluster"].astype(int)
+    order = frame.groupby("cluster")[score].median().sort_values().index.tolist()
+    frame["cluster name"] = frame["cluster"].map(lambda c: f"{c} · {labels.get(c, '')}"[:40])
+    names = [f"{c} · {labels.get(c, '')}"[:40] for c in order]
+    fig = px.box(
+        frame,
+        x="cluster name",
+        y=score,
+        category_orders={"cluster name": names},
+        points=False,
+        title=title,
+    )
+    fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10}, xaxis_title=None)
+    return fig
+
+
+def proxy_scatter(df: pd.DataFrame, *, label: str, title: str) -> go.Figure:
+    """Out-of-fold proxy against the label for labelled rows, coloured by cluster, with y = x.
+    Integer labels (difficulty levels) are jittered so their points do not stack."""
+    frame = df.dropna(subset=["oof", label]).copy()
+    x = frame[label].to_numpy(dtype=float)
+    if len(x) and np.allclose(x, np.round(x)):
+        rng = np.random.default_rng(0)
+        x = x + rng.uniform(-0.15, 0.15, size=len(x))
+    palette = _palette()
+    colours = [palette[int(c) % len(palette)] if pd.notna(c) else "#888" for c in frame["cluster"]]
+    fig = go.Figure(
+        go.Scattergl(
+            x=x,
+            y=frame["oof"],
+            mode="markers",
+            marker={"size": 4, "color": colours, "opacity": 0.6},
+            text=[hover_text(p) for p in frame["prompt"]],
+            hovertemplate="label %{x:.2f}<br>proxy %{y:.3f}<br>%{text}<extra></extra>",
+        )
+    )
+    if len(frame):
+        lo = float(min(frame[label].min(), frame["oof"].min()))
+        hi = float(max(frame[label].max(), frame["oof"].max()))
+        fig.add_trace(
+            go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line={"dash": "dot", "color": "#999"})
+        )
+    fig.update_layout(
+        height=360,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        title={"text": title, "font": {"size": 13}},
+        xaxis_title=f"{label} (label)",
+        yaxis_title="proxy (out-of-fold)",
+        showlegend=False,
+    )
+    return fig
+
+
+def share_bars(df: pd.DataFrame, *, x: str, y: str, title: str) -> go.Figure:
+    """A bar per row (e.g. zero-signal share per cluster)."""
+    fig = go.Figure(go.Bar(x=df[x], y=df[y], marker={"color": "#4c78a8"}))
+    fig.update_layout(
+        height=280,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        title={"text": title, "font": {"size": 13}},
+        yaxis_tickformat=".0%",
+    )
+    return fig

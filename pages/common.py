@@ -213,13 +213,23 @@ def provenance(views: Views) -> str:
             f"Positions: run {views.projection_run} — UMAP ({pr.get('metric')}, "
             f"n_neighbors {pr.get('n_neighbors')}, min_dist {pr.get('min_dist')})."
         )
-    parts.append("Other numeric columns are labels ingested with the dataset.")
+    for name, rid in views.score_runs:
+        c = load_run(path, tok, rid)["config"]
+        parts.append(
+            f"`{name}`: run {rid} — {c.get('kind')} probe on the SAE features, trained on the "
+            f"label `{c.get('label')}` ({c.get('signal')}; higher = {c.get('higher_is')})."
+        )
+    parts.append(
+        "Other numeric columns are labels ingested with the dataset or derived from its rollouts."
+    )
     return "  \n".join(parts)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def load_label_ranges(path: str, tok: tuple[float, float], dataset: str) -> pd.DataFrame:
-    return Store(path, lock_timeout_s=5.0).label_ranges(dataset)
+    """Numeric labels and the latest probe scores, with their ranges (kind: label / score)."""
+    s = Store(path, lock_timeout_s=5.0)
+    return s.label_ranges(dataset, views=s.views(dataset))
 
 
 @st.cache_data(show_spinner="Counting…", max_entries=64)
@@ -327,3 +337,44 @@ def load_cluster_examples(
     s = Store(path, lock_timeout_s=5.0)
     wide = s.wide(dataset, views=s.views(dataset), filters=[Filter("cluster", "=", cluster)])
     return wide.to_pandas().drop(columns=["text", "extra", "tags"])
+
+
+# --- the Difficulty and Quality pages -------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_probe_runs(path: str, tok: tuple[float, float], dataset: str, signal: str) -> list[dict]:
+    """Finished probe runs of one signal, newest first (config and summary parsed)."""
+    runs = Store(path, lock_timeout_s=5.0).list_runs(dataset=dataset, step="probe")
+    runs = runs[runs["status"] == "done"]
+    return [r for r in runs.to_dict("records") if r["config"].get("signal") == signal]
+
+
+@st.cache_data(show_spinner="Reading the scores…", max_entries=16)
+def load_probe_frame(
+    path: str, tok: tuple[float, float], dataset: str, run_id: int
+) -> pd.DataFrame:
+    """id, prompt, cluster, the probe's label, its score (``score``) and out-of-fold score
+    (``oof``, labelled rows only) for every example."""
+    s = Store(path, lock_timeout_s=5.0)
+    run = s.run(run_id)
+    label = run["config"]["label"]
+    views = s.views(dataset, feature_run=run["config"]["feature_run"])
+    wide = s.wide(dataset, views=views, columns=["id", "prompt", "cluster", label]).to_pandas()
+    scores = s.probe_scores(run_id).rename(columns={"example_id": "id", "value": "score"})
+    return wide.merge(scores, on="id", how="inner")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def load_rollout_view(
+    path: str, tok: tuple[float, float], dataset: str
+) -> tuple[dict | None, pd.DataFrame]:
+    """(the latest rollouts run, the wide rows of the zero-signal prompts)."""
+    from core.store import Filter
+
+    s = Store(path, lock_timeout_s=5.0)
+    rid = s.latest_run(dataset=dataset, step="rollouts")
+    if rid is None:
+        return None, pd.DataFrame()
+    views = s.views(dataset)
+    cols = ["id", "prompt", "cluster", "pass_rate", "n_rollouts"]
+    rows = s.wide(dataset, views=views, filters=[Filter("zero_signal", "=", 1)], columns=cols)
+    return s.run(rid), rows.to_pandas()

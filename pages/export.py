@@ -66,6 +66,13 @@ def render() -> None:
             )
             if keep_tags:
                 filters.append(Filter(str(name), "in", keep_tags))
+        if views.dedup_run is not None and st.checkbox(
+            "Keep one per near-duplicate group",
+            key="exp_dedup",
+            help="Drops the extra copies of each group of near-identical SAE vectors "
+            "(the lowest-index member stays): `--where is_duplicate=0`.",
+        ):
+            filters.append(Filter("is_duplicate", "=", 0))
         sel = selection(dataset)
         use_sel = st.checkbox(
             f"Only the map selection ({len(sel):,} points)", key="exp_sel", disabled=not sel
@@ -76,7 +83,14 @@ def render() -> None:
             if lo == hi:
                 continue
             value = st.slider(
-                f"{row.name} (label, {row.n:,} rows)", lo, hi, (lo, hi), key=f"exp_range_{row.name}"
+                f"{row.name} ({row.kind}, {row.n:,} rows)",
+                lo,
+                hi,
+                (lo, hi),
+                key=f"exp_range_{row.name}",
+                help="a probe score (see the Difficulty and Quality pages)"
+                if row.kind == "score"
+                else "a label of the dataset",
             )
             if value[0] > lo:
                 filters.append(Filter(str(row.name), ">=", value[0]))
