@@ -9,14 +9,20 @@ records is corrupted on purpose so the quality probe and the filters have someth
     ['answer', 'corruption', 'difficulty', 'id', 'prompt', 'quality', 'task']
 
 Everything runs offline and is deterministic in ``seed``.
+
+No model that runs offline can really solve these tasks, so the demo's RL rollouts are
+**simulated** (:func:`write_demo_rollouts`, labelled by :data:`DEMO_ROLLOUT_SOURCE`): a toy
+policy passes with a probability set by the task's ease and the difficulty level.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import math
 import random
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +106,30 @@ DEMO_TASKS: dict[str, tuple[dict[str, Any], ...]] = {
 
 CORRUPTIONS: tuple[str, ...] = ("wrong_answer", "truncated", "garbled")
 
+# The simulated policy of the demo rollouts: logit of p(pass) = ease[task] - slope*(level - 1).
+# Ease spreads the families from easy (chain_sum passes ~97% at level 1) to hard (base_conversion
+# ~38%); with 8 samples this leaves roughly a quarter of the prompts all-pass or all-fail.
+DEMO_EASE: dict[str, float] = {
+    "chain_sum": 3.5,
+    "leg_counting": 3.0,
+    "basic_arithmetic": 2.5,
+    "number_sorting": 2.0,
+    "word_sorting": 1.5,
+    "fraction_simplification": 1.0,
+    "prime_factorization": 0.5,
+    "base_conversion": -0.5,
+}
+DEMO_DIFFICULTY_SLOPE = 1.1
+DEMO_SAMPLES = 8
+DEMO_WRONG_ANSWER_PASS = 0.03  # the verifier's reference is wrong: only a matching mistake passes
+DEMO_BROKEN_PROMPT_FACTOR = 0.25  # truncated or garbled question: mostly unanswerable
+DEMO_ROLLOUT_SOURCE = (  # what the app and the run config show as the rollouts' source
+    f"SIMULATED demo rollouts, not a model: p(pass) = sigmoid(ease[task] - "
+    f"{DEMO_DIFFICULTY_SLOPE}*(difficulty-1)) (ease in core.demo_data.DEMO_EASE), "
+    f"x{DEMO_BROKEN_PROMPT_FACTOR} for truncated/garbled prompts, {DEMO_WRONG_ANSWER_PASS} for "
+    f"wrong reference answers; {DEMO_SAMPLES} samples per prompt"
+)
+
 _INT = re.compile(r"\d+")
 
 
@@ -177,6 +207,79 @@ def write_demo_jsonl(
         for rec in records:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     return path
+
+
+def demo_pass_probability(record: Mapping[str, Any]) -> float:
+    """The simulated policy's chance to pass one demo record (see :data:`DEMO_ROLLOUT_SOURCE`)."""
+    logit = DEMO_EASE[record["task"]] - DEMO_DIFFICULTY_SLOPE * (record["difficulty"] - 1)
+    p = 1.0 / (1.0 + math.exp(-logit))
+    corruption = record.get("corruption")
+    if corruption is None:  # records without the kind: a bad one counts as a broken prompt
+        corruption = "none" if record.get("quality", 1.0) == 1.0 else "garbled"
+    if corruption == "wrong_answer":
+        return DEMO_WRONG_ANSWER_PASS
+    if corruption != "none":
+        return p * DEMO_BROKEN_PROMPT_FACTOR
+    return p
+
+
+def write_demo_rollouts(
+    path: str | Path,
+    records: Sequence[Mapping[str, Any]] | str | Path,
+    *,
+    samples: int = DEMO_SAMPLES,
+    seed: int = 0,
+) -> Path:
+    """Write SIMULATED rollouts for demo records as JSONL, one ``{"id", "sample_idx", "passed"}``
+    line per rollout, ``samples`` per record in record order; return the path.
+
+    ``records``: the dicts of :func:`build_demo_records` or the path of a
+    :func:`write_demo_jsonl` file. Each record's draws are seeded by (``seed``, its id), so the
+    file is byte-identical for the same seed and a record's rollouts do not depend on the others.
+    """
+    if samples < 1:
+        raise StudioError(f"demo rollouts: samples must be at least 1, got {samples}")
+    if isinstance(records, str | Path):
+        located = _read_demo_jsonl(Path(records))
+    else:
+        located = [(f"demo record {i + 1}", rec) for i, rec in enumerate(records)]
+    lines = []
+    for where, rec in located:
+        for key in ("id", "task", "difficulty"):
+            if key not in rec:
+                raise StudioError(f"{where}: field {key!r} is missing")
+        if rec["task"] not in DEMO_EASE:
+            raise StudioError(f"{where}: field 'task': {rec['task']!r} is not a demo task")
+        if type(rec["difficulty"]) not in (int, float):
+            raise StudioError(f"{where}: field 'difficulty': expected a number")
+        p = demo_pass_probability(rec)
+        rng = random.Random(f"demo-rollouts:{seed}:{rec['id']}")
+        for k in range(samples):
+            passed = rng.random() < p
+            lines.append(json.dumps({"id": rec["id"], "sample_idx": k, "passed": passed}) + "\n")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+def _read_demo_jsonl(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """("file line N", record) for each line of a :func:`write_demo_jsonl` file."""
+    if not path.is_file():
+        raise StudioError(f"{path.name}: no such file")
+    located = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path.name} line {lineno}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise StudioError(f"{where}: malformed JSON: {e.msg}") from None
+        if not isinstance(rec, dict):
+            raise StudioError(f"{where}: expected a JSON object")
+        located.append((where, rec))
+    return located
 
 
 def _verified_items(

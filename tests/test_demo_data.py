@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -13,13 +14,18 @@ import reasoning_gym
 
 from core.demo_data import (
     CORRUPTIONS,
+    DEMO_EASE,
+    DEMO_ROLLOUT_SOURCE,
     DEMO_TASKS,
     build_demo_records,
     cell_seed,
+    demo_pass_probability,
     write_demo_jsonl,
+    write_demo_rollouts,
 )
 from core.errors import StudioError
 from core.ingest import read_dataset
+from core.rollouts import read_rollouts, rollout_labels, rollout_summary
 
 N = 320
 
@@ -146,3 +152,71 @@ def test_jsonl_is_ingestable(tmp_path: Path, records: list[dict[str, Any]]) -> N
     assert t.labels.num_rows == 2 * N
     tags = [json.loads(s) for s in t.examples.column("tags").to_pylist()]
     assert tags == [{"task": r["task"], "corruption": r["corruption"]} for r in records]
+
+
+# --- simulated rollouts -------------------------------------------------------------------------
+
+
+def test_demo_rollouts_are_deterministic_and_complete(
+    tmp_path: Path, records: list[dict[str, Any]]
+) -> None:
+    a = write_demo_rollouts(tmp_path / "a.jsonl", records, seed=0)
+    b = write_demo_rollouts(tmp_path / "sub" / "b.jsonl", records, seed=0)
+    other = write_demo_rollouts(tmp_path / "c.jsonl", records, seed=1)
+    assert a.read_bytes() == b.read_bytes() != other.read_bytes()
+    demo = write_demo_jsonl(tmp_path / "demo.jsonl", n=N, seed=0, corrupt_share=0.1)
+    from_file = write_demo_rollouts(tmp_path / "d.jsonl", demo, seed=0)
+    assert from_file.read_bytes() == a.read_bytes()
+    # a record's draws depend on (seed, id) only, not on the records around it
+    some = write_demo_rollouts(tmp_path / "e.jsonl", records[5:9], seed=0)
+    lines = a.read_text(encoding="utf-8").splitlines()
+    assert some.read_text(encoding="utf-8").splitlines() == lines[5 * 8 : 9 * 8]
+
+    first = json.loads(lines[0])
+    assert list(first) == ["id", "sample_idx", "passed"] and isinstance(first["passed"], bool)
+    table = read_rollouts(a)
+    assert Counter(table.column("example_id").to_pylist()) == {r["id"]: 8 for r in records}
+    assert sorted(set(table.column("sample_idx").to_pylist())) == list(range(8))
+    four = read_rollouts(write_demo_rollouts(tmp_path / "f.jsonl", records[:3], samples=4))
+    assert four.num_rows == 12
+
+
+def test_demo_rollouts_follow_the_simulated_policy(
+    tmp_path: Path, records: list[dict[str, Any]]
+) -> None:
+    assert set(DEMO_EASE) == set(DEMO_TASKS)
+    assert "simulated" in DEMO_ROLLOUT_SOURCE.lower() and "sigmoid" in DEMO_ROLLOUT_SOURCE
+    rollouts = read_rollouts(write_demo_rollouts(tmp_path / "r.jsonl", records, seed=0))
+    labels: dict[str, dict[str, float]] = {}
+    for row in rollout_labels(rollouts).to_pylist():
+        labels.setdefault(row["example_id"], {})[row["name"]] = row["value"]
+
+    def mean_pass(select: Any) -> float:
+        return mean(labels[r["id"]]["pass_rate"] for r in records if select(r))
+
+    # harder levels pass less often, on average over the families (falls at every step)
+    by_level = [mean_pass(lambda r, lvl=lvl: r["difficulty"] == lvl) for lvl in range(1, 5)]
+    assert all(a > b for a, b in pairwise(by_level)), by_level
+    assert mean_pass(lambda r: r["quality"] == 0.0) < mean_pass(lambda r: r["quality"] == 1.0) - 0.2
+    # a realistic share of GRPO groups without signal: neither none nor most
+    summary = rollout_summary(rollouts)
+    assert 0.15 <= summary["zero_signal_share"] <= 0.45, summary
+    assert summary["n_all_pass"] > 0 and summary["n_all_fail"] > 0
+    # the simulated probabilities themselves: monotone in difficulty for every family
+    for task in DEMO_TASKS:
+        ps = [demo_pass_probability({"task": task, "difficulty": d}) for d in range(1, 5)]
+        assert all(0 < b < a < 1 for a, b in pairwise(ps)), task
+
+
+def test_demo_rollouts_reject_bad_records(tmp_path: Path) -> None:
+    with pytest.raises(StudioError, match=r"^demo record 2: field 'task' is missing"):
+        write_demo_rollouts(
+            tmp_path / "r.jsonl",
+            [{"id": "a", "task": "chain_sum", "difficulty": 1}, {"id": "b", "difficulty": 1}],
+        )
+    bad = tmp_path / "demo.jsonl"
+    bad.write_text('{"id": "a", "task": "chess", "difficulty": 1}\n', encoding="utf-8")
+    with pytest.raises(StudioError, match=r"^demo\.jsonl line 1: field 'task': 'chess'"):
+        write_demo_rollouts(tmp_path / "r.jsonl", bad)
+    with pytest.raises(StudioError, match="samples"):
+        write_demo_rollouts(tmp_path / "r.jsonl", [], samples=0)
