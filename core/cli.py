@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="render the prompt as a user message (and the response as the assistant's) with "
         "the tokenizer's chat template",
     )
+    sp.add_argument(
+        "--dense",
+        action="store_true",
+        help="also store the mean-pooled hidden state of the layer (d_model floats per example) "
+        "as the dense baseline the probes and clustering are compared against",
+    )
     sp.add_argument("--top-k", type=int, default=64, help="features kept per example")
     sp.add_argument("--batch-size", type=int, default=32)
     sp.add_argument("--chunk-size", type=int, default=512, help="examples per commit")
@@ -317,6 +323,7 @@ def run(args: argparse.Namespace) -> int:
             "pooling": args.pooling,
             "pool_over": args.pool_over,
             "chat_template": args.chat_template,
+            "dense": args.dense,
             "dtype": args.dtype,
             "top_k": args.top_k,
             "batch_size": args.batch_size,

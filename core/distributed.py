@@ -10,7 +10,8 @@ Statistics travel with their rows: every block's output carries that block's ``T
 frames (Arrow IPC in two binary columns of the block's first row) under a block key, and the
 driver merges them as it commits. A block is committed whole, with the merged statistics of
 everything committed so far, so after a crash the stored statistics match the stored features;
-a block a Ray retry wrote twice is loaded once.
+a block a Ray retry wrote twice is loaded once. With ``dense`` the rows carry their dense
+baseline vectors (a list<float32> column) through the shards into the store.
 
 Ray is an optional install: ``pip install -r requirements-ray.txt``.
 """
@@ -38,12 +39,12 @@ from core.errors import StudioError
 from core.store import Store
 
 RAY_MISSING = "featurize --ray needs Ray: pip install -r requirements-ray.txt"
-FEATURE_COLUMNS = ("example_id", "n_tokens", "truncated", "feature_ids", "values")
 TOP_N = 10  # top token occurrences kept per feature, as TokenStats' default
 _BLOCK = "block"  # block key: one per map call, on every row
 _BLOCK_ROWS = "block_rows"  # rows the block has (first row only)
 _STATS = "stats_ipc"  # the block's TokenStats stats frame (first row only)
 _TOP = "top_ipc"  # the block's TokenStats top-token frame (first row only)
+_BOOKKEEPING = (_BLOCK, _BLOCK_ROWS, _STATS, _TOP)  # shard columns that are not feature columns
 _DONE_MARKER = "_SUCCESS"  # written once the pipeline finished writing an attempt's shards
 # Environment a remote worker needs to load models the way the driver does.
 _ENV_PASSTHROUGH = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_TOKEN")
@@ -172,15 +173,17 @@ class Featurizer:
     """A Ray Data callable class: one per actor, model and SAE loaded once in ``__init__``.
 
     ``__call__`` featurizes one block (an Arrow table with ``id``, ``text`` and, when pooling
-    over responses, ``response``) and returns its rows (``FEATURE_SCHEMA`` columns plus the
-    block key) with the block's token statistics on the first row.
+    over responses, ``response``) and returns its rows (``FEATURE_SCHEMA`` columns, or
+    ``DENSE_FEATURE_SCHEMA``'s with ``dense``, plus the block key) with the block's token
+    statistics on the first row.
     """
 
     def __init__(self, spec: _ActorSpec) -> None:
-        from core.features import FeatureConfig
+        from core.features import DENSE_FEATURE_SCHEMA, FEATURE_SCHEMA, FeatureConfig
 
         self.lm, self.sae, _ = _load(spec)
         self.cfg = FeatureConfig(**spec.feature_config)
+        self.columns = (DENSE_FEATURE_SCHEMA if self.cfg.dense else FEATURE_SCHEMA).names
         self.d_sae = int(self.sae.cfg.d_sae)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -200,7 +203,7 @@ class Featurizer:
             stats=stats,
             **extra,
         )
-        out = pa.concat_tables(list(tables)).select(list(FEATURE_COLUMNS))
+        out = pa.concat_tables(list(tables)).select(self.columns)
         s, top = stats.to_frames()
         n = out.num_rows
         return (
@@ -284,7 +287,8 @@ class _Loader:
     def add_file(self, table: pa.Table) -> None:
         for key in pc.unique(table.column(_BLOCK)).to_pylist():
             rows = table.filter(pc.equal(table.column(_BLOCK), key))
-            self._pending_rows.setdefault(key, []).append(rows.select(list(FEATURE_COLUMNS)))
+            features = rows.drop_columns(list(_BOOKKEEPING))  # with dense when the run has it
+            self._pending_rows.setdefault(key, []).append(features)
             first = pc.index(rows.column(_BLOCK_ROWS).is_valid(), True).as_py()
             if first >= 0:
                 self._pending_blob[key] = (
@@ -443,6 +447,7 @@ def featurize_ray(
     pooling: str = "mean",
     pool_over: str = "prompt",
     chat_template: bool = False,
+    dense: bool = False,
     top_k: int = 64,
     batch_size: int = 32,
     max_length: int = 256,
@@ -488,6 +493,7 @@ def featurize_ray(
         "max_length": max_length,
         "pool_over": pool_over,
         "chat_template": chat_template,
+        "dense": dense,
     }
     FeatureConfig(layer=0, **options)  # validate the options before any loading
     ids, texts, responses = example_pairs(store, dataset, pool_over=pool_over)
@@ -532,6 +538,7 @@ def featurize_ray(
             pool_over=pool_over,
             chat_template=chat_template,
             dtype=found["dtype"],
+            dense=dense,
         )
         run_id, resumed = store.start_run(
             step="featurize", dataset=dataset, config=config, versions=versions(), resume=resume

@@ -5,6 +5,9 @@ tokens excluded; the prompt's, the response's or both), stored sparsely as its t
 (feature_id, value) pairs. ``TokenStats`` keeps, per feature, how often and how strongly it
 fires and the tokens where it fires most (with their character spans in the example's text), so
 a feature can be read ("fires on 'integral' in ex-12, ex-40...") without revisiting the data.
+Optionally (``FeatureConfig.dense``) each example also keeps its dense baseline: the mean over
+the same pooled tokens of the layer's hidden state (what the SAE encodes), d_model floats, so
+probes and clustering on SAE features can be compared against the plain activations.
 
 Tokenization runs on a background thread, one chunk ahead of the model, so the two overlap.
 """
@@ -49,6 +52,8 @@ FEATURE_SCHEMA = pa.schema(
         ("values", pa.list_(pa.float32())),
     ]
 )
+# With FeatureConfig.dense: also the mean of the layer's hidden state over the pooled tokens.
+DENSE_FEATURE_SCHEMA = FEATURE_SCHEMA.append(pa.field("dense", pa.list_(pa.float32())))
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,8 @@ class FeatureConfig:
     ``pooling``: mean, max or sum of each feature over the pooled tokens, or count (the number
     of tokens where it fires). ``pool_over``: the example's text (prompt), its response, or
     both. ``chat_template``: render the text as a user message with the tokenizer's template.
+    ``dense``: also keep the mean of the layer's hidden state over the same tokens (float32,
+    d_model per example), the dense baseline.
     """
 
     layer: int
@@ -68,6 +75,7 @@ class FeatureConfig:
     max_length: int = 256
     pool_over: PoolOver = "prompt"
     chat_template: bool = False
+    dense: bool = False
 
     def __post_init__(self) -> None:
         if self.pooling not in _POOLINGS:
@@ -117,7 +125,8 @@ def pool_segments(
     """Pool token codes [T, d_sae] per example at once: ``segment[t]`` is token t's example.
 
     Returns [n_segments, d_sae]; an example without tokens pools to zeros. SAE codes are
-    non-negative, so max pooling can start from zeros.
+    non-negative, so max pooling can start from zeros (mean, sum and count work for any rows,
+    e.g. the hidden states of the dense baseline).
     """
     out = torch.zeros(n_segments, codes.shape[1], dtype=codes.dtype, device=codes.device)
     if codes.shape[0] == 0:
@@ -401,7 +410,8 @@ def featurize_batches(
     chunk_size: int | None = None,
     responses: Sequence[str | None] | None = None,
 ) -> Iterator[pa.Table]:
-    """Yield feature tables (``FEATURE_SCHEMA``) in the input order, one per chunk of examples.
+    """Yield feature tables (``FEATURE_SCHEMA``, or ``DENSE_FEATURE_SCHEMA`` with
+    ``cfg.dense``) in the input order, one per chunk of examples.
 
     Within a chunk, examples are run in batches of similar length (less padding) and written
     back by index. Only blocks up to ``cfg.layer`` run. Memory holds about two chunks at a time
@@ -456,6 +466,7 @@ def _featurize_chunk(
     progress: Callable[[int], None] | None,
 ) -> pa.Table:
     """Featurize one tokenized chunk, length-bucketed, and return its rows in the chunk's order."""
+    schema = DENSE_FEATURE_SCHEMA if cfg.dense else FEATURE_SCHEMA
     order: list[int] = []
     parts: list[pa.Table] = []
     lengths = [len(e.ids) for e in encoded]
@@ -465,35 +476,51 @@ def _featurize_chunk(
         with torch.inference_mode():
             acts = layer_activations(lm, batch, layer=cfg.layer)
             keep = batch["keep"].to(acts.device)
-            codes = encode_tokens(sae, acts[keep])
+            kept = acts[keep]
+            codes = encode_tokens(sae, kept)
             segment = torch.nonzero(keep, as_tuple=True)[0].to(codes.device)
+            dense = None
+            if cfg.dense:
+                # Mean in float32 (bf16 sums lose digits). The copy to the host is only queued
+                # (no sync of its own): the blocking copies below on the same stream
+                # (segment.tolist(), topk_sparse) complete it before it is read.
+                seg = segment.to(kept.device)
+                mean = pool_segments(kept.float(), seg, len(idx), "mean")
+                dense = mean.to("cpu", non_blocking=True)
             pooled = pool_segments(codes, segment, len(idx), cfg.pooling)
             tokens = [t for e in members for t, k in zip(e.tokens, e.keep, strict=True) if k]
             token_examples = [example_ids[idx[s]] for s in segment.tolist()]
             stats.update(codes, tokens, token_examples, pooled, spans=batch["spans"][batch["keep"]])
             sparse = topk_sparse(pooled, cfg.top_k)
-        parts.append(
-            pa.table(
-                {
-                    "example_id": pa.array([example_ids[i] for i in idx], pa.string()),
-                    "n_tokens": pa.array(batch["keep"].sum(1).numpy(), pa.int32()),
-                    "truncated": pa.array(batch["truncated"].numpy(), pa.bool_()),
-                    "feature_ids": sparse["feature_ids"],
-                    "values": sparse["values"],
-                },
-                schema=FEATURE_SCHEMA,
-            )
-        )
+        columns = {
+            "example_id": pa.array([example_ids[i] for i in idx], pa.string()),
+            "n_tokens": pa.array(batch["keep"].sum(1).numpy(), pa.int32()),
+            "truncated": pa.array(batch["truncated"].numpy(), pa.bool_()),
+            "feature_ids": sparse["feature_ids"],
+            "values": sparse["values"],
+        }
+        if dense is not None:
+            columns["dense"] = rows_to_list_array(dense.numpy())
+        parts.append(pa.table(columns, schema=schema))
         order.extend(idx)
         if progress is not None:
             progress(len(idx))
     if not parts:
-        return FEATURE_SCHEMA.empty_table()
+        return schema.empty_table()
     table = pa.concat_tables(parts)
     # Position p of the concatenated table holds example order[p]; invert that permutation.
     inverse = np.empty(len(order), dtype=np.int64)
     inverse[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
     return table.take(pa.array(inverse))
+
+
+def rows_to_list_array(matrix: np.ndarray) -> pa.ListArray:
+    """A [n, d] matrix -> an Arrow list<float32> array of n rows of d values, without a
+    Python loop. Example: [[1, 2], [3, 4]] -> [[1.0, 2.0], [3.0, 4.0]]."""
+    n, d = matrix.shape
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * np.int32(d), pa.int32())
+    values = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1), pa.float32())
+    return pa.ListArray.from_arrays(offsets, values)
 
 
 def dense_from_sparse(ids_lists: Any, values_lists: Any, d_sae: int) -> sp.csr_matrix:

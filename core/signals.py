@@ -265,7 +265,7 @@ def category_columns(store: Store, dataset: str, ids: Sequence[str]) -> dict[str
     if tags.empty:
         return {}
     counts = tags.dropna(subset=["value"]).groupby("name")["value"].nunique()
-    names = [str(n) for n, c in counts.items() if c >= 2]
+    names = [str(n) for n, c in counts.to_dict().items() if int(c) >= 2]
     if not names:
         return {}
     views = Views(None, None, None)

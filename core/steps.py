@@ -363,6 +363,7 @@ def feature_run_config(
     pool_over: str,
     chat_template: bool,
     dtype: str,
+    dense: bool = False,
 ) -> dict[str, Any]:
     """The config a featurize run records: one function for both engines (single process and
     Ray), so runs with the same options are the same run and resume each other.
@@ -387,6 +388,8 @@ def feature_run_config(
         config["chat_template"] = True
     if dtype != "float32":
         config["dtype"] = dtype
+    if dense:
+        config["dense"] = True
     return config
 
 
@@ -403,6 +406,7 @@ def featurize(
     pooling: str = "mean",
     pool_over: str = "prompt",
     chat_template: bool = False,
+    dense: bool = False,
     top_k: int = 64,
     batch_size: int = 32,
     max_length: int = 256,
@@ -414,7 +418,8 @@ def featurize(
 ) -> int:
     """SAE features of every example: forward up to the layer only, SAE-encode each token on
     the model's device, pool over the non-special tokens of the prompt/response/both, keep the
-    top ``top_k`` as sparse pairs.
+    top ``top_k`` as sparse pairs. With ``dense``, also store each example's mean hidden state
+    of the layer over the same tokens (d_model floats), the dense baseline.
 
     The layer is ``layer``, else the ``hook`` name, else the SAE's own hook. Everything is
     checked (dataset, responses, model, SAE width and hook) before the run is recorded.
@@ -433,6 +438,7 @@ def featurize(
         batch_size=batch_size,
         max_length=max_length,
         pool_over=pool_over,  # type: ignore[arg-type]
+        dense=dense,
     )
     ids, texts, responses = example_pairs(store, dataset, pool_over=pool_over)
     lm = _load_for_activations(model, device=device, dtype=dtype)
@@ -455,6 +461,7 @@ def featurize(
         max_length=max_length,
         pool_over=pool_over,  # type: ignore[arg-type]
         chat_template=chat_template,
+        dense=dense,
     )
     info = sae_info(sae)
     config = feature_run_config(
@@ -467,6 +474,7 @@ def featurize(
         pool_over=pool_over,
         chat_template=chat_template,
         dtype=str(lm.model.dtype).removeprefix("torch."),
+        dense=dense,
     )
     run_id, resumed = store.start_run(
         step="featurize", dataset=dataset, config=config, versions=versions(), resume=resume
@@ -801,6 +809,7 @@ def build_demo(
         model=MINILM_HUB_ID,
         layer=DEMO_LAYER,
         sae_path=str(sae_dir),
+        dense=True,  # the demo shows the dense baseline beside the SAE features
         resume=False,
     )
     steps.update()

@@ -328,10 +328,12 @@ class Store:
         written by an older version of the tool: readers treat what a later migration adds
         (descriptions, char spans) as empty rather than refusing the file."""
         try:
-            row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+            # fetchall closes the result (fetchone would leave it open, and a later con.sql on
+            # this connection would then fail with "unfinished result")
+            rows = con.execute("SELECT max(version) FROM schema_version").fetchall()
         except duckdb.CatalogException:
             return 0
-        return int(row[0] or 0) if row else 0
+        return int(rows[0][0] or 0) if rows else 0
 
     def check_readable(self) -> None:
         """Raise a StudioError unless the file holds a schema this tool can read."""

@@ -1,5 +1,6 @@
-"""featurize on Ray Data (core/distributed.py): on a local 2-CPU Ray instance the stored features
-and statistics equal those of the single-process run, and the run config is the same one."""
+"""featurize on Ray Data (core/distributed.py): on a local 2-CPU Ray instance the stored features,
+dense baseline vectors and statistics equal those of the single-process run, and the run config
+is the same one."""
 
 from __future__ import annotations
 
@@ -10,9 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from core.distributed import length_sorted_blocks, merge_token_stats, plan_workers
+from core.distributed import (
+    _frame_to_ipc,
+    _Loader,
+    block_key,
+    length_sorted_blocks,
+    load_shards,
+    merge_token_stats,
+    plan_workers,
+)
 from core.errors import StudioError
 from core.store import Store
 from tests.conftest import run_cli
@@ -82,6 +93,43 @@ def _ingested(tmp_path: Path) -> Path:
     return db
 
 
+def test_shard_loader_keeps_the_dense_column(tmp_path):
+    """A shard written as the actors write them (no Ray needed): the dense vectors survive
+    Parquet and the bulk load."""
+    from core.features import DENSE_FEATURE_SCHEMA, rows_to_list_array
+
+    store = Store(_ingested(tmp_path))
+    ids = store.example_texts("d").column("id").to_pylist()[:3]
+    run_id, _ = store.start_run(step="featurize", dataset="d", config={"x": 1}, versions={})
+    vectors = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    stats, top = merge_token_stats([])
+    rows = pa.table(
+        {
+            "example_id": ids,
+            "n_tokens": pa.array([2, 3, 4], pa.int32()),
+            "truncated": [False] * 3,
+            "feature_ids": pa.array([[1], [], [2, 0]], pa.list_(pa.int32())),
+            "values": pa.array([[0.5], [], [0.2, 0.1]], pa.list_(pa.float32())),
+            "dense": rows_to_list_array(vectors),
+        },
+        schema=DENSE_FEATURE_SCHEMA,
+    )
+    shard = (
+        rows.append_column("block", pa.array([block_key(ids)] * 3))
+        .append_column("block_rows", pa.array([3, None, None], pa.int64()))
+        .append_column("stats_ipc", pa.array([_frame_to_ipc(stats), None, None], pa.binary()))
+        .append_column("top_ipc", pa.array([_frame_to_ipc(top), None, None], pa.binary()))
+    )
+    (tmp_path / "shards").mkdir()
+    pq.write_table(shard, tmp_path / "shards" / "part-0.parquet")
+    load_shards(
+        _Loader(store, run_id, stats=(stats, top), done=set(), chunk_rows=10), tmp_path / "shards"
+    )
+    got = store.dense_vectors(run_id)
+    assert got is not None and got[0] == ids
+    np.testing.assert_array_equal(got[1], vectors)
+
+
 def _by_example(store: Store, run_id: int) -> dict[str, dict[int, float]]:
     rows = store.features(run_id).to_pylist()
     return {r["example_id"]: dict(zip(r["feature_ids"], r["vals"], strict=True)) for r in rows}
@@ -102,6 +150,7 @@ def test_ray_featurize_equals_single_process(tmp_path, tiny_bert_dir, tiny_sae_d
         "layer": LAYER,
         "sae_path": str(tiny_sae_dir),
         "batch_size": 16,
+        "dense": True,  # the dense column must survive the Parquet shards and the bulk load
     }
     single, on_ray = Store(single_db), Store(ray_db)
     single_run = steps.featurize(single, **options)
@@ -113,6 +162,7 @@ def test_ray_featurize_equals_single_process(tmp_path, tiny_bert_dir, tiny_sae_d
     print(f"featurize_ray on {N_ROWS} rows, 2 actors: {time.perf_counter() - t0:.1f} s")
 
     assert on_ray.run(ray_run)["config"] == single.run(single_run)["config"]
+    assert on_ray.run(ray_run)["config"]["dense"] is True
     summary = on_ray.run(ray_run)["summary"]
     assert summary["engine"] == "ray" and summary["workers"] == 2
     assert summary["n_examples"] == N_ROWS
@@ -126,6 +176,10 @@ def test_ray_featurize_equals_single_process(tmp_path, tiny_bert_dir, tiny_sae_d
         np.testing.assert_allclose(
             [got[eid][f] for f in ids], [feats[f] for f in ids], rtol=1e-5, atol=1e-6
         )
+    dense_want, dense_got = single.dense_vectors(single_run), on_ray.dense_vectors(ray_run)
+    assert dense_want is not None and dense_got is not None
+    assert dense_got[0] == dense_want[0] and dense_want[1].shape == (N_ROWS, 64)
+    np.testing.assert_allclose(dense_got[1], dense_want[1], rtol=1e-5, atol=1e-6)
 
     (s_want, top_want), (s_got, top_got) = (
         single.feature_stats(single_run),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 
 from core.errors import StudioError
 from core.features import (
+    DENSE_FEATURE_SCHEMA,
     FEATURE_SCHEMA,
     FeatureConfig,
     TokenStats,
@@ -22,6 +24,7 @@ from core.features import (
     featurize_batches,
     pool,
     pool_segments,
+    rows_to_list_array,
     topk_sparse,
 )
 from core.models import full_forward_activations, tokenize_batch
@@ -78,8 +81,11 @@ def test_feature_config_validates_and_round_trips() -> None:
         FeatureConfig(layer=2, pool_over="answer")  # type: ignore[arg-type]
     with pytest.raises(StudioError, match="layer must be >= -1"):
         FeatureConfig(layer=-2)
-    full = FeatureConfig(layer=-1, pooling="count", pool_over="both", chat_template=True)
+    full = FeatureConfig(
+        layer=-1, pooling="count", pool_over="both", chat_template=True, dense=True
+    )
     assert FeatureConfig.from_dict(full.to_dict()) == full
+    assert full.to_dict()["dense"] is True and cfg.to_dict()["dense"] is False
     with pytest.raises(StudioError, match="top_k must be at least 1"):
         FeatureConfig(layer=2, top_k=0)
 
@@ -267,6 +273,60 @@ def test_featurize_pools_only_non_special_tokens(tiny_gpt2: Any, tiny_sae: Any) 
         got = dense_from_sparse(table["feature_ids"], table["values"], 256).toarray()[0]
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-6)
         assert table["n_tokens"][0].as_py() == int(real.sum()) == len(ids) - 2
+
+
+def test_rows_to_list_array() -> None:
+    matrix = np.arange(6, dtype=np.float64).reshape(3, 2)
+    arr = rows_to_list_array(matrix)
+    assert arr.type == pa.list_(pa.float32())
+    assert arr.to_pylist() == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+    assert rows_to_list_array(np.zeros((0, 4))).to_pylist() == []
+
+
+@pytest.mark.parametrize("layer", [-1, 1])
+def test_featurize_dense_is_the_mean_hidden_state_of_kept_tokens(
+    tiny_lm: Any, tiny_sae: Any, layer: int
+) -> None:
+    """The dense baseline equals transformers' hidden_states[L + 1] averaged over the pooled
+    (non-special) tokens of each text run alone; the sparse columns do not change."""
+    texts = [SENTENCES[i % 5] + " again" * (i % 3) for i in range(8)]
+    ids = [f"ex-{i}" for i in range(8)]
+    cfg = FeatureConfig(layer=layer, top_k=256, batch_size=3, dense=True)
+    table = pa.concat_tables(
+        featurize_batches(tiny_lm, tiny_sae, texts, ids, cfg, stats=TokenStats(256), chunk_size=5)
+    )
+    assert table.schema == DENSE_FEATURE_SCHEMA
+    assert table["example_id"].to_pylist() == ids
+    dense = np.asarray(table["dense"].to_pylist(), dtype=np.float32)
+    assert dense.shape == (8, tiny_lm.d_model)
+
+    for i, text in enumerate(texts):
+        batch = tokenize_batch(tiny_lm, [text], max_length=256)
+        with torch.inference_mode():
+            out = tiny_lm.model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                output_hidden_states=True,
+            )
+        keep = batch["keep"][0]
+        want = out.hidden_states[layer + 1][0][keep].mean(0).numpy()
+        np.testing.assert_allclose(dense[i], want, rtol=1e-4, atol=1e-5)
+        assert table["n_tokens"][i].as_py() == int(keep.sum())
+
+    plain = pa.concat_tables(
+        featurize_batches(
+            tiny_lm, tiny_sae, texts, ids, replace(cfg, dense=False), stats=TokenStats(256)
+        )
+    )
+    assert plain.schema == FEATURE_SCHEMA
+    for col in ("feature_ids", "n_tokens"):
+        assert table[col].to_pylist() == plain[col].to_pylist()
+    np.testing.assert_allclose(
+        dense_from_sparse(table["feature_ids"], table["values"], 256).toarray(),
+        dense_from_sparse(plain["feature_ids"], plain["values"], 256).toarray(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_featurize_flags_truncation_and_feeds_stats(tiny_bert: Any, tiny_sae: Any) -> None:

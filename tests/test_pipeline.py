@@ -58,6 +58,78 @@ def test_stored_features_equal_a_direct_computation(pipeline_db, tiny_bert, tiny
         assert row["n_tokens"] == int(keep.sum())
 
 
+def test_without_dense_no_baseline_is_stored(pipeline_db):
+    s = Store(pipeline_db)
+    run = s.views("demo").feature_run
+    assert run is not None
+    assert s.dense_vectors(run) is None
+    assert "dense" not in s.run(run)["config"]  # older runs (no key) still resume
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _StopAfter(Store):
+    """A store whose feature commits fail after the first ``n``: a run interrupted mid-way,
+    in this process."""
+
+    def __init__(self, path: Path, *, n: int) -> None:
+        super().__init__(path)
+        self.left = n
+
+    def write_feature_chunk(self, run_id, **kwargs) -> None:
+        if self.left == 0:
+            raise _Interrupted
+        self.left -= 1
+        super().write_feature_chunk(run_id, **kwargs)
+
+
+def test_dense_run_resumes_and_equals_an_uninterrupted_one(
+    pipeline_db, tiny_bert_dir, tiny_sae_dir, tmp_path
+):
+    import shutil
+
+    from core import steps
+
+    db = _copy(pipeline_db, tmp_path)
+    clean = tmp_path / "clean.duckdb"
+    shutil.copy(pipeline_db, clean)
+    plain_run = Store(db).latest_run(dataset="demo", step="featurize")
+    with pytest.raises(_Interrupted):
+        steps.featurize(
+            _StopAfter(db, n=2),
+            dataset="demo",
+            model=str(tiny_bert_dir),
+            layer=PIPELINE_LAYER,
+            sae_path=str(tiny_sae_dir),
+            chunk_size=64,
+            dense=True,
+        )
+    store = Store(db)
+    run_id = int(store.list_runs(step="featurize")["run_id"].iloc[0])
+    assert run_id != plain_run  # a dense run is another config: it never resumes a plain one
+    assert store.run(run_id)["status"] == "running"
+    assert store.run(run_id)["config"]["dense"] is True
+    partial = store.dense_vectors(run_id)
+    assert partial is not None and len(partial[0]) == 2 * 64
+
+    assert _featurize(db, tiny_bert_dir, tiny_sae_dir, "--layer", "1", "--dense") == 0
+    run = store.run(run_id)  # the CLI's --dense run is the same config, so it resumed
+    assert run["status"] == "done" and run["summary"]["resumed"] is True
+    assert _featurize(clean, tiny_bert_dir, tiny_sae_dir, "--layer", "1", "--dense") == 0
+    clean_run = Store(clean).latest_run(dataset="demo", step="featurize")
+    assert clean_run is not None
+    assert Store(clean).run(clean_run)["config"] == run["config"]
+
+    got, want = store.dense_vectors(run_id), Store(clean).dense_vectors(clean_run)
+    assert got is not None and want is not None
+    assert got[0] == want[0] == store.example_texts("demo").column("id").to_pylist()
+    assert got[1].shape == (PIPELINE_ROWS, 64) and got[1].dtype == np.float32
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+    assert _features(db, run_id) == _features(clean, clean_run)
+
+
 def test_export_via_cli_is_filtered_ordered_and_reproducible(pipeline_db, tmp_path):
     out = tmp_path / "train.jsonl"
     args = [
