@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from core.errors import StudioError
 
@@ -26,6 +27,30 @@ def _mapping(items: Sequence[str]) -> dict[str, str]:
             raise StudioError(f"--map {item!r}: expected FIELD=COLUMN, e.g. --map prompt=question")
         out[field.strip()] = column.strip()
     return out
+
+
+def _names(text: str | None) -> list[str]:
+    """'dense,tfidf' -> ['dense', 'tfidf']; 'none' or '' -> []."""
+    if not text or text.strip().lower() == "none":
+        return []
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _range(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(p) for p in text.split(","))
+    except ValueError as exc:
+        raise StudioError(f"--range {text!r}: expected LO,HI (two numbers)") from exc
+    if lo > hi:
+        raise StudioError(f"--range {text!r}: LO is above HI")
+    return lo, hi
+
+
+def _table(df: Any) -> str:
+    """A frame as aligned text, numbers to 3 decimals."""
+    return df.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,6 +218,80 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--feature-run", type=int, help="feature run id (default: the latest)")
+
+    sp.add_argument(
+        "--baselines",
+        default="dense,tfidf",
+        metavar="NAMES|none",
+        help="also cluster these representations with the same k and store how each compares "
+        "(silhouette, NMI/AMI against the dataset's tags): dense (needs featurize --dense), "
+        "tfidf; 'none' skips them",
+    )
+
+    for signal, kinds, higher, label_help in (
+        (
+            "difficulty",
+            ["elasticnet", "ridge"],
+            ["harder", "easier"],
+            "the label to learn: a difficulty column, or pass_rate from `rollouts`",
+        ),
+        (
+            "quality",
+            ["logistic", "ridge"],
+            ["better", "worse"],
+            "the label to learn: 0/1 (1 = good; e.g. quality_mark from the app) or a score",
+        ),
+    ):
+        sp = cmd(
+            signal,
+            f"Train the {signal} probe on SAE features, score every example, store the "
+            "cross-validated evidence beside the baselines.",
+        )
+        sp.add_argument("--dataset", required=True)
+        sp.add_argument("--label", required=True, help=label_help)
+        sp.add_argument(
+            "--kind",
+            choices=kinds,
+            help=f"probe (default: {kinds[0]}"
+            + (" for a 0/1 label, ridge for a score)" if signal == "quality" else ")"),
+        )
+        sp.add_argument("--name", help="score column name (default: LABEL_proxy)")
+        sp.add_argument(
+            "--higher",
+            choices=higher,
+            help="what a higher label means (default: "
+            + ("easier for pass* labels, else harder)" if signal == "difficulty" else "better)"),
+        )
+        sp.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--min-labels", type=int, default=20, help="fewest labelled examples")
+        sp.add_argument(
+            "--range", metavar="LO,HI", help="valid label range; a label outside is an error"
+        )
+        sp.add_argument(
+            "--baselines",
+            default="dense,tfidf",
+            metavar="NAMES|none",
+            help="the same probe on these representations, in the same run: dense (needs "
+            "featurize --dense), tfidf; 'none' skips them",
+        )
+        sp.add_argument("--feature-run", type=int, help="feature run id (default: the latest)")
+
+    sp = cmd(
+        "rollouts",
+        "Ingest rollout results (n samples per prompt, pass/fail): pass_rate, pass_at_k, "
+        "zero_signal become labels.",
+    )
+    sp.add_argument(
+        "path",
+        help="JSONL/JSON/CSV/Parquet: {id, passed} per rollout, {id, passes: [1,0,..]} or "
+        "{id, n, n_pass} per prompt, or {id, reward} with --threshold",
+    )
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--k", default="1,4,8", metavar="K,K,...", help="pass@k values to compute")
+    sp.add_argument("--threshold", type=float, help="reward at or above which a rollout passes")
+    sp.add_argument("--id-field", default="id", help="field holding the example id")
+    sp.add_argument("--source", help="where the rollouts come from (shown in the app)")
 
     sp = cmd("dedup", "Group near-duplicate examples (cosine of SAE vectors >= threshold).")
     sp.add_argument("--dataset", required=True)
@@ -363,11 +462,65 @@ def run(args: argparse.Namespace) -> int:
             dataset=args.dataset,
             cfg=ClusterConfig(k=args.k, seed=args.seed, sweep=sweep),
             feature_run=args.feature_run,
+            baselines=_names(args.baselines),
         )
-        for point in store.run(run_id)["summary"].get("sweep", []):
+        summary = store.run(run_id)["summary"]
+        for point in summary.get("sweep", []):
             print(f"k={point['k']:3d}  silhouette {point['silhouette']:.4f}")
         for row in store.clusters(run_id).itertuples():
             print(f"cluster {row.cluster:3d}  {row.size:6d}  {row.label}")
+        if "baselines" in summary:
+            from core.signals import clustering_table
+
+            print(_table(clustering_table(summary["baselines"])))
+    elif args.command in ("difficulty", "quality"):
+        from core.signals import evidence_table, probe
+
+        run_id = probe(
+            store,
+            dataset=args.dataset,
+            signal=args.command,
+            label=args.label,
+            kind=args.kind,
+            name=args.name,
+            higher_is=args.higher,
+            folds=args.folds,
+            seed=args.seed,
+            min_labels=args.min_labels,
+            value_range=_range(args.range),
+            baselines=_names(args.baselines),
+            feature_run=args.feature_run,
+        )
+        run = store.run(run_id)
+        s = run["summary"]
+        print(
+            f"{args.command} probe run {run_id}: {s['kind']} on '{s['label']}', "
+            f"{s['n_labelled']} labelled of {s['n_examples']}; scores stored as column "
+            f"'{run['config']['name']}' ({s['seconds']} s)"
+        )
+        print(_table(evidence_table(s)))
+    elif args.command == "rollouts":
+        from core.signals import ingest_rollouts
+
+        try:
+            ks = [int(k) for k in _names(args.k)]
+        except ValueError as exc:
+            raise StudioError(f"--k {args.k!r}: expected whole numbers like 1,4,8") from exc
+        s = ingest_rollouts(
+            store,
+            dataset=args.dataset,
+            path=args.path,
+            ks=ks,
+            threshold=args.threshold,
+            id_field=args.id_field,
+            source=args.source,
+        )
+        print(
+            f"rollouts: {s['n_rollouts']} for {s['n_prompts']} prompts, mean pass rate "
+            f"{s['mean_pass_rate']:.3f}; zero-signal (all pass or all fail) "
+            f"{s['zero_signal_share']:.1%} ({s['n_all_pass']} all pass, {s['n_all_fail']} all "
+            "fail); labels n_rollouts, pass_rate, pass_at_k, zero_signal"
+        )
     elif args.command == "dedup":
         run_id = steps.dedup(
             store, dataset=args.dataset, threshold=args.threshold, feature_run=args.feature_run

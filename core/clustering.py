@@ -57,6 +57,14 @@ class ClusterResult:
     inertia: float
 
 
+def check_k(k: int, n: int) -> None:
+    """A clear error for a k that cannot cluster ``n`` examples."""
+    if k < 2:
+        raise StudioError(f"k must be at least 2, got {k}")
+    if k > n:
+        raise StudioError(f"k={k} is larger than the dataset's {n} examples: pick k <= {n}")
+
+
 def default_k(n: int) -> int:
     """A size-aware default: about sqrt(n/20) clusters, between 2 and 50 (3,000 rows -> 12)."""
     return int(min(50, max(2, round(math.sqrt(n / 20)))))

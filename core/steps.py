@@ -30,6 +30,7 @@ from core.clustering import (
     ClusterConfig,
     auto_ks,
     best_k,
+    check_k,
     cluster_label,
     default_k,
     distinctive_features,
@@ -562,23 +563,47 @@ def _need_feature_run(store: Store, dataset: str, feature_run: int | None) -> in
 
 
 def cluster(
-    store: Store, *, dataset: str, cfg: ClusterConfig, feature_run: int | None = None
+    store: Store,
+    *,
+    dataset: str,
+    cfg: ClusterConfig,
+    feature_run: int | None = None,
+    baselines: Sequence[str] = (),
 ) -> int:
-    """k-means in SAE space; each cluster labelled by its most distinctive features. With
+    """k-means in SAE space; each cluster labelled by its most distinctive features (named by
+    their imported descriptions where the run has them, else their top tokens). With
     ``cfg.sweep`` the silhouette of each k is stored in the run's summary, and without ``cfg.k``
-    the best k is used."""
+    the best k is used. ``baselines`` ("dense", "tfidf") clusters those representations with
+    the same k and stores how each compares (silhouette, NMI/AMI against the dataset's tags)."""
     fr = _need_feature_run(store, dataset, feature_run)
     ids, X = feature_matrix(store, fr)
+    if cfg.k is not None:
+        check_k(cfg.k, len(ids))
     sweep: list[dict[str, float]] | None = None
     ks: list[int] | None = None
     if cfg.sweep is not None:
         ks = auto_ks(len(ids)) if cfg.sweep == "auto" else list(cfg.sweep)
+        for k_ in ks:
+            check_k(k_, len(ids))
         sweep = sweep_k(X, ks, seed=cfg.seed, sample=cfg.sweep_sample, n_init=cfg.n_init)
     k = cfg.k or (best_k(sweep) if sweep else default_k(len(ids)))
     res = kmeans_clusters(X, k=k, seed=cfg.seed, n_init=cfg.n_init)
     top = distinctive_features(X, res.labels, k=k, top_n=cfg.top_features)
     _, top_tokens = store.feature_stats(fr)
-    names = feature_names(_tokens_by_feature(top_tokens))
+    names = feature_names(_tokens_by_feature(top_tokens), descriptions=store.descriptions(fr))
+    evidence = None
+    if baselines:
+        from core.signals import cluster_evidence
+
+        evidence = cluster_evidence(
+            store,
+            dataset=dataset,
+            feature_run=fr,
+            labels=res.labels,
+            k=k,
+            seed=cfg.seed,
+            baselines=baselines,
+        )
     sizes = np.bincount(res.labels, minlength=k)
     clusters = pd.DataFrame(
         {
@@ -603,6 +628,7 @@ def cluster(
             "inertia": res.inertia,
             "sizes": sizes.tolist(),
             **({"sweep": sweep} if sweep is not None else {}),
+            **({"baselines": evidence} if evidence is not None else {}),
         },
         assignments=pa.table({"example_id": ids, "cluster": pa.array(res.labels, pa.int32())}),
         clusters=clusters,
@@ -768,9 +794,11 @@ def build_demo(
     epochs: int = 2,
 ) -> Path:
     """Build the demo database from scratch: reasoning-gym prompts -> ingest -> train an SAE on
-    MiniLM layer 3 -> featurize -> cluster -> project. Written to a temp file, renamed at the end,
+    MiniLM layer 3 -> featurize (with the dense baseline) -> cluster (k sweep, baselines) ->
+    near-duplicates -> simulated rollouts -> difficulty and quality probes -> project. Written to a temp file, renamed at the end,
     so an interrupted build never leaves a half-built demo behind."""
-    from core.demo_data import write_demo_jsonl
+    from core.demo_data import DEMO_ROLLOUT_SOURCE, write_demo_jsonl, write_demo_rollouts
+    from core.signals import ingest_rollouts, probe
 
     db = Path(db)
     work = Path(work)
@@ -779,7 +807,7 @@ def build_demo(
     for p in (tmp, tmp.with_name(tmp.name + ".wal")):
         p.unlink(missing_ok=True)
     store = Store(tmp)
-    steps = tqdm(total=6, desc="demo", unit="step", position=0)
+    steps = tqdm(total=10, desc="demo", unit="step", position=0)
     steps.set_postfix_str("generate problems")
     jsonl = write_demo_jsonl(work / "demo.jsonl", n=n, seed=seed)
     steps.update()
@@ -813,8 +841,26 @@ def build_demo(
         resume=False,
     )
     steps.update()
-    steps.set_postfix_str("cluster")
-    cluster(store, dataset="demo", cfg=ClusterConfig(seed=seed))
+    steps.set_postfix_str("cluster (k sweep, baselines)")
+    cluster(
+        store,
+        dataset="demo",
+        cfg=ClusterConfig(seed=seed, sweep="auto"),
+        baselines=("dense", "tfidf"),
+    )
+    steps.update()
+    steps.set_postfix_str("near-duplicates")
+    dedup(store, dataset="demo")
+    steps.update()
+    steps.set_postfix_str("rollouts (simulated)")
+    rollouts = write_demo_rollouts(work / "rollouts.jsonl", jsonl, seed=seed)
+    ingest_rollouts(store, dataset="demo", path=rollouts, source=DEMO_ROLLOUT_SOURCE)
+    steps.update()
+    steps.set_postfix_str("difficulty probe")
+    probe(store, dataset="demo", signal="difficulty", label="difficulty", seed=seed)
+    steps.update()
+    steps.set_postfix_str("quality probe")
+    probe(store, dataset="demo", signal="quality", label="quality", seed=seed)
     steps.update()
     steps.set_postfix_str("project (UMAP)")
     project(store, dataset="demo", cfg=ProjectConfig(seed=seed))

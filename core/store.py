@@ -475,7 +475,7 @@ class Store:
     def labels(self, dataset: str, name: str) -> pa.Table:
         """(example_id, value) of one label, in ingest order."""
         with self.connect() as con:
-            return con.execute(
+            return con.sql(
                 "SELECT e.id AS example_id, l.value FROM labels l JOIN examples e "
                 "ON e.dataset = l.dataset AND e.id = l.example_id "
                 "WHERE l.dataset = ? AND l.name = ? ORDER BY e.idx",
@@ -931,7 +931,7 @@ class Store:
         with self.transaction() as con:
             con.register("_v", values)
             row = con.execute(
-                "SELECT any_value(v.example_id), count(*) FROM _v "
+                "SELECT any_value(v.example_id), count(*) FROM _v v "
                 "LEFT JOIN examples e ON e.dataset = ? AND e.id = v.example_id WHERE e.id IS NULL",
                 [dataset],
             ).fetchone()

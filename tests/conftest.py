@@ -239,7 +239,7 @@ def run_cli(*argv: str) -> int:
 def pipeline_db(
     tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, tiny_sae_dir: Path
 ) -> Path:
-    from core.demo_data import write_demo_jsonl
+    from core.demo_data import DEMO_ROLLOUT_SOURCE, write_demo_jsonl, write_demo_rollouts
 
     folder = tmp_path_factory.mktemp("pipeline")
     data = write_demo_jsonl(folder / "demo.jsonl", n=PIPELINE_ROWS, seed=0)
@@ -258,11 +258,18 @@ def pipeline_db(
             str(tiny_sae_dir),
             "--chunk-size",
             "64",
+            "--dense",
             "--db",
             db,
         )
         == 0
     )
     assert run_cli("cluster", "--dataset", "demo", "--k", "4", "--db", db) == 0
+    assert run_cli("dedup", "--dataset", "demo", "--db", db) == 0
+    rollouts = write_demo_rollouts(folder / "rollouts.jsonl", data, seed=0)
+    source = ("--source", DEMO_ROLLOUT_SOURCE)
+    assert run_cli("rollouts", str(rollouts), "--dataset", "demo", *source, "--db", db) == 0
+    for signal, label in (("difficulty", "difficulty"), ("quality", "quality")):
+        assert run_cli(signal, "--dataset", "demo", "--label", label, "--db", db) == 0
     assert run_cli("project", "--dataset", "demo", "--db", db) == 0
     return Path(db)
