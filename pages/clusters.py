@@ -4,6 +4,7 @@ near-duplicate groups, and one cluster's examples on a small map."""
 import pandas as pd
 import streamlit as st
 
+from core.signals import clustering_table
 from pages.charts import map_figure, sweep_figure
 from pages.common import (
     guarded,
@@ -95,6 +96,34 @@ def render() -> None:
         if dups is not None and not dups.empty:
             st.markdown("**Largest near-duplicate groups**")
             st.dataframe(dups, key="clusters_dups", hide_index=True, width="stretch", height=240)
+
+    evidence = run["summary"].get("baselines")
+    if evidence:
+        st.markdown("**SAE clusters beside the baselines** (same k-means, same k)")
+        st.dataframe(
+            clustering_table(evidence),
+            key="clusters_evidence",
+            hide_index=True,
+            width="stretch",
+            column_config={
+                c: st.column_config.NumberColumn(format="%.3f")
+                for c in clustering_table(evidence).columns
+                if c not in ("representation", "note")
+            },
+        )
+        cats = ", ".join(evidence.get("categories", [])) or "none"
+        st.caption(
+            "Silhouette (cosine, seeded sample) is measured in each representation's own space, "
+            "so compare it within a row, not across rows. NMI/AMI measure how well the clusters "
+            f"recover the dataset's categorical tags ({cats}): 1 = the same partition, "
+            "0 = unrelated. Dense = mean-pooled hidden state of the feature run's layer; "
+            "TF-IDF = word uni- and bigrams of the text."
+        )
+    else:
+        st.caption(
+            "No baseline comparison in this clustering: `python -m core cluster --dataset "
+            f"{dataset} --baselines dense,tfidf`."
+        )
 
     rows = event.selection.rows if event and event.selection else []
     options = summary["cluster"].tolist()

@@ -18,6 +18,11 @@ def app(pipeline_db, monkeypatch):
     return at
 
 
+def _frame(at: AppTest, column: str):
+    """The first dataframe with that column (plain dataframes keep no key in AppTest)."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
 def _ok(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
@@ -130,27 +135,57 @@ def test_clusters_page_without_and_with_sweep_and_dedup(app, pipeline_db, tmp_pa
 
     app.switch_page("pages/clusters.py").run()
     _ok(app)
-    assert app.metric[0].value == "4"  # pipeline_db: --k 4, no sweep, no dedup
-    assert app.metric[2].value == "–"
+    assert app.metric[0].value == "4"  # pipeline_db: --k 4, no sweep, a dedup run
+    assert app.metric[2].value != "–"
     assert any("--sweep auto" in i.value for i in app.info)
+    evidence = _frame(app, "NMI vs task")
+    assert len(evidence) == 3 and "NMI vs task" in evidence.columns
     table = app.dataframe(key="clusters_table").value
     assert int(table["size"].sum()) == 200
     assert {"mean_difficulty", "mean_quality"} <= set(table.columns)
     assert app.get("plotly_chart"), "the cluster's map is drawn"
     app.selectbox(key="clusters_pick").select(2).run()
     _ok(app)
-    shown = next(d.value for d in app.dataframe if "prompt" in d.value.columns)
+    shown = _frame(app, "difficulty")
     assert len(shown) == int(table.loc[table["cluster"] == 2, "size"].iloc[0])
 
     db = tmp_path / "copy.duckdb"
     shutil.copy(pipeline_db, db)
     assert run_cli("cluster", "--dataset", "demo", "--sweep", "2,3,4", "--db", str(db)) == 0
-    assert run_cli("dedup", "--dataset", "demo", "--threshold", "0.99", "--db", str(db)) == 0
     monkeypatch.setenv("SAERL_DB", str(db))
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
     at.switch_page("pages/clusters.py").run()
     _ok(at)
-    assert at.metric[2].value != "–"
     assert len(at.get("plotly_chart")) == 2  # the sweep and the cluster's map
     assert "n_duplicates" in at.dataframe(key="clusters_table").value.columns
+
+
+def test_difficulty_page_shows_evidence_and_rollouts(app):
+    app.switch_page("pages/difficulty.py").run()
+    _ok(app)
+    labels = [m.label for m in app.metric]
+    assert "R² (cross-validated)" in labels and "Zero-signal prompts" in labels
+    evidence = _frame(app, "representation")
+    assert len(evidence) == 3  # SAE, dense, TF-IDF
+    # histogram, proxy-vs-label scatter, per-cluster box, zero-signal share per cluster
+    assert len(app.get("plotly_chart")) == 4
+    zero = _frame(app, "n_rollouts")
+    assert len(zero) > 0 and set(zero["pass_rate"]) <= {0.0, 1.0}
+    assert any("SIMULATED" in c.value.upper() for c in app.caption)
+
+
+def test_quality_threshold_lists_what_it_removes(app):
+    app.switch_page("pages/quality.py").run()
+    _ok(app)
+    assert "AUC" in [m.label for m in app.metric]
+    slider = next(s for s in app.slider if s.key and s.key.startswith("quality_threshold"))
+    counts = []
+    for t in (0.3, 0.7):
+        slider.set_value(t).run()
+        _ok(app)
+        removed = _frame(app, "score")
+        assert int(app.metric[4].value.replace(",", "")) == len(removed)
+        assert (removed["score"] < t).all()
+        counts.append(len(removed))
+    assert counts[0] <= counts[1]
