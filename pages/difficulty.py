@@ -97,7 +97,7 @@ def render() -> None:
                 key="diff_scatter",
                 width="stretch",
             )
-            if frame["cluster"].notna().any():
+            if bool(frame["cluster"].notna().any()):
                 st.plotly_chart(
                     cluster_box(frame, score="score", labels=labels, title=f"{name} per cluster"),
                     key="diff_box",

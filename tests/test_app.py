@@ -186,6 +186,6 @@ def test_quality_threshold_lists_what_it_removes(app):
         _ok(app)
         removed = _frame(app, "score")
         assert int(app.metric[4].value.replace(",", "")) == len(removed)
-        assert (removed["score"] < t).all()
+        assert bool((removed["score"] < t).all())
         counts.append(len(removed))
     assert counts[0] <= counts[1]

@@ -50,7 +50,7 @@ def test_probe_runs_carry_evidence_for_every_representation(pipeline_db):
     assert "auc" in qual["summary"]["metrics"]["in_distribution"]
     # scores: one per example, oof exactly where labelled (every demo row is labelled)
     scores = s.probe_scores(names["difficulty_proxy"])
-    assert len(scores) == PIPELINE_ROWS and scores["oof"].notna().all()
+    assert len(scores) == PIPELINE_ROWS and bool(scores["oof"].notna().all())
     assert np.isfinite(scores["value"]).all()
 
 
@@ -139,7 +139,8 @@ def test_marks_train_a_probe(db):
     run = s.run(rid)
     assert run["summary"]["n_labelled"] == len(bad) + len(good)
     scores = s.probe_scores(rid)
-    assert scores["oof"].notna().sum() == len(bad) + len(good) and len(scores) == PIPELINE_ROWS
+    assert int(scores["oof"].notna().sum()) == len(bad) + len(good)
+    assert len(scores) == PIPELINE_ROWS
     assert "quality_mark_proxy" in dict(s.views("demo").score_runs)
     # a NULL value removes a mark; unknown ids are an error and change nothing
     s.set_labels("demo", "quality_mark", pa.table({"example_id": [bad[0]], "value": [None]}))
