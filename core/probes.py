@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -32,6 +33,7 @@ import numpy as np
 from scipy import sparse
 from scipy.stats import spearmanr
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import ElasticNet, LogisticRegression, RidgeCV
 from sklearn.metrics import (
@@ -221,8 +223,22 @@ def _fit_checked(
 ) -> ProbeResult:
     # Hundreds of small solves: BLAS threads cost more in wake-ups than they save (10x slower
     # on 2 busy cores), so they are held to one here and restored after.
-    with threadpool_limits(limits=1, user_api="blas"):
-        return _fit_rows(X, y, mask, cfg=cfg, groups=groups)
+    # Along a path, the weakest penalties may stop short of the solver's tolerance; those fits
+    # are still scored (inner CV rarely picks them). Their count is reported in ``params``
+    # instead of a screenful of warnings.
+    with (
+        threadpool_limits(limits=1, user_api="blas"),
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always", ConvergenceWarning)
+        res = _fit_rows(X, y, mask, cfg=cfg, groups=groups)
+    for w in caught:
+        if not issubclass(w.category, ConvergenceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    res.params["not_converged_fits"] = sum(
+        issubclass(w.category, ConvergenceWarning) for w in caught
+    )
+    return res
 
 
 def _fit_rows(

@@ -58,12 +58,18 @@ def test_stored_features_equal_a_direct_computation(pipeline_db, tiny_bert, tiny
         assert row["n_tokens"] == int(keep.sum())
 
 
-def test_without_dense_no_baseline_is_stored(pipeline_db):
-    s = Store(pipeline_db)
+def test_without_dense_no_baseline_is_stored(pipeline_db, tmp_path, tiny_bert_dir, tiny_sae_dir):
+    db = str(_copy(pipeline_db, tmp_path))
+    dense_run = Store(db).views("demo").feature_run
+    args = ["--model", str(tiny_bert_dir), "--layer", str(PIPELINE_LAYER)]
+    args += ["--sae-path", str(tiny_sae_dir), "--db", db]
+    assert run_cli("featurize", "--dataset", "demo", *args) == 0
+    s = Store(db)
     run = s.views("demo").feature_run
-    assert run is not None
+    assert run is not None and run != dense_run  # a plain run never resumes a dense one
     assert s.dense_vectors(run) is None
     assert "dense" not in s.run(run)["config"]  # older runs (no key) still resume
+    assert s.dense_vectors(dense_run or 0) is not None
 
 
 class _Interrupted(Exception):
@@ -457,7 +463,7 @@ def test_cluster_sweep_picks_k_and_stores_the_scores(pipeline_db, tmp_path, caps
     db = str(_copy(pipeline_db, tmp_path))
     assert run_cli("cluster", "--dataset", "demo", "--sweep", "2,3,5", "--db", db) == 0
     out = capsys.readouterr().out
-    assert out.count("silhouette") == 3
+    assert out.count("k=") == 3 and "TF-IDF of the text" in out  # the sweep, the baselines
     s = Store(db)
     run = s.run(s.views("demo").cluster_run or 0)
     sweep = run["summary"]["sweep"]
@@ -465,7 +471,7 @@ def test_cluster_sweep_picks_k_and_stores_the_scores(pipeline_db, tmp_path, caps
     best = max(sweep, key=lambda p: p["silhouette"])["k"]
     assert run["summary"]["k"] == best == len(s.clusters(run["run_id"]))
     assert run_cli("cluster", "--dataset", "demo", "--sweep", "2,500", "--db", db) == 2
-    assert "k=500 needs" in capsys.readouterr().err
+    assert "k=500 is larger than" in capsys.readouterr().err
 
 
 def test_dedup_cli_groups_repeated_prompts_and_filters_them(
