@@ -56,12 +56,12 @@ from core.errors import StudioError
 ProbeKind = Literal["elasticnet", "logistic", "ridge"]
 
 INNER_FOLDS = 3  # hyperparameter search inside each outer fold
-L1_RATIOS = (0.1, 0.5, 0.9, 1.0)
+L1_RATIOS = (0.1, 0.5, 0.9)
 N_ALPHAS = 12  # elastic net: data-driven alpha path, from alpha_max down to alpha_max / 1000
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 8))
 LOGISTIC_CS = tuple(float(c) for c in np.logspace(-5, 2, 15))
 PATIENCE = 3  # path steps past the best inner score before a path stops
-MAX_ITER = 5000
+MAX_ITER = 1000
 TOP_WEIGHTS = 20
 
 
@@ -428,9 +428,13 @@ class PathCV(BaseEstimator):
         elif self.kind == "logistic":
             model = LogisticRegression(class_weight="balanced", max_iter=MAX_ITER, warm_start=True)
         else:
-            # tol is on the duality gap relative to ||y||^2: 1e-3 picks the same alphas as 1e-4
-            # on our benchmarks, in two thirds of the time
-            model = ElasticNet(max_iter=MAX_ITER, tol=1e-3, warm_start=True)
+            # tol is on the duality gap relative to ||y||^2. On the demo's SAE features (n ~ d,
+            # strong signal, best alpha near the weak end) 1e-3 with cyclic updates left 42 fits
+            # unconverged at 5,000 sweeps (287 s); 1e-2 with random updates converges in all but
+            # one and gives the same R^2 to 3 decimals in 11 s.
+            model = ElasticNet(
+                max_iter=MAX_ITER, tol=1e-2, warm_start=True, selection="random", random_state=0
+            )
         return model.set_params(**params)
 
     def _validate(self, model: Any, X: Any, y: np.ndarray) -> float:
