@@ -191,6 +191,7 @@ def score_histogram(
     title: str,
     color: str | None = None,
     threshold: float | None = None,
+    label: str | None = None,
 ) -> go.Figure:
     """Distribution of a probe score, optionally split by a label and with a threshold line."""
     import plotly.express as px
@@ -198,12 +199,26 @@ def score_histogram(
     frame = df.copy()
     if color is not None:
         frame[color] = frame[color].map(lambda v: "unlabelled" if pd.isna(v) else f"{v:g}")
+    # split by a label, each group is normalised to its own size: a rare class (bad items)
+    # would otherwise be invisible beside the common one
     fig = px.histogram(
-        frame, x=score, color=color, nbins=50, barmode="overlay", opacity=0.7, title=title
+        frame,
+        x=score,
+        color=color,
+        nbins=50,
+        barmode="overlay",
+        opacity=0.7,
+        title=title,
+        histnorm="percent" if color is not None else None,
     )
     if threshold is not None:
         fig.add_vline(x=threshold, line_color="#d62728", line_dash="dash")
-    fig.update_layout(height=280, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    fig.update_layout(
+        height=280,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        xaxis_title=label or score,
+        yaxis_title=f"% of rows with that {color}" if color is not None else "examples",
+    )
     return fig
 
 

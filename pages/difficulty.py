@@ -88,7 +88,7 @@ def render() -> None:
             )
             left, right = st.columns(2)
             left.plotly_chart(
-                score_histogram(frame, score="score", title=f"{name}: all examples"),
+                score_histogram(frame, score="score", title=f"{name}: all examples", label=name),
                 key="diff_hist",
                 width="stretch",
             )

@@ -130,8 +130,11 @@ def render() -> None:
 
     if not ranges.empty:
         all_rows = load_export_rows(path, tok, dataset, (), None, ExportConfig())
-        hcols = st.columns(min(3, len(ranges)))
-        for i, name in enumerate(ranges["name"][:3]):
+        # probe scores first, then labels; a constant column has nothing to show
+        shown = ranges[ranges["min"] < ranges["max"]].sort_values("kind", ascending=False)
+        names = shown["name"].tolist()[:3]
+        hcols = st.columns(max(1, len(names)))
+        for i, name in enumerate(names):
             hcols[i].plotly_chart(
                 histogram(all_rows[name], title=f"{name}: all vs exported", selected=df[name]),
                 width="stretch",

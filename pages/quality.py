@@ -67,7 +67,12 @@ def _threshold(frame: pd.DataFrame, run: dict, label: str) -> None:
     )
     st.plotly_chart(
         score_histogram(
-            frame, score="score", color=label, threshold=t, title=f"{name} by label {label}"
+            frame,
+            score="score",
+            color=label,
+            threshold=t,
+            title=f"{name} by label {label}",
+            label=name,
         ),
         key="quality_hist",
         width="stretch",
@@ -121,7 +126,8 @@ def _marks(dataset: str, path: str, tok: tuple[float, float], frame: pd.DataFram
         height=300,
         disabled=[c for c in table.columns if c != "mark"],
         column_config={
-            "mark": st.column_config.SelectboxColumn(options=["", "good", "bad"], required=False)
+            "mark": st.column_config.SelectboxColumn(options=["", "good", "bad"], required=False),
+            "score": st.column_config.NumberColumn(format="%.3g"),
         },
     )
     marked = edited[edited["mark"].isin(list(MARK_VALUES))]
