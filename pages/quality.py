@@ -16,6 +16,7 @@ from pages.common import (
     load_probe_frame,
     open_dataset,
     store,
+    token,
 )
 from pages.evidence import pick_probe_run, show_evidence, weights_table
 
@@ -144,7 +145,8 @@ def _marks(dataset: str, path: str, tok: tuple[float, float], frame: pd.DataFram
             st.success(f"Saved {len(marked)} marks as label `{MARK}`.")
         except StudioError as exc:
             st.error(str(exc))
-    has_marks = MARK in (load_label_names(path, tok, dataset) or [])
+    # a fresh token: a save just above changed the file after this page's token was taken
+    has_marks = MARK in (load_label_names(path, token(), dataset) or [])
     if c2.button("Train a quality probe on the marks", disabled=not has_marks, key="quality_train"):
         with st.spinner("Training the probe and its baselines…"):
             try:
