@@ -324,6 +324,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--order", choices=["curriculum", "random", "none"], default="none")
     sp.add_argument(
+        "--batch-size",
+        type=int,
+        help="write cluster-first batches of this size (the trainer's batch size): each batch "
+        "takes one cluster's next rows, --mix of its slots from the nearest clusters",
+    )
+    sp.add_argument(
+        "--mix",
+        type=float,
+        default=0.2,
+        help="share of each batch from other clusters: 0 = pure-cluster batches, 1 = a plain "
+        "shuffle (default 0.2, SAERL's moderate mixing)",
+    )
+    sp.add_argument(
         "--difficulty-column",
         default="difficulty",
         help="column that orders the curriculum (easy = low)",
@@ -560,6 +573,8 @@ def run(args: argparse.Namespace) -> int:
                 fmt=args.format,
                 seed=args.seed,
                 difficulty_column=args.difficulty_column,
+                batch_size=args.batch_size,
+                mix=args.mix,
             ),
         )
         print(f"wrote {m['rows']} rows to {args.out} (manifest {args.out}.manifest.json)")

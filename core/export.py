@@ -67,8 +67,14 @@ class ExportConfig:
     fmt: Format = "jsonl"
     seed: int = 0
     difficulty_column: str = "difficulty"
+    batch_size: int | None = None  # cluster-first batches of this size (core.batching)
+    mix: float = 0.2  # share of each batch from other clusters (SAERL's moderate mixing)
 
     def __post_init__(self) -> None:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise StudioError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not 0.0 <= self.mix <= 1.0:
+            raise StudioError(f"--mix must lie in [0, 1], got {self.mix}")
         if self.order not in ("curriculum", "random", "none"):
             raise StudioError(f"unknown order {self.order!r}: use curriculum, random or none")
         if self.fmt not in ("jsonl", "parquet"):

@@ -26,6 +26,7 @@ import pyarrow as pa
 from scipy import sparse
 from tqdm.auto import tqdm
 
+from core.batching import cluster_distances, compose_batches, cross_cluster_share
 from core.clustering import (
     ClusterConfig,
     auto_ks,
@@ -627,6 +628,8 @@ def cluster(
             "k": k,
             "inertia": res.inertia,
             "sizes": sizes.tolist(),
+            # cosine distances between centroids: which clusters lend rows to a batch first
+            "centroid_distances": np.round(cluster_distances(res.centroids), 6).tolist(),
             **({"sweep": sweep} if sweep is not None else {}),
             **({"baselines": evidence} if evidence is not None else {}),
         },
@@ -697,6 +700,15 @@ def project(
 
 
 # --- export ----------------------------------------------------------------------------------
+# How to make each trainer read the file in its written order (they shuffle by default).
+KEEP_ORDER = {
+    "verl": "data.shuffle=False, and data.train_batch_size equal to the batch size above",
+    "trl": "a sequential sampler: in a Trainer subclass, _get_train_sampler returns "
+    "SequentialSampler(train_dataset); per_device_train_batch_size x devices x gradient "
+    "accumulation equal to the batch size above",
+}
+
+
 def export_rows(
     store: Store,
     *,
@@ -710,7 +722,36 @@ def export_rows(
     store.dataset(dataset)
     views = views or store.views(dataset)
     wide = store.wide(dataset, views=views, filters=filters, ids=ids)
-    return order_rows(export_frame(wide), cfg), views
+    df = order_rows(export_frame(wide), cfg)
+    if cfg.batch_size is not None and not df.empty:
+        df = batch_rows(store, df, views=views, cfg=cfg)
+    return df, views
+
+
+def batch_rows(store: Store, df: pd.DataFrame, *, views: Views, cfg: ExportConfig) -> pd.DataFrame:
+    """Rows regrouped into cluster-first batches of ``cfg.batch_size`` with ``cfg.mix`` of each
+    batch from the nearest clusters (core.batching); adds a ``batch`` column. The within-cluster
+    order ``order_rows`` chose is kept."""
+    if "cluster" not in df.columns or bool(df["cluster"].isna().all()):
+        raise StudioError("--batch-size builds batches from clusters: run cluster first")
+    clusters = df["cluster"].fillna(-1).astype(int).to_numpy()
+    distances = None
+    if views.cluster_run is not None:
+        stored = store.run(views.cluster_run)["summary"].get("centroid_distances")
+        ids = np.unique(clusters)
+        if stored is not None and (ids >= 0).all():
+            distances = np.asarray(stored)[np.ix_(ids, ids)]
+    plan = compose_batches(
+        clusters,
+        batch_size=int(cfg.batch_size or 1),
+        mix=cfg.mix,
+        distances=distances,
+        seed=cfg.seed,
+    )
+    out = df.iloc[plan.order].reset_index(drop=True)
+    out["batch"] = plan.batch
+    out.attrs["cross_cluster_share"] = cross_cluster_share(clusters, plan)
+    return out
 
 
 def export(
@@ -757,6 +798,8 @@ def export_manifest(
     command += [f"--order {cfg.order}", f"--seed {cfg.seed}", f"--format {cfg.fmt}"]
     if cfg.order == "curriculum":
         command.append(f"--difficulty-column {cfg.difficulty_column}")
+    if cfg.batch_size is not None:
+        command += [f"--batch-size {cfg.batch_size}", f"--mix {cfg.mix}"]
     return {
         "dataset": dataset,
         "total_rows": store.dataset(dataset)["n_examples"],
@@ -765,6 +808,14 @@ def export_manifest(
         "order": cfg.order,
         "seed": cfg.seed,
         "difficulty_column": cfg.difficulty_column if cfg.order == "curriculum" else None,
+        "batches": None
+        if cfg.batch_size is None
+        else {
+            "batch_size": cfg.batch_size,
+            "mix": cfg.mix,
+            "measured_cross_cluster_share": round(float(df.attrs.get("cross_cluster_share", 0)), 4),
+            "keep_the_order": KEEP_ORDER,
+        },
         "feature_run": {"run_id": views.feature_run, **(feature_run or {})},
         "cluster_run": views.cluster_run,
         "projection_run": views.projection_run,

@@ -168,3 +168,29 @@ def test_threshold_report_counts_what_it_removes():
     assert rep["precision"] == pytest.approx(0.5)  # removed & labelled: 0.1 (bad), 0.2 (good)
     assert rep["recall"] == pytest.approx(0.5)  # bad rows: 0.1 removed, 0.6 kept
     assert threshold_report(scores, threshold=0.0)["n_removed"] == 0
+
+
+def test_export_in_cluster_first_batches(pipeline_db, tmp_path):
+    """--batch-size/--mix: every row once, full batches, curriculum kept inside each cluster,
+    the manifest records the measured cross-cluster share and how to keep the order."""
+    import pandas as pd
+
+    out = tmp_path / "b.jsonl"
+    argv = ["export", "--dataset", "demo", "--order", "curriculum", "--batch-size", "20"]
+    assert (
+        run_cli(
+            *argv, "--mix", "0.2", "--format", "jsonl", "--out", str(out), "--db", str(pipeline_db)
+        )
+        == 0
+    )
+    df = pd.read_json(out, lines=True)
+    assert sorted(df["id"]) == sorted(set(df["id"])) and len(df) == PIPELINE_ROWS
+    assert bool((df.groupby("batch").size() == 20).all())
+    for _, part in df.groupby("cluster"):
+        assert part["difficulty"].is_monotonic_increasing
+    manifest = json.loads((tmp_path / "b.jsonl.manifest.json").read_text())
+    batches = manifest["batches"]
+    assert batches["batch_size"] == 20 and batches["mix"] == 0.2
+    assert 0.15 <= batches["measured_cross_cluster_share"] <= 0.35
+    assert "data.shuffle=False" in batches["keep_the_order"]["verl"]
+    assert "--batch-size 20 --mix 0.2" in manifest["command"]
