@@ -342,7 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="column that orders the curriculum (easy = low)",
     )
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl")
+    sp.add_argument(
+        "--format",
+        choices=["jsonl", "parquet", "verl"],
+        default="jsonl",
+        help="verl: RL Parquet with data_source, prompt (chat messages), ability, reward_model "
+        "{style: rule, ground_truth}, extra_info",
+    )
     sp.add_argument(
         "--out", required=True, help="output file; the manifest goes to OUT.manifest.json"
     )

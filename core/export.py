@@ -31,7 +31,8 @@ from core.errors import StudioError
 from core.store import Filter
 
 Order = Literal["curriculum", "random", "none"]
-Format = Literal["jsonl", "parquet"]
+Format = Literal["jsonl", "parquet", "verl"]
+FORMATS = ("jsonl", "parquet", "verl")
 
 _WHERE = re.compile(
     r"^\s*([A-Za-z_][\w.\-]*)\s*(<=|>=|!=|==|=|<|>|\s+not\s+in\s+|\s+in\s+)\s*(.+?)\s*$"
@@ -77,8 +78,8 @@ class ExportConfig:
             raise StudioError(f"--mix must lie in [0, 1], got {self.mix}")
         if self.order not in ("curriculum", "random", "none"):
             raise StudioError(f"unknown order {self.order!r}: use curriculum, random or none")
-        if self.fmt not in ("jsonl", "parquet"):
-            raise StudioError(f"unknown format {self.fmt!r}: use jsonl or parquet")
+        if self.fmt not in FORMATS:
+            raise StudioError(f"unknown format {self.fmt!r}: use {', '.join(FORMATS)}")
 
 
 def order_rows(df: pd.DataFrame, cfg: ExportConfig) -> pd.DataFrame:
@@ -156,8 +157,74 @@ def write_atomic_bytes(out: Path, data: bytes) -> None:
         raise
 
 
-def serialize(df: pd.DataFrame, fmt: Format) -> bytes:
+def _int_or_none(v: Any) -> int | None:
+    return None if v is None or bool(pd.isna(v)) else int(v)
+
+
+def verl_table(df: pd.DataFrame, *, data_source: str) -> pa.Table:
+    """verl's RL Parquet layout (what its RLHFDataset and rule rewards read): ``data_source``,
+    ``prompt`` as chat messages, ``ability`` (the task tag when there is one),
+    ``reward_model`` = {style: "rule", ground_truth: the answer}, ``extra_info`` = {index, id,
+    cluster, batch and every numeric label or score}."""
+    base = {"id", "prompt", "answer", "cluster", "batch", "task"}
+    numeric = [c for c in df.columns if c not in base and pd.api.types.is_numeric_dtype(df[c])]
+
+    def num(v: Any) -> float | None:
+        return None if v is None or bool(pd.isna(v)) else float(v)
+
+    rows = df.to_dict("records")
+    return pa.table(
+        {
+            "data_source": pa.array([data_source] * len(df), pa.string()),
+            "prompt": pa.array(
+                [[{"role": "user", "content": str(r.get("prompt") or "")}] for r in rows],
+                pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])),
+            ),
+            "ability": pa.array(
+                [str(r["task"]) if r.get("task") is not None else "general" for r in rows],
+                pa.string(),
+            ),
+            "reward_model": pa.array(
+                [
+                    {
+                        "style": "rule",
+                        "ground_truth": None if r.get("answer") is None else str(r["answer"]),
+                    }
+                    for r in rows
+                ],
+                pa.struct([("style", pa.string()), ("ground_truth", pa.string())]),
+            ),
+            "extra_info": pa.array(
+                [
+                    {
+                        "index": i,
+                        "id": str(r["id"]),
+                        "cluster": _int_or_none(r.get("cluster")),
+                        "batch": int(r["batch"]) if "batch" in r else None,
+                        **{c: num(r[c]) for c in numeric},
+                    }
+                    for i, r in enumerate(rows)
+                ],
+                pa.struct(
+                    [
+                        ("index", pa.int64()),
+                        ("id", pa.string()),
+                        ("cluster", pa.int64()),
+                        ("batch", pa.int64()),
+                    ]
+                    + [(c, pa.float64()) for c in numeric]
+                ),
+            ),
+        }
+    )
+
+
+def serialize(df: pd.DataFrame, fmt: Format, *, data_source: str = "") -> bytes:
     """The data file's bytes: deterministic for the same frame."""
+    if fmt == "verl":
+        sink = pa.BufferOutputStream()
+        pq.write_table(verl_table(df, data_source=data_source), sink, compression="zstd")
+        return sink.getvalue().to_pybytes()
     if fmt == "jsonl":
         if df.empty:
             return b""
@@ -176,7 +243,7 @@ def build_payload(
     df: pd.DataFrame, *, out_name: str, fmt: Format, manifest: dict[str, Any]
 ) -> tuple[bytes, dict[str, Any]]:
     """The data file's bytes and the full manifest (with row count and the file's sha256)."""
-    data = serialize(df, fmt)
+    data = serialize(df, fmt, data_source=str(manifest.get("dataset", "")))
     full = {
         **manifest,
         "file": out_name,

@@ -5,7 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.errors import StudioError
-from core.export import ExportConfig, build_payload, manifest_bytes
+from core.export import FORMATS, ExportConfig, build_payload, manifest_bytes
 from core.steps import export, export_manifest
 from core.store import Filter
 from pages.charts import histogram
@@ -105,7 +105,7 @@ def render() -> None:
         key="exp_order",
         help="curriculum: easy-to-hard by difficulty within each cluster, clusters interleaved",
     )
-    fmt = c2.selectbox("Format", ["jsonl", "parquet"], key="exp_fmt")
+    fmt = c2.selectbox("Format", list(FORMATS), key="exp_fmt")
     seed = int(c3.number_input("Seed", value=0, step=1, key="exp_seed"))
     try:
         cfg = ExportConfig(order=order, fmt=fmt, seed=seed)  # type: ignore[arg-type]

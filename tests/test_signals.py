@@ -194,3 +194,65 @@ def test_export_in_cluster_first_batches(pipeline_db, tmp_path):
     assert 0.15 <= batches["measured_cross_cluster_share"] <= 0.35
     assert "data.shuffle=False" in batches["keep_the_order"]["verl"]
     assert "--batch-size 20 --mix 0.2" in manifest["command"]
+
+
+def test_verl_export_has_the_rl_columns(pipeline_db, tmp_path):
+    """verl's RL layout, read back with `datasets` the way verl's RLHFDataset reads Parquet."""
+    import datasets
+
+    out = tmp_path / "train.parquet"
+    assert (
+        run_cli(
+            "export",
+            "--dataset",
+            "demo",
+            "--format",
+            "verl",
+            "--batch-size",
+            "20",
+            "--out",
+            str(out),
+            "--db",
+            str(pipeline_db),
+        )
+        == 0
+    )
+    ds = datasets.load_dataset("parquet", data_files=str(out), split="train")
+    assert len(ds) == PIPELINE_ROWS
+    assert {"data_source", "prompt", "ability", "reward_model", "extra_info"} <= set(
+        ds.column_names
+    )
+    row = ds[0]
+    assert row["data_source"] == "demo" and row["prompt"][0]["role"] == "user"
+    assert row["prompt"][0]["content"] and row["reward_model"]["style"] == "rule"
+    assert row["reward_model"]["ground_truth"]
+    info = row["extra_info"]
+    assert info["index"] == 0 and {"cluster", "batch", "difficulty", "quality_proxy"} <= set(info)
+    assert set(ds["ability"]) <= {
+        "basic_arithmetic",
+        "chain_sum",
+        "leg_counting",
+        "number_sorting",
+        "word_sorting",
+        "fraction_simplification",
+        "prime_factorization",
+        "base_conversion",
+    }
+    first = out.read_bytes()
+    assert (
+        run_cli(
+            "export",
+            "--dataset",
+            "demo",
+            "--format",
+            "verl",
+            "--batch-size",
+            "20",
+            "--out",
+            str(out),
+            "--db",
+            str(pipeline_db),
+        )
+        == 0
+    )
+    assert out.read_bytes() == first  # same command, same bytes
