@@ -107,8 +107,36 @@ def render() -> None:
     )
     fmt = c2.selectbox("Format", list(FORMATS), key="exp_fmt")
     seed = int(c3.number_input("Seed", value=0, step=1, key="exp_seed"))
+    b1, b2, _ = st.columns(3)
+    batch_size = int(
+        b1.number_input(
+            "Batch size (0 = no batches)",
+            min_value=0,
+            value=0,
+            step=8,
+            key="exp_batch",
+            help="Write cluster-first batches of the trainer's batch size: each batch takes one "
+            "cluster's next rows and a share of its slots from the nearest clusters.",
+        )
+    )
+    mix = b2.slider(
+        "Mixing ratio",
+        0.0,
+        1.0,
+        0.2,
+        step=0.05,
+        key="exp_mix",
+        disabled=batch_size == 0,
+        help="0 = pure-cluster batches, 1 = a plain shuffle; 0.2 is SAERL's moderate mixing",
+    )
     try:
-        cfg = ExportConfig(order=order, fmt=fmt, seed=seed)  # type: ignore[arg-type]
+        cfg = ExportConfig(
+            order=order,  # type: ignore[arg-type]
+            fmt=fmt,  # type: ignore[arg-type]
+            seed=seed,
+            batch_size=batch_size or None,
+            mix=float(mix),
+        )
         ids = tuple(sel) if use_sel else None
         df = load_export_rows(path, tok, dataset, tuple(filters), ids, cfg)
     except StudioError as exc:
@@ -116,9 +144,19 @@ def render() -> None:
         return
     datasets = load_datasets(path, tok)
     total = int(datasets.set_index("name").loc[dataset, "n_examples"])
-    m1, m2, _ = st.columns(3)
+    m1, m2, m3 = st.columns(3)
     m1.metric("Rows to export", f"{len(df):,}")
     m2.metric("Removed by the rules", f"{total - len(df):,}", help=f"of {total:,} rows")
+    if "batch" in df.columns and not df.empty:
+        share = float(df.attrs.get("cross_cluster_share", 0.0))
+        m3.metric(
+            "Rows from other clusters",
+            f"{share:.1%}",
+            help="measured share of rows sitting in a batch whose home is another cluster",
+        )
+        first = df[df["batch"] < 5].groupby(["batch", "cluster"]).size().unstack(fill_value=0)
+        st.markdown("**First batches: rows per cluster**")
+        st.dataframe(first, width="stretch")
     if filters:
         st.caption(
             "Rules: "

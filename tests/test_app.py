@@ -189,3 +189,14 @@ def test_quality_threshold_lists_what_it_removes(app):
         assert bool((removed["score"] < t).all())
         counts.append(len(removed))
     assert counts[0] <= counts[1]
+
+
+def test_export_batches_preview(app):
+    app.switch_page("pages/export.py").run()
+    _ok(app)
+    app.number_input(key="exp_batch").set_value(20).run()
+    _ok(app)
+    share = next(m for m in app.metric if m.label == "Rows from other clusters").value
+    assert 10.0 <= float(share.rstrip("%")) <= 35.0  # mix 0.2 by default
+    first = next(d.value for d in app.dataframe if len(d.value) == 5)
+    assert (first.sum(axis=1) == 20).all()  # five full batches of 20
