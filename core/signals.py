@@ -168,22 +168,20 @@ def probe(
         easier = signal == "difficulty" and label.lower().startswith("pass")
         higher_is = ("easier" if easier else "harder") if signal == "difficulty" else "better"
     t0 = time.perf_counter()
-    ids, reps, missing = representations(store, dataset=dataset, feature_run=fr, baselines=())
+    ids, reps, missing = representations(
+        store, dataset=dataset, feature_run=fr, baselines=baselines
+    )
     y = _column(store, dataset, views, label, ids)
     kind = kind or default_kind(signal, y)
     cfg = ProbeConfig(
         kind=kind, folds=folds, seed=seed, min_labels=min_labels, value_range=value_range
     )
     groups = _clusters(store, dataset, views, ids)
-    res = fit_probe(reps["sae"], y, cfg=cfg, name=label, groups=groups)
+    sae = reps.pop("sae")
+    res = fit_probe(sae, y, cfg=cfg, name=label, groups=groups)
     fit_s = time.perf_counter() - t0
     # the same probe on each baseline (labels already checked above)
-    base_ids, base_reps, missing = representations(
-        store, dataset=dataset, feature_run=fr, baselines=baselines
-    )
-    assert base_ids == ids
-    base_reps.pop("sae")
-    compared = compare_probes(base_reps, y, cfg=cfg, name=label, groups=groups)
+    compared = compare_probes(reps, y, cfg=cfg, name=label, groups=groups)
     from core.steps import versions
 
     names = feature_names_for_run(store, fr)
