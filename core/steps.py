@@ -858,64 +858,73 @@ def build_demo(
     for p in (tmp, tmp.with_name(tmp.name + ".wal")):
         p.unlink(missing_ok=True)
     store = Store(tmp)
-    steps = tqdm(total=10, desc="demo", unit="step", position=0)
-    steps.set_postfix_str("generate problems")
-    jsonl = write_demo_jsonl(work / "demo.jsonl", n=n, seed=seed)
-    steps.update()
-    steps.set_postfix_str("ingest")
-    ingest(store, jsonl, dataset="demo", kind="prompts")
-    steps.update()
-    steps.set_postfix_str("train SAE")
+    jsonl = work / "demo.jsonl"
     sae_dir = work / "sae-minilm-L3"
     if sae_dir.exists():
         shutil.rmtree(sae_dir)
-    train_sae(
-        store,
-        dataset="demo",
-        model=MINILM_HUB_ID,
-        layer=DEMO_LAYER,
-        out=sae_dir,
-        width=DEMO_SAE_WIDTH,
-        k=DEMO_SAE_K,
-        epochs=epochs,
-        seed=seed,
-    )
-    steps.update()
-    steps.set_postfix_str("featurize")
-    featurize(
-        store,
-        dataset="demo",
-        model=MINILM_HUB_ID,
-        layer=DEMO_LAYER,
-        sae_path=str(sae_dir),
-        dense=True,  # the demo shows the dense baseline beside the SAE features
-        resume=False,
-    )
-    steps.update()
-    steps.set_postfix_str("cluster (k sweep, baselines)")
-    cluster(
-        store,
-        dataset="demo",
-        cfg=ClusterConfig(seed=seed, sweep="auto"),
-        baselines=("dense", "tfidf"),
-    )
-    steps.update()
-    steps.set_postfix_str("near-duplicates")
-    dedup(store, dataset="demo")
-    steps.update()
-    steps.set_postfix_str("rollouts (simulated)")
-    rollouts = write_demo_rollouts(work / "rollouts.jsonl", jsonl, seed=seed)
-    ingest_rollouts(store, dataset="demo", path=rollouts, source=DEMO_ROLLOUT_SOURCE)
-    steps.update()
-    steps.set_postfix_str("difficulty probe")
-    probe(store, dataset="demo", signal="difficulty", label="difficulty", seed=seed)
-    steps.update()
-    steps.set_postfix_str("quality probe")
-    probe(store, dataset="demo", signal="quality", label="quality", seed=seed)
-    steps.update()
-    steps.set_postfix_str("project (UMAP)")
-    project(store, dataset="demo", cfg=ProjectConfig(seed=seed))
-    steps.update()
+
+    def rollouts() -> None:
+        path = write_demo_rollouts(work / "rollouts.jsonl", jsonl, seed=seed)
+        ingest_rollouts(store, dataset="demo", path=path, source=DEMO_ROLLOUT_SOURCE)
+
+    # (what the progress bar shows, the step): run in order, one tick each
+    pipeline: list[tuple[str, Callable[[], object]]] = [
+        ("generate problems", lambda: write_demo_jsonl(jsonl, n=n, seed=seed)),
+        ("ingest", lambda: ingest(store, jsonl, dataset="demo", kind="prompts")),
+        (
+            "train SAE",
+            lambda: train_sae(
+                store,
+                dataset="demo",
+                model=MINILM_HUB_ID,
+                layer=DEMO_LAYER,
+                out=sae_dir,
+                width=DEMO_SAE_WIDTH,
+                k=DEMO_SAE_K,
+                epochs=epochs,
+                seed=seed,
+            ),
+        ),
+        (
+            "featurize",
+            lambda: featurize(
+                store,
+                dataset="demo",
+                model=MINILM_HUB_ID,
+                layer=DEMO_LAYER,
+                sae_path=str(sae_dir),
+                dense=True,  # the demo shows the dense baseline beside the SAE features
+                resume=False,
+            ),
+        ),
+        (
+            "cluster (k sweep, baselines)",
+            lambda: cluster(
+                store,
+                dataset="demo",
+                cfg=ClusterConfig(seed=seed, sweep="auto"),
+                baselines=("dense", "tfidf"),
+            ),
+        ),
+        ("near-duplicates", lambda: dedup(store, dataset="demo")),
+        ("rollouts (simulated)", rollouts),
+        (
+            "difficulty probe",
+            lambda: probe(
+                store, dataset="demo", signal="difficulty", label="difficulty", seed=seed
+            ),
+        ),
+        (
+            "quality probe",
+            lambda: probe(store, dataset="demo", signal="quality", label="quality", seed=seed),
+        ),
+        ("project (UMAP)", lambda: project(store, dataset="demo", cfg=ProjectConfig(seed=seed))),
+    ]
+    steps = tqdm(total=len(pipeline), desc="demo", unit="step", position=0)
+    for label, step in pipeline:
+        steps.set_postfix_str(label)
+        step()
+        steps.update()
     steps.close()
     db.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, db)
