@@ -170,19 +170,18 @@ def test_threshold_report_counts_what_it_removes():
     assert threshold_report(scores, threshold=0.0)["n_removed"] == 0
 
 
+def _export(db: Path, out: Path, *args: str) -> int:
+    return run_cli("export", "--dataset", "demo", *args, "--out", str(out), "--db", str(db))
+
+
 def test_export_in_cluster_first_batches(pipeline_db, tmp_path):
     """--batch-size/--mix: every row once, full batches, curriculum kept inside each cluster,
     the manifest records the measured cross-cluster share and how to keep the order."""
     import pandas as pd
 
     out = tmp_path / "b.jsonl"
-    argv = ["export", "--dataset", "demo", "--order", "curriculum", "--batch-size", "20"]
-    assert (
-        run_cli(
-            *argv, "--mix", "0.2", "--format", "jsonl", "--out", str(out), "--db", str(pipeline_db)
-        )
-        == 0
-    )
+    args = ["--order", "curriculum", "--batch-size", "20", "--mix", "0.2", "--format", "jsonl"]
+    assert _export(pipeline_db, out, *args) == 0
     df = pd.read_json(out, lines=True)
     assert sorted(df["id"]) == sorted(set(df["id"])) and len(df) == PIPELINE_ROWS
     assert bool((df.groupby("batch").size() == 20).all())
@@ -197,62 +196,26 @@ def test_export_in_cluster_first_batches(pipeline_db, tmp_path):
 
 
 def test_verl_export_has_the_rl_columns(pipeline_db, tmp_path):
-    """verl's RL layout, read back with `datasets` the way verl's RLHFDataset reads Parquet."""
+    """verl's RL layout, read back with `datasets` the way verl's RLHFDataset reads Parquet;
+    the same command writes the same bytes."""
     import datasets
 
+    from core.demo_data import DEMO_EASE
+
     out = tmp_path / "train.parquet"
-    assert (
-        run_cli(
-            "export",
-            "--dataset",
-            "demo",
-            "--format",
-            "verl",
-            "--batch-size",
-            "20",
-            "--out",
-            str(out),
-            "--db",
-            str(pipeline_db),
-        )
-        == 0
-    )
+    written = []
+    for _ in range(2):
+        assert _export(pipeline_db, out, "--format", "verl", "--batch-size", "20") == 0
+        written.append(out.read_bytes())
+    assert written[0] == written[1]
     ds = datasets.load_dataset("parquet", data_files=str(out), split="train")
     assert len(ds) == PIPELINE_ROWS
-    assert {"data_source", "prompt", "ability", "reward_model", "extra_info"} <= set(
-        ds.column_names
-    )
+    columns = {"data_source", "prompt", "ability", "reward_model", "extra_info"}
+    assert columns <= set(ds.column_names)
     row = ds[0]
     assert row["data_source"] == "demo" and row["prompt"][0]["role"] == "user"
     assert row["prompt"][0]["content"] and row["reward_model"]["style"] == "rule"
     assert row["reward_model"]["ground_truth"]
     info = row["extra_info"]
     assert info["index"] == 0 and {"cluster", "batch", "difficulty", "quality_proxy"} <= set(info)
-    assert set(ds["ability"]) <= {
-        "basic_arithmetic",
-        "chain_sum",
-        "leg_counting",
-        "number_sorting",
-        "word_sorting",
-        "fraction_simplification",
-        "prime_factorization",
-        "base_conversion",
-    }
-    first = out.read_bytes()
-    assert (
-        run_cli(
-            "export",
-            "--dataset",
-            "demo",
-            "--format",
-            "verl",
-            "--batch-size",
-            "20",
-            "--out",
-            str(out),
-            "--db",
-            str(pipeline_db),
-        )
-        == 0
-    )
-    assert out.read_bytes() == first  # same command, same bytes
+    assert set(ds["ability"]) <= set(DEMO_EASE)  # the task families
