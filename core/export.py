@@ -1,4 +1,6 @@
-"""Export: filter rows, order them, write JSONL or Parquet atomically with a manifest beside them.
+"""Export options: the formats, the orders (SAERL's curriculum, global easy-to-hard, random, as
+ingested), filter expressions, and atomic writes of the manifest. The rows themselves are planned
+in core.steps.export_plan, streamed out of the store and written by core.formats.
 
 Filters come from the CLI as small expressions, parsed here into typed :class:`Filter` objects;
 the store turns them into parameterised SQL (no user text is ever pasted into SQL).
@@ -12,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -24,15 +25,46 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from core.errors import StudioError
 from core.store import Filter
 
-Order = Literal["curriculum", "random", "none"]
-Format = Literal["jsonl", "parquet", "verl"]
-FORMATS = ("jsonl", "parquet", "verl")
+Order = Literal["curriculum", "easy-to-hard", "random", "none"]
+ORDERS = ("curriculum", "easy-to-hard", "random", "none")
+# --format: the layout of each row and the container written by default. jsonl, parquet and hf
+# are the plain rows (every column) in that container; the rest are trainers' layouts
+# (core.formats). --to (or the output path's suffix) picks another container.
+FORMAT_LAYOUT = {
+    "jsonl": "rows",
+    "parquet": "rows",
+    "hf": "rows",
+    "verl": "verl",
+    "trl-prompt": "trl-prompt",
+    "trl-preference": "trl-preference",
+    "trl-messages": "trl-messages",
+}
+FORMAT_CONTAINER = {
+    "jsonl": "jsonl",
+    "parquet": "parquet",
+    "hf": "hf",
+    "verl": "parquet",
+    "trl-prompt": "jsonl",
+    "trl-preference": "jsonl",
+    "trl-messages": "jsonl",
+}
+FORMATS = tuple(FORMAT_LAYOUT)
+Format = str
+
+# How to make each trainer read the file in its written order (they shuffle by default), by
+# layout. Checked against the trainers' source (see README, "Keeping the order").
+KEEP_ORDER = {
+    "rows": "read the file sequentially (no shuffling sampler); batches are consecutive rows",
+    "verl": "data.shuffle=False, and data.train_batch_size equal to the batch size above",
+    "trl-prompt": "TRL: a sequential sampler (see README); the batch size above is the global "
+    "batch size",
+    "trl-preference": "TRL: a sequential sampler (see README)",
+    "trl-messages": "TRL: a sequential sampler (see README)",
+}
 
 _WHERE = re.compile(
     r"^\s*([A-Za-z_][\w.\-]*)\s*(<=|>=|!=|==|=|<|>|\s+not\s+in\s+|\s+in\s+)\s*(.+?)\s*$"
@@ -66,8 +98,9 @@ class ExportConfig:
 
     order: Order = "none"
     fmt: Format = "jsonl"
+    container: str | None = None  # jsonl | parquet | hf; None: the output's suffix or the format's
     seed: int = 0
-    difficulty_column: str = "difficulty"
+    difficulty_column: str | None = None  # None: "difficulty", a difficulty probe, a pass rate
     batch_size: int | None = None  # cluster-first batches of this size (core.batching)
     mix: float = 0.2  # share of each batch from other clusters (SAERL's moderate mixing)
 
@@ -76,65 +109,86 @@ class ExportConfig:
             raise StudioError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not 0.0 <= self.mix <= 1.0:
             raise StudioError(f"--mix must lie in [0, 1], got {self.mix}")
-        if self.order not in ("curriculum", "random", "none"):
-            raise StudioError(f"unknown order {self.order!r}: use curriculum, random or none")
+        if self.order not in ORDERS:
+            raise StudioError(f"unknown order {self.order!r}: use {', '.join(ORDERS)}")
         if self.fmt not in FORMATS:
             raise StudioError(f"unknown format {self.fmt!r}: use {', '.join(FORMATS)}")
+        if self.container is not None and self.container not in ("jsonl", "parquet", "hf"):
+            raise StudioError(f"unknown container {self.container!r}: use jsonl, parquet or hf")
+
+    @property
+    def layout(self) -> str:
+        return FORMAT_LAYOUT[self.fmt]
 
 
-def order_rows(df: pd.DataFrame, cfg: ExportConfig) -> pd.DataFrame:
-    """Reorder rows (ingest order in, a fresh 0..n-1 index out).
+def order_index(
+    n: int,
+    *,
+    order: Order,
+    seed: int = 0,
+    cluster: np.ndarray | None = None,
+    difficulty: np.ndarray | None = None,
+    higher_is: str = "harder",
+) -> np.ndarray:
+    """The written order as indices into rows given in ingest order.
 
-    - none: as ingested.
-    - random: a seeded permutation.
-    - curriculum: easy-to-hard by ``difficulty_column`` within each cluster, clusters interleaved
-      by progress (row i of a cluster of size s sorts at i/s), so a sequential reader sees the
-      easy part of every cluster before the hard part of any. Ties keep ingest order.
+    - none: as ingested. random: a seeded permutation.
+    - easy-to-hard: the whole set sorted by ``difficulty`` (easiest first).
+    - curriculum (SAERL): easy-to-hard within each cluster, clusters interleaved by progress (row
+      i of a cluster of size s sorts at i/s), so a sequential reader sees the easy part of every
+      cluster before the hard part of any.
+
+    ``higher_is`` says what a larger difficulty value means ("harder", or "easier" for a pass
+    rate). Rows with no difficulty go last; ties keep ingest order.
+
+        >>> order_index(4, order="easy-to-hard", difficulty=np.array([0.9, 0.1, 0.5, 0.2]),
+        ...             higher_is="easier").tolist()
+        [0, 2, 3, 1]
     """
+    rows = np.arange(n)
+    if order == "none" or n == 0:
+        return rows
+    if order == "random":
+        return np.random.default_rng(seed).permutation(n)
+    if difficulty is None:
+        raise StudioError(f"--order {order} needs a difficulty column")
+    d = np.asarray(difficulty, dtype=np.float64)
+    hardness = -d if higher_is == "easier" else d
+    hardness = np.where(np.isnan(hardness), np.inf, hardness)
+    if order == "easy-to-hard":
+        return np.lexsort((rows, hardness))
+    c = np.zeros(n) if cluster is None else np.asarray(cluster, dtype=np.float64)
+    c = np.where(np.isnan(c), -1, c)
+    by_cluster = np.lexsort((rows, hardness, c))
+    # position of each row inside its cluster, as a share of the cluster's size
+    sorted_cluster = c[by_cluster]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_cluster)) + 1]
+    sizes = np.diff(np.r_[starts, n])
+    pos = rows - np.repeat(starts, sizes)
+    progress = pos / np.repeat(sizes, sizes)
+    return by_cluster[np.lexsort((sorted_cluster, progress))]
+
+
+def order_rows(df: pd.DataFrame, cfg: ExportConfig, *, higher_is: str = "harder") -> pd.DataFrame:
+    """Reorder rows (ingest order in, a fresh 0..n-1 index out) by :func:`order_index`."""
     df = df.reset_index(drop=True)
-    if cfg.order == "none" or df.empty:
-        return df
-    if cfg.order == "random":
-        perm = np.random.default_rng(cfg.seed).permutation(len(df))
-        return df.iloc[perm].reset_index(drop=True)
-    col = cfg.difficulty_column
+    if cfg.order in ("none", "random") or df.empty:
+        return df.iloc[order_index(len(df), order=cfg.order, seed=cfg.seed)].reset_index(drop=True)
+    col = cfg.difficulty_column or "difficulty"
     if col not in df.columns:
         raise StudioError(
-            f"--order curriculum needs a difficulty column {col!r}; this dataset has: "
+            f"--order {cfg.order} needs a difficulty column {col!r}; this dataset has: "
             f"{', '.join(c for c in df.columns if df[c].dtype.kind in 'fi') or 'none'}"
         )
-    diff = pd.to_numeric(df[col], errors="coerce").fillna(np.inf).to_numpy()
-    cluster = df["cluster"].fillna(-1).to_numpy() if "cluster" in df.columns else np.zeros(len(df))
-    order = np.lexsort((np.arange(len(df)), diff, cluster))
-    # position of each row inside its cluster, as a share of the cluster's size
-    sorted_cluster = cluster[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_cluster)) + 1]
-    sizes = np.diff(np.r_[starts, len(order)])
-    pos = np.arange(len(order)) - np.repeat(starts, sizes)
-    progress = pos / np.repeat(sizes, sizes)
-    final = order[np.lexsort((sorted_cluster, progress))]
-    return df.iloc[final].reset_index(drop=True)
-
-
-def export_frame(wide: pa.Table) -> pd.DataFrame:
-    """Rows as users want them in a file: id, prompt, answer, tags as columns, cluster, labels."""
-    df = wide.to_pandas()
-    tags = df.pop("tags") if "tags" in df.columns else None
-    extra = df.pop("extra") if "extra" in df.columns else None
-    df = df.drop(columns=[c for c in ("text", "x", "y", "idx") if c in df.columns])
-    if "cluster" in df.columns:
-        df["cluster"] = df["cluster"].astype("Int64")
-    for src in (tags, extra):
-        if src is None:
-            continue
-        parsed = pd.DataFrame([json.loads(v) if isinstance(v, str) and v else {} for v in src])
-        for col in parsed.columns:
-            if col not in df.columns:
-                vals = parsed[col]
-                df[col] = [
-                    json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v for v in vals
-                ]
-    return df
+    idx = order_index(
+        len(df),
+        order=cfg.order,
+        seed=cfg.seed,
+        cluster=df["cluster"].astype("float64").to_numpy() if "cluster" in df.columns else None,
+        difficulty=pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64),
+        higher_is=higher_is,
+    )
+    return df.iloc[idx].reset_index(drop=True)
 
 
 def _atomic_path(out: Path) -> tuple[int, Path]:
@@ -157,126 +211,22 @@ def write_atomic_bytes(out: Path, data: bytes) -> None:
         raise
 
 
-def _int_or_none(v: Any) -> int | None:
-    return None if v is None or bool(pd.isna(v)) else int(v)
-
-
-def verl_table(df: pd.DataFrame, *, data_source: str) -> pa.Table:
-    """verl's RL Parquet layout (what its RLHFDataset and rule rewards read): ``data_source``,
-    ``prompt`` as chat messages, ``ability`` (the task tag when there is one),
-    ``reward_model`` = {style: "rule", ground_truth: the answer}, ``extra_info`` = {index, id,
-    cluster, batch and every numeric label or score}."""
-    base = {"id", "prompt", "answer", "cluster", "batch", "task"}
-    numeric = [c for c in df.columns if c not in base and pd.api.types.is_numeric_dtype(df[c])]
-
-    def num(v: Any) -> float | None:
-        return None if v is None or bool(pd.isna(v)) else float(v)
-
-    rows = df.to_dict("records")
-    return pa.table(
-        {
-            "data_source": pa.array([data_source] * len(df), pa.string()),
-            "prompt": pa.array(
-                [[{"role": "user", "content": str(r.get("prompt") or "")}] for r in rows],
-                pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])),
-            ),
-            "ability": pa.array(
-                [str(r["task"]) if r.get("task") is not None else "general" for r in rows],
-                pa.string(),
-            ),
-            "reward_model": pa.array(
-                [
-                    {
-                        "style": "rule",
-                        "ground_truth": None if r.get("answer") is None else str(r["answer"]),
-                    }
-                    for r in rows
-                ],
-                pa.struct([("style", pa.string()), ("ground_truth", pa.string())]),
-            ),
-            "extra_info": pa.array(
-                [
-                    {
-                        "index": i,
-                        "id": str(r["id"]),
-                        "cluster": _int_or_none(r.get("cluster")),
-                        "batch": int(r["batch"]) if "batch" in r else None,
-                        **{c: num(r[c]) for c in numeric},
-                    }
-                    for i, r in enumerate(rows)
-                ],
-                pa.struct(
-                    [
-                        ("index", pa.int64()),
-                        ("id", pa.string()),
-                        ("cluster", pa.int64()),
-                        ("batch", pa.int64()),
-                    ]
-                    + [(c, pa.float64()) for c in numeric]
-                ),
-            ),
-        }
-    )
-
-
-def serialize(df: pd.DataFrame, fmt: Format, *, data_source: str = "") -> bytes:
-    """The data file's bytes: deterministic for the same frame."""
-    if fmt == "verl":
-        sink = pa.BufferOutputStream()
-        pq.write_table(verl_table(df, data_source=data_source), sink, compression="zstd")
-        return sink.getvalue().to_pybytes()
-    if fmt == "jsonl":
-        if df.empty:
-            return b""
-        text = df.to_json(orient="records", lines=True, force_ascii=False) or ""
-        return (text if text.endswith("\n") else text + "\n").encode("utf-8")
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), sink, compression="zstd")
-    return sink.getvalue().to_pybytes()
-
-
 def manifest_path(out: Path) -> Path:
     return out.with_name(out.name + ".manifest.json")
-
-
-def build_payload(
-    df: pd.DataFrame, *, out_name: str, fmt: Format, manifest: dict[str, Any]
-) -> tuple[bytes, dict[str, Any]]:
-    """The data file's bytes and the full manifest (with row count and the file's sha256)."""
-    data = serialize(df, fmt, data_source=str(manifest.get("dataset", "")))
-    full = {
-        **manifest,
-        "file": out_name,
-        "format": fmt,
-        "rows": len(df),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
-    return data, full
 
 
 def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
 
 
-def write_export(
-    df: pd.DataFrame, *, out: Path, fmt: Format, manifest: dict[str, Any]
-) -> dict[str, Any]:
-    """Write the data file then its manifest, each atomically. Returns the manifest written."""
-    data, full = build_payload(df, out_name=out.name, fmt=fmt, manifest=manifest)
-    write_atomic_bytes(out, data)
-    write_atomic_bytes(manifest_path(out), manifest_bytes(full))
-    return full
-
-
-def counts_by(df: pd.DataFrame, column: str) -> dict[str, int]:
-    """Row counts per value of a column, keys as strings (JSON-friendly)."""
-    if column not in df.columns or df.empty:
-        return {}
-    vc = df[column].value_counts(dropna=False).sort_index()
-    return {str(k): int(v) for k, v in vc.items()}
-
-
 def describe_filters(filters: Sequence[Filter]) -> list[dict[str, Any]]:
     return [
-        {"column": f.column, "op": f.op, "value": f.value, "text": f.describe()} for f in filters
+        {
+            "action": getattr(f, "action", "keep"),
+            "column": f.column,
+            "op": f.op,
+            "value": f.value,
+            "text": f.describe(),
+        }
+        for f in filters
     ]

@@ -290,3 +290,25 @@ def share_bars(df: pd.DataFrame, *, x: str, y: str, title: str) -> go.Figure:
         yaxis_tickformat=".0%",
     )
     return fig
+
+
+def kept_bars(
+    all_counts: pd.Series, kept_counts: pd.Series, *, labels: dict[int, str], title: str
+) -> go.Figure:
+    """Rows per cluster: the whole dataset beside what is exported."""
+    keys = sorted(set(all_counts.index) | set(kept_counts.index))
+    names = [f"{k} · {labels.get(int(k), '')}"[:28] if k >= 0 else "no cluster" for k in keys]
+    fig = go.Figure(
+        [
+            go.Bar(x=names, y=[int(all_counts.get(k, 0)) for k in keys], name="all rows"),
+            go.Bar(x=names, y=[int(kept_counts.get(k, 0)) for k in keys], name="exported"),
+        ]
+    )
+    fig.update_layout(
+        barmode="group",
+        height=260,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        title={"text": title, "font": {"size": 13}},
+        legend={"orientation": "h", "y": 1.12},
+    )
+    return fig

@@ -1,7 +1,5 @@
 """Export: --where parsing, ordering, atomic byte-identical writes."""
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,11 +7,10 @@ import pytest
 from core.errors import StudioError
 from core.export import (
     ExportConfig,
-    manifest_path,
+    order_index,
     order_rows,
     parse_where,
-    serialize,
-    write_export,
+    write_atomic_bytes,
 )
 from core.store import Filter
 
@@ -76,22 +73,36 @@ def test_curriculum_without_difficulty_names_the_columns():
         order_rows(df, ExportConfig(order="curriculum"))
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
-def test_write_is_atomic_and_reproducible(tmp_path, fmt):
-    df = _frame()
-    out = tmp_path / f"x.{fmt}"
-    m1 = write_export(df, out=out, fmt=fmt, manifest={"dataset": "d"})
-    first = out.read_bytes()
-    m2 = write_export(df, out=out, fmt=fmt, manifest={"dataset": "d"})
-    assert out.read_bytes() == first and m1["sha256"] == m2["sha256"]
-    man = json.loads(manifest_path(out).read_text())
-    assert man["rows"] == 12 and man["format"] == fmt
-    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+def test_easy_to_hard_is_global_and_reads_the_direction():
+    df = _frame(30)
+    out = order_rows(df, ExportConfig(order="easy-to-hard"))
+    assert out["difficulty"].is_monotonic_increasing
+    # a pass rate: higher is easier, so the order is descending
+    easier = order_rows(df, ExportConfig(order="easy-to-hard"), higher_is="easier")
+    assert easier["difficulty"].is_monotonic_decreasing
+    # within a cluster, the curriculum follows the same direction
+    cur = order_rows(df, ExportConfig(order="curriculum"), higher_is="easier")
+    for _, part in cur.groupby("cluster", sort=False):
+        assert part["difficulty"].is_monotonic_decreasing
 
 
-def test_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
-    out = tmp_path / "x.jsonl"
-    out.write_text("old\n")
+def test_rows_without_difficulty_go_last_and_ties_keep_ingest_order():
+    d = np.array([2.0, np.nan, 1.0, 2.0, np.nan, 1.0])
+    assert order_index(6, order="easy-to-hard", difficulty=d).tolist() == [2, 5, 0, 3, 1, 4]
+    assert order_index(6, order="easy-to-hard", difficulty=d, higher_is="easier").tolist() == [
+        0,
+        3,
+        2,
+        5,
+        1,
+        4,
+    ]
+
+
+def test_write_atomic_bytes_is_atomic(tmp_path, monkeypatch):
+    out = tmp_path / "x.json"
+    write_atomic_bytes(out, b"new\n")
+    assert out.read_bytes() == b"new\n"
     import core.export as ex
 
     def boom(*a, **k):
@@ -99,11 +110,15 @@ def test_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ex.os, "replace", boom)
     with pytest.raises(OSError):
-        write_export(_frame(), out=out, fmt="jsonl", manifest={})
-    assert out.read_text() == "old\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["x.jsonl"]
+        write_atomic_bytes(out, b"newer\n")
+    assert out.read_bytes() == b"new\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
-def test_jsonl_rows_parse():
-    lines = serialize(_frame(3), "jsonl").decode().splitlines()
-    assert [json.loads(x)["id"] for x in lines] == ["e0", "e1", "e2"]
+def test_config_rejects_unknown_format_and_container():
+    with pytest.raises(StudioError, match="unknown format"):
+        ExportConfig(fmt="csv")
+    with pytest.raises(StudioError, match="unknown container"):
+        ExportConfig(container="zip")
+    assert ExportConfig(fmt="verl").layout == "verl"
+    assert ExportConfig(fmt="parquet").layout == "rows"
