@@ -205,21 +205,50 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+Action = Literal["keep", "drop"]
+# A filter column ``feature:N`` is the example's pooled activation of SAE feature N in the view's
+# feature run: 0 where N is not among the example's stored top-k features.
+FEATURE_PREFIX = "feature:"
+
+
 @dataclass(frozen=True)
 class Filter:
-    """One condition on the wide example view: ``column op value``.
+    """One rule on the wide example view: ``column op value``, and what to do with the rows.
 
-    ``value`` is a number, a string, or for ``in``/``not in`` a list of them.
+    ``value`` is a number, a string, or for ``in``/``not in`` a list of them. ``action`` "keep"
+    keeps the rows where the condition holds (a row whose value is NULL is removed); "drop"
+    removes the rows where it holds (a NULL value keeps the row).
+
+        >>> Filter("cluster", "in", [3, 5], action="drop").describe()
+        'drop cluster in 3,5'
     """
 
     column: str
     op: Op
     value: Any
+    action: Action = "keep"
+
+    def __post_init__(self) -> None:
+        if self.action not in ("keep", "drop"):
+            raise StudioError(f"filter on {self.column!r}: action must be keep or drop")
 
     def describe(self) -> str:
         if self.op in ("in", "not in"):
-            return f"{self.column} {self.op} {','.join(str(v) for v in self.value)}"
-        return f"{self.column}{self.op}{self.value}"
+            text = f"{self.column} {self.op} {','.join(str(v) for v in self.value)}"
+        else:
+            text = f"{self.column}{self.op}{self.value}"
+        return f"drop {text}" if self.action == "drop" else text
+
+
+def feature_index(column: str) -> int | None:
+    """``"feature:12"`` -> 12; None for a column that is not a feature (a StudioError when it
+    starts with ``feature:`` but is not followed by a whole number)."""
+    if not column.startswith(FEATURE_PREFIX):
+        return None
+    rest = column[len(FEATURE_PREFIX) :]
+    if not (rest.isascii() and rest.isdigit()):
+        raise StudioError(f"column {column!r}: expected feature:N with N a feature index")
+    return int(rest)
 
 
 @dataclass(frozen=True)
@@ -1322,34 +1351,18 @@ class Store:
 
         Columns: id, idx, prompt, answer, text, tags, extra, cluster, x, y, (with a dedup run)
         dup_group, is_duplicate, then one column per probe score (difficulty_proxy ...), one
-        per numeric label and one per string tag. ``filters`` are ANDed; ``ids`` keeps only those
-        example ids (a map selection); ``columns`` restricts the output (default: all).
+        per numeric label and one per string tag. ``filters`` are ANDed (each keeps or drops
+        rows, see :class:`Filter`); ``ids`` keeps only those example ids (a map selection);
+        ``columns`` restricts the output (default: all) and may name ``feature:N`` columns.
         """
-        labels, scores, tags = self._columns(dataset, views)
-        inner, params = self._wide_sql(dataset, views, labels, tags)
-        dedup = set(DEDUP_COLUMNS) if views.dedup_run is not None else set()
-        numeric = set(NUMERIC_BASE) | dedup | set(labels) | set(scores)
-        allowed = numeric | set(BASE_COLUMNS) | set(tags)
-        where, wparams = _where(filters, allowed, numeric=numeric)
-        select = "*"
-        if columns is not None:
-            bad = [c for c in columns if c not in allowed | {"tags", "extra"}]
-            if bad:
-                raise StudioError(f"unknown column {bad[0]!r}; known: {', '.join(sorted(allowed))}")
-            select = ", ".join(quote_ident(c) for c in columns)
-        sql = f"SELECT {select} FROM ({inner}) w"
-        if ids is not None:
-            where.append("w.id IN (SELECT id FROM _ids)")
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY w.idx"
+        sql, params, id_table = self._filtered_sql(dataset, views, filters, ids, columns)
         if limit is not None:
             sql += " LIMIT ?"
-            wparams.append(int(limit))
+            params.append(int(limit))
         with self.connect() as con:
-            if ids is not None:
-                con.register("_ids", pa.table({"id": pa.array(list(ids), pa.string())}))
-            return con.sql(sql, params=params + wparams).to_arrow_table()
+            if id_table is not None:
+                con.register("_ids", id_table)
+            return con.sql(sql, params=params).to_arrow_table()
 
     def count(
         self,
@@ -1360,6 +1373,101 @@ class Store:
         ids: Sequence[str] | None = None,
     ) -> int:
         return self.wide(dataset, views=views, filters=filters, ids=ids, columns=["id"]).num_rows
+
+    def rule_hits(
+        self,
+        dataset: str,
+        *,
+        views: Views,
+        filters: Sequence[Filter],
+        ids: Sequence[str] | None = None,
+        columns: Sequence[str] = ("cluster",),
+    ) -> pa.Table:
+        """Which rule removes which row, in one query: one row per example (ingest order) with
+        id, ``columns``, and a boolean ``r0, r1, ...`` per filter, True where that filter
+        removes the row on its own; with ``ids`` also ``r_sel``, True outside the selection.
+
+        A row survives all the rules exactly when every ``r*`` is False, so the rows
+        ``wide(filters=..., ids=...)`` returns are the rows with no hit."""
+        cols = [c for c in columns if c != "id"]
+        src = self._source(dataset, views, [*(f.column for f in filters), *cols])
+        select, params = src.select(["id", *cols])
+        for i, f in enumerate(filters):
+            cond, cparams = src.condition(f)
+            # a keep rule removes the rows where its condition is false or NULL
+            hit = f"coalesce({cond}, false)"
+            select += f", {hit if f.action == 'drop' else f'NOT {hit}'} AS r{i}"
+            params += cparams
+        id_table = None
+        if ids is not None:
+            select += ", w.id NOT IN (SELECT id FROM _ids) AS r_sel"
+            id_table = _id_table(ids)
+        sql = f"SELECT {select} {src.from_sql} ORDER BY w.idx"
+        with self.connect() as con:
+            if id_table is not None:
+                con.register("_ids", id_table)
+            return con.sql(sql, params=params + src.params).to_arrow_table()
+
+    def _filtered_sql(
+        self,
+        dataset: str,
+        views: Views,
+        filters: Sequence[Filter],
+        ids: Sequence[str] | None,
+        columns: Sequence[str] | None,
+    ) -> tuple[str, list[Any], pa.Table | None]:
+        """``SELECT columns FROM <wide view> WHERE <every filter> ORDER BY idx``: the SQL, its
+        parameters, and the table of ``ids`` to register as ``_ids`` (None without ids).
+
+        The one place the filtered wide view is written: wide() and count() run it as is; a
+        caller may wrap it (LIMIT, a streaming fetch) as long as it registers the ids table."""
+        src = self._source(dataset, views, [*(f.column for f in filters), *(columns or ())])
+        select, params = src.select(columns)
+        where: list[str] = []
+        wparams: list[Any] = []
+        for f in filters:
+            cond, cparams = src.condition(f)
+            keep = f"coalesce({cond}, false)"
+            where.append(f"NOT {keep}" if f.action == "drop" else keep)
+            wparams += cparams
+        id_table = None
+        if ids is not None:
+            where.append("w.id IN (SELECT id FROM _ids)")
+            id_table = _id_table(ids)
+        sql = f"SELECT {select} {src.from_sql}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY w.idx"
+        return sql, params + src.params + wparams, id_table
+
+    def _source(self, dataset: str, views: Views, refs: Sequence[str]) -> _WideSource:
+        """The wide view as ``FROM (...) w``, joined to the feature run's stored features when
+        ``refs`` (the columns filters and the select list name) include a ``feature:N``."""
+        labels, scores, tags = self._columns(dataset, views)
+        inner, params = self._wide_sql(dataset, views, labels, tags)
+        dedup = set(DEDUP_COLUMNS) if views.dedup_run is not None else set()
+        numeric = set(NUMERIC_BASE) | dedup | set(labels) | set(scores)
+        allowed = numeric | set(BASE_COLUMNS) | set(tags)
+        from_sql = f"FROM ({inner}) w"
+        wanted = [(c, n) for c in refs if (n := feature_index(c)) is not None]
+        d_sae = None
+        if wanted:
+            if views.feature_run is None:
+                raise StudioError(
+                    f"{wanted[0][0]}: dataset '{dataset}' has no feature run; run "
+                    f"`python -m core featurize --dataset {dataset} ...` first"
+                )
+            d_sae = self.run(views.feature_run)["summary"].get("d_sae")
+            d_sae = int(d_sae) if d_sae is not None else None
+            for col, n in wanted:
+                if d_sae is not None and n >= d_sae:
+                    raise StudioError(
+                        f"{col}: feature {n} is out of range: the SAE of feature run "
+                        f"{views.feature_run} has {d_sae} features (0..{d_sae - 1})"
+                    )
+            from_sql += " LEFT JOIN features fr ON fr.run_id = ? AND fr.example_id = w.id"
+            params = [*params, views.feature_run]
+        return _WideSource(from_sql, params, allowed, numeric, has_features=bool(wanted))
 
     def map_points(self, dataset: str, *, views: Views, top_n: int = 3) -> pd.DataFrame:
         """What the Map draws: id, x, y, cluster, prompt, every label, and a 'top_features'
@@ -1429,38 +1537,75 @@ def _run_record(rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
-def _where(
-    filters: Sequence[Filter], allowed: set[str], *, numeric: set[str]
-) -> tuple[list[str], list[Any]]:
-    """SQL conditions for filters: identifiers checked against ``allowed``, values as params."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    for f in filters:
-        if f.column in DEDUP_COLUMNS and f.column not in allowed:
+def _id_table(ids: Sequence[str]) -> pa.Table:
+    return pa.table({"id": pa.array(list(ids), pa.string())})
+
+
+@dataclass(frozen=True)
+class _WideSource:
+    """``FROM (wide view) w [LEFT JOIN features fr]`` with its parameters, and the columns a
+    filter or a select list may name. Identifiers are checked here; values become parameters."""
+
+    from_sql: str
+    params: list[Any]
+    allowed: set[str]
+    numeric: set[str]
+    has_features: bool
+
+    def expr(self, column: str) -> tuple[str, list[Any]]:
+        """The SQL of one column: ``w."name"``, or a feature's activation (0 where the feature
+        is not among the example's stored top-k; NULL for an example the run did not store)."""
+        n = feature_index(column)
+        if n is not None:
+            assert self.has_features, "_source saw no feature column"
+            return (
+                "CASE WHEN fr.example_id IS NULL THEN NULL "
+                "ELSE CAST(coalesce(fr.vals[list_position(fr.feature_ids, ?)], 0) AS DOUBLE) END",
+                [n],
+            )
+        return f"w.{quote_ident(column)}", []
+
+    def select(self, columns: Sequence[str] | None) -> tuple[str, list[Any]]:
+        if columns is None:
+            return "w.*", []
+        parts, params = [], []
+        for c in columns:
+            if feature_index(c) is None and c not in self.allowed | {"tags", "extra"}:
+                known = ", ".join(sorted(self.allowed))
+                raise StudioError(f"unknown column {c!r}; known: {known}")
+            sql, p = self.expr(c)
+            parts.append(f"{sql} AS {quote_ident(c)}")
+            params += p
+        return ", ".join(parts), params
+
+    def condition(self, f: Filter) -> tuple[str, list[Any]]:
+        """The bare condition of a filter (NULL where the row's value is NULL)."""
+        is_feature = feature_index(f.column) is not None
+        if f.column in DEDUP_COLUMNS and f.column not in self.allowed:
             raise StudioError(
                 f"filter {f.describe()!r}: the dataset has no near-duplicate groups yet; "
                 "run `python -m core dedup --dataset NAME` first"
             )
-        if f.column not in allowed:
+        if not is_feature and f.column not in self.allowed:
             raise StudioError(
                 f"filter {f.describe()!r}: unknown column {f.column!r}; "
-                f"known: {', '.join(sorted(allowed))}"
+                f"known: {', '.join(sorted(self.allowed))}"
             )
-        col = f"w.{quote_ident(f.column)}"
+        numeric = is_feature or f.column in self.numeric
+        col, params = self.expr(f.column)
         if f.op in ("in", "not in"):
-            values = [_filter_value(f, v, numeric=f.column in numeric) for v in f.value]
+            values = [_filter_value(f, v, numeric=numeric) for v in f.value]
             if not values:
                 raise StudioError(f"filter {f.describe()!r}: empty list")
-            cast = "DOUBLE" if f.column in numeric else "VARCHAR"
+            cast = "DOUBLE" if numeric else "VARCHAR"
             neg = "NOT " if f.op == "not in" else ""
-            clauses.append(f"{neg}list_contains(CAST(? AS {cast}[]), CAST({col} AS {cast}))")
-            params.append(values)
-        else:
-            if f.op not in ("<", "<=", ">", ">=", "=", "!="):
-                raise StudioError(f"filter {f.describe()!r}: unknown operator {f.op!r}")
-            clauses.append(f"{col} {f.op} ?")
-            params.append(_filter_value(f, f.value, numeric=f.column in numeric))
-    return clauses, params
+            return f"{neg}list_contains(CAST(? AS {cast}[]), CAST({col} AS {cast}))", [
+                values,
+                *params,
+            ]
+        if f.op not in ("<", "<=", ">", ">=", "=", "!="):
+            raise StudioError(f"filter {f.describe()!r}: unknown operator {f.op!r}")
+        return f"{col} {f.op} ?", [*params, _filter_value(f, f.value, numeric=numeric)]
 
 
 def _filter_value(f: Filter, value: Any, *, numeric: bool) -> Any:

@@ -329,3 +329,84 @@ def test_migration_3_adds_duplicate_groups_and_old_files_still_read(tmp_path, mo
     assert s.migrate() == store_mod.SCHEMA_VERSION
     with s.connect() as con:
         assert con.execute("SELECT count(*) FROM duplicate_groups").fetchone() == (0,)
+
+
+# --- rules: keep / drop, feature conditions, which rule removes which row ---------------------
+def _partial_label(s: Store) -> None:
+    """A label 'score' on e0..e2 only (e3, e4 have no value: NULL in the wide view)."""
+    s.set_labels(
+        "d", "score", pa.table({"example_id": ["e0", "e1", "e2"], "value": [0.1, 0.5, 0.9]})
+    )
+
+
+def test_drop_rules_keep_null_rows_and_keep_rules_remove_them(store):
+    _partial_label(store)
+    views = Views(None, None, None)
+
+    def ids(*filters: Filter) -> list[str]:
+        return store.wide("d", views=views, filters=filters, columns=["id"])["id"].to_pylist()
+
+    assert ids(Filter("score", ">=", 0.5)) == ["e1", "e2"]  # keep: NULL is removed
+    assert ids(Filter("score", ">=", 0.5, action="drop")) == ["e0", "e3", "e4"]  # NULL stays
+    assert ids(Filter("score", "in", [0.1], action="drop")) == ["e1", "e2", "e3", "e4"]
+    assert ids(Filter("score", "not in", [0.1], action="drop")) == ["e0", "e3", "e4"]
+    # drop and keep AND together
+    assert ids(Filter("difficulty", ">=", 1), Filter("score", ">", 0.7, action="drop")) == [
+        "e1",
+        "e3",
+        "e4",
+    ]
+    assert Filter("cluster", "in", [3, 5], action="drop").describe() == "drop cluster in 3,5"
+    assert Filter("score", ">=", 0.5).describe() == "score>=0.5"  # keep reads as before
+    with pytest.raises(StudioError, match="action must be keep or drop"):
+        Filter("score", ">", 1, action="remove")  # type: ignore[arg-type]
+
+
+def test_feature_conditions_read_the_stored_topk(store):
+    run = _feature_run(store)  # feature 7: 0.1 .. 0.5 on e0..e4; feature 3 on e0 (0.05), e1 (0.9)
+    views = Views(run, None, None)
+
+    def ids(*filters: Filter) -> list[str]:
+        return store.wide("d", views=views, filters=filters, columns=["id"])["id"].to_pylist()
+
+    assert ids(Filter("feature:7", ">", 0.25)) == ["e2", "e3", "e4"]
+    assert ids(Filter("feature:3", ">", 0.5, action="drop")) == ["e0", "e2", "e3", "e4"]
+    # not in an example's top-k reads as 0, so a keep rule on > 0 keeps only e0, e1
+    assert ids(Filter("feature:3", ">", 0)) == ["e0", "e1"]
+    assert ids(Filter("feature:3", "=", 0)) == ["e2", "e3", "e4"]
+    assert store.count("d", views=views, filters=[Filter("feature:12", "<", 1)]) == 5
+    # a feature is a column of the output too
+    wide = store.wide("d", views=views, columns=["id", "feature:3", "feature:7"]).to_pandas()
+    assert wide["feature:3"].tolist() == pytest.approx([0.05, 0.9, 0.0, 0.0, 0.0])
+    assert wide["feature:7"].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+    with pytest.raises(StudioError, match=r"feature 16 is out of range.*16 features \(0..15\)"):
+        store.wide("d", views=views, filters=[Filter("feature:16", ">", 0)])
+    with pytest.raises(StudioError, match="has no feature run; run `python -m core featurize"):
+        store.wide("d", views=Views(None, None, None), filters=[Filter("feature:3", ">", 0)])
+    with pytest.raises(StudioError, match="expected feature:N"):
+        store.wide("d", views=views, filters=[Filter("feature:x", ">", 0)])
+    with pytest.raises(StudioError, match="'feature:3' is numeric"):
+        store.wide("d", views=views, filters=[Filter("feature:3", ">", "high")])
+
+
+def test_rule_hits_say_which_rule_removes_each_row(store):
+    _partial_label(store)
+    run = _feature_run(store)
+    views = Views(run, None, None)
+    filters = [
+        Filter("score", ">=", 0.5),  # removes e0 and the NULL rows e3, e4
+        Filter("feature:7", ">", 0.35, action="drop"),  # removes e3, e4
+        Filter("difficulty", "in", [1.0], action="drop"),  # removes e1
+    ]
+    hits = store.rule_hits("d", views=views, filters=filters, columns=["difficulty"])
+    assert hits.column_names == ["id", "difficulty", "r0", "r1", "r2"]
+    df = hits.to_pandas().set_index("id")
+    assert df["r0"].tolist() == [True, False, False, True, True]
+    assert df["r1"].tolist() == [False, False, False, True, True]
+    assert df["r2"].tolist() == [False, True, False, False, False]
+    # the rows with no hit are exactly the rows the filters keep
+    kept = df.index[~df[["r0", "r1", "r2"]].any(axis=1)].tolist()
+    assert kept == store.wide("d", views=views, filters=filters)["id"].to_pylist() == ["e2"]
+    sel = store.rule_hits("d", views=views, filters=[], ids=["e1", "e3"]).to_pandas()
+    assert sel.columns.tolist() == ["id", "cluster", "r_sel"]
+    assert sel["r_sel"].tolist() == [True, False, True, False, True]
