@@ -1281,6 +1281,13 @@ class Store:
         taken |= {"tags", "extra"}
         return labels, scores, [t for t in self.tag_names(dataset) if t not in taken]
 
+    def filter_columns(self, dataset: str, *, views: Views) -> list[str]:
+        """The columns a filter may name on this view (``feature:N`` aside): base columns, the
+        dedup columns with a dedup run, probe scores, labels and tags."""
+        labels, scores, tags = self._columns(dataset, views)
+        dedup = list(DEDUP_COLUMNS) if views.dedup_run is not None else []
+        return [*BASE_COLUMNS, *dedup, *scores, *labels, *tags]
+
     def _wide_sql(
         self, dataset: str, views: Views, label_names: Sequence[str], tag_names: Sequence[str]
     ) -> tuple[str, list]:
