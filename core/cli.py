@@ -17,6 +17,10 @@ from core.errors import StudioError
 
 DEFAULT_DB = "data/studio.duckdb"
 DEMO_DB = "data/demo.duckdb"
+# core.export's ORDERS and FORMATS, spelled out so `--help` does not import pandas
+# (tests/test_rules.py checks they agree)
+EXPORT_ORDERS = ("curriculum", "easy-to-hard", "random", "none")
+EXPORT_FORMATS = ("jsonl", "parquet", "hf", "verl", "trl-prompt", "trl-preference", "trl-messages")
 
 
 def _mapping(items: Sequence[str]) -> dict[str, str]:
@@ -53,11 +57,52 @@ def _table(df: Any) -> str:
     return df.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–")
 
 
+def _read_ids(path: str | None) -> list[str] | None:
+    """The ids listed in a file, one per line (None without a file)."""
+    if path is None:
+        return None
+    try:
+        return [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    except OSError as exc:
+        raise StudioError(f"--ids {path}: {exc.strerror}") from exc
+
+
+def _print_report(report: Any, *, rule_set: Any, path: str, dataset: str, show: int) -> None:
+    """The removed view as text: per rule, remaining per cluster and per difficulty band, and
+    the first ``show`` removed rows with the rules that removed them."""
+    print(
+        f"rule set '{rule_set.name}' ({path}) on dataset '{dataset}': {len(rule_set.rules)} "
+        f"rules; kept {report.kept} of {report.total} rows ({report.total - report.kept} removed)"
+    )
+    if not report.per_rule.empty:
+        print(
+            "\nRows removed per rule (removes: on its own; first: not removed by an earlier "
+            "rule; only: by no other rule)"
+        )
+        print(_table(report.per_rule))
+    if not report.per_cluster.empty:
+        print("\nRemaining per cluster (-1: no cluster)")
+        print(_table(report.per_cluster))
+    if report.bands is not None:
+        direction = "higher = easier" if report.bands.higher_is == "easier" else "higher = harder"
+        print(f"\nRemaining per difficulty band ({report.difficulty}, {direction}; easy first)")
+        print(_table(report.per_band))
+    else:
+        print("\nNo difficulty column: no bands (name one with --difficulty-column)")
+    removed = report.removed_rows()
+    if show > 0 and not removed.empty:
+        print(f"\nRemoved rows and why (first {min(show, len(removed))} of {len(removed)})")
+        for row in removed.head(show).to_dict("records"):
+            prompt = " ".join(str(row.get("prompt", "")).split())[:60]
+            where = f"  cluster {row['cluster']}" if "cluster" in row else ""
+            print(f"{row['id']}{where}  [{row['why']}]  {prompt}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m core",
         description="SAERL Studio pipeline: ingest, train-sae, featurize, cluster, dedup, "
-        "project, export, demo.",
+        "project, rules, export, demo.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -322,7 +367,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="keep only the example ids listed in FILE (one per line), e.g. a map selection",
     )
-    sp.add_argument("--order", choices=["curriculum", "random", "none"], default="none")
+    sp.add_argument(
+        "--rules",
+        metavar="FILE",
+        help="a rule set (JSON, see `rules`): its rules are ANDed with --where and --ids",
+    )
+    sp.add_argument(
+        "--order",
+        choices=EXPORT_ORDERS,
+        default="none",
+        help="curriculum (SAERL): easy-to-hard within each cluster, clusters interleaved; "
+        "easy-to-hard: the whole set by difficulty; random: seeded shuffle; none: as ingested",
+    )
     sp.add_argument(
         "--batch-size",
         type=int,
@@ -338,19 +394,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--difficulty-column",
-        default="difficulty",
-        help="column that orders the curriculum (easy = low)",
+        help="column that orders and bands by difficulty (default: the label 'difficulty', "
+        "else a difficulty probe's score, else a pass rate, where higher = easier)",
     )
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument(
         "--format",
-        choices=["jsonl", "parquet", "verl"],
+        choices=EXPORT_FORMATS,
         default="jsonl",
-        help="verl: RL Parquet with data_source, prompt (chat messages), ability, reward_model "
-        "{style: rule, ground_truth}, extra_info",
+        help="jsonl / parquet / hf: every column; verl: RL Parquet with data_source, prompt "
+        "(chat messages), ability, reward_model {style: rule, ground_truth}, extra_info; "
+        "trl-prompt, trl-preference, trl-messages: TRL's layouts",
+    )
+    sp.add_argument(
+        "--to",
+        choices=["jsonl", "parquet", "hf"],
+        help="the container (default: the output's suffix, else the format's own)",
     )
     sp.add_argument(
         "--out", required=True, help="output file; the manifest goes to OUT.manifest.json"
+    )
+
+    sp = cmd(
+        "rules",
+        "Show what a rule set removes from a dataset: rows per rule (on its own, first, only "
+        "this rule), and what remains per cluster and per difficulty band.",
+    )
+    sp.add_argument("path", metavar="FILE", help="the rule set (JSON)")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument(
+        "--ids", metavar="FILE", help="also keep only the example ids listed in FILE (one per line)"
+    )
+    sp.add_argument(
+        "--difficulty-column",
+        help="column the bands are made of (default: the label 'difficulty', else a difficulty "
+        "probe's score, else a pass rate)",
+    )
+    sp.add_argument(
+        "--show", type=int, default=10, metavar="N", help="print N removed rows and why (10)"
     )
 
     sp = cmd(
@@ -559,24 +640,57 @@ def run(args: argparse.Namespace) -> int:
             feature_run=args.feature_run,
         )
         print(f"projection run {run_id}: {store.run(run_id)['summary']['n']} points")
+    elif args.command == "rules":
+        from core.rules import check_on_store, intersect_ids, load_rule_set, removed_view
+
+        rule_set = load_rule_set(args.path)
+        store.dataset(args.dataset)
+        views = store.views(args.dataset)
+        for warning in check_on_store(store, args.dataset, rule_set, views=views):
+            print(f"warning: {warning}", file=sys.stderr)
+        ids = intersect_ids(rule_set.ids(), _read_ids(args.ids))
+        names = rule_set.hit_names()
+        if ids is not None and rule_set.ids() is None:
+            names.append("selection")
+        removal = removed_view(
+            store,
+            args.dataset,
+            views=views,
+            filters=rule_set.filters(),
+            ids=ids,
+            names=names,
+            difficulty=args.difficulty_column,
+            columns=["prompt"],
+        )
+        _print_report(
+            removal, rule_set=rule_set, path=args.path, dataset=args.dataset, show=args.show
+        )
     elif args.command == "export":
         from core.export import ExportConfig, parse_where
+        from core.rules import check_on_store, intersect_ids, load_rule_set
 
-        ids = None
-        if args.ids:
-            try:
-                ids = [ln.strip() for ln in Path(args.ids).read_text().splitlines() if ln.strip()]
-            except OSError as exc:
-                raise StudioError(f"--ids {args.ids}: {exc.strerror}") from exc
+        filters = [parse_where(w) for w in args.where]
+        ids = _read_ids(args.ids)
+        if args.rules:
+            rule_set = load_rule_set(args.rules)
+            store.dataset(args.dataset)
+            warnings = check_on_store(
+                store, args.dataset, rule_set, views=store.views(args.dataset)
+            )
+            for warning in warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+            filters = [*rule_set.filters(), *filters]
+            ids = intersect_ids(rule_set.ids(), ids)
         m = steps.export(
             store,
             dataset=args.dataset,
             out=args.out,
-            filters=[parse_where(w) for w in args.where],
+            filters=filters,
             ids=ids,
             cfg=ExportConfig(
                 order=args.order,
                 fmt=args.format,
+                container=args.to,
                 seed=args.seed,
                 difficulty_column=args.difficulty_column,
                 batch_size=args.batch_size,

@@ -31,7 +31,7 @@ import pandas as pd
 
 from core.errors import StudioError
 from core.export import parse_where, write_atomic_bytes
-from core.store import Action, Filter, feature_index
+from core.store import Action, Filter, Store, Views, feature_index
 
 RULE_SET_VERSION = 1
 # What names the SAE a feature index refers to: the feature run's config (+ d_sae, its size).
@@ -399,7 +399,7 @@ def difficulty_column(
     "easier".
 
     ``labels``: the dataset's numeric labels; ``scores``: the difficulty probes' score names ->
-    their run's ``higher_is`` (``core.steps.difficulty_scores``); ``others``: other numeric
+    their run's ``higher_is`` (:func:`difficulty_scores`); ``others``: other numeric
     columns a user may name (read as higher = harder). Without ``preferred``: the label
     "difficulty", else a difficulty probe's score (first by name), else a pass-rate label
     (``pass_rate`` first, then any ``pass*``; higher = easier), else (None, None).
@@ -593,10 +593,10 @@ def removal_report(
     removed = n_hits > 0
     names = np.asarray(list(rules), dtype=object)
     why = [list(names[row]) for row in m]
-    rows = pd.DataFrame({"id": hits["id"].to_numpy() if "id" in hits.columns else np.arange(n)})
-    if "cluster" in hits.columns:
-        cluster = pd.to_numeric(hits["cluster"], errors="coerce").fillna(-1).astype(int)
-        rows["cluster"] = cluster.to_numpy()
+    # every other column of the hits (id, cluster, difficulty, prompt ...) describes the row
+    rows = pd.DataFrame(hits.drop(columns=hit_cols)).reset_index(drop=True)
+    if "cluster" in rows.columns:
+        rows["cluster"] = pd.to_numeric(rows["cluster"], errors="coerce").fillna(-1).astype(int)
     bands = None
     if difficulty is not None:
         if difficulty not in hits.columns:
@@ -635,3 +635,53 @@ def _remaining(rows: pd.DataFrame, by: str | None) -> pd.DataFrame:
     out.insert(1, "kept", out["total"] - out["removed"])
     out["kept_share"] = out["kept"] / out["total"]
     return pd.DataFrame(out.reset_index())
+
+
+# --- on a store (the edge: Store methods, no SQL of its own) --------------------------------------
+def check_on_store(store: Store, dataset: str, rule_set: RuleSet, *, views: Views) -> list[str]:
+    """:func:`check_rule_set` against a dataset of ``store``; returns the warnings."""
+    identity = feature_identity(store.run(views.feature_run)) if views.feature_run else None
+    listed = any(r.ids is not None for r in rule_set.rules)
+    ids = store.wide(dataset, views=views, columns=["id"])["id"].to_pylist() if listed else None
+    return check_rule_set(
+        rule_set,
+        columns=store.filter_columns(dataset, views=views),
+        feature_run_config=identity,
+        example_ids=ids,
+    )
+
+
+def difficulty_scores(store: Store, views: Views) -> dict[str, str]:
+    """The probe scores of a view that measure difficulty: score name -> its run's higher_is
+    (what :func:`difficulty_column` takes as ``scores``)."""
+    out = {}
+    for name, rid in views.score_runs:
+        config = store.run(rid)["config"]
+        if config.get("signal") == "difficulty":
+            out[name] = str(config.get("higher_is") or "harder")
+    return out
+
+
+def removed_view(
+    store: Store,
+    dataset: str,
+    *,
+    views: Views,
+    filters: Sequence[Filter],
+    ids: Sequence[str] | None,
+    names: Sequence[str],
+    difficulty: str | None = None,
+    columns: Sequence[str] = (),
+) -> RemovalReport:
+    """The removed view of ``filters`` (and the ``ids`` selection) on a dataset, in one query.
+
+    ``names``: one per filter, then "selection" with ids (:func:`hit_names`,
+    :meth:`RuleSet.hit_names`); ``difficulty``: the column to band by (None: the
+    :func:`difficulty_column` default); ``columns``: more columns for the rows (e.g. prompt)."""
+    labels = store.label_names(dataset)
+    scores = difficulty_scores(store, views)
+    others = [n for n, _ in views.score_runs]
+    column, higher_is = difficulty_column(labels, scores, difficulty, others=others)
+    wanted = list(dict.fromkeys(["cluster", *([column] if column else []), *columns]))
+    hits = store.rule_hits(dataset, views=views, filters=filters, ids=ids, columns=wanted)
+    return removal_report(hits.to_pandas(), names, difficulty=column, higher_is=higher_is)

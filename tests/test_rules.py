@@ -5,6 +5,9 @@ rule-set panel on the pipeline database."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,12 +28,14 @@ from core.rules import (
     load_rule_set,
     parse_rule_where,
     removal_report,
+    removed_view,
     rule_set_bytes,
     rule_set_path,
     save_rule_set,
     where_text,
 )
-from core.store import Filter
+from core.store import Filter, Store
+from tests.conftest import run_cli
 
 SAE = {"model": "m", "layer": 3, "hook": "blocks.3.hook_resid_post", "sae": "s", "d_sae": 64}
 
@@ -296,3 +301,125 @@ def test_removal_report_easier_direction_and_no_rules():
 def test_hit_names_number_the_filters():
     fs = [Filter("a", ">", 1), Filter("cluster", "in", [2], action="drop")]
     assert hit_names(fs, selection=True) == ["1: a>1", "2: drop cluster in 2", "selection"]
+
+
+# --- the CLI on the pipeline database ------------------------------------------------------------
+@pytest.fixture
+def db(pipeline_db: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's pipeline database, free to write to."""
+    copy = tmp_path / "studio.duckdb"
+    shutil.copy(pipeline_db, copy)
+    return copy
+
+
+def _demo_rule_set(db: Path) -> tuple[RuleSet, pd.DataFrame]:
+    """A rule set with a score threshold, a feature rule, a cluster drop and dedup, and the
+    wide columns to check it by hand."""
+    s = Store(db)
+    views = s.views("demo")
+    assert views.feature_run is not None
+    summary = s.feature_summary(views.feature_run)
+    fid = int(summary.sort_values(["n_topk", "feature_id"], ascending=[False, True]).iloc[0, 0])
+    t = float(np.median(s.feature_activations(views.feature_run, fid)))
+    cols = ["id", "quality_proxy", "cluster", "is_duplicate", f"feature:{fid}"]
+    wide = s.wide("demo", views=views, columns=cols).to_pandas()
+    q = float(np.quantile(wide["quality_proxy"], 0.2))
+    rs = RuleSet(
+        "demo-clean",
+        (
+            Rule("keep", where=f"quality_proxy>={q!r}", note="quality probe"),
+            Rule("drop", where=f"feature:{fid}>{t!r}", note="a frequent feature"),
+            Rule("drop", where="cluster in 0"),
+            Rule("drop", where="is_duplicate=1", note="one per near-duplicate group"),
+        ),
+        feature_run=feature_identity(s.run(views.feature_run)),
+    )
+    keep = (
+        (wide["quality_proxy"] >= q)
+        & ~(wide[f"feature:{fid}"] > t)
+        & (wide["cluster"] != 0)
+        & (wide["is_duplicate"] != 1)
+    )
+    return rs, wide[keep]
+
+
+@pytest.mark.slow
+def test_rules_command_and_export_agree(db, tmp_path, capsys):
+    rs, expected = _demo_rule_set(db)
+    path = save_rule_set(tmp_path / "rules" / "demo-clean.json", rs)
+    assert run_cli("rules", str(path), "--dataset", "demo", "--db", str(db)) == 0
+    printed = capsys.readouterr().out
+    kept = int(re.search(r"kept (\d+) of 200 rows", printed).group(1))  # type: ignore[union-attr]
+    assert kept == len(expected) and 0 < kept < 150
+    for heading in ("per rule", "per cluster", "per difficulty band (difficulty, higher = harder"):
+        assert heading in printed
+    assert "2: drop feature:" in printed and "Removed rows and why" in printed
+    # the same numbers through the library: every rule removes something
+    s = Store(db)
+    views = s.views("demo")
+    names = rs.hit_names()
+    report = removed_view(s, "demo", views=views, filters=rs.filters(), ids=None, names=names)
+    assert report.kept == kept and bool((report.per_rule["removes"] > 0).all())
+    assert report.per_cluster.set_index("cluster").loc[0, "kept"] == 0
+    assert int(report.per_band["kept"].sum()) == kept
+    # export --rules writes exactly the rows the removed view says remain
+    out = tmp_path / "clean.jsonl"
+    assert (
+        run_cli(
+            "export", "--dataset", "demo", "--rules", str(path), "--out", str(out), "--db", str(db)
+        )
+        == 0
+    )
+    rows = pd.read_json(out, lines=True)
+    assert len(rows) == kept and sorted(rows["id"]) == sorted(expected["id"])
+    assert 0 not in set(rows["cluster"]) and set(rows["is_duplicate"]) == {0}
+    # --where and --ids AND with the rule set
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("\n".join([*expected["id"].tolist()[:5], "demo-99999"]))
+    args = ["--rules", str(path), "--ids", str(ids_file), "--where", "difficulty>=0"]
+    assert run_cli("export", "--dataset", "demo", *args, "--out", str(out), "--db", str(db)) == 0
+    assert len(pd.read_json(out, lines=True)) == 5
+
+
+@pytest.mark.slow
+def test_a_rule_set_on_a_dataset_without_its_column_fails_in_one_line(db, tmp_path, capsys):
+    rs, _ = _demo_rule_set(db)
+    path = save_rule_set(tmp_path / "demo-clean.json", rs)
+    data = tmp_path / "other.jsonl"
+    data.write_text(
+        "".join(json.dumps({"prompt": f"q {i}", "answer": str(i)}) + "\n" for i in range(5))
+    )
+    assert (
+        run_cli("ingest", str(data), "--dataset", "other", "--kind", "prompts", "--db", str(db))
+        == 0
+    )
+    capsys.readouterr()
+    for cmd in (
+        ["rules", str(path)],
+        ["export", "--rules", str(path), "--out", str(tmp_path / "o.jsonl")],
+    ):
+        assert run_cli(*cmd, "--dataset", "other", "--db", str(db)) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err
+        assert (
+            err.startswith("error: rule 1 (keep quality_proxy>=")
+            and "no column 'quality_proxy'" in err
+        )
+    assert not (tmp_path / "o.jsonl").exists()
+    # the same rules recorded for another SAE: the feature rule is refused on demo
+    other = RuleSet(rs.name, rs.rules, feature_run={**(rs.feature_run or {}), "sae": "another"})
+    save_rule_set(path, other)
+    assert run_cli("rules", str(path), "--dataset", "demo", "--db", str(db)) == 2
+    err = capsys.readouterr().err
+    assert "rule 2 (drop feature:" in err and "only meaningful for the same SAE" in err
+
+
+def test_cli_export_choices_follow_core_export():
+    from core import cli
+    from core.export import FORMATS, ORDERS
+
+    assert cli.EXPORT_ORDERS == ORDERS and cli.EXPORT_FORMATS == FORMATS
+    args = cli.build_parser().parse_args(
+        ["export", "--dataset", "d", "--out", "o", "--rules", "r.json"]
+    )
+    assert args.rules == "r.json" and args.difficulty_column is None and args.to is None
