@@ -248,7 +248,8 @@ def _rule(data: Any, where: str) -> Rule:
 
 
 def load_rule_set(path: str | Path) -> RuleSet:
-    """Read and validate a rule set file; a bad file is a one-line StudioError naming it."""
+    """Read and validate a rule set file; a bad file is a one-line StudioError naming it. A
+    file without a name takes its stem."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -256,14 +257,20 @@ def load_rule_set(path: str | Path) -> RuleSet:
         raise StudioError(f"rule set {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise StudioError(f"rule set {path}: not UTF-8 text") from None
+    rs = parse_rule_set(text, source=str(path))
+    return rs if rs.name else replace(rs, name=path.stem)
+
+
+def parse_rule_set(text: str, *, source: str) -> RuleSet:
+    """A rule set from JSON text (an uploaded file); errors name ``source``, the line of bad
+    JSON, or the rule number and field."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise StudioError(
-            f"{path}: line {exc.lineno} column {exc.colno}: invalid JSON ({exc.msg})"
+            f"{source}: line {exc.lineno} column {exc.colno}: invalid JSON ({exc.msg})"
         ) from None
-    rs = RuleSet.from_dict(data, source=str(path))
-    return rs if rs.name else replace(rs, name=path.stem)
+    return RuleSet.from_dict(data, source=source)
 
 
 def rule_set_bytes(rule_set: RuleSet) -> bytes:

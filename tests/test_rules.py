@@ -423,3 +423,86 @@ def test_cli_export_choices_follow_core_export():
         ["export", "--dataset", "d", "--out", "o", "--rules", "r.json"]
     )
     assert args.rules == "r.json" and args.difficulty_column is None and args.to is None
+
+
+# --- the rule-set panel under AppTest -------------------------------------------------------------
+def _panel_script(db: str, rules_dir: str) -> None:
+    """A page with the quick dedup widget and the rule-set panel, publishing what it returns."""
+    from pathlib import Path
+
+    import streamlit as st
+
+    from core.store import Filter, Store
+    from pages.common import PageContext
+    from pages.rules_panel import rule_set_panel
+
+    s = Store(db)
+    ctx = PageContext("demo", db, s.version_token(), s.views("demo"))
+    dedup = st.checkbox("dedup", key="t_dedup")
+    quick = [Filter("is_duplicate", "=", 1, action="drop")] if dedup else []
+    filters, ids, name = rule_set_panel(ctx, quick, rules_dir=Path(rules_dir))
+    st.session_state["t_out"] = ([f.describe() for f in filters], ids, name)
+    st.session_state["t_count"] = s.count("demo", views=ctx.views, filters=filters, ids=ids)
+
+
+def _metric(at, label: str) -> int:
+    return int(next(m.value for m in at.metric if m.label == label).replace(",", ""))
+
+
+@pytest.mark.slow
+def test_rule_set_panel_loads_adds_feature_rules_saves_and_explains(pipeline_db, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    rules_dir = tmp_path / "rules"
+    rs, expected = _demo_rule_set(pipeline_db)
+    save_rule_set(rules_dir / "demo-clean.json", rs)
+    (rules_dir / "broken.json").write_text('{"rules": [{"action": "keep", "where": "nope"}]}')
+    at = AppTest.from_function(_panel_script, args=(str(pipeline_db), str(rules_dir)))
+    at.default_timeout = 60
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert _metric(at, "Kept by the rules") == 200 and at.session_state["t_out"] == ([], None, None)
+
+    at.selectbox(key="rules_file").select("demo-clean.json").run()
+    assert not at.exception and not at.error
+    kept = _metric(at, "Kept by the rules")
+    assert kept == len(expected) == at.session_state["t_count"]
+    described, ids, name = at.session_state["t_out"]
+    assert name == "demo-clean" and ids is None and len(described) == 4
+    per_rule = next(d.value for d in at.dataframe if "first" in d.value.columns)
+    assert per_rule["source"].tolist()[0] == "rule set: quality probe"
+    assert any(e.label.startswith(f"Removed rows and why ({200 - kept:,})") for e in at.expander)
+
+    # a feature rule from the editor: drop the rows where another feature fires
+    s = Store(pipeline_db)
+    views = s.views("demo")
+    assert views.feature_run is not None
+    summary = s.feature_summary(views.feature_run)
+    fid = int(summary[summary["n_topk"] > 0].sort_values("n_topk").iloc[-2]["feature_id"])
+    at.number_input(key="rules_feat_id").set_value(fid)
+    at.selectbox(key="rules_feat_op").select(">")
+    at.radio(key="rules_feat_action").set_value("drop")
+    at.button(key="rules_feat_add").click().run()
+    assert not at.exception
+    described, _, _ = at.session_state["t_out"]
+    assert described[-1] == f"drop feature:{fid}>0.0"
+    fewer = _metric(at, "Kept by the rules")
+    assert fewer == at.session_state["t_count"] < kept
+    # with the dedup widget on as well (already a rule of the set: nothing changes)
+    at.checkbox(key="t_dedup").check().run()
+    assert _metric(at, "Kept by the rules") == fewer
+
+    # save the combined rules under a new name and load them back
+    at.text_input(key="rules_save_name").set_value("mine").run()
+    at.button(key="rules_save").click().run()
+    assert not at.exception and not at.error
+    saved = load_rule_set(rules_dir / "mine.json")
+    assert [r.where for r in saved.rules][-2:] == ["is_duplicate=1", f"feature:{fid}>0"]
+    assert saved.feature_run == rs.feature_run and len(saved.rules) == 6
+    assert any("mine.json" in str(m.value) for m in at.success)
+
+    # a file that cannot apply: one line, the page goes on without it
+    at.selectbox(key="rules_file").select("broken.json").run()
+    assert not at.exception
+    assert len(at.error) == 1 and "broken.json: rule 1: where" in at.error[0].value
+    assert _metric(at, "Kept by the rules") == at.session_state["t_count"]
