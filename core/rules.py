@@ -390,8 +390,19 @@ def intersect_ids(a: Sequence[str] | None, b: Sequence[str] | None) -> list[str]
 def hit_names(filters: Sequence[Filter], *, selection: bool = False) -> list[str]:
     """Names of the hit columns of ``Store.rule_hits``: ``"1: quality>=0.5"`` ... and, with a
     selection, ``"selection"``."""
-    names = [f"{i}: {f.describe()}" for i, f in enumerate(filters, 1)]
+    names = [f"{i}: {_short(f)}" for i, f in enumerate(filters, 1)]
     return [*names, SELECTION] if selection else names
+
+
+def _short(f: Filter) -> str:
+    """``Filter.describe`` with whole numbers written without ``.0`` and long lists cut."""
+    if f.op in ("in", "not in"):
+        values = [_text(v) for v in f.value]
+        shown = ",".join(values[:5]) + (f",… ({len(values)} values)" if len(values) > 5 else "")
+        text = f"{f.column} {f.op} {shown}"
+    else:
+        text = f"{f.column}{f.op}{_text(f.value)}"
+    return f"drop {text}" if f.action == "drop" else text
 
 
 # --- difficulty: which column, and its bands ---------------------------------------------------

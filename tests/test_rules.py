@@ -299,8 +299,17 @@ def test_removal_report_easier_direction_and_no_rules():
 
 
 def test_hit_names_number_the_filters():
-    fs = [Filter("a", ">", 1), Filter("cluster", "in", [2], action="drop")]
-    assert hit_names(fs, selection=True) == ["1: a>1", "2: drop cluster in 2", "selection"]
+    fs = [
+        Filter("a", ">", 1.5),
+        Filter("cluster", "in", [2.0], action="drop"),
+        Filter("id", "in", [f"e{i}" for i in range(7)], action="drop"),
+    ]
+    assert hit_names(fs, selection=True) == [
+        "1: a>1.5",
+        "2: drop cluster in 2",
+        "3: drop id in e0,e1,e2,e3,e4,… (7 values)",
+        "selection",
+    ]
 
 
 # --- the CLI on the pipeline database ------------------------------------------------------------
@@ -485,7 +494,7 @@ def test_rule_set_panel_loads_adds_feature_rules_saves_and_explains(pipeline_db,
     at.button(key="rules_feat_add").click().run()
     assert not at.exception
     described, _, _ = at.session_state["t_out"]
-    assert described[-1] == f"drop feature:{fid}>0.0"
+    assert described[-1] == f"drop feature:{fid}>0.0"  # Filter.describe
     fewer = _metric(at, "Kept by the rules")
     assert fewer == at.session_state["t_count"] < kept
     # with the dedup widget on as well (already a rule of the set: nothing changes)
