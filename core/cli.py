@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -359,8 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="EXPR",
-        help="filter, repeatable (ANDed): 'quality>=0.5', 'cluster in 1,3', "
-        "'task=leg_counting', 'cluster not in 2'",
+        help="keep the rows where EXPR holds, repeatable (ANDed): 'quality>=0.5', "
+        "'cluster in 1,3', 'task=leg_counting', 'feature:1234>0.5' (an SAE feature's activation)",
+    )
+    sp.add_argument(
+        "--drop",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="drop the rows where EXPR holds (a missing value keeps the row), repeatable: "
+        "'is_duplicate=1', 'cluster in 3,5', 'feature:1234>0.5'",
     )
     sp.add_argument(
         "--ids",
@@ -666,10 +675,11 @@ def run(args: argparse.Namespace) -> int:
             removal, rule_set=rule_set, path=args.path, dataset=args.dataset, show=args.show
         )
     elif args.command == "export":
-        from core.export import ExportConfig, parse_where
-        from core.rules import check_on_store, intersect_ids, load_rule_set
+        from core.export import ExportConfig
+        from core.rules import check_on_store, intersect_ids, load_rule_set, parse_rule_where
 
-        filters = [parse_where(w) for w in args.where]
+        filters = [parse_rule_where(w) for w in args.where]
+        filters += [replace(parse_rule_where(w), action="drop") for w in args.drop]
         ids = _read_ids(args.ids)
         if args.rules:
             rule_set = load_rule_set(args.rules)

@@ -52,14 +52,18 @@ def parse_rule_where(expr: str) -> Filter:
     m = _FEATURE_WHERE.match(expr)
     if m is None:
         if expr.strip().startswith("feature:"):
-            raise StudioError(f"{expr!r}: a feature rule is feature:N<op>T (op: < <= > >= = !=)")
+            raise StudioError(
+                f"--where {expr!r}: a feature rule is feature:N<op>T (op: < <= > >= = !=)"
+            )
         return parse_where(expr)
     column, op, raw = f"feature:{m.group(1)}", m.group(2), m.group(3)
     feature_index(column)  # feature:N with N a whole number
     try:
         value = float(raw)
     except ValueError:
-        raise StudioError(f"{expr!r}: a feature threshold must be a number, got {raw!r}") from None
+        raise StudioError(
+            f"--where {expr!r}: a feature threshold must be a number, got {raw!r}"
+        ) from None
     return Filter(column, "=" if op == "==" else op, value)  # type: ignore[arg-type]
 
 

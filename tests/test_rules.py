@@ -382,6 +382,12 @@ def test_rules_command_and_export_agree(db, tmp_path, capsys):
     rows = pd.read_json(out, lines=True)
     assert len(rows) == kept and sorted(rows["id"]) == sorted(expected["id"])
     assert 0 not in set(rows["cluster"]) and set(rows["is_duplicate"]) == {0}
+    # the same rules as --where / --drop on the command line write the same rows
+    flags = [(f"--{'where' if r.action == 'keep' else 'drop'}", str(r.where)) for r in rs.rules]
+    same = tmp_path / "same.jsonl"
+    args = [a for flag in flags for a in flag]
+    assert run_cli("export", "--dataset", "demo", *args, "--out", str(same), "--db", str(db)) == 0
+    assert pd.read_json(same, lines=True)["id"].tolist() == rows["id"].tolist()
     # --where and --ids AND with the rule set
     ids_file = tmp_path / "ids.txt"
     ids_file.write_text("\n".join([*expected["id"].tolist()[:5], "demo-99999"]))
