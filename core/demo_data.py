@@ -13,6 +13,25 @@ Everything runs offline and is deterministic in ``seed``.
 No model that runs offline can really solve these tasks, so the demo's RL rollouts are
 **simulated** (:func:`write_demo_rollouts`, labelled by :data:`DEMO_ROLLOUT_SOURCE`): a toy
 policy passes with a probability set by the task's ease and the difficulty level.
+
+Two more sets show the other data kinds, built from the same clean problems (corrupted ones
+skipped) with **templated** responses, not model outputs:
+
+- preferences (:func:`write_demo_preferences`, kind "preferences"): per problem 1 chosen and
+  1..``n_rejected`` rejected responses (N drawn per problem, so 1-of-N chance differs). Every
+  response states its answer in a marked slot; :func:`extract_demo_answer` reads the slot back
+  and the task's own reasoning-gym ``score_answer`` scores that exact string against the
+  regenerated entry: 1.0 for the chosen, < 1.0 for each (distinct) rejected answer. The score
+  is of the slot, not of the whole text: these verifiers compare a bare answer, so a whole
+  right response scores below 1.0 (prime_factorization's raises). No score is made up.
+- chats (:func:`write_demo_chats`, kind "chats"): the problem and a verified-correct answer; some
+  rows add a follow-up ("Can you double-check that?") and a verified confirmation. No
+  ``feedback`` label: nothing here could honestly supply one.
+
+A response's style (:data:`DEMO_STYLES`: terse, worked, boxed, hedged, tagged) is drawn
+independently of whether it is chosen or rejected, so style is no shortcut to correctness; the
+styles are kept as tags (``style_chosen``, ``style_rejected``) to show whether a reward model
+is swayed by them.
 """
 
 from __future__ import annotations
@@ -282,6 +301,296 @@ def _read_demo_jsonl(path: Path) -> list[tuple[str, dict[str, Any]]]:
     return located
 
 
+# --- preference and chat sets -------------------------------------------------------------------
+
+# How a demo response is written. The answer goes in one marked slot; :func:`extract_demo_answer`
+# reads it back and that exact string is what reasoning-gym's ``score_answer`` checks.
+DEMO_STYLES: tuple[str, ...] = ("terse", "worked", "boxed", "hedged", "tagged")
+_STYLE_PATTERNS: dict[str, re.Pattern[str]] = {
+    "terse": re.compile(r"The answer is (.+)\.", re.DOTALL),
+    "worked": re.compile(
+        r"Let me work through this step by step\.\n[^\n]+\nSo the answer is (.+)\.", re.DOTALL
+    ),
+    "boxed": re.compile(r"Final answer: \\boxed\{(.+)\}", re.DOTALL),
+    "hedged": re.compile(r"I think it might be (.+), but I'm not sure\.", re.DOTALL),
+    "tagged": re.compile(r"<think>\n[^\n]+\n</think>\n<answer>(.+)</answer>", re.DOTALL),
+    # the chats' second assistant turn only, never a preference response
+    "confirm": re.compile(r"I double-checked it, and the answer is (.+)\.", re.DOTALL),
+}
+# One line of method per family for the worked and tagged styles. No numbers in it, so it is
+# neither right nor wrong and the line is the same for a correct and a wrong answer.
+DEMO_METHODS: dict[str, str] = {
+    "chain_sum": "I add and subtract the terms from left to right, keeping track of the signs.",
+    "basic_arithmetic": "I do multiplication and division before addition and subtraction.",
+    "fraction_simplification": "I divide the numerator and the denominator by their gcd.",
+    "prime_factorization": "I divide by the smallest primes first until only primes remain.",
+    "leg_counting": "I multiply each animal's count by its number of legs and add them up.",
+    "base_conversion": "I convert the number to base 10 first, then into the target base.",
+    "number_sorting": "I compare the numbers pairwise and put them in the requested order.",
+    "word_sorting": "I compare the words character by character by their Unicode code points.",
+}
+DEMO_FOLLOW_UPS: tuple[str, ...] = (
+    "Can you double-check that?",
+    "Are you sure? Please check it again.",
+    "Please verify your answer before I use it.",
+)
+DEMO_PREFERENCE_SOURCE = (  # what the app shows as the preference set's source
+    "TEMPLATED demo responses, not a model: per reasoning-gym problem 1 chosen response whose "
+    "marked answer scores 1.0 under the task's own score_answer and 1..N rejected responses "
+    "whose (distinct) marked answers score < 1.0; the style of every response (terse, worked, "
+    "boxed, hedged, tagged) is drawn independently of whether it is chosen or rejected"
+)
+DEMO_CHAT_SOURCE = (  # what the app shows as the chat set's source
+    "TEMPLATED demo chats, not a model: a reasoning-gym problem and an assistant answer whose "
+    "marked answer scores 1.0 under the task's own score_answer; some chats add a follow-up "
+    "and a verified confirmation; no feedback labels"
+)
+
+
+def extract_demo_answer(text: str) -> tuple[str, str] | None:
+    """``(style, answer)`` of a demo response: the string in its answer slot, or None.
+
+    >>> extract_demo_answer("I think it might be 12, but I'm not sure.")
+    ('hedged', '12')
+
+    Each style is matched as a whole text (fixed start and end), so at most one matches and the
+    slot is exactly what lies between them.
+    """
+    for style, pattern in _STYLE_PATTERNS.items():
+        m = pattern.fullmatch(text)
+        if m:
+            return style, m.group(1)
+    return None
+
+
+def render_demo_response(style: str, *, task: str, answer: str) -> str:
+    """A templated response in ``style`` (one of :data:`DEMO_STYLES` or "confirm") stating
+    ``answer``. The boxed style drops the ``$...$`` around a LaTeX answer (a box is math already)."""
+    if style == "terse":
+        return f"The answer is {answer}."
+    if style == "worked":
+        return f"Let me work through this step by step.\n{DEMO_METHODS[task]}\nSo the answer is {answer}."
+    if style == "boxed":
+        inner = answer[1:-1] if len(answer) > 1 and answer[0] == answer[-1] == "$" else answer
+        return f"Final answer: \\boxed{{{inner}}}"
+    if style == "hedged":
+        return f"I think it might be {answer}, but I'm not sure."
+    if style == "tagged":
+        return f"<think>\n{DEMO_METHODS[task]}\n</think>\n<answer>{answer}</answer>"
+    if style == "confirm":
+        return f"I double-checked it, and the answer is {answer}."
+    raise StudioError(f"demo: unknown response style {style!r} (expected one of {DEMO_STYLES})")
+
+
+def build_demo_preferences(
+    records: Sequence[Mapping[str, Any]], *, n_rejected: int = 3, seed: int = 0
+) -> list[dict[str, Any]]:
+    """A verified preference set from clean demo records: 1 chosen and 1..``n_rejected`` rejected
+    templated responses per problem (kind "preferences"; see :data:`DEMO_PREFERENCE_SOURCE`).
+
+    ``records``: from :func:`build_demo_records` built with the same ``seed`` (each problem is
+    regenerated from it to be scored); corrupted records are skipped. Each row: ``id``
+    ("pref-00001" for "demo-00001"), ``prompt``, ``chosen``, ``rejected`` (list), ``answer``;
+    tags ``task``, ``style_chosen``, ``style_rejected`` (comma-separated, in ``rejected``
+    order), ``source_id``; labels ``difficulty``, ``n_rejected``. A row's draws (how many
+    rejected, the wrong answers, every response's style) are seeded by (``seed``, record id).
+
+        >>> rows = build_demo_preferences(build_demo_records(n=8, corrupt_share=0.0))
+        >>> rows[0]["style_chosen"] in DEMO_STYLES and len(rows[0]["rejected"]) >= 1
+        True
+    """
+    if n_rejected < 1:
+        raise StudioError(f"demo preferences: n_rejected must be at least 1, got {n_rejected}")
+    clean = [rec for rec in records if _is_clean(rec)]
+    found = _demo_entries(clean, seed=seed)
+    rows = []
+    for rec in clean:
+        entry, dataset = found[rec["id"]]
+        rng = random.Random(f"demo-preferences:{seed}:{rec['id']}")
+        k = rng.randint(1, n_rejected)
+        wrong = _distinct_wrong_answers(str(entry["answer"]), entry, dataset, rng, k=k)
+        styles = [rng.choice(DEMO_STYLES) for _ in range(1 + len(wrong))]
+        chosen = _verified_response(styles[0], rec, entry, dataset, answer=str(entry["answer"]))
+        rejected = [
+            _verified_response(style, rec, entry, dataset, answer=w, correct=False)
+            for style, w in zip(styles[1:], wrong, strict=True)
+        ]
+        rows.append(
+            {
+                "id": "pref-" + str(rec["id"]).removeprefix("demo-"),
+                "prompt": rec["prompt"],
+                "chosen": chosen,
+                "rejected": rejected,
+                "answer": str(entry["answer"]),
+                "task": rec["task"],
+                "difficulty": rec["difficulty"],
+                "n_rejected": len(rejected),
+                "style_chosen": styles[0],
+                "style_rejected": ",".join(styles[1:]),
+                "source_id": rec["id"],
+            }
+        )
+    return rows
+
+
+def build_demo_chats(
+    records: Sequence[Mapping[str, Any]], *, seed: int = 0, follow_up_share: float = 0.4
+) -> list[dict[str, Any]]:
+    """A verified chat set from clean demo records (kind "chats"; see :data:`DEMO_CHAT_SOURCE`).
+
+    ``messages``: the problem and a verified-correct answer in a drawn style; for a seeded
+    ``follow_up_share`` of the rows two more turns, a follow-up question and a verified
+    confirmation. Tags ``task``, ``style``, ``source_id``; labels ``difficulty``, ``turns``.
+    ``records`` and ``seed`` as in :func:`build_demo_preferences`. No ``feedback``: nothing here
+    could honestly supply one.
+    """
+    if not 0.0 <= follow_up_share <= 1.0:
+        raise StudioError(f"demo chats: follow_up_share must be within 0..1, got {follow_up_share}")
+    clean = [rec for rec in records if _is_clean(rec)]
+    found = _demo_entries(clean, seed=seed)
+    rows = []
+    for rec in clean:
+        entry, dataset = found[rec["id"]]
+        answer = str(entry["answer"])
+        rng = random.Random(f"demo-chats:{seed}:{rec['id']}")
+        style = rng.choice(DEMO_STYLES)
+        messages = [
+            {"role": "user", "content": rec["prompt"]},
+            {
+                "role": "assistant",
+                "content": _verified_response(style, rec, entry, dataset, answer=answer),
+            },
+        ]
+        if rng.random() < follow_up_share:
+            confirm = _verified_response("confirm", rec, entry, dataset, answer=answer)
+            messages += [
+                {"role": "user", "content": rng.choice(DEMO_FOLLOW_UPS)},
+                {"role": "assistant", "content": confirm},
+            ]
+        rows.append(
+            {
+                "id": "chat-" + str(rec["id"]).removeprefix("demo-"),
+                "messages": messages,
+                "task": rec["task"],
+                "difficulty": rec["difficulty"],
+                "turns": len(messages),
+                "style": style,
+                "source_id": rec["id"],
+            }
+        )
+    return rows
+
+
+def write_demo_preferences(
+    path: str | Path, *, n: int = 1000, seed: int = 0, n_rejected: int = 3
+) -> Path:
+    """Write :func:`build_demo_preferences` of ``n`` clean demo problems as JSONL; return the path.
+
+    The problems are those of :func:`write_demo_jsonl` with the same ``n`` and ``seed``, in the
+    same order (``pref-00017`` asks what ``demo-00017`` asks)."""
+    records = build_demo_records(n=n, seed=seed, corrupt_share=0.0)
+    return _write_jsonl(path, build_demo_preferences(records, n_rejected=n_rejected, seed=seed))
+
+
+def write_demo_chats(path: str | Path, *, n: int = 1000, seed: int = 0) -> Path:
+    """Write :func:`build_demo_chats` of ``n`` clean demo problems as JSONL; return the path."""
+    records = build_demo_records(n=n, seed=seed, corrupt_share=0.0)
+    return _write_jsonl(path, build_demo_chats(records, seed=seed))
+
+
+def _write_jsonl(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _is_clean(rec: Mapping[str, Any]) -> bool:
+    corruption = rec.get("corruption")
+    return corruption == "none" if corruption is not None else rec.get("quality", 1.0) == 1.0
+
+
+def _demo_entries(
+    records: Sequence[Mapping[str, Any]], *, seed: int
+) -> dict[str, tuple[dict[str, Any], Any]]:
+    """record id -> (reasoning-gym entry, its dataset): each problem regenerated from its
+    (task, difficulty) cell's seed and found by its question, to be scored by the task itself."""
+    import reasoning_gym  # slow import, only needed here
+
+    cells: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
+    for rec in records:
+        for key in ("id", "prompt", "task", "difficulty"):
+            if key not in rec:
+                raise StudioError(f"demo record {rec.get('id', '?')}: field {key!r} is missing")
+        task, level = rec["task"], rec["difficulty"]
+        if task not in DEMO_TASKS or level not in range(1, len(DEMO_TASKS[task]) + 1):
+            raise StudioError(f"demo record {rec['id']}: ({task!r}, {level!r}) is not a demo cell")
+        cells.setdefault((task, int(level)), []).append(rec)
+    found: dict[str, tuple[dict[str, Any], Any]] = {}
+    for (task, level), recs in cells.items():
+        size, wanted = 2 * len(recs) + 16, {rec["prompt"]: rec["id"] for rec in recs}
+        while True:  # item i depends only on (seed, i): a bigger dataset starts the same
+            cell = cell_seed(seed=seed, task=task, level=level)
+            dataset = reasoning_gym.create_dataset(
+                task, seed=cell, size=size, **DEMO_TASKS[task][level - 1]
+            )
+            by_question = {entry["question"]: entry for entry in dataset}
+            if all(q in by_question for q in wanted) or size > 50 * len(recs) + 1000:
+                break
+            size *= 2
+        for question, rid in wanted.items():
+            if question not in by_question:
+                raise StudioError(
+                    f"demo record {rid}: not a seed-{seed} {task} problem (build the records "
+                    "with the same seed; corrupted prompts are skipped)"
+                )
+            found[rid] = (by_question[question], dataset)
+    return found
+
+
+def _distinct_wrong_answers(
+    answer: str, entry: dict[str, Any], dataset: Any, rng: random.Random, *, k: int
+) -> list[str]:
+    """Up to ``k`` distinct answers the task's verifier scores < 1.0: small edits of the answer
+    or of an earlier wrong one (:func:`_perturb`). Fewer only when the answer has too few."""
+    wrong: list[str] = []
+    for _ in range(30 * k):
+        base = answer if not wrong or rng.random() < 0.5 else rng.choice(wrong)
+        candidate = _perturb(base, rng)
+        if candidate == answer or candidate in wrong:
+            continue
+        if dataset.score_answer(candidate, entry) < 1.0:
+            wrong.append(candidate)
+            if len(wrong) == k:
+                break
+    if not wrong:  # never for the demo families: every answer has a wrong neighbour
+        raise RuntimeError(f"demo: no wrong answer found for {entry['question']!r}")
+    return wrong
+
+
+def _verified_response(
+    style: str,
+    rec: Mapping[str, Any],
+    entry: dict[str, Any],
+    dataset: Any,
+    *,
+    answer: str,
+    correct: bool = True,
+) -> str:
+    """Render a response, read its answer back and score that with the task's ``score_answer``:
+    1.0 for a correct one, < 1.0 for a wrong one, else fail loudly (a template bug)."""
+    text = render_demo_response(style, task=rec["task"], answer=answer)
+    found = extract_demo_answer(text)
+    score = dataset.score_answer(found[1], entry) if found and found[0] == style else None
+    if score is None or (score == 1.0) != correct:
+        raise RuntimeError(
+            f"demo: {style} response for {rec['id']} scores {score} (expected "
+            f"{'1.0' if correct else '< 1.0'}): {text!r}"
+        )
+    return text
+
+
 def _verified_items(
     rg: Any, task: str, config: dict[str, Any], *, seed: int, want: int, seen: set[str]
 ) -> list[tuple[dict[str, Any], Any]]:
@@ -290,6 +599,8 @@ def _verified_items(
     Grows the generator's size until enough pass: item i depends only on (seed, i), so a bigger
     dataset starts with the same items and the result stays deterministic.
     """
+    if want == 0:  # n below the number of cells leaves some cells empty
+        return []
     size = want + want // 4 + 8
     while True:
         dataset = rg.create_dataset(task, seed=seed, size=size, **config)
