@@ -114,7 +114,9 @@ def build(path: Path, n: int, seed: int = 0) -> None:
         labels=labels,
         responses=empty,
     )
-    fr = s.start_run(step="featurize", dataset="big", config={"d_sae": 4096, "sae": "synthetic"})
+    fr, _ = s.start_run(
+        step="featurize", dataset="big", config={"d_sae": 4096, "sae": "synthetic"}, versions={}
+    )
     top = 8
     fids = rng.integers(0, 4096, size=(n, top)).astype(np.int32)
     vals = rng.random((n, top)).astype(np.float32)
@@ -208,6 +210,18 @@ def main() -> None:
     ap.add_argument("--formats", default="parquet,jsonl,verl,trl-prompt,hf")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    rules = OUT / "bench_rules.json"
+    rules.write_text(
+        json.dumps(
+            {
+                "name": "bench",
+                "rules": [
+                    {"action": "drop", "where": "cluster in 3"},
+                    {"action": "drop", "where": "feature:17>0.5", "note": "a feature rule"},
+                ],
+            }
+        )
+    )
     rows = []
     for n in [int(x) for x in args.sizes.split(",")]:
         db = OUT / f"export{n}.duckdb"
@@ -220,10 +234,10 @@ def main() -> None:
         for fmt in args.formats.split(","):
             suffix = {"jsonl": ".jsonl", "hf": ""}.get(fmt, ".parquet")
             out = OUT / f"export{n}-{fmt}{suffix}"
-            cli = ["--db", str(db), "export", "--dataset", "big", "--out", str(out)]
-            cli += ["--where", "difficulty_proxy<=4.5", "--rules", str(OUT / "bench_rules.json")]
+            cli = ["export", "--db", str(db), "--dataset", "big", "--out", str(out)]
+            cli += ["--where", "difficulty_proxy<=4.5", "--rules", str(rules)]
             cli += ["--order", "curriculum", "--batch-size", "256", "--mix", "0.2"]
-            cli += ["--format", "rows" if fmt in ("parquet", "jsonl", "hf") else fmt]
+            cli += ["--format", fmt]
             res = timed(RUN, cli)
             man = json.loads(Path(str(out) + ".manifest.json").read_text())
             rows.append({"rows": n, "format": fmt, "written": man["rows"], **res})

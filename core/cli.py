@@ -681,6 +681,7 @@ def run(args: argparse.Namespace) -> int:
         filters = [parse_rule_where(w) for w in args.where]
         filters += [replace(parse_rule_where(w), action="drop") for w in args.drop]
         ids = _read_ids(args.ids)
+        recorded = None
         if args.rules:
             rule_set = load_rule_set(args.rules)
             store.dataset(args.dataset)
@@ -691,6 +692,12 @@ def run(args: argparse.Namespace) -> int:
                 print(f"warning: {warning}", file=sys.stderr)
             filters = [*rule_set.filters(), *filters]
             ids = intersect_ids(rule_set.ids(), ids)
+            recorded = {
+                "name": rule_set.name,
+                "path": args.rules,
+                "filters": [f.describe() for f in rule_set.filters()],
+                "rules": rule_set.to_dict(),
+            }
         m = steps.export(
             store,
             dataset=args.dataset,
@@ -706,6 +713,7 @@ def run(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 mix=args.mix,
             ),
+            rule_set=recorded,
         )
         print(f"wrote {m['rows']} rows to {args.out} (manifest {args.out}.manifest.json)")
     elif args.command == "demo":

@@ -8,6 +8,7 @@ featurize step commits in chunks and resumes an interrupted run with the same co
 from __future__ import annotations
 
 import importlib.metadata
+import itertools
 import json
 import os
 import queue
@@ -16,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,20 @@ from core.clustering import (
     sweep_k,
 )
 from core.errors import StudioError
-from core.export import ExportConfig, counts_by, describe_filters, export_frame, order_rows
-from core.export import write_export as _write_export
+from core.export import (
+    FORMAT_CONTAINER,
+    KEEP_ORDER,
+    ExportConfig,
+    describe_filters,
+    manifest_bytes,
+    manifest_path,
+    order_index,
+    write_atomic_bytes,
+)
+from core.formats import ExportWriter, container_for, layout_schema, to_layout
 from core.ingest import read_dataset
 from core.projection import ProjectConfig, umap_2d
+from core.rules import band_counts, difficulty_column, difficulty_scores, where_text
 from core.store import Filter, Kind, Store, Views
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -700,13 +711,85 @@ def project(
 
 
 # --- export ----------------------------------------------------------------------------------
-# How to make each trainer read the file in its written order (they shuffle by default).
-KEEP_ORDER = {
-    "verl": "data.shuffle=False, and data.train_batch_size equal to the batch size above",
-    "trl": "a sequential sampler: in a Trainer subclass, _get_train_sampler returns "
-    "SequentialSampler(train_dataset); per_device_train_batch_size x devices x gradient "
-    "accumulation equal to the batch size above",
-}
+@dataclass(frozen=True)
+class ExportPlan:
+    """Which rows go out and where: ``table`` is (idx, position, batch) in written order, plus
+    what the manifest reports about it."""
+
+    table: pa.Table
+    cluster: np.ndarray  # [n] cluster of each written row (-1 where none)
+    difficulty: np.ndarray | None  # [n] difficulty of each written row, written order
+    difficulty_column: str | None
+    higher_is: str | None
+    cross_cluster_share: float | None
+
+
+def export_plan(
+    store: Store,
+    *,
+    dataset: str,
+    views: Views,
+    filters: Sequence[Filter] = (),
+    ids: Sequence[str] | None = None,
+    cfg: ExportConfig,
+) -> ExportPlan:
+    """Filter, order and batch from narrow columns only (idx, cluster, difficulty): the text is
+    read later, chunk by chunk, in this order (``Store.export_chunks``)."""
+    labels = store.label_names(dataset)
+    scores = difficulty_scores(store, views)
+    others = [n for n, _ in views.score_runs if n not in scores]
+    column, higher_is = difficulty_column(labels, scores, cfg.difficulty_column, others=others)
+    if cfg.order in ("curriculum", "easy-to-hard") and column is None:
+        raise StudioError(
+            f"--order {cfg.order} needs a difficulty: dataset '{dataset}' has no label "
+            "'difficulty', no pass-rate label and no difficulty probe; name one with "
+            f"--difficulty-column (labels: {', '.join(labels) or 'none'})"
+        )
+    cols = ["idx", "cluster"] + ([column] if column else [])
+    narrow = store.wide(dataset, views=views, filters=filters, ids=ids, columns=cols)
+    n = narrow.num_rows
+    idx = narrow["idx"].to_numpy(zero_copy_only=False)
+    cluster = narrow["cluster"].to_numpy(zero_copy_only=False).astype(np.float64)
+    cluster = np.where(np.isnan(cluster), -1, cluster).astype(np.int64)
+    diff = narrow[column].to_numpy(zero_copy_only=False).astype(np.float64) if column else None
+    order = order_index(
+        n,
+        order=cfg.order,
+        seed=cfg.seed,
+        cluster=cluster,
+        difficulty=diff,
+        higher_is=higher_is or "harder",
+    )
+    batch, share = None, None
+    if cfg.batch_size is not None and n:
+        if views.cluster_run is None or bool((cluster < 0).all()):
+            raise StudioError("--batch-size builds batches from clusters: run cluster first")
+        distances = None
+        stored = store.run(views.cluster_run)["summary"].get("centroid_distances")
+        present = np.unique(cluster)
+        if stored is not None and (present >= 0).all():
+            distances = np.asarray(stored)[np.ix_(present, present)]
+        ordered = cluster[order]
+        plan = compose_batches(
+            ordered, batch_size=cfg.batch_size, mix=cfg.mix, distances=distances, seed=cfg.seed
+        )
+        share = cross_cluster_share(ordered, plan)
+        order, batch = order[plan.order], plan.batch
+    table = pa.table(
+        {
+            "idx": pa.array(idx[order], pa.int64()),
+            "position": pa.array(np.arange(n, dtype=np.int64)),
+            "batch": pa.array(batch, pa.int64()) if batch is not None else pa.nulls(n, pa.int64()),
+        }
+    )
+    return ExportPlan(
+        table=table,
+        cluster=cluster[order],
+        difficulty=None if diff is None else diff[order],
+        difficulty_column=column,
+        higher_is=higher_is,
+        cross_cluster_share=share,
+    )
 
 
 def export_rows(
@@ -718,40 +801,19 @@ def export_rows(
     cfg: ExportConfig,
     views: Views | None = None,
 ) -> tuple[pd.DataFrame, Views]:
-    """The rows an export would write, filtered and ordered."""
+    """The rows an export would write (the "rows" layout), in written order, as one frame (for
+    the app's preview: an export file is written chunk by chunk by :func:`export`)."""
     store.dataset(dataset)
     views = views or store.views(dataset)
-    wide = store.wide(dataset, views=views, filters=filters, ids=ids)
-    df = order_rows(export_frame(wide), cfg)
-    if cfg.batch_size is not None and not df.empty:
-        df = batch_rows(store, df, views=views, cfg=cfg)
+    plan = export_plan(store, dataset=dataset, views=views, filters=filters, ids=ids, cfg=cfg)
+    chunks = list(store.export_chunks(dataset, views=views, plan=plan.table))
+    df = pa.concat_tables(chunks).to_pandas()
+    if plan.table["batch"].null_count == len(df):
+        df = df.drop(columns=["batch"])
+    df.attrs["plan"] = plan
+    if plan.cross_cluster_share is not None:
+        df.attrs["cross_cluster_share"] = plan.cross_cluster_share
     return df, views
-
-
-def batch_rows(store: Store, df: pd.DataFrame, *, views: Views, cfg: ExportConfig) -> pd.DataFrame:
-    """Rows regrouped into cluster-first batches of ``cfg.batch_size`` with ``cfg.mix`` of each
-    batch from the nearest clusters (core.batching); adds a ``batch`` column. The within-cluster
-    order ``order_rows`` chose is kept."""
-    if "cluster" not in df.columns or bool(df["cluster"].isna().all()):
-        raise StudioError("--batch-size builds batches from clusters: run cluster first")
-    clusters = df["cluster"].fillna(-1).astype(int).to_numpy()
-    distances = None
-    if views.cluster_run is not None:
-        stored = store.run(views.cluster_run)["summary"].get("centroid_distances")
-        ids = np.unique(clusters)
-        if stored is not None and (ids >= 0).all():
-            distances = np.asarray(stored)[np.ix_(ids, ids)]
-    plan = compose_batches(
-        clusters,
-        batch_size=int(cfg.batch_size or 1),
-        mix=cfg.mix,
-        distances=distances,
-        seed=cfg.seed,
-    )
-    out = df.iloc[plan.order].reset_index(drop=True)
-    out["batch"] = plan.batch
-    out.attrs["cross_cluster_share"] = cross_cluster_share(clusters, plan)
-    return out
 
 
 def export(
@@ -763,18 +825,51 @@ def export(
     ids: Sequence[str] | None = None,
     cfg: ExportConfig,
     record: bool = True,
+    rule_set: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the filtered, ordered rows and a manifest that reproduces them. ``record`` also
-    logs the export in the store (the app, which opens the store read-only, passes False)."""
-    df, views = export_rows(store, dataset=dataset, filters=filters, ids=ids, cfg=cfg)
-    manifest = export_manifest(
-        store, dataset=dataset, df=df, filters=filters, ids=ids, cfg=cfg, views=views
-    )
+    """Write the filtered, ordered rows in ``cfg.fmt`` and a manifest that reproduces them, both
+    atomically, streaming the rows in chunks (memory stays flat as the row count grows).
+    ``record`` also logs the export in the store (the app, which opens the store read-only,
+    passes False). ``rule_set`` (name, path, filters: the rule set's own filters, which come
+    first in ``filters``) is recorded in the manifest when the filters came from one."""
+    store.dataset(dataset)
+    views = store.views(dataset)
     out = Path(out)
-    full = _write_export(df, out=out, fmt=cfg.fmt, manifest=manifest)
+    layout, container = cfg.layout, container_for(out, cfg.container or FORMAT_CONTAINER[cfg.fmt])
+    kind = store.dataset(dataset)["kind"]
+    plan = export_plan(store, dataset=dataset, views=views, filters=filters, ids=ids, cfg=cfg)
+    chunks = store.export_chunks(dataset, views=views, plan=plan.table)
+    if cfg.batch_size is None:
+        chunks = (c.drop_columns(["batch"]) for c in chunks)
+    first = next(chunks)
+    schema = layout_schema(first.schema, layout, kind=kind)
+    with ExportWriter(out, container, schema) as writer:
+        for chunk in itertools.chain([first], chunks):
+            writer.write(to_layout(chunk, layout, kind=kind, data_source=dataset))
+    written = writer.result
+    manifest = export_manifest(
+        store,
+        dataset=dataset,
+        plan=plan,
+        filters=filters,
+        ids=ids,
+        cfg=cfg,
+        views=views,
+        rule_set=rule_set,
+    )
+    full = {
+        **manifest,
+        "file": out.name,
+        "format": cfg.fmt,
+        "layout": layout,
+        "container": container,
+        "rows": written.rows,
+        "sha256": written.sha256,
+    }
+    write_atomic_bytes(manifest_path(out), manifest_bytes(full))
     if record:
         store.record_export(
-            dataset=dataset, path=str(out), fmt=cfg.fmt, n_rows=len(df), manifest=full
+            dataset=dataset, path=str(out), fmt=cfg.fmt, n_rows=written.rows, manifest=full
         )
     return full
 
@@ -783,50 +878,75 @@ def export_manifest(
     store: Store,
     *,
     dataset: str,
-    df: pd.DataFrame,
+    plan: ExportPlan,
     filters: Sequence[Filter],
     ids: Sequence[str] | None,
     cfg: ExportConfig,
     views: Views,
+    rule_set: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything needed to rebuild the file: filters, order, seed, runs, counts, versions."""
+    """Everything needed to rebuild the file: rules, order, seed, batches, runs, counts per
+    cluster and per difficulty band, versions, and the command."""
     feature_run = store.run(views.feature_run)["config"] if views.feature_run else None
     command = ["python -m core export", f"--dataset {dataset}"]
-    command += [f"--where '{f.describe()}'" for f in filters]
+    if rule_set is not None and rule_set.get("path"):
+        command.append(f"--rules {rule_set['path']}")
+    n_from_rules = len(rule_set.get("filters", ())) if rule_set else 0
+    command += [
+        f"--{'drop' if f.action == 'drop' else 'where'} '{where_text(f)}'"
+        for f in filters[n_from_rules:]
+    ]
     if ids is not None:
         command.append("--ids IDS.txt")  # IDS.txt: selection.ids below, one per line
     command += [f"--order {cfg.order}", f"--seed {cfg.seed}", f"--format {cfg.fmt}"]
-    if cfg.order == "curriculum":
+    if cfg.container:
+        command.append(f"--to {cfg.container}")
+    if cfg.difficulty_column:
         command.append(f"--difficulty-column {cfg.difficulty_column}")
     if cfg.batch_size is not None:
         command += [f"--batch-size {cfg.batch_size}", f"--mix {cfg.mix}"]
+    values, sizes = np.unique(plan.cluster, return_counts=True)
+    bands = None
+    if plan.difficulty is not None and plan.difficulty_column is not None:
+        whole = store.wide(dataset, views=views, columns=[plan.difficulty_column])
+        edges_from = whole[plan.difficulty_column].to_numpy(zero_copy_only=False)
+        bands = band_counts(
+            plan.difficulty,
+            reference=np.asarray(edges_from, dtype=np.float64),
+            higher_is=plan.higher_is or "harder",
+        )
     return {
         "dataset": dataset,
         "total_rows": store.dataset(dataset)["n_examples"],
+        "rule_set": rule_set,
         "filters": describe_filters(filters),
         "selection": None if ids is None else {"n_ids": len(ids), "ids": sorted(ids)},
         "order": cfg.order,
         "seed": cfg.seed,
-        "difficulty_column": cfg.difficulty_column if cfg.order == "curriculum" else None,
+        "difficulty": None
+        if plan.difficulty_column is None
+        else {"column": plan.difficulty_column, "higher_is": plan.higher_is},
         "batches": None
         if cfg.batch_size is None
         else {
             "batch_size": cfg.batch_size,
             "mix": cfg.mix,
-            "measured_cross_cluster_share": round(float(df.attrs.get("cross_cluster_share", 0)), 4),
-            "keep_the_order": KEEP_ORDER,
+            "measured_cross_cluster_share": round(float(plan.cross_cluster_share or 0), 4),
         },
+        "keep_the_order": KEEP_ORDER.get(cfg.layout, KEEP_ORDER["rows"]),
         "feature_run": {"run_id": views.feature_run, **(feature_run or {})},
         "cluster_run": views.cluster_run,
         "projection_run": views.projection_run,
         "dedup_run": views.dedup_run,
-        "counts": {"rows": len(df), "per_cluster": counts_by(df, "cluster")},
+        "score_runs": dict(views.score_runs),
+        "counts": {
+            "rows": int(plan.table.num_rows),
+            # -1: rows without a cluster
+            "per_cluster": {str(c): int(k) for c, k in zip(values, sizes, strict=True)},
+            "per_difficulty_band": bands,
+        },
         "versions": versions(),
         "command": " ".join(command),
-        "note": (
-            "Row order is the training order; trainers shuffle by default, so turn shuffling off "
-            "to keep it (verl: data.shuffle=False)."
-        ),
     }
 
 
@@ -834,6 +954,7 @@ def export_manifest(
 DEMO_LAYER = 3  # MiniLM has 6 layers; 3 is in the middle
 DEMO_SAE_WIDTH = 3072
 DEMO_SAE_K = 32
+DEMO_PREF_N = 300  # rows of the demo's preference and chat sets (kinds preferences, chats)
 
 
 def build_demo(
@@ -846,9 +967,16 @@ def build_demo(
 ) -> Path:
     """Build the demo database from scratch: reasoning-gym prompts -> ingest -> train an SAE on
     MiniLM layer 3 -> featurize (with the dense baseline) -> cluster (k sweep, baselines) ->
-    near-duplicates -> simulated rollouts -> difficulty and quality probes -> project. Written to a temp file, renamed at the end,
+    near-duplicates -> simulated rollouts -> a preference set and a chat set (verified
+    reasoning-gym answers) -> difficulty and quality probes -> project. Written to a temp file, renamed at the end,
     so an interrupted build never leaves a half-built demo behind."""
-    from core.demo_data import DEMO_ROLLOUT_SOURCE, write_demo_jsonl, write_demo_rollouts
+    from core.demo_data import (
+        DEMO_ROLLOUT_SOURCE,
+        write_demo_chats,
+        write_demo_jsonl,
+        write_demo_preferences,
+        write_demo_rollouts,
+    )
     from core.signals import ingest_rollouts, probe
 
     db = Path(db)
@@ -908,6 +1036,23 @@ def build_demo(
         ),
         ("near-duplicates", lambda: dedup(store, dataset="demo")),
         ("rollouts (simulated)", rollouts),
+        (
+            "preference and chat sets",
+            lambda: (
+                ingest(
+                    store,
+                    write_demo_preferences(work / "prefs.jsonl", n=DEMO_PREF_N, seed=seed),
+                    dataset="demo_prefs",
+                    kind="preferences",
+                ),
+                ingest(
+                    store,
+                    write_demo_chats(work / "chats.jsonl", n=DEMO_PREF_N, seed=seed),
+                    dataset="demo_chats",
+                    kind="chats",
+                ),
+            ),
+        ),
         (
             "difficulty probe",
             lambda: probe(

@@ -1513,6 +1513,70 @@ class Store:
         return out
 
     # --- exports -------------------------------------------------------------------------
+    def export_chunks(
+        self,
+        dataset: str,
+        *,
+        views: Views,
+        plan: pa.Table,
+        chunk_rows: int = 65_536,
+        memory_limit_mb: int = 1024,
+    ) -> Iterator[pa.Table]:
+        """The rows of an export in written order, as Arrow chunks of ``chunk_rows``.
+
+        ``plan`` is (idx int64, position int64, batch int64 or null): which examples go out and
+        where. Columns: id, idx, prompt, answer, cluster, (dup_group, is_duplicate), scores,
+        labels, tags, every field kept only in ``extra`` (JSON text, e.g. a chat's messages),
+        for preference data ``chosen`` and ``rejected`` (a list), then position and batch.
+        DuckDB sorts within ``memory_limit_mb`` (spilling to disk beyond it), so memory does
+        not grow with the row count.
+        """
+        labels, scores, tags = self._columns(dataset, views)
+        inner, params = self._wide_sql(dataset, views, labels, tags)
+        kind = self.dataset(dataset)["kind"]
+        with self.connect() as con:
+            keys = con.execute(
+                "SELECT DISTINCT unnest(json_keys(extra)) AS k FROM examples WHERE dataset = ? "
+                "ORDER BY k",
+                [dataset],
+            ).fetchall()
+            taken = {*BASE_COLUMNS, *DEDUP_COLUMNS, *labels, *scores, *tags, "tags", "extra"}
+            taken |= {"chosen", "rejected", "position", "batch"}
+            extra_only = [str(k[0]) for k in keys if str(k[0]) not in taken]
+            cols = ["w.id", "w.idx", "w.prompt", "w.answer", "CAST(w.cluster AS BIGINT) AS cluster"]
+            if views.dedup_run is not None:
+                cols += ["w.dup_group", "w.is_duplicate"]
+            cols += [f"w.{quote_ident(c)}" for c in (*scores, *labels, *tags)]
+            cols += [
+                f"CAST(json_extract(w.extra, ?) AS VARCHAR) AS {quote_ident(k)}" for k in extra_only
+            ]
+            xparams: list[Any] = [_json_path(k) for k in extra_only]
+            join, jparams = "", []
+            if kind == "preferences":
+                cols += ["r.chosen", "r.rejected"]
+                join = (
+                    "LEFT JOIN (SELECT example_id, "
+                    "first(text ORDER BY response_idx) FILTER (WHERE role = 'chosen') AS chosen, "
+                    "list(text ORDER BY response_idx) FILTER (WHERE role = 'rejected') "
+                    "AS rejected FROM responses WHERE dataset = ? GROUP BY example_id) r "
+                    "ON r.example_id = w.id"
+                )
+                jparams = [dataset]
+            cols += ["p.position", "p.batch"]
+            sql = (
+                f"SELECT {', '.join(cols)} FROM ({inner}) w JOIN _plan p ON p.idx = w.idx "
+                f"{join} ORDER BY p.position"
+            )
+            con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
+            con.register("_plan", plan)
+            reader = con.sql(sql, params=xparams + params + jparams).to_arrow_reader(chunk_rows)
+            empty = True
+            for batch in reader:
+                empty = False
+                yield pa.Table.from_batches([batch])
+            if empty:  # the caller still needs the columns
+                yield reader.schema.empty_table()
+
     def record_export(
         self, *, dataset: str, path: str, fmt: str, n_rows: int, manifest: dict[str, Any]
     ) -> None:

@@ -253,6 +253,28 @@ def load_export_rows(
     return df
 
 
+@st.cache_data(show_spinner="Preparing the preview…", max_entries=16)
+def load_layout_preview(
+    path: str,
+    tok: tuple[float, float],
+    dataset: str,
+    filters: tuple,
+    ids: tuple | None,
+    cfg: Any,
+    n: int = 100,
+) -> pd.DataFrame:
+    """The first ``n`` rows of the export in the chosen format's layout, as the file holds them."""
+    import pyarrow as pa
+
+    from core.formats import to_layout
+
+    s = Store(path, lock_timeout_s=5.0)
+    rows = load_export_rows(path, tok, dataset, filters, ids, cfg).head(n)
+    kind = s.dataset(dataset)["kind"]
+    table = pa.Table.from_pandas(rows, preserve_index=False)
+    return to_layout(table, cfg.layout, kind=kind, data_source=dataset).to_pandas()
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def load_tag_values(path: str, tok: tuple[float, float], dataset: str) -> pd.DataFrame:
     return Store(path, lock_timeout_s=5.0).tag_values(dataset)

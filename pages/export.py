@@ -1,44 +1,47 @@
-"""Export: pick filters, see the live count and a preview, write or download the file."""
+"""Export: rules and rule sets, what each removes, order and batches, the format; live counts,
+the exported rows beside the whole dataset, and a preview of the file; write or download."""
 
+import tempfile
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from core.errors import StudioError
-from core.export import FORMATS, ExportConfig, build_payload, manifest_bytes
-from core.steps import export, export_manifest
+from core.export import FORMAT_CONTAINER, FORMAT_LAYOUT, FORMATS, KEEP_ORDER, ORDERS, ExportConfig
+from core.steps import export
 from core.store import Filter
-from pages.charts import histogram
+from pages.charts import histogram, kept_bars
 from pages.common import (
     guarded,
     load_clusters,
-    load_datasets,
     load_export_rows,
     load_label_ranges,
+    load_layout_preview,
     load_tag_values,
     open_dataset,
     provenance,
     selection,
     store,
 )
+from pages.rules_panel import rule_set_panel
+
+RULES_DIR = Path("data/rules")
+SUFFIX = {"jsonl": ".jsonl", "parquet": ".parquet", "hf": ""}
+ORDER_HELP = (
+    "curriculum (SAERL): easy-to-hard by difficulty within each cluster, clusters interleaved; "
+    "easy-to-hard: the whole set sorted by difficulty; random: a seeded shuffle; none: as ingested"
+)
 
 
-def render() -> None:
-    ctx = open_dataset("Export")
-    if ctx is None:
-        return
-    dataset, path, tok, views = ctx.dataset, ctx.path, ctx.tok, ctx.views
-    ranges = guarded(lambda: load_label_ranges(path, tok, dataset))
-    tag_values = guarded(lambda: load_tag_values(path, tok, dataset))
-    if ranges is None or tag_values is None:
-        return
-
+def widget_filters(ctx, ranges: pd.DataFrame, tag_values: pd.DataFrame) -> list[Filter]:
+    """The quick filters: clusters in or out, tags, near-duplicates, label and score ranges."""
+    views = ctx.views
     filters: list[Filter] = []
-    st.subheader("Filters")
     cols = st.columns(2)
     with cols[0]:
         if views.cluster_run:
-            clusters = load_clusters(path, tok, views.cluster_run)
+            clusters = load_clusters(ctx.path, ctx.tok, views.cluster_run)
             labels = dict(zip(clusters["cluster"], clusters["label"], strict=True))
             keep = st.multiselect(
                 "Keep clusters (empty = all)",
@@ -55,7 +58,7 @@ def render() -> None:
             if keep:
                 filters.append(Filter("cluster", "in", [float(c) for c in keep]))
             if drop:
-                filters.append(Filter("cluster", "not in", [float(c) for c in drop]))
+                filters.append(Filter("cluster", "in", [float(c) for c in drop], action="drop"))
         for name, part in tag_values.groupby("name", sort=True):
             counts = dict(zip(part["value"], part["n"], strict=True))
             keep_tags = st.multiselect(
@@ -72,11 +75,7 @@ def render() -> None:
             help="Drops the extra copies of each group of near-identical SAE vectors "
             "(the lowest-index member stays): `--where is_duplicate=0`.",
         ):
-            filters.append(Filter("is_duplicate", "=", 0))
-        sel = selection(dataset)
-        use_sel = st.checkbox(
-            f"Only the map selection ({len(sel):,} points)", key="exp_sel", disabled=not sel
-        )
+            filters.append(Filter("is_duplicate", "=", 1, action="drop"))
     with cols[1]:
         for row in ranges.itertuples():
             lo, hi = float(row.min), float(row.max)
@@ -96,20 +95,24 @@ def render() -> None:
                 filters.append(Filter(str(row.name), ">=", value[0]))
             if value[1] < hi:
                 filters.append(Filter(str(row.name), "<=", value[1]))
+    return filters
 
-    st.subheader("Order and format")
-    c1, c2, c3 = st.columns(3)
-    order = c1.selectbox(
-        "Order",
-        ["none", "curriculum", "random"],
-        key="exp_order",
-        help="curriculum: easy-to-hard by difficulty within each cluster, clusters interleaved",
+
+def export_options(dataset: str, numeric: list[str]) -> tuple[ExportConfig, str]:
+    """Order, difficulty column, batches, format and container; returns the config and the
+    default output path."""
+    c1, c2, c3, c4 = st.columns(4)
+    order = c1.selectbox("Order", list(ORDERS), key="exp_order", help=ORDER_HELP)
+    diff = c2.selectbox(
+        "Difficulty column",
+        ["(auto)", *numeric],
+        key="exp_diffcol",
+        help="auto: the label 'difficulty', else a difficulty probe's score, else a pass rate "
+        "(higher = easier). A probe score's direction comes from its run.",
     )
-    fmt = c2.selectbox("Format", list(FORMATS), key="exp_fmt")
     seed = int(c3.number_input("Seed", value=0, step=1, key="exp_seed"))
-    b1, b2, _ = st.columns(3)
     batch_size = int(
-        b1.number_input(
+        c4.number_input(
             "Batch size (0 = no batches)",
             min_value=0,
             value=0,
@@ -119,7 +122,8 @@ def render() -> None:
             "cluster's next rows and a share of its slots from the nearest clusters.",
         )
     )
-    mix = b2.slider(
+    f1, f2, f3 = st.columns(3)
+    mix = f1.slider(
         "Mixing ratio",
         0.0,
         1.0,
@@ -129,58 +133,123 @@ def render() -> None:
         disabled=batch_size == 0,
         help="0 = pure-cluster batches, 1 = a plain shuffle; 0.2 is SAERL's moderate mixing",
     )
+    fmt = f2.selectbox(
+        "Format",
+        list(FORMATS),
+        key="exp_fmt",
+        help="jsonl / parquet / hf: every column; verl: verl's RL Parquet; trl-prompt: "
+        "GRPO/RLOO prompts; trl-preference: DPO / reward-model pairs; trl-messages: SFT chats",
+    )
+    container = f3.selectbox(
+        "Container",
+        ["jsonl", "parquet", "hf"],
+        index=["jsonl", "parquet", "hf"].index(FORMAT_CONTAINER[fmt]),
+        key=f"exp_container_{fmt}",
+        help="hf: a folder `datasets.load_from_disk` opens",
+    )
+    cfg = ExportConfig(
+        order=order,  # type: ignore[arg-type]
+        fmt=fmt,
+        container=container,
+        seed=seed,
+        difficulty_column=None if diff == "(auto)" else diff,
+        batch_size=batch_size or None,
+        mix=float(mix),
+    )
+    stem = dataset if FORMAT_LAYOUT[fmt] == "rows" else f"{dataset}.{fmt}"
+    return cfg, f"data/exports/{stem}{SUFFIX[container]}"
+
+
+def render() -> None:
+    ctx = open_dataset("Export")
+    if ctx is None:
+        return
+    dataset, path, tok, views = ctx.dataset, ctx.path, ctx.tok, ctx.views
+    ranges = guarded(lambda: load_label_ranges(path, tok, dataset))
+    tag_values = guarded(lambda: load_tag_values(path, tok, dataset))
+    if ranges is None or tag_values is None:
+        return
+
+    st.subheader("Rules")
+    quick = widget_filters(ctx, ranges, tag_values)
+    sel = selection(dataset)
+    use_sel = st.checkbox(
+        f"Only the map selection ({len(sel):,} points)", key="exp_sel", disabled=not sel
+    )
     try:
-        cfg = ExportConfig(
-            order=order,  # type: ignore[arg-type]
-            fmt=fmt,  # type: ignore[arg-type]
-            seed=seed,
-            batch_size=batch_size or None,
-            mix=float(mix),
+        filters, ids, rule_set = rule_set_panel(
+            ctx, quick, ids=list(sel) if use_sel else None, rules_dir=RULES_DIR
         )
-        ids = tuple(sel) if use_sel else None
-        df = load_export_rows(path, tok, dataset, tuple(filters), ids, cfg)
     except StudioError as exc:
         st.error(str(exc))
         return
-    datasets = load_datasets(path, tok)
-    total = int(datasets.set_index("name").loc[dataset, "n_examples"])
-    m1, m2, m3 = st.columns(3)
-    m1.metric("Rows to export", f"{len(df):,}")
-    m2.metric("Removed by the rules", f"{total - len(df):,}", help=f"of {total:,} rows")
+
+    st.subheader("Order, batches and format")
+    cfg, default_out = export_options(dataset, ranges["name"].astype(str).tolist())
+    try:
+        key_ids = tuple(ids) if ids is not None else None
+        df = load_export_rows(path, tok, dataset, tuple(filters), key_ids, cfg)
+        all_rows = load_export_rows(path, tok, dataset, (), None, ExportConfig())
+    except StudioError as exc:
+        st.error(str(exc))
+        return
+    plan = df.attrs.get("plan")
+    m3, m4 = st.columns(2)  # the rows kept and removed are counted by the rules panel above
+    if plan is not None and plan.difficulty_column:
+        m3.metric(
+            "Difficulty",
+            plan.difficulty_column,
+            help=f"higher is {plan.higher_is}; orders and bands read this column",
+        )
     if "batch" in df.columns and not df.empty:
         share = float(df.attrs.get("cross_cluster_share", 0.0))
-        m3.metric(
+        m4.metric(
             "Rows from other clusters",
             f"{share:.1%}",
             help="measured share of rows sitting in a batch whose home is another cluster",
         )
         first = df[df["batch"] < 5].groupby(["batch", "cluster"]).size().unstack(fill_value=0)
-        st.markdown("**First batches: rows per cluster**")
+        st.markdown("**First batches: rows per cluster** (columns: clusters)")
         st.dataframe(first, width="stretch")
-    if filters:
-        st.caption(
-            "Rules: "
-            + " AND ".join(f.describe() for f in filters)
-            + (" AND in map selection" if use_sel else "")
-        )
-    st.dataframe(df.head(100), hide_index=True, width="stretch")
-    st.caption(provenance(views))
 
-    if not ranges.empty:
-        all_rows = load_export_rows(path, tok, dataset, (), None, ExportConfig())
-        # probe scores first, then labels; a constant column has nothing to show
-        shown = ranges[ranges["min"] < ranges["max"]].sort_values("kind", ascending=False)
-        names = shown["name"].tolist()[:3]
-        hcols = st.columns(max(1, len(names)))
-        for i, name in enumerate(names):
+    st.subheader("What is exported, beside the whole dataset")
+    if views.cluster_run and "cluster" in df.columns:
+        clusters = load_clusters(path, tok, views.cluster_run)
+        labels = dict(zip(clusters["cluster"], clusters["label"], strict=True))
+        st.plotly_chart(
+            kept_bars(
+                all_rows["cluster"].fillna(-1).astype(int).value_counts(),
+                df["cluster"].fillna(-1).astype(int).value_counts(),
+                labels=labels,
+                title="Rows per cluster",
+            ),
+            width="stretch",
+        )
+    # probe scores (and reward scores) first, then labels; a constant column has nothing to show
+    shown = ranges[ranges["min"] < ranges["max"]].sort_values("kind", ascending=False)
+    names = [n for n in shown["name"].tolist() if n in df.columns]
+    for start in range(0, len(names), 3):
+        hcols = st.columns(3)
+        for i, name in enumerate(names[start : start + 3]):
             hcols[i].plotly_chart(
                 histogram(all_rows[name], title=f"{name}: all vs exported", selected=df[name]),
                 width="stretch",
             )
+    st.caption(provenance(views))
+
+    st.subheader(f"The file: {cfg.fmt}")
+    try:
+        preview = load_layout_preview(path, tok, dataset, tuple(filters), key_ids, cfg)
+    except StudioError as exc:
+        st.error(str(exc))
+        return
+    st.caption(f"The first {len(preview)} rows exactly as they will be written.")
+    st.dataframe(preview, hide_index=True, width="stretch")
 
     st.subheader("Write")
-    out = st.text_input("Output path", value=f"data/exports/{dataset}.{fmt}", key="exp_out")
+    out = st.text_input("Output path", value=default_out, key=f"exp_out_{cfg.fmt}_{cfg.container}")
     w1, w2, w3 = st.columns(3)
+    rule_info = None if rule_set is None else {"name": rule_set}
     if w1.button("Write file + manifest", type="primary"):
         try:
             m = export(
@@ -188,41 +257,51 @@ def render() -> None:
                 dataset=dataset,
                 out=out,
                 filters=filters,
-                ids=list(ids) if ids else None,
+                ids=ids,
                 cfg=cfg,
                 record=False,
+                rule_set=rule_info,
             )
             st.success(
-                f"Wrote {m['rows']:,} rows to {out} and {out}.manifest.json "
+                f"Wrote {m['rows']:,} rows to {out} and {Path(out).name}.manifest.json "
                 f"(sha256 {m['sha256'][:12]}…)"
             )
         except StudioError as exc:
             st.error(str(exc))
-    name = Path(out).name
+    name = Path(out).name or dataset
 
-    def payload() -> tuple[bytes, dict]:
-        manifest = export_manifest(
-            store(),
-            dataset=dataset,
-            df=df,
-            filters=filters,
-            ids=list(ids) if ids else None,
-            cfg=cfg,
-            views=views,
+    def payload(part: str) -> bytes:
+        # the same writer as the button above, into a temporary folder
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / name
+            export(
+                store(),
+                dataset=dataset,
+                out=target,
+                filters=filters,
+                ids=ids,
+                cfg=cfg,
+                record=False,
+                rule_set=rule_info,
+            )
+            return (target if part == "file" else Path(f"{target}.manifest.json")).read_bytes()
+
+    if cfg.container == "hf":
+        w2.caption("An hf folder is written to a path; download takes jsonl or parquet.")
+    else:
+        # Deferred: the bytes are built only when a download button is clicked.
+        w2.download_button(
+            "Download file", lambda: payload("file"), file_name=name, on_click="ignore"
         )
-        return build_payload(df, out_name=name, fmt=fmt, manifest=manifest)
-
-    # Deferred: the bytes are built only when a download button is clicked.
-    w2.download_button("Download file", lambda: payload()[0], file_name=name, on_click="ignore")
     w3.download_button(
         "Download manifest",
-        lambda: manifest_bytes(payload()[1]),
+        lambda: payload("manifest"),
         file_name=name + ".manifest.json",
         on_click="ignore",
     )
     st.caption(
-        "Row order is the training order. Trainers shuffle by default: with verl set "
-        "`data.shuffle=False`; with TRL, turn the sampler's shuffling off."
+        "Row order is the training order and trainers shuffle by default. To keep it: "
+        f"{KEEP_ORDER[cfg.layout]}. The manifest records this and the batch size."
     )
 
 

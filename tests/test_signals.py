@@ -191,8 +191,9 @@ def test_export_in_cluster_first_batches(pipeline_db, tmp_path):
     batches = manifest["batches"]
     assert batches["batch_size"] == 20 and batches["mix"] == 0.2
     assert 0.15 <= batches["measured_cross_cluster_share"] <= 0.35
-    assert "data.shuffle=False" in batches["keep_the_order"]["verl"]
     assert "--batch-size 20 --mix 0.2" in manifest["command"]
+    bands = manifest["counts"]["per_difficulty_band"]
+    assert sum(bands.values()) == PIPELINE_ROWS and set(bands) <= {"1", "2", "3", "4"}
 
 
 def test_verl_export_has_the_rl_columns(pipeline_db, tmp_path):
@@ -219,3 +220,5 @@ def test_verl_export_has_the_rl_columns(pipeline_db, tmp_path):
     info = row["extra_info"]
     assert info["index"] == 0 and {"cluster", "batch", "difficulty", "quality_proxy"} <= set(info)
     assert set(ds["ability"]) <= set(DEMO_EASE)  # the task families
+    manifest = json.loads((tmp_path / "train.parquet.manifest.json").read_text())
+    assert "data.shuffle=False" in manifest["keep_the_order"]
