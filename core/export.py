@@ -7,9 +7,9 @@ the store turns them into parameterised SQL (no user text is ever pasted into SQ
 
 Example:
     >>> parse_where("difficulty<=3")
-    Filter(column='difficulty', op='<=', value=3.0)
+    Filter(column='difficulty', op='<=', value=3.0, action='keep')
     >>> parse_where("cluster in 1,4")
-    Filter(column='cluster', op='in', value=[1.0, 4.0])
+    Filter(column='cluster', op='in', value=[1.0, 4.0], action='keep')
 """
 
 from __future__ import annotations
@@ -56,14 +56,32 @@ FORMATS = tuple(FORMAT_LAYOUT)
 Format = str
 
 # How to make each trainer read the file in its written order (they shuffle by default), by
-# layout. Checked against the trainers' source (see README, "Keeping the order").
+# layout. Checked against the trainers' source: verl's create_rl_sampler (verl/trainer/main_ppo.py:
+# a SequentialSampler when data.shuffle is false and no data.sampler class is set); TRL's
+# GRPOTrainer/RLOOTrainer._get_train_sampler (a RepeatSampler with shuffle=args.shuffle_dataset,
+# batch_size = generation_batch_size // num_generations unique prompts); DPO/Reward/SFT trainers
+# keep transformers' Trainer._get_train_sampler, which reads args.train_sampling_strategy.
+_TRL_SEQUENTIAL = (
+    "train_sampling_strategy='sequential' in the trainer's config (transformers >= 5's "
+    "TrainingArguments; DPOTrainer, RewardTrainer and SFTTrainer use the Trainer's sampler); "
+    "per_device_train_batch_size x devices x gradient_accumulation_steps equal to the batch size "
+    "above"
+)
 KEEP_ORDER = {
-    "rows": "read the file sequentially (no shuffling sampler); batches are consecutive rows",
-    "verl": "data.shuffle=False, and data.train_batch_size equal to the batch size above",
-    "trl-prompt": "TRL: a sequential sampler (see README); the batch size above is the global "
-    "batch size",
-    "trl-preference": "TRL: a sequential sampler (see README)",
-    "trl-messages": "TRL: a sequential sampler (see README)",
+    "rows": "read the file sequentially (no shuffling sampler); a batch is a run of consecutive "
+    "rows with the same batch number",
+    "verl": "data.shuffle=False and no data.sampler class (verl then uses a SequentialSampler), "
+    "data.train_batch_size equal to the batch size above, and data.filter_overlong_prompts=False "
+    "or prompts within max_prompt_length (a dropped row shifts every later batch). verl picks the "
+    "reward function by data_source (the dataset name here): point "
+    "custom_reward_function.path at yours",
+    "trl-prompt": "GRPOConfig/RLOOConfig(shuffle_dataset=False); a generation batch holds "
+    "generation_batch_size // num_generations unique prompts, so make that equal to the batch "
+    "size above (generation_batch_size = per_device_train_batch_size x devices x "
+    "steps_per_generation)",
+    "trl-preference": _TRL_SEQUENTIAL + "; each prompt gives one row per rejected response, so "
+    "a prompt batch becomes that many pair rows",
+    "trl-messages": _TRL_SEQUENTIAL,
 }
 
 _WHERE = re.compile(
@@ -119,6 +137,33 @@ class ExportConfig:
     @property
     def layout(self) -> str:
         return FORMAT_LAYOUT[self.fmt]
+
+
+def resolve_container(out: Path, cfg: ExportConfig) -> str:
+    """Where the rows go: ``cfg.container`` (--to) if set; else the format itself for jsonl,
+    parquet and hf; else the output's suffix (.jsonl/.json, .parquet, none = an hf folder).
+    A suffix that contradicts the format is an error, and verl reads Parquet only.
+
+        >>> resolve_container(Path("x.parquet"), ExportConfig(fmt="trl-prompt"))
+        'parquet'
+    """
+    from core.formats import container_for
+
+    if cfg.container is not None:
+        container = cfg.container
+    elif FORMAT_LAYOUT[cfg.fmt] == "rows":
+        container = cfg.fmt
+        by_suffix = container_for(out, None) if Path(out).suffix else None
+        if by_suffix not in (None, container):
+            raise StudioError(
+                f"--out {out}: --format {cfg.fmt} writes {container}, the suffix says "
+                f"{by_suffix}; change one of them"
+            )
+    else:
+        container = container_for(out, None)
+    if cfg.layout == "verl" and container == "jsonl":
+        raise StudioError(f"--out {out}: verl reads Parquet; use a .parquet path (or --to hf)")
+    return container
 
 
 def order_index(

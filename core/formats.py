@@ -287,7 +287,12 @@ class ExportWriter:
         elif self.container == "parquet":
             self._writer.write_table(head, row_group_size=ROW_GROUP)
         else:
-            for batch in head.combine_chunks().to_batches(max_chunksize=ROW_GROUP):
+            # Arrow IPC writes raw buffers, and the value under a null slot is undefined memory:
+            # rebuild such columns so the same rows give the same bytes
+            head = pa.table(
+                [_defined(c.combine_chunks()) for c in head.columns], schema=head.schema
+            )
+            for batch in head.to_batches(max_chunksize=ROW_GROUP):
                 self._writer.write_batch(batch)
 
     def _hf_schema(self) -> pa.Schema:
@@ -350,6 +355,22 @@ class ExportWriter:
         }
         for name, obj in (("dataset_info.json", info), ("state.json", state)):
             (self._tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _has_nulls(arr: pa.Array) -> bool:
+    if arr.null_count:
+        return True
+    if pa.types.is_struct(arr.type):
+        return any(_has_nulls(arr.field(i)) for i in range(arr.type.num_fields))
+    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        return _has_nulls(arr.flatten())
+    return False
+
+
+def _defined(arr: pa.Array) -> pa.Array:
+    """``arr`` with every byte defined: a column holding nulls anywhere is rebuilt from Python
+    values (builders zero the null slots); others are returned as they are."""
+    return pa.array(arr.to_pylist(), type=arr.type) if _has_nulls(arr) else arr
 
 
 def _remove(path: Path) -> None:

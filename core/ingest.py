@@ -31,7 +31,8 @@ Field rules (``mapping`` renames: our field -> the file's column):
 - ``tags`` is the JSON object of a record's non-null string tags (``"{}"`` when none).
 - ``extra`` is the JSON of the record's non-canonical fields under their original names and with
   their original values (labels and tags included), so export can rebuild the record; null and
-  absent fields are both left out.
+  absent fields are both left out. A chat's validated ``messages`` ([{role, content}, ...]) are
+  kept there too, for the conversational export layouts.
 """
 
 from __future__ import annotations
@@ -182,6 +183,8 @@ def read_dataset(
         ids = _hash_ids(dict(zip(keys, row, strict=True)) for row in zip(*cols, strict=True))
 
     extra_cols = [(c, v) for c, v in src.columns.items() if c not in used]
+    if kind == "chats":  # the validated turns, so export can rebuild the conversation
+        extra_cols.append(("messages", parsed.basis["messages"]))
     examples = pa.table(
         {
             "id": pa.array(ids, pa.string()),

@@ -43,16 +43,16 @@ from core.clustering import (
 )
 from core.errors import StudioError
 from core.export import (
-    FORMAT_CONTAINER,
     KEEP_ORDER,
     ExportConfig,
     describe_filters,
     manifest_bytes,
     manifest_path,
     order_index,
+    resolve_container,
     write_atomic_bytes,
 )
-from core.formats import ExportWriter, container_for, layout_schema, to_layout
+from core.formats import ExportWriter, layout_schema, to_layout
 from core.ingest import read_dataset
 from core.projection import ProjectConfig, umap_2d
 from core.rules import band_counts, difficulty_column, difficulty_scores, where_text
@@ -835,7 +835,7 @@ def export(
     store.dataset(dataset)
     views = store.views(dataset)
     out = Path(out)
-    layout, container = cfg.layout, container_for(out, cfg.container or FORMAT_CONTAINER[cfg.fmt])
+    layout, container = cfg.layout, resolve_container(out, cfg)
     kind = store.dataset(dataset)["kind"]
     plan = export_plan(store, dataset=dataset, views=views, filters=filters, ids=ids, cfg=cfg)
     chunks = store.export_chunks(dataset, views=views, plan=plan.table)
