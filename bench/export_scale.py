@@ -175,29 +175,34 @@ def build(path: Path, n: int, seed: int = 0) -> None:
     )
 
 
+# peak memory: VmHWM (reset at exec; ru_maxrss would carry the forking parent's peak)
+HWM = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024"
 RUN = """
-import json, resource, sys, time
+import json, sys, time
 from core.cli import main
 t0 = time.perf_counter()
 rc = main(sys.argv[1:])
 print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t0,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": HWM}))
 """
 
 BASELINE = """
-import json, resource, sys, time, duckdb
+import json, sys, time, duckdb
 t0 = time.perf_counter()
 con = duckdb.connect(sys.argv[1], read_only=True)
 con.execute("COPY (SELECT id, prompt, answer, tags FROM examples WHERE dataset = 'big' "
             "ORDER BY idx) TO '" + sys.argv[2] + "' (FORMAT parquet, COMPRESSION zstd)")
 print(json.dumps({"rc": 0, "seconds": time.perf_counter() - t0,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": HWM}))
 """
 
 
 def timed(code: str, args: list[str]) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-c", code.replace("HWM", HWM), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-2000:])

@@ -711,6 +711,9 @@ def project(
 
 
 # --- export ----------------------------------------------------------------------------------
+EXPORT_MEMORY_MB = 512  # DuckDB's cap while exporting: memory stays flat as rows grow
+
+
 @dataclass(frozen=True)
 class ExportPlan:
     """Which rows go out and where: ``table`` is (idx, position, batch) in written order, plus
@@ -833,6 +836,7 @@ def export(
     passes False). ``rule_set`` (name, path, filters: the rule set's own filters, which come
     first in ``filters``) is recorded in the manifest when the filters came from one."""
     store.dataset(dataset)
+    store = store.capped(EXPORT_MEMORY_MB) if store.memory_limit_mb is None else store
     views = store.views(dataset)
     out = Path(out)
     layout, container = cfg.layout, resolve_container(out, cfg)

@@ -267,9 +267,22 @@ class Views:
 class Store:
     """A DuckDB file. Every method opens a short-lived connection and closes it."""
 
-    def __init__(self, path: str | Path, *, lock_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        lock_timeout_s: float = 10.0,
+        memory_limit_mb: int | None = None,
+    ) -> None:
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
+        # DuckDB's memory cap per connection (None: its default, 80% of RAM). Beyond it, sorts
+        # and joins spill to disk and cached blocks are evicted, so memory stops growing.
+        self.memory_limit_mb = memory_limit_mb
+
+    def capped(self, memory_limit_mb: int) -> Store:
+        """The same file, with DuckDB's memory capped at ``memory_limit_mb``."""
+        return Store(self.path, lock_timeout_s=self.lock_timeout_s, memory_limit_mb=memory_limit_mb)
 
     # --- connections -------------------------------------------------------------------
     @contextmanager
@@ -297,6 +310,8 @@ class Store:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
         try:
+            if self.memory_limit_mb is not None:
+                con.execute(f"SET memory_limit = '{int(self.memory_limit_mb)}MB'")
             yield con
         finally:
             con.close()
@@ -1520,7 +1535,6 @@ class Store:
         views: Views,
         plan: pa.Table,
         chunk_rows: int = 65_536,
-        memory_limit_mb: int = 1024,
     ) -> Iterator[pa.Table]:
         """The rows of an export in written order, as Arrow chunks of ``chunk_rows``.
 
@@ -1528,8 +1542,8 @@ class Store:
         where. Columns: id, idx, prompt, answer, cluster, (dup_group, is_duplicate), scores,
         labels, tags, every field kept only in ``extra`` (JSON text, e.g. a chat's messages),
         for preference data ``chosen`` and ``rejected`` (a list), then position and batch.
-        DuckDB sorts within ``memory_limit_mb`` (spilling to disk beyond it), so memory does
-        not grow with the row count.
+        Only one chunk is in Python at a time; DuckDB sorts within the store's memory cap
+        (:meth:`capped`), spilling to disk beyond it.
         """
         labels, scores, tags = self._columns(dataset, views)
         inner, params = self._wide_sql(dataset, views, labels, tags)
@@ -1567,7 +1581,6 @@ class Store:
                 f"SELECT {', '.join(cols)} FROM ({inner}) w JOIN _plan p ON p.idx = w.idx "
                 f"{join} ORDER BY p.position"
             )
-            con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
             con.register("_plan", plan)
             reader = con.sql(sql, params=xparams + params + jparams).to_arrow_reader(chunk_rows)
             empty = True
