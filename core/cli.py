@@ -423,6 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--out", required=True, help="output file; the manifest goes to OUT.manifest.json"
     )
+    sp.add_argument(
+        "--memory-mb",
+        type=int,
+        default=1024,
+        help="cap on DuckDB's memory while exporting (default 1024); raise it if a very large "
+        "export reports DuckDB running out of memory",
+    )
 
     sp = cmd(
         "rules",
@@ -714,6 +721,7 @@ def run(args: argparse.Namespace) -> int:
                 mix=args.mix,
             ),
             rule_set=recorded,
+            memory_mb=args.memory_mb,
         )
         print(f"wrote {m['rows']} rows to {args.out} (manifest {args.out}.manifest.json)")
     elif args.command == "demo":

@@ -711,7 +711,7 @@ def project(
 
 
 # --- export ----------------------------------------------------------------------------------
-EXPORT_MEMORY_MB = 512  # DuckDB's cap while exporting: memory stays flat as rows grow
+EXPORT_MEMORY_MB = 1024  # DuckDB's cap while exporting (--memory-mb): memory stays flat
 
 
 @dataclass(frozen=True)
@@ -829,14 +829,16 @@ def export(
     cfg: ExportConfig,
     record: bool = True,
     rule_set: dict[str, Any] | None = None,
+    memory_mb: int = EXPORT_MEMORY_MB,
 ) -> dict[str, Any]:
     """Write the filtered, ordered rows in ``cfg.fmt`` and a manifest that reproduces them, both
     atomically, streaming the rows in chunks (memory stays flat as the row count grows).
     ``record`` also logs the export in the store (the app, which opens the store read-only,
     passes False). ``rule_set`` (name, path, filters: the rule set's own filters, which come
-    first in ``filters``) is recorded in the manifest when the filters came from one."""
+    first in ``filters``) is recorded in the manifest when the filters came from one.
+    ``memory_mb`` caps DuckDB's memory (its sorts spill to disk beyond it)."""
     store.dataset(dataset)
-    store = store.capped(EXPORT_MEMORY_MB) if store.memory_limit_mb is None else store
+    store = store.capped(memory_mb)
     views = store.views(dataset)
     out = Path(out)
     layout, container = cfg.layout, resolve_container(out, cfg)

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -312,6 +313,11 @@ class Store:
         try:
             if self.memory_limit_mb is not None:
                 con.execute(f"SET memory_limit = '{int(self.memory_limit_mb)}MB'")
+                # spill beyond the cap (a read-only connection sets no spill folder by itself);
+                # every query that needs an order says ORDER BY
+                spill = Path(tempfile.gettempdir()) / "saerl-duckdb-spill"
+                con.execute("SET temp_directory = ?", [str(spill)])
+                con.execute("SET preserve_insertion_order = false")
             yield con
         finally:
             con.close()
