@@ -53,6 +53,7 @@ ROW_GROUP = 65_536  # rows per Parquet row group / Arrow record batch, whatever 
 INTERNAL = ("idx", "position")
 RESPONSES = ("chosen", "rejected", "messages")
 KINDS_FOR = {"trl-preference": "preferences", "trl-messages": "chats"}
+KIND_LAYOUT = {kind: layout for layout, kind in KINDS_FOR.items()}
 
 
 def container_for(out: Path, explicit: str | None) -> str:
@@ -194,7 +195,7 @@ def to_layout(chunk: pa.Table, layout: str, *, kind: str, data_source: str = "")
     if need is not None and kind != need:
         raise StudioError(
             f"--format {layout} needs a dataset of kind {need}; this one is {kind} "
-            f"(use {'trl-prompt' if kind != 'chats' else 'trl-messages'})"
+            f"(use {KIND_LAYOUT.get(kind, 'trl-prompt')} or trl-prompt)"
         )
     if layout == "verl":
         return _verl(chunk, kind, data_source)

@@ -946,7 +946,8 @@ def export_manifest(
         "dedup_run": views.dedup_run,
         "score_runs": dict(views.score_runs),
         "counts": {
-            "rows": int(plan.table.num_rows),
+            # per example; a preference prompt writes one row per (chosen, rejected) pair
+            "examples": int(plan.table.num_rows),
             # -1: rows without a cluster
             "per_cluster": {str(c): int(k) for c, k in zip(values, sizes, strict=True)},
             "per_difficulty_band": bands,

@@ -38,7 +38,7 @@ def test_every_format_loads_and_reproduces(pipeline_db, tmp_path, fmt):
     first = data.read_bytes()
     assert hashlib.sha256(first).hexdigest() == manifest["sha256"]
     ds = _load(out, manifest["container"], tmp_path / "cache")
-    assert len(ds) == manifest["rows"] == manifest["counts"]["rows"] < PIPELINE_ROWS
+    assert len(ds) == manifest["rows"] == manifest["counts"]["examples"] < PIPELINE_ROWS
     assert sum(manifest["counts"]["per_cluster"].values()) == manifest["rows"]
     assert sum(manifest["counts"]["per_difficulty_band"].values()) == manifest["rows"]
     assert manifest["layout"] == FORMAT_LAYOUT[fmt]
@@ -76,6 +76,8 @@ def test_preference_pairs_for_dpo_and_reward_training(kinds_db, tmp_path):
     assert _export(db, "prefs", out, "--format", "trl-preference") == 0
     ds = _load(out, "jsonl", tmp_path / "cache")
     assert len(ds) == sum(len(r["rejected"]) for r in records)
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    assert manifest["rows"] == len(ds) and manifest["counts"]["examples"] == len(records)
     first = records[0]
     rows = [r for r in ds if r["id"] == first["id"]]
     assert [r["rejected"][0]["content"] for r in rows] == first["rejected"]
