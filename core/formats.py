@@ -26,6 +26,7 @@ Layouts:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -317,6 +318,10 @@ class ExportWriter:
                     self._writer.close()
                 self._fh.flush()
                 os.fsync(self._fh.fileno())
+            elif self._writer is not None:
+                # close it now: a ParquetWriter left open writes its footer when collected
+                with contextlib.suppress(Exception):
+                    self._writer.close()
             self._fh.close()
             if exc_type is not None:
                 return

@@ -813,7 +813,9 @@ def export_rows(
     df = pa.concat_tables(chunks).to_pandas()
     if plan.table["batch"].null_count == len(df):
         df = df.drop(columns=["batch"])
-    df.attrs["plan"] = plan
+    # plain values only: the app's cache keeps attrs that serialise to JSON
+    df.attrs["difficulty_column"] = plan.difficulty_column
+    df.attrs["higher_is"] = plan.higher_is
     if plan.cross_cluster_share is not None:
         df.attrs["cross_cluster_share"] = plan.cross_cluster_share
     return df, views

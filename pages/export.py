@@ -193,13 +193,13 @@ def render() -> None:
     except StudioError as exc:
         st.error(str(exc))
         return
-    plan = df.attrs.get("plan")
+    difficulty = df.attrs.get("difficulty_column")
     m3, m4 = st.columns(2)  # the rows kept and removed are counted by the rules panel above
-    if plan is not None and plan.difficulty_column:
+    if difficulty:
         m3.metric(
             "Difficulty",
-            plan.difficulty_column,
-            help=f"higher is {plan.higher_is}; orders and bands read this column",
+            difficulty,
+            help=f"higher is {df.attrs.get('higher_is')}; orders and bands read this column",
         )
     if "batch" in df.columns and not df.empty:
         share = float(df.attrs.get("cross_cluster_share", 0.0))

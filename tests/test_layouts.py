@@ -351,12 +351,6 @@ def test_an_error_inside_leaves_no_temp_and_the_old_output(
     assert _snapshot(tmp_path) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ExportWriter.__exit__ closes the file under a ParquetWriter it never closed on an "
-    "error; at collection ParquetWriter.__del__ writes its footer to the closed file "
-    "(ValueError: write to closed file, an unraisable exception)",
-)
 def test_a_failed_parquet_write_closes_its_writer(tmp_path, monkeypatch):
     caught: list[Any] = []
     monkeypatch.setattr(sys, "unraisablehook", caught.append)
