@@ -7,17 +7,20 @@ chunk into one of the layouts trainers read, vectorised with pyarrow; :class:`Ex
 the chunks as JSONL, Parquet or a Hugging Face ``save_to_disk`` folder, atomically and with the
 same bytes for the same rows however they were chunked.
 
-Layouts:
+Layouts (none carries ``idx`` or ``position``: the file's own order is the position):
 
-- ``rows``: every column (a chat's ``messages`` as a list of {role, content}).
+- ``rows``: every other column (a chat's ``messages`` as a list of {role, content}).
 - ``verl``: verl's RL Parquet (``RLHFDataset``): ``data_source``, ``prompt`` (chat messages),
-  ``ability``, ``reward_model`` {style: "rule", ground_truth}, ``extra_info`` {index, id,
-  cluster, batch, every numeric label and score}.
+  ``ability`` (the task, else "general"), ``reward_model`` {style: "rule", ground_truth},
+  ``extra_info`` {index (the position), id, cluster, batch, every numeric label and score}.
 - ``trl-prompt``: TRL's conversational prompt-only form (GRPOTrainer, RLOOTrainer): ``prompt`` as
   messages, every other column beside it (GRPO hands extra columns to reward functions).
 - ``trl-preference``: TRL's conversational preference form (DPOTrainer, RewardTrainer):
-  ``prompt``, ``chosen``, ``rejected`` as messages, one row per (chosen, rejected) pair.
+  ``prompt``, ``chosen``, ``rejected`` as messages, one row per (chosen, rejected) pair in order
+  (``rejected_idx`` says which); a prompt with no rejected response writes no row.
 - ``trl-messages``: TRL's conversational language-modelling form (SFTTrainer): ``messages``.
+
+A chat's prompt (verl, trl-prompt) is its turns up to and including the last user turn.
 
     >>> t = pa.table({"id": ["a"], "prompt": ["2+2?"], "answer": ["4"]})
     >>> to_layout(t, "verl", kind="prompts", data_source="d").column_names
@@ -41,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from core.errors import StudioError
@@ -55,6 +59,25 @@ INTERNAL = ("idx", "position")
 RESPONSES = ("chosen", "rejected", "messages")
 KINDS_FOR = {"trl-preference": "preferences", "trl-messages": "chats"}
 KIND_LAYOUT = {kind: layout for layout, kind in KINDS_FOR.items()}
+# Column names a trainer would read as its own, so a label or tag of that name beside the layout's
+# columns would change what it does (TRL's GRPO/RLOO _calculate_rewards, is_conversational, the
+# SFT and DPO tokenizers' "tools"/"chat_template_kwargs"/images): an error, not a silent change.
+TRAINER_NAMES = {
+    "trl-prompt": (
+        "completion",
+        "completions",
+        "completion_ids",
+        "prompts",
+        "trainer_state",
+        "log_extra",
+        "log_metric",
+        "environments",
+        "image",
+        "images",
+    ),
+    "trl-preference": ("completion", "image", "images", "tools", "chat_template_kwargs"),
+    "trl-messages": ("completion", "image", "images", "tools", "chat_template_kwargs"),
+}
 
 
 def container_for(out: Path, explicit: str | None) -> str:
@@ -89,16 +112,59 @@ def _messages(role: str, content: pa.Array) -> pa.Array:
 
 
 def _parse_messages(col: pa.Array, *, upto_last_user: bool = False) -> pa.Array:
-    """Chats' messages (JSON text of [{role, content}]) as a list<struct> column."""
+    """Chats' messages (JSON text of [{role, content}], null = no turns) as list<struct>, parsed
+    by Arrow's JSON reader; text it cannot take (pretty-printed, non-text content) by Python."""
+    try:
+        turns = _parse_json_messages(col)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        turns = _parse_messages_py(col)
+    return _upto_last_user(turns) if upto_last_user else turns
+
+
+def _parse_json_messages(col: pa.Array) -> pa.Array:
+    if len(col) == 0:
+        return pa.array([], MESSAGES)
+    text = pc.fill_null(col.cast(pa.large_string()), _ls("[]"))
+    lines = pc.binary_join_element_wise(_ls('{"m": '), text, _ls("}\n"), _ls(""))
+    longest = pc.max(pc.binary_length(lines)).as_py() or 0
+    table = pajson.read_json(
+        pa.BufferReader(_string_bytes(lines)),
+        read_options=pajson.ReadOptions(use_threads=False, block_size=max(1 << 22, 2 * longest)),
+        parse_options=pajson.ParseOptions(
+            explicit_schema=pa.schema([("m", MESSAGES)]), unexpected_field_behavior="ignore"
+        ),
+    )
+    if table.num_rows != len(col):
+        raise pa.ArrowInvalid("messages text spans lines")
+    turns = table.column("m").combine_chunks()
+    if turns.null_count or pc.any(pc.is_null(pc.list_flatten(turns).field("role"))).as_py():
+        raise pa.ArrowInvalid("a chat that is not a list of {role, content}")
+    return turns.cast(MESSAGES)
+
+
+def _parse_messages_py(col: pa.Array) -> pa.Array:
     out = []
     for text in col.to_pylist():
         turns = [] if text is None else json.loads(text)
-        turns = [{"role": str(t["role"]), "content": str(t["content"])} for t in turns]
-        if upto_last_user:
-            users = [i for i, t in enumerate(turns) if t["role"] == "user"]
-            turns = turns[: users[-1] + 1] if users else turns
-        out.append(turns)
+        out.append([{"role": str(t["role"]), "content": str(t["content"])} for t in turns])
     return pa.array(out, MESSAGES)
+
+
+def _upto_last_user(turns: pa.Array) -> pa.Array:
+    """Each list cut after its last user turn (kept whole when it has none)."""
+    n = len(turns)
+    lengths = pc.fill_null(pc.list_value_length(turns), 0).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(turns)
+    owner = np.repeat(np.arange(n), lengths)
+    place = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    user = pc.fill_null(pc.equal(flat.field("role"), "user"), False)
+    user = user.to_numpy(zero_copy_only=False)
+    last = np.full(n, -1, dtype=np.int64)
+    np.maximum.at(last, owner[user], place[user])
+    keep = np.where(last >= 0, last + 1, lengths)
+    offsets = np.concatenate([[0], np.cumsum(keep)]).astype(np.int32)
+    values = flat.filter(pa.array(place < keep[owner]))
+    return pa.ListArray.from_arrays(pa.array(offsets), values, MESSAGES)
 
 
 def _prompt(chunk: pa.Table, kind: str) -> pa.Array:
@@ -125,11 +191,16 @@ def _numeric(chunk: pa.Table) -> list[str]:
     ]
 
 
-def _beside(chunk: pa.Table, *, drop: tuple[str, ...]) -> dict[str, pa.Array]:
+def _beside(chunk: pa.Table, *, layout: str, drop: tuple[str, ...]) -> dict[str, pa.Array]:
     """The columns a trainer layout keeps beside its own (ids, cluster, labels, tags...)."""
-    return {
-        name: _column(chunk, name) for name in chunk.column_names if name not in (*INTERNAL, *drop)
-    }
+    names = [name for name in chunk.column_names if name not in (*INTERNAL, *drop)]
+    clash = [name for name in names if name in TRAINER_NAMES.get(layout, ())]
+    if clash:
+        raise StudioError(
+            f"--format {layout}: the column {clash[0]!r} would be read by the trainer as its own "
+            "field; rename it (ingest --map) or drop it before exporting"
+        )
+    return {name: _column(chunk, name) for name in names}
 
 
 def _verl(chunk: pa.Table, kind: str, data_source: str) -> pa.Table:
@@ -141,12 +212,10 @@ def _verl(chunk: pa.Table, kind: str, data_source: str) -> pa.Table:
         else pa.repeat(pa.scalar("general"), n)
     )
     answer = _column(chunk, "answer").cast(pa.string()) if "answer" in names else pa.nulls(n)
-    position = (
-        _column(chunk, "position")
-        if "position" in names
-        else pa.array(np.arange(n, dtype=np.int64))
-    )
-    info = {"index": position.cast(pa.int64()), "id": _column(chunk, "id").cast(pa.string())}
+    # the row's place in the file; without one, its ingest index (a chunk alone has no place)
+    where = next((c for c in ("position", "idx") if c in names), None)
+    index = _column(chunk, where) if where else pa.nulls(n, pa.int64())
+    info = {"index": index.cast(pa.int64()), "id": _column(chunk, "id").cast(pa.string())}
     info["cluster"] = (
         _column(chunk, "cluster").cast(pa.int64())
         if "cluster" in names
@@ -155,6 +224,11 @@ def _verl(chunk: pa.Table, kind: str, data_source: str) -> pa.Table:
     if "batch" in names:
         info["batch"] = _column(chunk, "batch").cast(pa.int64())
     for name in _numeric(chunk):
+        if name in info:
+            raise StudioError(
+                f"--format verl: the column {name!r} would overwrite extra_info.{name}; "
+                "rename it (ingest --map)"
+            )
         info[name] = _column(chunk, name).cast(pa.float64())
     return pa.table(
         {
@@ -173,23 +247,24 @@ def _verl(chunk: pa.Table, kind: str, data_source: str) -> pa.Table:
 def _preference(chunk: pa.Table) -> pa.Table:
     rejected = _column(chunk, "rejected")
     counts = pc.fill_null(pc.list_value_length(rejected), 0).to_numpy(zero_copy_only=False)
+    counts = counts.astype(np.int64)
     rows = np.repeat(np.arange(chunk.num_rows), counts)
-    which = np.concatenate([np.arange(c) for c in counts]) if len(counts) else np.zeros(0, int)
-    flat = pc.list_flatten(rejected)
+    which = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
     base = chunk.take(pa.array(rows, pa.int64()))
     out = {
         "prompt": _messages("user", _column(base, "prompt")),
         "chosen": _messages("assistant", _column(base, "chosen")),
-        "rejected": _messages("assistant", flat),
-        "rejected_idx": pa.array(which.astype(np.int64)),
+        "rejected": _messages("assistant", pc.list_flatten(rejected)),
+        "rejected_idx": pa.array(which, pa.int64()),
     }
-    out.update(_beside(base, drop=("prompt", *RESPONSES)))
+    out.update(_beside(base, layout="trl-preference", drop=("prompt", *RESPONSES)))
     return pa.table(out)
 
 
 def to_layout(chunk: pa.Table, layout: str, *, kind: str, data_source: str = "") -> pa.Table:
     """A chunk of export rows in ``layout`` (see the module doc). ``kind`` is the dataset's
-    (prompts, preferences, chats): trl-preference needs preferences, trl-messages chats."""
+    (prompts, preferences, chats): trl-preference needs preferences, trl-messages chats.
+    ``data_source`` fills verl's column of that name (verl picks the reward function by it)."""
     if layout not in LAYOUTS:
         raise StudioError(f"unknown layout {layout!r}: use {', '.join(LAYOUTS)}")
     need = KINDS_FOR.get(layout)
@@ -202,22 +277,109 @@ def to_layout(chunk: pa.Table, layout: str, *, kind: str, data_source: str = "")
         return _verl(chunk, kind, data_source)
     if layout == "trl-preference":
         return _preference(chunk)
+    beside = _beside(chunk, layout=layout, drop=("prompt", *RESPONSES) if layout != "rows" else ())
     if layout == "trl-prompt":
-        return pa.table(
-            {"prompt": _prompt(chunk, kind), **_beside(chunk, drop=("prompt", *RESPONSES))}
-        )
+        return pa.table({"prompt": _prompt(chunk, kind), **beside})
     if layout == "trl-messages":
-        messages = _parse_messages(_column(chunk, "messages"))
-        return pa.table({"messages": messages, **_beside(chunk, drop=("prompt", *RESPONSES))})
-    out = _beside(chunk, drop=())
-    if kind == "chats" and "messages" in out:
-        out["messages"] = _parse_messages(out["messages"])
-    return pa.table(out)
+        return pa.table({"messages": _parse_messages(_column(chunk, "messages")), **beside})
+    if kind == "chats" and "messages" in beside:
+        beside["messages"] = _parse_messages(beside["messages"])
+    return pa.table(beside)
 
 
 def layout_schema(input_schema: pa.Schema, layout: str, *, kind: str) -> pa.Schema:
     """The schema :func:`to_layout` gives for chunks of ``input_schema`` (fixed for a file)."""
     return to_layout(input_schema.empty_table(), layout, kind=kind).schema
+
+
+# --- JSON Lines, vectorised ---------------------------------------------------------------------
+def _ls(text: str) -> pa.Scalar:
+    return pa.scalar(text, pa.large_string())
+
+
+# what json.dumps(ensure_ascii=False) escapes: these always, the other control characters when
+# a column holds any
+_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
+_RARE_ESCAPES = tuple(
+    (chr(c), {8: "\\b", 12: "\\f"}.get(c, f"\\u{c:04x}"))
+    for c in range(32)
+    if chr(c) not in "\n\r\t"
+)
+
+
+def _json_strings(arr: pa.Array) -> pa.Array:
+    s = arr.cast(pa.large_string())
+    for char, escaped in _ESCAPES:
+        s = pc.replace_substring(s, char, escaped)
+    if pc.any(pc.match_substring_regex(s, r"[\x00-\x1f]")).as_py():
+        for char, escaped in _RARE_ESCAPES:
+            s = pc.replace_substring(s, char, escaped)
+    return pc.binary_join_element_wise(_ls('"'), s, _ls('"'), _ls(""))
+
+
+def _json_values(arr: pa.Array) -> pa.Array:
+    """Each value of ``arr`` as JSON text (large_string, no nulls: a null is ``null``), the way
+    json.dumps(ensure_ascii=False) writes it, but floats in Arrow's shortest round-trip form
+    (always with a '.' or an exponent, so they read back as floats) and NaN/inf as null."""
+    t = arr.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        out = _json_strings(arr)
+    elif pa.types.is_integer(t) or pa.types.is_boolean(t):
+        out = arr.cast(pa.large_string())
+    elif pa.types.is_floating(t):
+        finite = pc.if_else(pc.is_finite(arr), arr, pa.scalar(None, t))
+        s = finite.cast(pa.large_string())
+        out = pc.if_else(
+            pc.match_substring_regex(s, "[.e]"),
+            s,
+            pc.binary_join_element_wise(s, _ls(".0"), _ls("")),
+        )
+    elif pa.types.is_null(t):
+        out = pa.nulls(len(arr), pa.large_string())
+    elif pa.types.is_struct(t) and t.num_fields:
+        parts: list[Any] = []
+        for i, field in enumerate(t):
+            key = ("{" if i == 0 else ", ") + json.dumps(field.name, ensure_ascii=False) + ": "
+            parts += [_ls(key), _json_values(arr.field(i))]
+        text = pc.binary_join_element_wise(*parts, _ls("}"), _ls(""))
+        out = pc.if_else(pc.is_valid(arr), text, pa.scalar(None, pa.large_string()))
+    elif pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
+        offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+        items = pa.LargeListArray.from_arrays(offsets, _json_values(pc.list_flatten(arr)))
+        text = pc.binary_join_element_wise(
+            _ls("["), pc.binary_join(items, _ls(", ")), _ls("]"), _ls("")
+        )
+        out = pc.if_else(pc.is_valid(arr), text, pa.scalar(None, pa.large_string()))
+    else:  # dates, decimals, maps...: one Python pass over this column
+        values = arr.to_pylist()
+        return pa.array([json.dumps(v, ensure_ascii=False, default=str) for v in values])
+    return pc.fill_null(out, _ls("null"))
+
+
+def _string_bytes(lines: pa.Array) -> pa.Buffer:
+    """The text of a string array, all values back to back, without copying."""
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)[lines.offset :]
+    start, end = int(offsets[0]), int(offsets[len(lines)])
+    return lines.buffers()[2].slice(start, end - start) if end > start else pa.py_buffer(b"")
+
+
+def jsonl_bytes(table: pa.Table) -> pa.Buffer:
+    """``table`` as JSON Lines: one object per row, keys in column order, UTF-8 unescaped.
+
+    >>> jsonl_bytes(pa.table({"a": [1, None], "b": ["é", 'q"']})).to_pybytes().decode()
+    '{"a": 1, "b": "é"}\\n{"a": null, "b": "q\\\\""}\\n'
+    """
+    if table.num_rows == 0:
+        return pa.py_buffer(b"")
+    parts: list[Any] = []
+    for i, name in enumerate(table.column_names):
+        key = ("{" if i == 0 else ", ") + json.dumps(name, ensure_ascii=False) + ": "
+        parts += [_ls(key), _json_values(table.column(i).combine_chunks())]
+    if not parts:
+        return pa.py_buffer(b"{}\n" * table.num_rows)
+    lines = pc.binary_join_element_wise(*parts, _ls("}\n"), _ls(""))
+    return _string_bytes(lines)
 
 
 # --- containers ---------------------------------------------------------------------------------
@@ -232,9 +394,10 @@ class ExportWriter:
     """Write chunks of one schema to ``out`` as jsonl, parquet or an hf folder.
 
     Everything goes to a temporary file or folder beside ``out`` and replaces it only when the
-    context exits without an error; a failure leaves an existing ``out`` as it was. Row groups
-    (Parquet) and record batches (hf) hold ``ROW_GROUP`` rows however the input was chunked, so
-    the same rows give the same bytes.
+    context exits without an error (then ``result`` holds the rows, the data file's sha256 and
+    its path); a failure leaves an existing ``out`` as it was. Row groups (Parquet) and record
+    batches (hf) hold ``ROW_GROUP`` rows however the input was chunked, each written from one
+    contiguous table, so the same rows give the same bytes.
     """
 
     def __init__(self, out: str | Path, container: str, schema: pa.Schema) -> None:
@@ -258,13 +421,16 @@ class ExportWriter:
             fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=self.out.parent)
             os.close(fd)
             self._tmp = self._data = Path(name)
-        self._hash = hashlib.sha256()
-        self._fh = open(self._data, "wb")  # closed in __exit__
         self._writer: Any = None
-        if self.container == "parquet":
-            self._writer = pq.ParquetWriter(self._fh, self.schema, compression="zstd")
-        elif self.container == "hf":
-            self._writer = ipc.new_stream(self._fh, self._hf_schema())
+        try:
+            self._fh = open(self._data, "wb")  # closed in __exit__
+            if self.container == "parquet":
+                self._writer = pq.ParquetWriter(self._fh, self.schema, compression="zstd")
+            elif self.container == "hf":
+                self._writer = ipc.new_stream(self._fh, self._hf_schema())
+        except BaseException:
+            _remove(self._tmp)
+            raise
         return self
 
     def write(self, table: pa.Table) -> None:
@@ -282,11 +448,11 @@ class ExportWriter:
             return
         self.rows += head.num_rows
         if self.container == "jsonl":
-            text = "".join(
-                json.dumps(r, ensure_ascii=False) + "\n" for r in head.to_pylist()
-            ).encode("utf-8")
-            self._fh.write(text)
-        elif self.container == "parquet":
+            self._fh.write(jsonl_bytes(head))
+            return
+        # one contiguous table: Parquet cuts pages where the input's chunks end
+        head = head.combine_chunks()
+        if self.container == "parquet":
             self._writer.write_table(head, row_group_size=ROW_GROUP)
         else:
             # Arrow IPC writes raw buffers, and the value under a null slot is undefined memory:
@@ -325,28 +491,29 @@ class ExportWriter:
             self._fh.close()
             if exc_type is not None:
                 return
+            digest = hashlib.sha256()
             with open(self._data, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):
-                    self._hash.update(block)
-            digest = self._hash.hexdigest()
+                    digest.update(block)
             if self.container == "hf":
-                self._hf_metadata(digest)
+                self._hf_metadata(digest.hexdigest())
             _replace(self._tmp, self.out)
-            self.result = Written(rows=self.rows, sha256=digest, path=self.out)
+            _fsync_dir(self.out.parent)
+            self.result = Written(rows=self.rows, sha256=digest.hexdigest(), path=self.out)
         finally:
             if self.result is None:
                 _remove(self._tmp)
 
     def _hf_metadata(self, digest: str) -> None:
-        """dataset_info.json and state.json as datasets' save_to_disk writes them, with a
-        fingerprint from the data's hash (datasets would draw a random one)."""
+        """dataset_info.json and state.json as datasets' save_to_disk writes them (same keys,
+        order and indent), with a fingerprint from the data's hash where datasets would draw a
+        random one."""
         from datasets import Features
 
-        features = Features.from_arrow_schema(self.schema).to_dict()
         info = {
             "citation": "",
             "description": "",
-            "features": features,
+            "features": Features.from_arrow_schema(self.schema).to_dict(),
             "homepage": "",
             "license": "",
         }
@@ -359,24 +526,80 @@ class ExportWriter:
             "_output_all_columns": False,
             "_split": None,
         }
-        for name, obj in (("dataset_info.json", info), ("state.json", state)):
-            (self._tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        for name, text in (
+            ("dataset_info.json", json.dumps(info, indent=2)),  # keys sorted above, not within
+            ("state.json", json.dumps(state, indent=2, sort_keys=True)),
+        ):
+            with open(self._tmp / name, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+        _fsync_dir(self._tmp)
 
 
+# --- defined bytes for Arrow IPC ----------------------------------------------------------------
 def _has_nulls(arr: pa.Array) -> bool:
     if arr.null_count:
         return True
     if pa.types.is_struct(arr.type):
         return any(_has_nulls(arr.field(i)) for i in range(arr.type.num_fields))
     if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
-        return _has_nulls(arr.flatten())
+        return _has_nulls(pc.list_flatten(arr))
     return False
 
 
+def _validity(arr: pa.Array) -> pa.Buffer | None:
+    """A fresh validity bitmap (unused trailing bits zero), None when nothing is null."""
+    if not arr.null_count:
+        return None
+    valid = pc.is_valid(arr).to_numpy(zero_copy_only=False)
+    return pa.py_buffer(np.packbits(valid, bitorder="little"))
+
+
 def _defined(arr: pa.Array) -> pa.Array:
-    """``arr`` with every byte defined: a column holding nulls anywhere is rebuilt from Python
-    values (builders zero the null slots); others are returned as they are."""
-    return pa.array(arr.to_pylist(), type=arr.type) if _has_nulls(arr) else arr
+    """``arr`` with every byte the IPC writer copies defined: values under null slots zeroed,
+    null lists and strings empty, bitmaps rebuilt. Arrays with no null anywhere (and no
+    booleans, whose bitmaps may carry stray trailing bits) are returned as they are."""
+    t = arr.type
+    if not _has_nulls(arr) and not pa.types.is_boolean(t):
+        return arr
+    n = len(arr)
+    if pa.types.is_boolean(t):
+        bits = pa.py_buffer(
+            np.packbits(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), bitorder="little")
+        )
+        return pa.Array.from_buffers(t, n, [_validity(arr), bits], arr.null_count)
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        dense = pc.fill_null(arr, pa.scalar(0, t))
+        return pa.Array.from_buffers(t, n, [_validity(arr), dense.buffers()[1]], arr.null_count)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        dense = pc.fill_null(arr, pa.scalar("", t))
+        buffers = [_validity(arr), *dense.buffers()[1:]]
+        return pa.Array.from_buffers(t, n, buffers, arr.null_count)
+    if pa.types.is_struct(t):
+        # flatten() folds the struct's own nulls into its children
+        children = [_defined(child) for child in arr.flatten()]
+        return pa.Array.from_buffers(t, n, [_validity(arr)], arr.null_count, children=children)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
+        width = np.int64 if pa.types.is_large_list(t) else np.int32
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(width)
+        values = _defined(pc.list_flatten(arr))
+        return pa.Array.from_buffers(
+            t, n, [_validity(arr), pa.py_buffer(offsets)], arr.null_count, children=[values]
+        )
+    return pa.array(arr.to_pylist(), type=t)  # other types: builders zero the null slots
+
+
+# --- files --------------------------------------------------------------------------------------
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the OS allows opening a folder)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _remove(path: Path) -> None:
