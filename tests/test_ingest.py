@@ -280,8 +280,17 @@ def test_chats_with_feedback(tmp_path: Path) -> None:
     assert [r["answer"] for r in ex] == [None, None]
     assert labels_of(t) == {(ex[0]["id"], "feedback"): 4.0}  # null feedback: no label row
     assert json.loads(ex[0]["tags"]) == {"lang": "en"}
+    # the validated turns are kept in extra (a null content as ""), so export can rebuild the
+    # conversation; ids hash the canonical fields only, as before extra held them
+    assert json.loads(ex[0]["extra"]) == {
+        "lang": "en",
+        "messages": [{**t, "content": t["content"] or ""} for t in recs[0]["messages"]],
+    }
+    assert json.loads(ex[1]["extra"]) == {"messages": recs[1]["messages"]}
+    assert [r["id"] for r in ex] == ["a7202a7fe584422b", "1ee601d4f31654f8"]
     parquet = read_dataset(write_records(tmp_path / "c.parquet", recs), kind="chats")
     assert parquet.examples.column("id").to_pylist() == [r["id"] for r in ex]
+    assert parquet.examples.column("extra").to_pylist() == [r["extra"] for r in ex]
 
 
 def test_chats_messages_as_json_text_in_csv(tmp_path: Path) -> None:
@@ -291,6 +300,8 @@ def test_chats_messages_as_json_text_in_csv(tmp_path: Path) -> None:
     )
     assert t.examples.column("text").to_pylist() == ["user: Hi\nassistant: Yo"]
     assert t.labels.column("value").to_pylist() == [2.0]
+    # extra holds the turns themselves, not the cell's JSON text
+    assert json.loads(t.examples.column("extra")[0].as_py())["messages"] == json.loads(msgs)
 
 
 # --- bad input: every message names the file, the line and the field ------------------------
