@@ -62,26 +62,30 @@ Format = str
 # batch_size = generation_batch_size // num_generations unique prompts); DPO/Reward/SFT trainers
 # keep transformers' Trainer._get_train_sampler, which reads args.train_sampling_strategy.
 _TRL_SEQUENTIAL = (
-    "train_sampling_strategy='sequential' in the trainer's config (transformers >= 5's "
-    "TrainingArguments; DPOTrainer, RewardTrainer and SFTTrainer use the Trainer's sampler); "
+    "train_sampling_strategy='sequential' in the trainer's config (transformers >= 5.2's "
+    "TrainingArguments; DPOTrainer, RewardTrainer and SFTTrainer use the Trainer's sampler; on "
+    "older transformers, subclass and return a SequentialSampler from _get_train_sampler); "
     "per_device_train_batch_size x devices x gradient_accumulation_steps equal to the batch size "
     "above"
 )
 KEEP_ORDER = {
     "rows": "read the file sequentially (no shuffling sampler); a batch is a run of consecutive "
     "rows with the same batch number",
-    "verl": "data.shuffle=False and no data.sampler class (verl then uses a SequentialSampler), "
-    "data.train_batch_size equal to the batch size above, and data.filter_overlong_prompts=False "
-    "or prompts within max_prompt_length (a dropped row shifts every later batch). verl picks the "
-    "reward function by data_source (the dataset name here): point "
+    "verl": "data.shuffle=False with data.sampler.class_path unset (verl then uses a "
+    "SequentialSampler), data.train_batch_size equal to the batch size above, "
+    "data.train_max_samples=-1, and data.filter_overlong_prompts=False or prompts within "
+    "max_prompt_length (a dropped row shifts every later batch). verl reads .parquet (or .json) "
+    "files and picks the reward function by data_source (the dataset name here): point "
     "custom_reward_function.path at yours",
     "trl-prompt": "GRPOConfig/RLOOConfig(shuffle_dataset=False); a generation batch holds "
-    "generation_batch_size // num_generations unique prompts, so make that equal to the batch "
-    "size above (generation_batch_size = per_device_train_batch_size x devices x "
-    "steps_per_generation)",
+    "generation_batch_size // num_generations consecutive prompts, so make that equal to the "
+    "batch size above (generation_batch_size = per_device_train_batch_size x devices x "
+    "steps_per_generation); an incomplete last generation batch is dropped; keep "
+    "remove_unused_columns=False (the default) so reward functions get the other columns",
     "trl-preference": _TRL_SEQUENTIAL + "; each prompt gives one row per rejected response, so "
     "a prompt batch becomes that many pair rows",
-    "trl-messages": _TRL_SEQUENTIAL,
+    "trl-messages": _TRL_SEQUENTIAL + "; SFTConfig(shuffle_dataset=False, packing=False) "
+    "(packing regroups sequences by length)",
 }
 
 _WHERE = re.compile(
@@ -161,8 +165,11 @@ def resolve_container(out: Path, cfg: ExportConfig) -> str:
             )
     else:
         container = container_for(out, None)
-    if cfg.layout == "verl" and container == "jsonl":
-        raise StudioError(f"--out {out}: verl reads Parquet; use a .parquet path (or --to hf)")
+    if cfg.layout == "verl" and container != "parquet":
+        raise StudioError(
+            f"--out {out}: verl's RLHFDataset reads .parquet files (not JSON Lines named .jsonl "
+            "or save_to_disk folders); use a .parquet path"
+        )
     return container
 
 

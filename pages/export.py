@@ -140,10 +140,12 @@ def export_options(dataset: str, numeric: list[str]) -> tuple[ExportConfig, str]
         help="jsonl / parquet / hf: every column; verl: verl's RL Parquet; trl-prompt: "
         "GRPO/RLOO prompts; trl-preference: DPO / reward-model pairs; trl-messages: SFT chats",
     )
+    # verl's RLHFDataset reads .parquet files only
+    containers = ["parquet"] if FORMAT_LAYOUT[fmt] == "verl" else ["jsonl", "parquet", "hf"]
     container = f3.selectbox(
         "Container",
-        ["jsonl", "parquet", "hf"],
-        index=["jsonl", "parquet", "hf"].index(FORMAT_CONTAINER[fmt]),
+        containers,
+        index=containers.index(FORMAT_CONTAINER[fmt]),
         key=f"exp_container_{fmt}",
         help="hf: a folder `datasets.load_from_disk` opens",
     )
