@@ -73,8 +73,9 @@ KEEP_ORDER = {
     "rows with the same batch number",
     "verl": "data.shuffle=False with data.sampler.class_path unset (verl then uses a "
     "SequentialSampler), data.train_batch_size equal to the batch size above, "
-    "data.train_max_samples=-1, and data.filter_overlong_prompts=False or prompts within "
-    "max_prompt_length (a dropped row shifts every later batch). verl reads .parquet (or .json) "
+    "data.gen_batch_size unset, data.train_max_samples=-1, and data.filter_overlong_prompts=False "
+    "or prompts within max_prompt_length (a dropped row shifts every later batch); the last "
+    "incomplete batch is dropped. verl reads .parquet (or .json) "
     "files and picks the reward function by data_source (the dataset name here): point "
     "custom_reward_function.path at yours",
     "trl-prompt": "GRPOConfig/RLOOConfig(shuffle_dataset=False); a generation batch holds "
