@@ -392,7 +392,8 @@ def build_demo_preferences(
     regenerated from it to be scored); corrupted records are skipped. Each row: ``id``
     ("pref-00001" for "demo-00001"), ``prompt``, ``chosen``, ``rejected`` (list), ``answer``;
     tags ``task``, ``style_chosen``, ``style_rejected`` (comma-separated, in ``rejected``
-    order), ``source_id``; labels ``difficulty``, ``n_rejected``. A row's draws (how many
+    order), ``source_id``; labels ``difficulty``, ``n_rejected``; ``metadata`` (the
+    reasoning-gym entry's, which its ``score_answer`` reads; kept in ``extra``). A row's draws (how many
     rejected, the wrong answers, every response's style) are seeded by (``seed``, record id).
 
         >>> rows = build_demo_preferences(build_demo_records(n=8, corrupt_share=0.0))
@@ -428,6 +429,8 @@ def build_demo_preferences(
                 "style_chosen": styles[0],
                 "style_rejected": ",".join(styles[1:]),
                 "source_id": rec["id"],
+                # the task's own entry metadata: reasoning-gym's checkers read it
+                "metadata": entry["metadata"],
             }
         )
     return rows

@@ -1,0 +1,62 @@
+"""Verifier rewards: answer extraction, normalised match, reasoning-gym's own checkers."""
+
+import json
+
+import pytest
+
+from core.demo_data import write_demo_preferences
+from core.verifiers import extract_answer, match_score, normalise, reasoning_gym_score, verify
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("The answer is 42.", "42"),
+        ("Final answer: \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("<think>\nadd\n</think>\n<answer>7, 8</answer>", "7, 8"),
+        ("I think it might be 12, but I'm not sure.", "12"),
+        ("work\nmore work\n17", "17"),
+        ("Answer: Paris", "Paris"),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_extract_answer(text, want):
+    assert extract_answer(text) == want
+
+
+def test_normalised_match_and_numbers():
+    assert normalise("  $1,234$. ") == "1234"
+    assert match_score("The answer is 1,234.", "1234") == 1.0
+    assert match_score("The answer is 3.0", "3") == 1.0
+    assert match_score("The answer is paris", "Paris") == 1.0
+    assert match_score("The answer is 4", "5") == 0.0
+    assert match_score(None, "5") == 0.0 and match_score("The answer is 5", None) == 0.0
+
+
+def test_reasoning_gym_checker_and_fallback():
+    assert reasoning_gym_score("chain_sum", "The answer is -4.", "-4") == 1.0
+    assert reasoning_gym_score("chain_sum", "The answer is 5.", "-4") == 0.0
+    assert reasoning_gym_score("not_a_task", "The answer is 5.", "5") is None
+    out = verify(["The answer is 5.", "The answer is 5."], ["5", "5"], tasks=["chain_sum", None])
+    assert [v.method for v in out] == ["reasoning-gym:chain_sum", "match"]
+    assert [v.score for v in out] == [1.0, 1.0]
+
+
+def test_the_demo_preference_set_verifies(tmp_path):
+    """Every chosen response passes its task's checker and no rejected one does."""
+    path = write_demo_preferences(tmp_path / "p.jsonl", n=60, seed=0)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    chosen = verify(
+        [r["chosen"] for r in rows],
+        [r["answer"] for r in rows],
+        tasks=[r["task"] for r in rows],
+        metadata=[r["metadata"] for r in rows],
+    )
+    assert all(v.score == 1.0 and v.method.startswith("reasoning-gym") for v in chosen)
+    rejected = [
+        (resp, r["answer"], r["task"], r["metadata"]) for r in rows for resp in r["rejected"]
+    ]
+    resp, truth, task, meta = map(list, zip(*rejected, strict=True))
+    verdicts = verify(resp, truth, tasks=task, metadata=meta)
+    assert all(v.score < 1.0 and v.method.startswith("reasoning-gym") for v in verdicts)
