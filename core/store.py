@@ -179,14 +179,45 @@ CREATE TABLE rollouts (
 );
 """
 
+# Reward scores of a reward run (step "reward": a reward model, imported scores, a verifier).
+# One row per scored candidate: response_idx is the response of a preference set (0 = chosen,
+# 1.. = rejected) or -1 for an example's single response (a chat's last assistant turn); logits
+# are an ordinal head's raw outputs (NULL for a scalar head and imported scores); truncated is
+# NULL where no model read the text.
+DDL_V5 = """
+CREATE TABLE reward_scores (
+    run_id INTEGER NOT NULL,
+    example_id VARCHAR NOT NULL,
+    response_idx INTEGER NOT NULL,
+    value DOUBLE NOT NULL,
+    logits FLOAT[],
+    truncated BOOLEAN,
+    source VARCHAR
+);
+"""
+
 # (version, name, ddl). Append new migrations; never edit an applied one.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial schema", DDL_V1),
     (2, "feature descriptions and token char spans", DDL_V2),
     (3, "near-duplicate groups", DDL_V3),
     (4, "dense baseline vectors, probe scores, rollouts", DDL_V4),
+    (5, "reward scores", DDL_V5),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+# A chunk of reward scores as write_reward_chunk and add_reward_run take it (and reward_scores
+# returns it, with role added after response_idx).
+REWARD_SCHEMA = pa.schema(
+    [
+        pa.field("example_id", pa.string(), nullable=False),
+        pa.field("response_idx", pa.int32(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("logits", pa.list_(pa.float32())),
+        pa.field("truncated", pa.bool_()),
+    ]
+)
+REWARD_STEP = "reward"
 
 # Columns of the wide example view that are not labels; filters may use these too.
 BASE_COLUMNS = ("id", "idx", "prompt", "answer", "text", "cluster", "x", "y")
@@ -446,6 +477,7 @@ class Store:
             "projections",
             "duplicate_groups",
             "probe_scores",
+            "reward_scores",
         ):
             con.execute(f"DELETE FROM {table} WHERE run_id IN ({runs})", [name])
         for table in ("runs", "labels", "responses", "examples", "exports", "rollouts"):
@@ -1059,6 +1091,204 @@ class Store:
             )
         return pd.DataFrame(rows)
 
+    # --- rewards: reward models, imported scores, verifiers --------------------------------------
+    def reward_candidates(self, dataset: str) -> pa.Table:
+        """What a reward source scores, in ingest order: example_id, response_idx, role, prompt,
+        response, messages.
+
+        preferences: every response (0 = chosen, 1.. = rejected; ``messages`` NULL); chats: one
+        row per example with response_idx -1, role "response", ``response`` NULL and the chat's
+        validated turns as JSON text in ``messages`` (the caller picks the turn to score);
+        prompts: no rows, as a prompt carries no response."""
+        kind = self.dataset(dataset)["kind"]
+        with self.connect() as con:
+            if kind == "chats":
+                return con.sql(
+                    "SELECT id AS example_id, CAST(-1 AS INTEGER) AS response_idx, "
+                    "'response' AS role, prompt, CAST(NULL AS VARCHAR) AS response, "
+                    "CAST(json_extract(extra, '$.messages') AS VARCHAR) AS messages "
+                    "FROM examples WHERE dataset = ? ORDER BY idx",
+                    params=[dataset],
+                ).to_arrow_table()
+            return con.sql(
+                "SELECT r.example_id, r.response_idx, r.role, e.prompt, r.text AS response, "
+                "CAST(NULL AS VARCHAR) AS messages FROM responses r JOIN examples e "
+                "ON e.dataset = r.dataset AND e.id = r.example_id WHERE r.dataset = ? "
+                "ORDER BY e.idx, r.response_idx",
+                params=[dataset],
+            ).to_arrow_table()
+
+    def start_reward_run(
+        self,
+        *,
+        dataset: str,
+        config: dict[str, Any],
+        versions: dict[str, str],
+        resume: bool = True,
+    ) -> tuple[int, bool]:
+        """A reward run (``config["name"]`` names its scores): the unfinished one with the same
+        config when ``resume``, else a new one. See :meth:`start_run`."""
+        if not config.get("name"):
+            raise StudioError("a reward run needs a name")
+        return self.start_run(
+            step=REWARD_STEP, dataset=dataset, config=config, versions=versions, resume=resume
+        )
+
+    def finish_reward_run(self, run_id: int, *, summary: dict[str, Any]) -> None:
+        self.finish_run(run_id, summary=summary)
+
+    def write_reward_chunk(self, run_id: int, chunk: pa.Table, *, source: str) -> None:
+        """Commit one chunk of a reward run's scores (``REWARD_SCHEMA``) in one transaction:
+        after a crash a chunk is stored whole or not at all."""
+        _check_reward_chunk(chunk)
+        with self.transaction() as con:
+            con.register("_rw", chunk)
+            con.execute(
+                "INSERT INTO reward_scores SELECT ?, example_id, response_idx, value, logits, "
+                "truncated, ? FROM _rw",
+                [run_id, source],
+            )
+
+    def done_reward_keys(self, run_id: int) -> set[tuple[str, int]]:
+        """(example_id, response_idx) a (possibly interrupted) reward run already committed."""
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT example_id, response_idx FROM reward_scores WHERE run_id = ?", [run_id]
+            ).fetchall()
+        return {(str(r[0]), int(r[1])) for r in rows}
+
+    def reward_totals(self, run_id: int) -> dict[str, Any]:
+        """Scores, examples and truncated texts stored for a reward run, and the scores' mean,
+        standard deviation, min and max (None without scores)."""
+        with self.connect() as con:
+            row = con.execute(
+                "SELECT count(*), count(DISTINCT example_id), "
+                "coalesce(sum(CAST(truncated AS INTEGER)), 0), avg(value), stddev_pop(value), "
+                "min(value), max(value) FROM reward_scores WHERE run_id = ?",
+                [run_id],
+            ).fetchone()
+        assert row is not None
+        keys = ("n_scores", "n_examples", "n_truncated", "mean", "std", "min", "max")
+        out: dict[str, Any] = dict(zip(keys, row, strict=True))
+        for k in ("n_scores", "n_examples", "n_truncated"):
+            out[k] = int(out[k])
+        return out
+
+    def reward_runs(self, dataset: str) -> dict[str, int]:
+        """Reward name -> its newest finished reward run, by name."""
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT json_extract_string(config, '$.name') AS name, max(run_id) FROM runs "
+                "WHERE dataset = ? AND step = ? AND status = 'done' GROUP BY name ORDER BY name",
+                [dataset, REWARD_STEP],
+            ).fetchall()
+        return {str(r[0]): int(r[1]) for r in rows if r[0] is not None}
+
+    def reward_scores(self, run_id: int) -> pa.Table:
+        """example_id, response_idx, role ('chosen', 'rejected', or 'response' for -1), value,
+        logits, truncated, source of a reward run, in ingest order then response_idx (no rows
+        on a file from before schema 5)."""
+        with self.connect() as con:
+            if self._version(con) < 5:
+                schema = REWARD_SCHEMA.insert(2, pa.field("role", pa.string()))
+                return schema.append(pa.field("source", pa.string())).empty_table()
+            return con.sql(
+                "SELECT s.example_id, s.response_idx, "
+                "coalesce(rs.role, CASE WHEN s.response_idx = -1 THEN 'response' END) AS role, "
+                "s.value, s.logits, s.truncated, s.source FROM reward_scores s "
+                "JOIN runs r ON r.run_id = s.run_id "
+                "JOIN examples e ON e.dataset = r.dataset AND e.id = s.example_id "
+                "LEFT JOIN responses rs ON rs.dataset = r.dataset "
+                "AND rs.example_id = s.example_id AND rs.response_idx = s.response_idx "
+                "WHERE s.run_id = ? ORDER BY e.idx, s.response_idx",
+                params=[run_id],
+            ).to_arrow_table()
+
+    def unknown_reward_keys(self, dataset: str, keys: pa.Table) -> pa.Table:
+        """The rows of ``keys`` (example_id, response_idx) that name nothing a reward can score
+        in the dataset: a response of a preference set, or (-1) an example of another kind."""
+        kind = self.dataset(dataset)["kind"]
+        with self.connect() as con:
+            con.register("_k", keys.select(["example_id", "response_idx"]))
+            return con.sql(
+                "WITH known AS (SELECT example_id, response_idx FROM responses WHERE dataset = ? "
+                "UNION ALL SELECT id, -1 FROM examples WHERE dataset = ? AND ? <> 'preferences') "
+                "SELECT k.example_id, k.response_idx FROM _k k ANTI JOIN known n "
+                "ON n.example_id = k.example_id AND n.response_idx = k.response_idx",
+                params=[dataset, dataset, kind],
+            ).to_arrow_table()
+
+    def add_reward_run(
+        self,
+        *,
+        dataset: str,
+        config: dict[str, Any],
+        versions: dict[str, str],
+        summary: dict[str, Any],
+        scores: pa.Table,
+        source: str,
+    ) -> int:
+        """A finished reward run and all its scores (``REWARD_SCHEMA``) in one transaction, for
+        sources that score everything at once (imported files, verifiers). ``config["name"]``
+        names the scores. A key the dataset does not hold (see :meth:`unknown_reward_keys`) or
+        a key given twice is an error, and nothing is written."""
+        if not config.get("name"):
+            raise StudioError("a reward run needs a name")
+        _check_reward_chunk(scores)
+        unknown = self.unknown_reward_keys(dataset, scores)
+        if unknown.num_rows:
+            first = unknown.slice(0, 1).to_pylist()[0]
+            raise StudioError(
+                f"dataset '{dataset}' has no response ({first['example_id']!r}, response_idx "
+                f"{first['response_idx']}) to score ({unknown.num_rows} unknown); nothing stored"
+            )
+        with self._finished_run(
+            step=REWARD_STEP,
+            dataset=dataset,
+            parent_run=None,
+            config=config,
+            versions=versions,
+            summary=summary,
+        ) as (con, rid):
+            con.register("_rw", scores)
+            dup = con.execute(
+                "SELECT example_id, response_idx, count(*) AS n FROM _rw "
+                "GROUP BY example_id, response_idx HAVING count(*) > 1 LIMIT 1"
+            ).fetchall()
+            if dup:
+                raise StudioError(
+                    f"reward '{config['name']}': ({dup[0][0]!r}, response_idx {dup[0][1]}) is "
+                    f"scored {dup[0][2]} times; nothing stored"
+                )
+            con.execute(
+                "INSERT INTO reward_scores SELECT ?, example_id, response_idx, value, logits, "
+                "truncated, ? FROM _rw",
+                [rid, source],
+            )
+        return rid
+
+    def import_reward_scores(
+        self,
+        *,
+        dataset: str,
+        name: str,
+        path: str,
+        scores: pa.Table,
+        versions: dict[str, str],
+        column: str = "score",
+    ) -> int:
+        """Scores read from a file (``REWARD_SCHEMA``; logits and truncated NULL) as a finished
+        reward run named ``name``, with source ``imported: FILE``. Returns the run id."""
+        source = f"imported: {path}"
+        return self.add_reward_run(
+            dataset=dataset,
+            config={"name": name, "source": source, "column": column},
+            versions=versions,
+            summary={"n_scores": scores.num_rows, "source": source},
+            scores=scores,
+            source=source,
+        )
+
     # --- clusters and projections ----------------------------------------------------------
     @contextmanager
     def _finished_run(
@@ -1618,6 +1848,13 @@ class Store:
 def _json_path(key: str) -> str:
     """A JSON path for one top-level key, quoted so any key name is safe: ``$."a b"``."""
     return "$." + json.dumps(key)
+
+
+def _check_reward_chunk(chunk: pa.Table) -> None:
+    """A programming error, not a user's: the chunk must carry REWARD_SCHEMA's columns."""
+    missing = [n for n in REWARD_SCHEMA.names if n not in chunk.column_names]
+    if missing:
+        raise ValueError(f"reward scores lack column(s) {', '.join(missing)}")
 
 
 def _run_record(rec: dict[str, Any]) -> dict[str, Any]:

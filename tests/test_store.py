@@ -410,3 +410,184 @@ def test_rule_hits_say_which_rule_removes_each_row(store):
     sel = store.rule_hits("d", views=views, filters=[], ids=["e1", "e3"]).to_pandas()
     assert sel.columns.tolist() == ["id", "cluster", "r_sel"]
     assert sel["r_sel"].tolist() == [True, False, True, False, True]
+
+
+# --- reward scores (schema 5) ------------------------------------------------------------------
+def _pref_tables() -> dict[str, pa.Table]:
+    """Two preference rows: p0 with 1 chosen + 2 rejected, p1 with 1 chosen + 1 rejected."""
+    t = _tables(2)
+    examples = t["examples"].set_column(0, "id", pa.array(["p0", "p1"]))
+    keys = [("p0", 0, "chosen"), ("p0", 1, "rejected"), ("p0", 2, "rejected")]
+    keys += [("p1", 0, "chosen"), ("p1", 1, "rejected")]
+    responses = pa.table(
+        {
+            "example_id": [k[0] for k in keys],
+            "response_idx": pa.array([k[1] for k in keys], pa.int32()),
+            "role": [k[2] for k in keys],
+            "text": [f"{k[0]} answer {k[1]}" for k in keys],
+        }
+    )
+    labels = pa.table(
+        {
+            "example_id": pa.array([], pa.string()),
+            "name": pa.array([], pa.string()),
+            "value": pa.array([], pa.float64()),
+        }
+    )
+    return {"examples": examples, "labels": labels, "responses": responses}
+
+
+def _scores(keys: list[tuple[str, int]], values: list[float] | None = None) -> pa.Table:
+    n = len(keys)
+    return pa.table(
+        {
+            "example_id": pa.array([k[0] for k in keys], pa.string()),
+            "response_idx": pa.array([k[1] for k in keys], pa.int32()),
+            "value": pa.array(values or [float(i) for i in range(n)], pa.float64()),
+            "logits": pa.array([[0.5, -0.5]] * n, pa.list_(pa.float32())),
+            "truncated": pa.array([i == 0 for i in range(n)], pa.bool_()),
+        },
+        schema=store_mod.REWARD_SCHEMA,
+    )
+
+
+@pytest.fixture
+def prefs(tmp_path):
+    s = Store(tmp_path / "p.duckdb")
+    s.write_dataset(name="prefs", kind="preferences", source="p.jsonl", **_pref_tables())
+    return s
+
+
+def test_reward_candidates_of_each_kind(prefs, store):
+    cands = prefs.reward_candidates("prefs").to_pylist()
+    assert [(c["example_id"], c["response_idx"], c["role"]) for c in cands] == [
+        ("p0", 0, "chosen"),
+        ("p0", 1, "rejected"),
+        ("p0", 2, "rejected"),
+        ("p1", 0, "chosen"),
+        ("p1", 1, "rejected"),
+    ]
+    assert cands[2]["prompt"] == "prompt 0" and cands[2]["response"] == "p0 answer 2"
+    assert cands[0]["messages"] is None
+    assert store.reward_candidates("d").num_rows == 0  # prompts carry no response
+
+
+def test_reward_chunks_resume_and_read_back_in_ingest_order(prefs):
+    config = {"name": "rm", "model": "m", "head": "ordinal", "K": 3}
+    rid, resumed = prefs.start_reward_run(dataset="prefs", config=config, versions={})
+    assert not resumed
+    prefs.write_reward_chunk(rid, _scores([("p1", 1), ("p0", 2)], [0.3, 0.2]), source="model: m")
+    again, resumed = prefs.start_reward_run(dataset="prefs", config=config, versions={})
+    assert (again, resumed) == (rid, True)
+    assert prefs.done_reward_keys(rid) == {("p1", 1), ("p0", 2)}
+    assert prefs.reward_runs("prefs") == {}  # not finished yet
+    prefs.write_reward_chunk(rid, _scores([("p0", 0), ("p0", 1), ("p1", 0)]), source="model: m")
+    prefs.finish_reward_run(rid, summary=prefs.reward_totals(rid))
+    assert prefs.reward_runs("prefs") == {"rm": rid}
+    rows = prefs.reward_scores(rid).to_pylist()
+    assert [(r["example_id"], r["response_idx"], r["role"]) for r in rows] == [
+        ("p0", 0, "chosen"),
+        ("p0", 1, "rejected"),
+        ("p0", 2, "rejected"),
+        ("p1", 0, "chosen"),
+        ("p1", 1, "rejected"),
+    ]
+    assert [r["value"] for r in rows] == [0.0, 1.0, 0.2, 2.0, 0.3]
+    assert rows[0]["logits"] == [0.5, -0.5] and rows[0]["source"] == "model: m"
+    totals = prefs.run(rid)["summary"]
+    assert (totals["n_scores"], totals["n_examples"], totals["n_truncated"]) == (5, 2, 2)
+    with pytest.raises(StudioError, match="needs a name"):
+        prefs.start_reward_run(dataset="prefs", config={"model": "m"}, versions={})
+
+
+def test_a_failed_reward_chunk_stores_nothing(prefs):
+    rid, _ = prefs.start_reward_run(dataset="prefs", config={"name": "rm"}, versions={})
+    bad = _scores([("p0", 0), ("p0", 1)]).set_column(
+        2, "value", pa.array([1.0, None], pa.float64())
+    )
+    with pytest.raises(duckdb.Error):  # value is NOT NULL: the second row fails the chunk
+        prefs.write_reward_chunk(rid, bad, source="x")
+    assert prefs.done_reward_keys(rid) == set()
+
+
+def test_add_reward_run_checks_every_key_first(prefs, store):
+    with pytest.raises(StudioError, match=r"no response \('p0', response_idx 7\).*1 unknown"):
+        prefs.add_reward_run(
+            dataset="prefs",
+            config={"name": "v"},
+            versions={},
+            summary={},
+            scores=_scores([("p0", 0), ("p0", 7)]),
+            source="verifier",
+        )
+    with pytest.raises(StudioError, match="has no response \\('p0', response_idx -1\\)"):
+        prefs.import_reward_scores(
+            dataset="prefs", name="v", path="f.jsonl", scores=_scores([("p0", -1)]), versions={}
+        )
+    with pytest.raises(StudioError, match="is scored 2 times"):
+        prefs.add_reward_run(
+            dataset="prefs",
+            config={"name": "v"},
+            versions={},
+            summary={},
+            scores=_scores([("p0", 0), ("p0", 0)]),
+            source="verifier",
+        )
+    assert prefs.list_runs(step="reward").empty  # nothing of the failed runs is left
+    # a prompt dataset takes example-level scores (-1) only
+    rid = store.import_reward_scores(
+        dataset="d",
+        name="ext",
+        path="f.jsonl",
+        scores=_scores([("e1", -1), ("e0", -1)]),
+        versions={},
+    )
+    rows = store.reward_scores(rid).to_pylist()
+    assert [(r["example_id"], r["response_idx"], r["role"]) for r in rows] == [
+        ("e0", -1, "response"),
+        ("e1", -1, "response"),
+    ]
+    assert {r["source"] for r in rows} == {"imported: f.jsonl"}
+    assert store.run(rid)["config"] == {
+        "name": "ext",
+        "source": "imported: f.jsonl",
+        "column": "score",
+    }
+
+
+def test_replacing_a_dataset_drops_its_reward_scores(prefs):
+    rid = prefs.import_reward_scores(
+        dataset="prefs", name="v", path="f", scores=_scores([("p0", 0)]), versions={}
+    )
+    prefs.write_dataset(
+        name="prefs", kind="preferences", source="p.jsonl", replace=True, **_pref_tables()
+    )
+    with prefs.connect() as con:
+        assert con.execute("SELECT count(*) FROM reward_scores").fetchone() == (0,)
+    assert prefs.reward_runs("prefs") == {} and prefs.reward_scores(rid).num_rows == 0
+
+
+def test_migration_5_adds_reward_scores_and_old_files_still_read(tmp_path, monkeypatch):
+    s = Store(tmp_path / "v4.duckdb")
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:4])
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 4)
+    s.write_dataset(name="prefs", kind="preferences", source="p.jsonl", **_pref_tables())
+    assert s.schema_version() == 4
+    monkeypatch.undo()
+    # the read-only app meets the v4 file: no reward runs, an empty score table, no error
+    assert s.reward_runs("prefs") == {}
+    empty = s.reward_scores(1)
+    assert empty.num_rows == 0 and empty.column_names == [
+        "example_id",
+        "response_idx",
+        "role",
+        "value",
+        "logits",
+        "truncated",
+        "source",
+    ]
+    assert s.migrate() == store_mod.SCHEMA_VERSION
+    rid = s.import_reward_scores(
+        dataset="prefs", name="v", path="f", scores=_scores([("p0", 0)]), versions={}
+    )
+    assert s.reward_scores(rid).column_names == empty.column_names
