@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m core",
         description="SAERL Studio pipeline: ingest, train-sae, featurize, cluster, dedup, "
-        "project, rules, export, demo.",
+        "project, reward, import-rewards, rules, export, demo.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -338,6 +338,77 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threshold", type=float, help="reward at or above which a rollout passes")
     sp.add_argument("--id-field", default="id", help="field holding the example id")
     sp.add_argument("--source", help="where the rollouts come from (shown in the app)")
+
+    sp = cmd(
+        "reward",
+        "Score every response of a preference set (or each chat's last assistant turn) with a "
+        "reward model; resumable.",
+    )
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH_OR_HUB_ID",
+        help="a transformers *ForSequenceClassification reward model (folder or hub id)",
+    )
+    sp.add_argument(
+        "--head",
+        required=True,
+        choices=["scalar", "ordinal"],
+        help="scalar: one logit, the reward (Bradley-Terry); ordinal: WildReward's CORAL head, "
+        "K-1 logits, reward = 1 + sum of sigmoid(logit_k), in [1, K]",
+    )
+    sp.add_argument("--name", help="name of the scores (default: the model's last path part)")
+    sp.add_argument("--batch-size", type=int, default=16)
+    sp.add_argument(
+        "--max-length",
+        type=int,
+        help="tokens per text (default: the model's context); longer texts are truncated, "
+        "counted and flagged",
+    )
+    sp.add_argument(
+        "--template",
+        metavar="chat|TEMPLATE",
+        help="what the model reads: 'chat' (the tokenizer's chat template, the default when it "
+        "has one) or a plain template with {prompt} and {response} (default without a chat "
+        "template: the prompt, a blank line, the response)",
+    )
+    sp.add_argument(
+        "--chat-template",
+        metavar="FILE",
+        help="a Jinja chat template (file or text) to use instead of the tokenizer's",
+    )
+    sp.add_argument(
+        "--device",
+        default="auto",
+        help="torch device: auto (cuda when there is a GPU, else cpu), cpu, cuda, cuda:1 ...",
+    )
+    sp.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="model weights: auto = bfloat16 on a GPU, float32 on CPU",
+    )
+    sp.add_argument("--chunk-size", type=int, default=512, help="responses per commit")
+    sp.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start a new run even if an interrupted one with the same config exists",
+    )
+
+    sp = cmd(
+        "import-rewards",
+        "Import precomputed reward scores (e.g. from your own RM server) as a named reward.",
+    )
+    sp.add_argument(
+        "path",
+        metavar="FILE",
+        help="JSONL/JSON/CSV/Parquet: example_id (or id), response_idx (0 = chosen, 1.. = "
+        "rejected; needed for preference sets) and the score column",
+    )
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--name", required=True, help="name of the scores")
+    sp.add_argument("--column", default="score", help="the field holding the score (score)")
 
     sp = cmd("dedup", "Group near-duplicate examples (cosine of SAE vectors >= threshold).")
     sp.add_argument("--dataset", required=True)
@@ -637,6 +708,42 @@ def run(args: argparse.Namespace) -> int:
             f"{s['zero_signal_share']:.1%} ({s['n_all_pass']} all pass, {s['n_all_fail']} all "
             "fail); labels n_rollouts, pass_rate, pass_at_k, zero_signal"
         )
+    elif args.command == "reward":
+        from core.reward_models import score_rewards
+
+        run_id = score_rewards(
+            store,
+            dataset=args.dataset,
+            model=args.model,
+            head=args.head,
+            name=args.name,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            template=args.template,
+            chat_template=args.chat_template,
+            device=args.device,
+            dtype=args.dtype,
+            chunk_size=args.chunk_size,
+            resume=not args.no_resume,
+        )
+        run = store.run(run_id)
+        c, s = run["config"], run["summary"]
+        head = f"ordinal, K = {c['K']}" if c["head"] == "ordinal" else "scalar"
+        template = "chat template" if c["template"] == "chat" else f"template {c['template']!r}"
+        print(
+            f"reward run {run_id} '{c['name']}': {s['n_scores']} responses of {s['n_examples']} "
+            f"examples scored ({head}; {template}); {s['n_truncated']} truncated (longer than "
+            f"{c['max_length']} tokens); mean {s['mean']:.4f}, range {s['min']:.4f} .. "
+            f"{s['max']:.4f}; {s['device']} {s['dtype']}"
+        )
+    elif args.command == "import-rewards":
+        from core.reward_models import import_rewards
+
+        run_id = import_rewards(
+            store, args.path, dataset=args.dataset, name=args.name, column=args.column
+        )
+        n = store.run(run_id)["summary"]["n_scores"]
+        print(f"reward run {run_id} '{args.name}': imported {n} scores from {args.path}")
     elif args.command == "dedup":
         run_id = steps.dedup(
             store, dataset=args.dataset, threshold=args.threshold, feature_run=args.feature_run
