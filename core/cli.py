@@ -410,6 +410,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", required=True, help="name of the scores")
     sp.add_argument("--column", default="score", help="the field holding the score (score)")
 
+    sp = cmd(
+        "verify",
+        "Score every response against its example's answer (reasoning-gym's checker where the "
+        "task is one of its tasks, else a normalised match) and store it as a named reward.",
+    )
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--name", default="verifier", help="name of the scores (verifier)")
+
     sp = cmd("dedup", "Group near-duplicate examples (cosine of SAE vectors >= threshold).")
     sp.add_argument("--dataset", required=True)
     sp.add_argument(
@@ -744,6 +752,15 @@ def run(args: argparse.Namespace) -> int:
         )
         n = store.run(run_id)["summary"]["n_scores"]
         print(f"reward run {run_id} '{args.name}': imported {n} scores from {args.path}")
+    elif args.command == "verify":
+        from core.verifiers import verify_dataset
+
+        run_id = verify_dataset(store, dataset=args.dataset, name=args.name)
+        s = store.run(run_id)["summary"]
+        print(
+            f"reward run {run_id} '{args.name}': {s['n']} responses verified, mean "
+            f"{s['mean']:.3f} ({', '.join(f'{k}: {v}' for k, v in s['by_method'].items())})"
+        )
     elif args.command == "dedup":
         run_id = steps.dedup(
             store, dataset=args.dataset, threshold=args.threshold, feature_run=args.feature_run

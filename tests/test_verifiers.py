@@ -60,3 +60,32 @@ def test_the_demo_preference_set_verifies(tmp_path):
     resp, truth, task, meta = map(list, zip(*rejected, strict=True))
     verdicts = verify(resp, truth, tasks=task, metadata=meta)
     assert all(v.score < 1.0 and v.method.startswith("reasoning-gym") for v in verdicts)
+
+
+def test_verify_command_stores_a_reward_run(tmp_path, capsys):
+    """`verify` on the demo preference set: every chosen response scores 1, every rejected
+    below 1, stored beside reward models' scores; a chat set without answers is one line."""
+    from core.demo_data import write_demo_chats
+    from core.store import Store
+    from tests.conftest import run_cli
+
+    db = tmp_path / "v.duckdb"
+    prefs = write_demo_preferences(tmp_path / "p.jsonl", n=40, seed=0)
+    chats = write_demo_chats(tmp_path / "c.jsonl", n=10, seed=0)
+    assert (
+        run_cli("ingest", str(prefs), "--db", str(db), "--dataset", "p", "--kind", "preferences")
+        == 0
+    )
+    assert run_cli("ingest", str(chats), "--db", str(db), "--dataset", "c", "--kind", "chats") == 0
+    assert run_cli("verify", "--db", str(db), "--dataset", "p") == 0
+    store = Store(db)
+    scores = store.reward_scores(store.reward_runs("p")["verifier"]).to_pandas()
+    assert len(scores) == sum(
+        1 + len(json.loads(x)["rejected"]) for x in prefs.read_text().splitlines()
+    )
+    assert (scores.loc[scores["role"] == "chosen", "value"] == 1.0).all()
+    assert (scores.loc[scores["role"] == "rejected", "value"] < 1.0).all()
+    capsys.readouterr()
+    assert run_cli("verify", "--db", str(db), "--dataset", "c") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "answer" in err
