@@ -987,6 +987,7 @@ def build_demo(
         write_demo_rollouts,
     )
     from core.signals import ingest_rollouts, probe
+    from core.verifiers import verify_dataset
 
     db = Path(db)
     work = Path(work)
@@ -1046,7 +1047,7 @@ def build_demo(
         ("near-duplicates", lambda: dedup(store, dataset="demo")),
         ("rollouts (simulated)", rollouts),
         (
-            "preference and chat sets",
+            "preference and chat sets, verifier",
             lambda: (
                 ingest(
                     store,
@@ -1060,6 +1061,7 @@ def build_demo(
                     dataset="demo_chats",
                     kind="chats",
                 ),
+                verify_dataset(store, dataset="demo_prefs"),
             ),
         ),
         (
