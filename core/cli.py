@@ -411,6 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--column", default="score", help="the field holding the score (score)")
 
     sp = cmd(
+        "judge",
+        "Judge a preference set's reward sources (pairwise and 1-of-N accuracy) and compare "
+        "every two (rank correlation, pair and best-of-n agreement).",
+    )
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--names", help="comma-separated reward names (default: all)")
+
+    sp = cmd(
         "verify",
         "Score every response against its example's answer (reasoning-gym's checker where the "
         "task is one of its tasks, else a normalised match) and store it as a named reward.",
@@ -752,6 +760,28 @@ def run(args: argparse.Namespace) -> int:
         )
         n = store.run(run_id)["summary"]["n_scores"]
         print(f"reward run {run_id} '{args.name}': imported {n} scores from {args.path}")
+    elif args.command == "judge":
+        from core.reward_models import judge
+
+        names = [n for n in (args.names or "").split(",") if n] or None
+        judged = judge(store, dataset=args.dataset, names=names)
+        for name, row in judged["sources"].items():
+            line = f"{name}: {row['n_scores']} scores"
+            for key, label in (("pairwise", "pairwise accuracy"), ("one_of_n", "1-of-N accuracy")):
+                if key in row:
+                    a = row[key]
+                    line += (
+                        f"; {label} {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] "
+                        f"(chance {a['chance']:.3f}, n {a['n']})"
+                    )
+            print(line)
+        for pair, a in judged["agreement"].items():
+            rho = "n/a" if a["spearman"] is None else f"{a['spearman']:.3f}"
+            print(
+                f"{pair}: Spearman {rho}, pair agreement {a['pair_agreement']:.3f} "
+                f"({a['n_pairs']} pairs), best-of-n agreement {a['top1_agreement']:.3f} "
+                f"(chance {a['top1_chance']:.3f})"
+            )
     elif args.command == "verify":
         from core.verifiers import verify_dataset
 

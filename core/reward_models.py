@@ -31,7 +31,7 @@ import string
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -702,3 +702,37 @@ def import_rewards(
         versions=versions(),
         column=column,
     )
+
+
+def judge(store: Store, *, dataset: str, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Every named reward source of a preference set judged on it (pairwise accuracy and
+    StoryRMB 1-of-N, with chance and 95% intervals) and every two sources compared
+    (Spearman, Kendall, pair agreement, best-of-n agreement): what `python -m core judge`
+    prints."""
+    from core import rewards
+
+    runs = store.reward_runs(dataset)
+    names = list(names) if names else sorted(runs)
+    missing = [n for n in names if n not in runs]
+    if missing:
+        raise StudioError(
+            f"dataset '{dataset}' has no reward scores named {missing[0]!r}; it has: "
+            f"{', '.join(sorted(runs)) or 'none (run reward, verify or import-rewards)'}"
+        )
+    frames = {
+        n: store.reward_scores(runs[n]).to_pandas().rename(columns={"value": "score"})
+        for n in names
+    }
+    kind = store.dataset(dataset)["kind"]
+    out: dict[str, Any] = {"dataset": dataset, "sources": {}, "agreement": {}}
+    for n, f in frames.items():
+        row: dict[str, Any] = {"run_id": runs[n], "n_scores": len(f)}
+        if kind == "preferences":
+            row["pairwise"] = rewards.pairwise_accuracy(f).to_dict()
+            row["one_of_n"] = rewards.one_of_n_accuracy(f).to_dict()
+        out["sources"][n] = row
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            agree = rewards.agreement(frames[a], frames[b])
+            out["agreement"][f"{a} vs {b}"] = asdict(agree)
+    return out

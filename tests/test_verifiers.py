@@ -89,3 +89,43 @@ def test_verify_command_stores_a_reward_run(tmp_path, capsys):
     assert run_cli("verify", "--db", str(db), "--dataset", "c") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "answer" in err
+
+
+def test_judge_compares_reward_sources(tmp_path, capsys):
+    """`judge`: each source's accuracies with chance, and the agreement of every two; an
+    inverted imported source is judged at 0 and disagrees with the verifier on every pair."""
+    from core.store import Store
+    from tests.conftest import run_cli
+
+    db = tmp_path / "j.duckdb"
+    prefs = write_demo_preferences(tmp_path / "p.jsonl", n=30, seed=0)
+    assert (
+        run_cli("ingest", str(prefs), "--db", str(db), "--dataset", "p", "--kind", "preferences")
+        == 0
+    )
+    assert run_cli("verify", "--db", str(db), "--dataset", "p") == 0
+    store = Store(db)
+    scores = store.reward_scores(store.reward_runs("p")["verifier"]).to_pylist()
+    inverted = tmp_path / "inv.jsonl"
+    inverted.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "example_id": r["example_id"],
+                    "response_idx": r["response_idx"],
+                    "score": 1.0 if r["role"] == "rejected" else 0.0,
+                }
+            )
+            + "\n"
+            for r in scores
+        )
+    )
+    args = ["import-rewards", str(inverted), "--db", str(db), "--dataset", "p", "--name", "inv"]
+    assert run_cli(*args) == 0
+    capsys.readouterr()
+    assert run_cli("judge", "--db", str(db), "--dataset", "p") == 0
+    out = capsys.readouterr().out
+    assert "verifier: " in out and "pairwise accuracy 1.000" in out
+    assert "inv: " in out and "pairwise accuracy 0.000" in out
+    assert "inv vs verifier" in out and "pair agreement 0.000" in out
+    assert run_cli("judge", "--db", str(db), "--dataset", "p", "--names", "nope") == 2
