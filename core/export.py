@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from core.errors import StudioError
 from core.store import Filter
@@ -222,28 +221,6 @@ def order_index(
     return by_cluster[np.lexsort((sorted_cluster, progress))]
 
 
-def order_rows(df: pd.DataFrame, cfg: ExportConfig, *, higher_is: str = "harder") -> pd.DataFrame:
-    """Reorder rows (ingest order in, a fresh 0..n-1 index out) by :func:`order_index`."""
-    df = df.reset_index(drop=True)
-    if cfg.order in ("none", "random") or df.empty:
-        return df.iloc[order_index(len(df), order=cfg.order, seed=cfg.seed)].reset_index(drop=True)
-    col = cfg.difficulty_column or "difficulty"
-    if col not in df.columns:
-        raise StudioError(
-            f"--order {cfg.order} needs a difficulty column {col!r}; this dataset has: "
-            f"{', '.join(c for c in df.columns if df[c].dtype.kind in 'fi') or 'none'}"
-        )
-    idx = order_index(
-        len(df),
-        order=cfg.order,
-        seed=cfg.seed,
-        cluster=df["cluster"].astype("float64").to_numpy() if "cluster" in df.columns else None,
-        difficulty=pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64),
-        higher_is=higher_is,
-    )
-    return df.iloc[idx].reset_index(drop=True)
-
-
 def _atomic_path(out: Path) -> tuple[int, Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
@@ -275,7 +252,7 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
 def describe_filters(filters: Sequence[Filter]) -> list[dict[str, Any]]:
     return [
         {
-            "action": getattr(f, "action", "keep"),
+            "action": f.action,
             "column": f.column,
             "op": f.op,
             "value": f.value,

@@ -839,12 +839,11 @@ def export(
     passes False). ``rule_set`` (name, path, filters: the rule set's own filters, which come
     first in ``filters``) is recorded in the manifest when the filters came from one.
     ``memory_mb`` caps DuckDB's memory (its sorts spill to disk beyond it)."""
-    store.dataset(dataset)
+    kind = store.dataset(dataset)["kind"]  # a clear error for an unknown name
     store = store.capped(memory_mb)
     views = store.views(dataset)
     out = Path(out)
     layout, container = cfg.layout, resolve_container(out, cfg)
-    kind = store.dataset(dataset)["kind"]
     plan = export_plan(store, dataset=dataset, views=views, filters=filters, ids=ids, cfg=cfg)
     chunks = store.export_chunks(dataset, views=views, plan=plan.table)
     if cfg.batch_size is None:

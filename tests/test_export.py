@@ -8,7 +8,6 @@ from core.errors import StudioError
 from core.export import (
     ExportConfig,
     order_index,
-    order_rows,
     parse_where,
     write_atomic_bytes,
 )
@@ -47,6 +46,19 @@ def _frame(n=12):
     )
 
 
+def order_rows(df: pd.DataFrame, cfg: ExportConfig, *, higher_is: str = "harder") -> pd.DataFrame:
+    """A frame in the order :func:`order_index` gives (ingest order in)."""
+    idx = order_index(
+        len(df),
+        order=cfg.order,
+        seed=cfg.seed,
+        cluster=df["cluster"].to_numpy(dtype=float),
+        difficulty=df["difficulty"].to_numpy(dtype=float) if "difficulty" in df else None,
+        higher_is=higher_is,
+    )
+    return df.iloc[idx].reset_index(drop=True)
+
+
 def test_order_none_and_random():
     df = _frame()
     assert list(order_rows(df, ExportConfig(order="none"))["id"]) == list(df["id"])
@@ -67,7 +79,7 @@ def test_curriculum_is_easy_to_hard_within_each_cluster_and_interleaved():
     assert int(out["cluster"].head(3).nunique()) == 3
 
 
-def test_curriculum_without_difficulty_names_the_columns():
+def test_curriculum_without_difficulty_is_an_error():
     df = _frame().drop(columns=["difficulty"])
     with pytest.raises(StudioError, match="difficulty"):
         order_rows(df, ExportConfig(order="curriculum"))
