@@ -378,7 +378,9 @@ def encode_texts(
 ) -> list[EncodedText]:
     """Tokenize examples once each (see ``EncodedText``), truncating to ``max_length`` tokens
     (and the model's context). ``pool_over`` picks the pooled tokens: the text's, the
-    response's or both; a response is read after its text, so it is seen in context.
+    response's or both; a response is read after its text, so it is seen in context. Inputs
+    are cut at the end, except when pooling over the response only: then the start of the
+    prompt goes, so the response is kept whole when it fits.
 
     Use the tokenizer from one thread at a time: fast tokenizers refuse concurrent calls.
     """
@@ -414,15 +416,22 @@ def encode_texts(
             f"model '{lm.name}': a chat template or pooling over responses needs a fast "
             "tokenizer (character offsets)"
         )
-    enc = tok(
-        [r[0] for r in rendered],
-        add_special_tokens=not chat_template,  # a chat template writes its own BOS
-        truncation=True,
-        max_length=max_length,
-        return_special_tokens_mask=True,
-        return_offsets_mapping=has_offsets,
-        verbose=False,
-    )
+    # Pooling over the response only: a long input loses the start of its prompt, not the
+    # response it is about (special tokens stay either way).
+    side = getattr(tok, "truncation_side", "right")
+    tok.truncation_side = "left" if pool_over == "response" else "right"
+    try:
+        enc = tok(
+            [r[0] for r in rendered],
+            add_special_tokens=not chat_template,  # a chat template writes its own BOS
+            truncation=True,
+            max_length=max_length,
+            return_special_tokens_mask=True,
+            return_offsets_mapping=has_offsets,
+            verbose=False,
+        )
+    finally:
+        tok.truncation_side = side
     at_limit = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) >= max_length]
     longer: set[int] = set()
     if at_limit:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -53,10 +53,10 @@ from core.export import (
     write_atomic_bytes,
 )
 from core.formats import ExportWriter, layout_schema, to_layout
-from core.ingest import read_dataset
+from core.ingest import Kind, read_dataset
 from core.projection import ProjectConfig, umap_2d
 from core.rules import band_counts, difficulty_column, difficulty_scores, where_text
-from core.store import Filter, Kind, Store, Views
+from core.store import RESPONSES_SUFFIX, Filter, Store, Views
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _PACKAGES = (
@@ -150,6 +150,10 @@ def example_pairs(
     if pool_over == "prompt":
         return ids, texts, None
     kind = store.dataset(dataset).get("kind")
+    if kind == "responses":  # text is the response; its prompt is the context it is read in
+        prompts = store.wide(dataset, views=Views(None, None, None), columns=["id", "prompt"])
+        context = [str(p or "") for p in prompts.column("prompt").to_pylist()]
+        return ids, context, list[str | None](texts)
     chosen = store.chosen_responses(dataset)
     if not chosen:
         raise StudioError(
@@ -601,8 +605,7 @@ def cluster(
     k = cfg.k or (best_k(sweep) if sweep else default_k(len(ids)))
     res = kmeans_clusters(X, k=k, seed=cfg.seed, n_init=cfg.n_init)
     top = distinctive_features(X, res.labels, k=k, top_n=cfg.top_features)
-    _, top_tokens = store.feature_stats(fr)
-    names = feature_names(_tokens_by_feature(top_tokens), descriptions=store.descriptions(fr))
+    names = feature_labels(store, fr)
     evidence = None
     if baselines:
         from core.signals import cluster_evidence
@@ -958,6 +961,376 @@ def export_manifest(
     }
 
 
+# --- rewards: responses as examples, reward probes, the comparison frame ----------------------
+ProbeFeatures = Literal["sae", "dense"]
+PROBE_FEATURES: tuple[str, ...] = get_args(ProbeFeatures)
+
+
+def responses_dataset(store: Store, *, dataset: str, replace: bool = False) -> str:
+    """Derive ``<dataset>.responses`` from a preference set: one example per chosen or rejected
+    response (see :meth:`Store.write_responses_dataset`), so responses can be featurized
+    (``--pool-over response`` reads each after its prompt), clustered and mapped. Returns its
+    name."""
+    name = dataset + RESPONSES_SUFFIX
+    store.write_responses_dataset(dataset, name=name, replace=replace)
+    return name
+
+
+def _responses_of(store: Store, dataset: str) -> str:
+    """The responses dataset of a preference set, or a one-line error saying how to make it."""
+    kind = store.dataset(dataset)["kind"]
+    if kind != "preferences":
+        raise StudioError(
+            f"dataset '{dataset}' is {kind}: reward probes and response features need a "
+            "preference set (chosen and rejected responses)"
+        )
+    name = dataset + RESPONSES_SUFFIX
+    if name not in set(store.list_datasets()["name"]):
+        raise StudioError(
+            f"dataset '{dataset}' has no responses dataset: run `python -m core responses "
+            f"--dataset {dataset}` and `python -m core featurize --dataset {name} "
+            "--pool-over response ...` first"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class ResponseFeatures:
+    """Features of every response of a preference set, with which response each row is.
+
+    ``keys``: example_id, response_idx, role, row (the row of ``X``), in the preference set's
+    order. ``X``: [n_responses, d] sparse SAE features or dense hidden states."""
+
+    dataset: str
+    responses: str
+    feature_run: int
+    features: str
+    keys: pd.DataFrame
+    X: Any
+    d_sae: int
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(chosen rows, rejected rows, example ids) of every (chosen, rejected) pair."""
+        k = self.keys
+        chosen = k[k["role"].eq("chosen")].drop_duplicates("example_id")
+        chosen_row = pd.Series(chosen["row"].to_numpy(), index=chosen["example_id"])
+        rej = k[k["role"].eq("rejected") & k["example_id"].isin(chosen_row.index)]
+        return (
+            chosen_row.reindex(rej["example_id"]).to_numpy(np.int64),
+            rej["row"].to_numpy(np.int64),
+            rej["example_id"].to_numpy(),
+        )
+
+
+def response_features(
+    store: Store,
+    *,
+    dataset: str,
+    features: str = "sae",
+    feature_run: int | None = None,
+) -> ResponseFeatures:
+    """The features (``sae`` or the ``dense`` baseline) of a preference set's responses, read
+    from the latest (or the given) feature run of its responses dataset. Every response must
+    have been featurized."""
+    if features not in PROBE_FEATURES:
+        raise StudioError(f"features must be one of {list(PROBE_FEATURES)}, got {features!r}")
+    resp = _responses_of(store, dataset)
+    fr = _need_feature_run(store, resp, feature_run)
+    keys = store.response_keys(resp).to_pandas()
+    if features == "sae":
+        ids, X = feature_matrix(store, fr)
+        d_sae = X.get_shape()[1]
+    else:
+        dv = store.dense_vectors(fr)
+        if dv is None:
+            raise StudioError(
+                f"feature run {fr} of '{resp}' has no dense baseline: featurize it with --dense"
+            )
+        ids, X = dv
+        d_sae = int(store.run(fr)["summary"].get("d_sae") or 0)
+    pos = pd.Series(np.arange(len(ids)), index=pd.Index(ids))
+    keys["row"] = pos.reindex(keys["id"]).to_numpy()
+    if keys["row"].isna().any():
+        first = keys.loc[keys["row"].isna(), "id"].iloc[0]
+        raise StudioError(
+            f"feature run {fr} of '{resp}' has no features for {int(keys['row'].isna().sum())} "
+            f"responses (first: '{first}'): finish featurizing it (rerun to resume)"
+        )
+    keys["row"] = keys["row"].astype(np.int64)
+    return ResponseFeatures(
+        dataset=dataset,
+        responses=resp,
+        feature_run=fr,
+        features=features,
+        keys=keys[["example_id", "response_idx", "role", "row"]],
+        X=X,
+        d_sae=d_sae,
+    )
+
+
+def feature_labels(store: Store, feature_run: int) -> dict[int, str]:
+    """A short name per feature of a run: its description, else its top tokens."""
+    _, top_tokens = store.feature_stats(feature_run)
+    return feature_names(
+        _tokens_by_feature(top_tokens), descriptions=store.descriptions(feature_run)
+    )
+
+
+def preference_shift(
+    store: Store, *, dataset: str, feature_run: int | None = None, top: int | None = None
+) -> pd.DataFrame:
+    """SAE features ranked by how much more they fire in chosen than in rejected responses
+    (core.rewards.feature_preference_shift over every (chosen, rejected) pair), with each
+    feature's ``label``; ``top`` keeps the strongest both ways (|mean_diff|)."""
+    from core.rewards import feature_preference_shift
+
+    rf = response_features(store, dataset=dataset, feature_run=feature_run)
+    c, r, _ = rf.pairs()
+    if not len(c):
+        raise StudioError(f"dataset '{dataset}' has no (chosen, rejected) pair")
+    shift = feature_preference_shift(rf.X[c], rf.X[r])
+    if top is not None:
+        order = np.argsort(-shift["mean_diff"].abs().to_numpy(), kind="stable")[:top]
+        shift = shift.iloc[np.sort(order)].reset_index(drop=True)
+    names = feature_labels(store, rf.feature_run)
+    shift.insert(1, "label", [names.get(int(f), "") for f in shift["feature_id"]])
+    return shift
+
+
+def reward_probe(
+    store: Store,
+    *,
+    dataset: str,
+    features: str = "sae",
+    feature_run: int | None = None,
+    name: str | None = None,
+    seed: int = 0,
+    folds: int = 5,
+    penalty: str = "auto",
+) -> int:
+    """Train a Bradley-Terry reward probe on a preference set's response features (chosen
+    minus rejected, core.rewards.bt_probe) and store it as a reward run named ``name``
+    (default ``bt-probe-<features>``). Each response's stored score comes from the fold model
+    that never saw its prompt, so the probe's accuracy read back from the store is out of fold,
+    comparable with a reward model's. Returns the run id."""
+    from core.rewards import bt_probe
+    from core.store import REWARD_SCHEMA
+
+    rf = response_features(store, dataset=dataset, features=features, feature_run=feature_run)
+    c, r, groups = rf.pairs()
+    if not len(c):
+        raise StudioError(f"dataset '{dataset}' has no (chosen, rejected) pair to train on")
+    probe = bt_probe(
+        rf.X[c] - rf.X[r],
+        groups=groups,
+        seed=seed,
+        folds=folds,
+        penalty=penalty,  # type: ignore[arg-type]
+    )
+    rows = rf.keys["row"].to_numpy()
+    value = probe.score_out_of_fold(rf.X[rows], rf.keys["example_id"].to_numpy())
+    truncated = store.features(rf.feature_run).to_pandas().set_index("example_id")["truncated"]
+    resp_ids = rf.keys["example_id"] + "#" + rf.keys["response_idx"].astype(str)
+    scores = pa.table(
+        {
+            "example_id": pa.array(rf.keys["example_id"], pa.string()),
+            "response_idx": pa.array(rf.keys["response_idx"], pa.int32()),
+            "value": pa.array(value, pa.float64()),
+            "logits": pa.nulls(len(value), pa.list_(pa.float32())),
+            "truncated": pa.array(truncated.reindex(resp_ids).fillna(False).astype(bool)),
+        },
+        schema=REWARD_SCHEMA,
+    )
+    what = "SAE features" if features == "sae" else "dense hidden states (baseline)"
+    source = (
+        f"probe: Bradley-Terry logistic on {what} of {rf.responses} (feature run "
+        f"{rf.feature_run}), trained here on chosen-vs-rejected pairs; each prompt is scored by "
+        f"the fold model that never saw it ({folds} folds)"
+    )
+    names = feature_labels(store, rf.feature_run) if features == "sae" else {}
+    return store.add_reward_run(
+        dataset=dataset,
+        config={
+            "name": name or f"bt-probe-{features}",
+            "kind": "bt-probe",
+            "features": features,
+            "feature_run": rf.feature_run,
+            "responses_dataset": rf.responses,
+            "seed": seed,
+            "folds": folds,
+            "penalty": penalty,
+        },
+        versions=versions(),
+        summary={
+            "n_pairs": len(c),
+            "n_prompts": len(np.unique(groups)),
+            "pairwise_oof": probe.accuracy.to_dict(),
+            "penalty": probe.penalty,
+            "C": probe.C,
+            "fold_choices": [list(x) for x in probe.fold_choices],
+            "not_converged_fits": probe.not_converged_fits,
+            "n_nonzero": int(np.count_nonzero(probe.weights)),
+            "top_weights": [
+                {"feature": f, "weight": w, "label": names.get(f, "")}
+                for f, w in probe.top_weights()
+            ],
+        },
+        scores=scores,
+        source=source,
+    )
+
+
+def reward_sources(store: Store, *, dataset: str) -> dict[str, dict[str, Any]]:
+    """Reward name -> {run_id, kind, source (what produced the scores, as stored), config,
+    summary} of every reward source of a dataset (the newest run of each name)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, rid in store.reward_runs(dataset).items():
+        run = store.run(rid)
+        first = store.reward_scores(rid).slice(0, 1).column("source").to_pylist()
+        out[name] = {
+            "run_id": rid,
+            "kind": run["config"].get("kind")
+            or ("imported" if "column" in run["config"] else "rm"),
+            "source": first[0] if first else run["config"].get("source", ""),
+            "config": run["config"],
+            "summary": run["summary"],
+        }
+    return out
+
+
+def reward_frame(store: Store, *, dataset: str) -> pd.DataFrame:
+    """One row per scored candidate of a dataset: example_id, response_idx, role, prompt,
+    response, then one ``score:<name>`` column per reward source (NaN where a source did not
+    score it) and, when the preference set has a responses dataset, that response's
+    ``cluster``, ``cluster_label``, ``x``, ``y`` from the responses dataset's latest cluster and
+    projection runs (NaN when those steps have not run)."""
+    frame = (
+        store.reward_candidates(dataset)
+        .to_pandas()[["example_id", "response_idx", "role", "prompt", "response"]]
+        .reset_index(drop=True)
+    )
+    for name, rid in store.reward_runs(dataset).items():
+        sc = store.reward_scores(rid).to_pandas()[["example_id", "response_idx", "value"]]
+        frame = frame.merge(
+            sc.rename(columns={"value": f"score:{name}"}),
+            on=["example_id", "response_idx"],
+            how="left",
+        )
+    resp = dataset + RESPONSES_SUFFIX
+    if store.dataset(dataset)["kind"] == "preferences" and resp in set(
+        store.list_datasets()["name"]
+    ):
+        views = store.views(resp)
+        cols = ["id"] + (["cluster"] if views.cluster_run else [])
+        cols += ["x", "y"] if views.projection_run else []
+        wide = store.wide(resp, views=views, columns=cols).to_pandas()
+        keys = store.response_keys(resp).to_pandas()[["id", "example_id", "response_idx"]]
+        placed = keys.merge(wide, on="id", how="left").drop(columns="id")
+        if views.cluster_run:
+            labels = store.clusters(views.cluster_run).set_index("cluster")["label"]
+            placed["cluster_label"] = placed["cluster"].map(labels)
+        frame = frame.merge(placed, on=["example_id", "response_idx"], how="left")
+    for col in ("cluster", "cluster_label", "x", "y"):
+        if col not in frame.columns:
+            frame[col] = np.nan
+    return frame
+
+
+@dataclass(frozen=True)
+class DisagreementProbe:
+    """Which SAE features predict where two reward sources disagree.
+
+    ``table``: core.rewards.disagreement rows (rank_diff = rank under a - rank under b, the
+    largest |rank_diff| first) with prompt and response. ``weights``: the sparse probe's
+    nonzero weights (feature_id, weight on max-abs scaled features, label), the largest |weight|
+    first; positive = the feature goes with ``a`` ranking a response above ``b``. ``metrics``:
+    out-of-fold R2 and Spearman of the probe (folds over responses, not prompts: responses of
+    one prompt share its context). ``top``: per weighted feature, the responses where it fires
+    most (example_id, response_idx, activation, rank_diff)."""
+
+    a: str
+    b: str
+    table: pd.DataFrame
+    weights: pd.DataFrame
+    metrics: dict[str, Any]
+    params: dict[str, Any]
+    top: dict[int, pd.DataFrame]
+
+
+def disagreement_probe(
+    store: Store,
+    *,
+    dataset: str,
+    a: str,
+    b: str,
+    feature_run: int | None = None,
+    seed: int = 0,
+    top_examples: int = 5,
+) -> DisagreementProbe:
+    """Rank the responses two reward sources disagree on most and fit a sparse (elastic net)
+    probe of the disagreement (rank_diff) on the responses' SAE features."""
+    from core.probes import ProbeConfig, fit_probe
+    from core.rewards import disagreement
+
+    runs = store.reward_runs(dataset)
+    for n in (a, b):
+        if n not in runs:
+            raise StudioError(
+                f"dataset '{dataset}' has no reward scores named {n!r}; it has: "
+                f"{', '.join(sorted(runs)) or 'none'}"
+            )
+    if a == b:
+        raise StudioError("pick two different reward sources to compare")
+    frames = [
+        store.reward_scores(runs[n])
+        .to_pandas()
+        .rename(columns={"value": "score"})[["example_id", "response_idx", "score"]]
+        for n in (a, b)
+    ]
+    table = disagreement(frames[0], frames[1])
+    rf = response_features(store, dataset=dataset, feature_run=feature_run)
+    at = table.merge(rf.keys, on=["example_id", "response_idx"], how="inner")
+    result = fit_probe(
+        rf.X[at["row"].to_numpy()],
+        at["rank_diff"].to_numpy(np.float64),
+        cfg=ProbeConfig(kind="elasticnet", seed=seed),
+        name=f"rank under {a} - rank under {b}",
+    )
+    names = feature_labels(store, rf.feature_run)
+    weights = pd.DataFrame(
+        [(int(f), float(w), names.get(int(f), "")) for f, w in result.weights if w != 0.0],
+        columns=["feature_id", "weight", "label"],
+    )
+    texts = store.reward_candidates(dataset).to_pandas()[
+        ["example_id", "response_idx", "prompt", "response"]
+    ]
+    table = table.merge(texts, on=["example_id", "response_idx"], how="left")
+    Xa = rf.X[at["row"].to_numpy()]
+    top: dict[int, pd.DataFrame] = {}
+    for f in weights["feature_id"]:
+        col = np.asarray(Xa[:, int(f)].todense()).ravel() if sparse.issparse(Xa) else Xa[:, f]
+        order = np.argsort(-col, kind="stable")[:top_examples]
+        order = order[col[order] > 0]
+        top[int(f)] = pd.DataFrame(
+            {
+                "example_id": at["example_id"].to_numpy()[order],
+                "response_idx": at["response_idx"].to_numpy()[order],
+                "activation": col[order],
+                "rank_diff": at["rank_diff"].to_numpy()[order],
+            }
+        )
+    return DisagreementProbe(
+        a=a,
+        b=b,
+        table=table,
+        weights=weights,
+        metrics=result.metrics.get("in_distribution", {}),
+        params=result.params,
+        top=top,
+    )
+
+
+# --- demo ------------------------------------------------------------------------------------
 # --- demo ------------------------------------------------------------------------------------
 DEMO_LAYER = 3  # MiniLM has 6 layers; 3 is in the middle
 DEMO_SAE_WIDTH = 3072

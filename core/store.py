@@ -32,7 +32,10 @@ import pyarrow as pa
 
 from core.errors import StudioError
 
-Kind = Literal["prompts", "preferences", "chats"]
+Kind = Literal["prompts", "preferences", "chats", "responses"]
+# A responses dataset is derived from a preference set (see Store.write_responses_dataset): one
+# example per response, named "<dataset>.responses"
+RESPONSES_SUFFIX = ".responses"
 Op = Literal["<", "<=", ">", ">=", "=", "!=", "in", "not in"]
 
 DDL_V1 = """
@@ -463,6 +466,84 @@ class Store:
                 [name],
             )
         return examples.num_rows
+
+    def write_responses_dataset(self, source: str, *, name: str, replace: bool = False) -> int:
+        """Derive the dataset ``name`` (kind ``responses``) from the preference set ``source``:
+        one example per response, in the source's order (example, then response_idx), so each
+        response can be featurized, clustered and mapped on its own. An example's id is
+        ``<example id>#<response_idx>``; prompt, answer and tags are the source example's, tags
+        gain ``role`` (chosen/rejected); text is the response; extra keeps the source example's
+        extra plus ``response_of`` = {dataset, example_id, response_idx}; labels are the source
+        example's plus ``response_idx`` and ``chosen`` (1/0). One transaction: all or nothing.
+        Returns the number of responses."""
+        kind = self.dataset(source)["kind"]
+        if kind != "preferences":
+            raise StudioError(
+                f"dataset '{source}' is {kind}: a responses dataset is derived from a preference "
+                "set (its chosen and rejected responses)"
+            )
+        self.migrate()
+        with self.transaction() as con:
+            exists = con.execute("SELECT 1 FROM datasets WHERE name = ?", [name]).fetchone()
+            if exists and not replace:
+                raise StudioError(
+                    f"dataset '{name}' already exists in {self.path}: pass --replace to overwrite it"
+                )
+            if exists:
+                self._delete_dataset(con, name)
+            (n,) = con.execute(
+                "SELECT count(*) FROM responses WHERE dataset = ?", [source]
+            ).fetchone() or (0,)
+            if not n:
+                raise StudioError(f"dataset '{source}' has no responses")
+            con.execute(
+                "INSERT INTO datasets (name, kind, source, n_examples) VALUES (?, 'responses', ?, ?)",
+                [name, f"responses of dataset {source}", n],
+            )
+            con.execute(
+                """
+                INSERT INTO examples
+                SELECT ?, e.id || '#' || r.response_idx,
+                       row_number() OVER (ORDER BY e.idx, r.response_idx) - 1,
+                       e.prompt, e.answer, r.text,
+                       json_merge_patch(coalesce(e.tags, '{}'), json_object('role', r.role)),
+                       json_merge_patch(coalesce(e.extra, '{}'), json_object('response_of',
+                           json_object('dataset', e.dataset, 'example_id', e.id,
+                                       'response_idx', r.response_idx)))
+                FROM responses r JOIN examples e ON e.dataset = r.dataset AND e.id = r.example_id
+                WHERE r.dataset = ?
+                """,
+                [name, source],
+            )
+            con.execute(
+                """
+                INSERT INTO labels
+                SELECT ?, r.example_id || '#' || r.response_idx, l.name, l.value
+                FROM responses r JOIN labels l ON l.dataset = r.dataset AND l.example_id = r.example_id
+                WHERE r.dataset = ?
+                UNION ALL
+                SELECT ?, example_id || '#' || response_idx, 'response_idx', response_idx
+                FROM responses WHERE dataset = ?
+                UNION ALL
+                SELECT ?, example_id || '#' || response_idx, 'chosen',
+                       CASE WHEN role = 'chosen' THEN 1.0 ELSE 0.0 END
+                FROM responses WHERE dataset = ?
+                """,
+                [name, source, name, source, name, source],
+            )
+        return int(n)
+
+    def response_keys(self, dataset: str) -> pa.Table:
+        """id, example_id, response_idx, role of a responses dataset's examples (ingest order):
+        which response of its preference set each one is."""
+        with self.connect() as con:
+            return con.sql(
+                "SELECT id, json_extract_string(extra, '$.response_of.example_id') AS example_id, "
+                "CAST(json_extract(extra, '$.response_of.response_idx') AS INTEGER) "
+                "AS response_idx, json_extract_string(tags, '$.role') AS role "
+                "FROM examples WHERE dataset = ? ORDER BY idx",
+                params=[dataset],
+            ).to_arrow_table()
 
     @staticmethod
     def _delete_dataset(con: duckdb.DuckDBPyConnection, name: str) -> None:

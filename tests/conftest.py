@@ -273,3 +273,37 @@ def pipeline_db(
         assert run_cli(signal, "--dataset", "demo", "--label", label, "--db", db) == 0
     assert run_cli("project", "--dataset", "demo", "--db", db) == 0
     return Path(db)
+
+
+PREF_ROWS = 60  # prompts of the rewards store's preference set (1-3 rejected responses each)
+
+
+@pytest.fixture(scope="session")
+def rewards_db(
+    tmp_path_factory: pytest.TempPathFactory,
+    pipeline_db: Path,
+    tiny_bert_dir: Path,
+    tiny_sae_dir: Path,
+) -> Path:
+    """A copy of the pipeline store plus the demo's preference set ``prefs``, its verifier
+    scores, ``prefs.responses`` featurized (response pooling, dense baseline), clustered and
+    projected, and Bradley-Terry reward probes on SAE and dense features. Read-only, like
+    pipeline_db."""
+    from core.demo_data import write_demo_preferences
+
+    folder = tmp_path_factory.mktemp("rewards")
+    db = folder / "studio.duckdb"
+    shutil.copy(pipeline_db, db)
+    prefs = write_demo_preferences(folder / "prefs.jsonl", n=PREF_ROWS, seed=0)
+    d = ("--db", str(db))
+    assert run_cli("ingest", str(prefs), "--dataset", "prefs", "--kind", "preferences", *d) == 0
+    assert run_cli("verify", "--dataset", "prefs", *d) == 0
+    assert run_cli("responses", "--dataset", "prefs", *d) == 0
+    model = ("--model", str(tiny_bert_dir), "--layer", str(PIPELINE_LAYER))
+    sae = ("--sae-path", str(tiny_sae_dir), "--pool-over", "response", "--dense")
+    assert run_cli("featurize", "--dataset", "prefs.responses", *model, *sae, *d) == 0
+    assert run_cli("cluster", "--dataset", "prefs.responses", "--k", "3", *d) == 0
+    assert run_cli("project", "--dataset", "prefs.responses", *d) == 0
+    for features in ("sae", "dense"):
+        assert run_cli("reward-probe", "--dataset", "prefs", "--features", features, *d) == 0
+    return db

@@ -216,6 +216,23 @@ def test_pool_over_response_or_both(tiny_llama: Any, template: bool) -> None:
         encode_texts(tiny_llama, [text], pool_over="both", max_length=64)
 
 
+@pytest.mark.parametrize("template", [False, True])
+def test_pool_over_response_keeps_the_response_of_a_long_prompt(
+    tiny_llama: Any, template: bool
+) -> None:
+    text = "Add two and two. " + " ".join(["please"] * 200)  # far beyond max_length
+    response = "Four, of course."
+    kw: dict[str, Any] = {"max_length": 48, "responses": [response], "chat_template": template}
+    resp = encode_texts(tiny_llama, [text], pool_over="response", **kw)[0]
+    assert resp.truncated and len(resp.ids) == 48
+    kept = [t for t, k in zip(resp.tokens, resp.keep, strict=True) if k]
+    assert kept == ["four", ",", "of", "course", "."]
+    # the tokenizer is left as it was: other pools still lose the end
+    both = encode_texts(tiny_llama, [text], pool_over="both", **kw)[0]
+    assert "four" not in [t for t, k in zip(both.tokens, both.keep, strict=True) if k]
+    assert tiny_llama.tokenizer.truncation_side == "right"
+
+
 def test_encode_texts_truncation_is_counted(tiny_gpt2: Any) -> None:
     long = " ".join(["word"] * 500)  # beyond the 128-token context too
     enc = encode_texts(tiny_gpt2, [long, "short"], max_length=1000)
