@@ -417,6 +417,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--dataset", required=True)
     sp.add_argument("--names", help="comma-separated reward names (default: all)")
+    sp.add_argument(
+        "--by",
+        action="append",
+        metavar="COLUMN",
+        help="pairwise and 1-of-N accuracy per value of a label, a tag or 'cluster' (the latest "
+        "cluster run); repeat it or give a comma list",
+    )
+    sp.add_argument(
+        "--side",
+        choices=["example", "chosen", "rejected"],
+        default="example",
+        help="with --by: whose value groups a pair: the example's (default), the chosen or the "
+        "rejected response's (no 1-of-N per rejected response)",
+    )
+    sp.add_argument(
+        "--margins",
+        metavar="M,M,...",
+        help="accuracy keeping only pairs whose score margin exceeds each m, e.g. 0,0.5,1 "
+        "(in each source's own units)",
+    )
+    sp.add_argument(
+        "--calibration",
+        metavar="LABEL",
+        help="ECE and reliability table of every ordinal reward model against a feedback label "
+        "(integers 1..K; a chat's response or a preference set's chosen response)",
+    )
+    sp.add_argument("--bins", type=int, default=10, help="confidence bins for --calibration (10)")
+    sp.add_argument("--json", action="store_true", help="print the results as JSON instead")
 
     sp = cmd(
         "verify",
@@ -761,27 +789,32 @@ def run(args: argparse.Namespace) -> int:
         n = store.run(run_id)["summary"]["n_scores"]
         print(f"reward run {run_id} '{args.name}': imported {n} scores from {args.path}")
     elif args.command == "judge":
-        from core.reward_models import judge
+        from core.reward_models import judge, judge_report
 
         names = [n for n in (args.names or "").split(",") if n] or None
-        judged = judge(store, dataset=args.dataset, names=names)
-        for name, row in judged["sources"].items():
-            line = f"{name}: {row['n_scores']} scores"
-            for key, label in (("pairwise", "pairwise accuracy"), ("one_of_n", "1-of-N accuracy")):
-                if key in row:
-                    a = row[key]
-                    line += (
-                        f"; {label} {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] "
-                        f"(chance {a['chance']:.3f}, n {a['n']})"
-                    )
-            print(line)
-        for pair, a in judged["agreement"].items():
-            rho = "n/a" if a["spearman"] is None else f"{a['spearman']:.3f}"
-            print(
-                f"{pair}: Spearman {rho}, pair agreement {a['pair_agreement']:.3f} "
-                f"({a['n_pairs']} pairs), best-of-n agreement {a['top1_agreement']:.3f} "
-                f"(chance {a['top1_chance']:.3f})"
-            )
+        by = [c for item in args.by or () for c in _names(item)]
+        margins = None
+        if args.margins is not None:
+            try:
+                margins = [float(m) for m in _names(args.margins)]
+            except ValueError as exc:
+                raise StudioError(
+                    f"--margins {args.margins!r}: expected numbers like 0,0.5,1"
+                ) from exc
+        judged = judge(
+            store,
+            dataset=args.dataset,
+            names=names,
+            by=by,
+            side=args.side,
+            margins=margins,
+            calibration_label=args.calibration,
+            n_bins=args.bins,
+        )
+        if args.json:
+            print(json.dumps(judged, indent=2, allow_nan=False))
+        else:
+            print("\n".join(judge_report(judged)))
     elif args.command == "verify":
         from core.verifiers import verify_dataset
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
@@ -704,13 +705,38 @@ def import_rewards(
     )
 
 
-def judge(store: Store, *, dataset: str, names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Every named reward source of a preference set judged on it (pairwise accuracy and
-    StoryRMB 1-of-N, with chance and 95% intervals) and every two sources compared
-    (Spearman, Kendall, pair agreement, best-of-n agreement): what `python -m core judge`
-    prints."""
-    from core import rewards
+# --- judging -----------------------------------------------------------------------------------
+# The responses a per-example feedback label is matched to: a chat's scored response (-1) or a
+# preference set's chosen response (0). A rating stored on the example describes the response
+# the example was kept with; a rejected response carries no rating of its own.
+CALIBRATION_RESPONSES = (-1, 0)
+NO_LOGITS = (
+    "no logits (a scalar head, imported scores, the verifier or a probe): calibration needs an "
+    "ordinal (CORAL) reward model's K-1 logits"
+)
 
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _plain(value: Any) -> Any:
+    """A frame cell as plain Python for JSON: numpy scalars unwrapped, NaN/NA as None."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return None if _missing(value) else value
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [
+        {str(k): _plain(v) for k, v in row.items()}
+        for row in frame.astype(object).to_dict("records")
+    ]
+
+
+def _reward_frames(
+    store: Store, dataset: str, names: Sequence[str] | None
+) -> tuple[dict[str, int], dict[str, pd.DataFrame]]:
     runs = store.reward_runs(dataset)
     names = list(names) if names else sorted(runs)
     missing = [n for n in names if n not in runs]
@@ -723,16 +749,258 @@ def judge(store: Store, *, dataset: str, names: Sequence[str] | None = None) -> 
         n: store.reward_scores(runs[n]).to_pandas().rename(columns={"value": "score"})
         for n in names
     }
+    return {n: runs[n] for n in names}, frames
+
+
+def category_values(store: Store, *, dataset: str, columns: Sequence[str]) -> pd.DataFrame:
+    """One row per example of ``dataset`` (index ``example_id``), one column per name in
+    ``columns``: a numeric label, a string tag, or ``cluster`` (the latest cluster run's
+    assignment). A name that is none of these is a one-line error listing what exists."""
+    from core.store import Views
+
+    labels, tags = store.label_names(dataset), store.tag_names(dataset)
+    cluster_run = store.latest_run(dataset=dataset, step="cluster")
+    for col in columns:
+        if col == "cluster" and cluster_run is None:
+            raise StudioError(
+                f"--by cluster: dataset '{dataset}' has no cluster run yet (run `python -m core "
+                f"cluster --dataset {dataset}`); labels: {', '.join(labels) or 'none'}; tags: "
+                f"{', '.join(tags) or 'none'}"
+            )
+        if col != "cluster" and col not in labels and col not in tags:
+            raise StudioError(
+                f"--by {col}: dataset '{dataset}' has no label, tag or cluster of that name; "
+                f"labels: {', '.join(labels) or 'none'}; tags: {', '.join(tags) or 'none'}; "
+                f"cluster: {'yes' if cluster_run is not None else 'none (no cluster run)'}"
+            )
+    cols = list(dict.fromkeys(columns))
+    views = Views(None, cluster_run, None)
+    wide = store.wide(dataset, views=views, columns=["id", *cols]).to_pandas()
+    return wide.set_index("id").rename_axis("example_id")[cols]
+
+
+def _has_logits(frame: pd.DataFrame) -> bool:
+    """Whether every stored score of a reward run has its logits (an ordinal head's)."""
+    return bool(len(frame)) and not bool(frame["logits"].isna().any())
+
+
+def _calibrate(
+    frame: pd.DataFrame, labels: pd.Series, *, name: str, label: str, n_bins: int
+) -> dict[str, Any]:
+    """Calibration of one reward source's stored scores (a ``reward_scores`` frame) against
+    ``labels`` (example_id -> value, unlabelled examples left out)."""
+    from core import rewards
+
+    if not _has_logits(frame):
+        raise StudioError(f"reward '{name}' has {NO_LOGITS}")
+    matched = frame[frame["response_idx"].isin(CALIBRATION_RESPONSES)]
+    value = matched["example_id"].map(labels)
+    n_unlabelled = int(value.isna().sum())
+    matched, value = matched[value.notna()], value[value.notna()]
+    if matched.empty:
+        raise StudioError(
+            f"reward '{name}': no scored response carries the label '{label}' (only a chat's "
+            "response or a preference set's chosen response is matched to its example's label)"
+        )
+    cal = rewards.ordinal_calibration(
+        np.stack([np.asarray(z, dtype=np.float64) for z in matched["logits"]]),
+        value.to_numpy(np.float64),
+        ids=matched["example_id"].tolist(),
+        n_bins=n_bins,
+    )
+    out = cal.to_dict()
+    out.update(
+        label=label,
+        n_unlabelled=n_unlabelled,
+        n_other_responses=len(frame) - len(matched) - n_unlabelled,
+    )
+    return out
+
+
+def _label_series(store: Store, dataset: str, label: str) -> pd.Series:
+    names = store.label_names(dataset)
+    if label not in names:
+        raise StudioError(
+            f"dataset '{dataset}' has no label '{label}'; labels: {', '.join(names) or 'none'}"
+        )
+    tbl = store.labels(dataset, label).to_pandas().dropna(subset=["value"])
+    return tbl.set_index("example_id")["value"]
+
+
+def calibration(
+    store: Store, *, dataset: str, name: str, label: str, n_bins: int = 10
+) -> dict[str, Any]:
+    """How well the ordinal reward run ``name`` is calibrated against the feedback label
+    ``label`` (integers 1..K, WildReward's ratings): top-label ``ece``, the reliability
+    ``table`` (one dict per confidence bin), ``n``, ``k``, ``label_counts``,
+    ``predicted_counts``, ``accuracy`` (the most likely class is the label), ``mean_label``,
+    ``mean_reward``; ``n_unlabelled`` (matched responses without the label) and
+    ``n_other_responses`` (not matched, see below).
+
+    The label belongs to an example, so each example contributes one response: its chat
+    response (response_idx -1) or its chosen response (0); rejected responses are left out.
+    A run without logits (a scalar head, imported scores) is refused, and so is a label
+    outside 1..K (naming the example), in one line each."""
+    runs, frames = _reward_frames(store, dataset, [name])
+    labels = _label_series(store, dataset, label)
+    out = _calibrate(frames[name], labels, name=name, label=label, n_bins=n_bins)
+    return {"name": name, "run_id": runs[name], **out}
+
+
+def judge(
+    store: Store,
+    *,
+    dataset: str,
+    names: Sequence[str] | None = None,
+    by: Sequence[str] = (),
+    side: str = "example",
+    margins: Sequence[float] | None = None,
+    calibration_label: str | None = None,
+    n_bins: int = 10,
+) -> dict[str, Any]:
+    """Every named reward source of a preference set judged on it (pairwise accuracy and
+    StoryRMB 1-of-N, with chance and 95% intervals) and every two sources compared
+    (Spearman, Kendall, pair agreement, best-of-n agreement): what `python -m core judge`
+    prints.
+
+    Optional, per source (``sources[name]``): ``by[column]``, the accuracies per value of each
+    column in ``by`` (a label, a tag or ``cluster``; core.rewards.accuracy_by with ``side``,
+    rows with ``value``); ``margins``, the margin curve (core.rewards.margin_curve);
+    ``calibration``, the calibration against ``calibration_label`` (:func:`calibration`), or
+    ``{"skipped": why}`` for a source without logits. Plain data throughout (NaN as None)."""
+    from core import rewards
+
+    runs, frames = _reward_frames(store, dataset, names)
+    names = list(frames)
     kind = store.dataset(dataset)["kind"]
+    if (by or margins is not None) and kind != "preferences":
+        what = "--by" if by else "--margins"
+        raise StudioError(
+            f"{what}: dataset '{dataset}' holds {kind}; accuracy per category and by margin "
+            "need a preference set (a chosen and rejected responses)"
+        )
+    values = category_values(store, dataset=dataset, columns=by) if by else None
+    labels = (
+        _label_series(store, dataset, calibration_label) if calibration_label is not None else None
+    )
     out: dict[str, Any] = {"dataset": dataset, "sources": {}, "agreement": {}}
+    if by:
+        out["by_side"] = side
     for n, f in frames.items():
         row: dict[str, Any] = {"run_id": runs[n], "n_scores": len(f)}
         if kind == "preferences":
             row["pairwise"] = rewards.pairwise_accuracy(f).to_dict()
             row["one_of_n"] = rewards.one_of_n_accuracy(f).to_dict()
+        if values is not None:
+            base = f[["example_id", "response_idx", "role", "score"]]
+            row["by"] = {}
+            for col in values.columns:
+                g = base.assign(value=base["example_id"].map(values[col]).to_numpy())
+                table = rewards.accuracy_by(g, by="value", side=side)  # type: ignore[arg-type]
+                row["by"][col] = _records(table)
+        if margins is not None:
+            row["margins"] = _records(rewards.margin_curve(f, margins=margins))
+        if labels is not None:
+            assert calibration_label is not None
+            if not _has_logits(f):
+                row["calibration"] = {"skipped": NO_LOGITS}
+            else:
+                row["calibration"] = _calibrate(
+                    f, labels, name=n, label=calibration_label, n_bins=n_bins
+                )
         out["sources"][n] = row
+    # chats: one response per example, no chosen/rejected roles to pair by
+    keep = ["example_id", "response_idx", "score", *(["role"] if kind == "preferences" else [])]
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            agree = rewards.agreement(frames[a], frames[b])
+            agree = rewards.agreement(frames[a][keep], frames[b][keep])
             out["agreement"][f"{a} vs {b}"] = asdict(agree)
     return out
+
+
+def _num(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _category(value: Any) -> str:
+    """A category value as printed: whole-number labels without '.0', missing ones named."""
+    if value is None:
+        return "(missing)"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _accuracy_text(label: str, value: Any, low: Any, high: Any) -> str:
+    if value is None:
+        return f"{label} n/a"
+    interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+    return f"{label} {value:.3f}{interval}"
+
+
+def judge_report(judged: dict[str, Any]) -> list[str]:
+    """The lines `python -m core judge` prints for :func:`judge`'s result."""
+    lines = []
+    for name, row in judged["sources"].items():
+        line = f"{name}: {row['n_scores']} scores"
+        for key, label in (("pairwise", "pairwise accuracy"), ("one_of_n", "1-of-N accuracy")):
+            if key in row:
+                a = row[key]
+                line += (
+                    f"; {label} {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] "
+                    f"(chance {a['chance']:.3f}, n {a['n']})"
+                )
+        lines.append(line)
+    for pair, a in judged["agreement"].items():
+        lines.append(
+            f"{pair}: Spearman {_num(a['spearman'])}, pair agreement {_num(a['pair_agreement'])} "
+            f"({a['n_pairs']} pairs), best-of-n agreement {_num(a['top1_agreement'])} "
+            f"(chance {_num(a['top1_chance'])})"
+        )
+    sources = judged["sources"].items()
+    for col in next((list(row["by"]) for _, row in sources if "by" in row), []):
+        lines.append(f"by {col} (side {judged['by_side']}):")
+        for name, row in sources:
+            for r in row["by"][col]:
+                one = (
+                    "1-of-N accuracy n/a (not defined per rejected response)"
+                    if r["one_of_n"] is None and judged["by_side"] == "rejected"
+                    else _accuracy_text(
+                        "1-of-N accuracy", r["one_of_n"], r["one_of_n_low"], r["one_of_n_high"]
+                    )
+                    + f" (chance {_num(r['one_of_n_chance'])}, {r['n_examples']} prompts)"
+                )
+                pw = _accuracy_text(
+                    "pairwise accuracy", r["pairwise"], r["pairwise_low"], r["pairwise_high"]
+                )
+                lines.append(
+                    f"  {name} {col}={_category(r['value'])}: {pw} ({r['n_pairs']} pairs); {one}"
+                )
+    if any("margins" in row for _, row in sources):
+        lines.append("margin curve (pairs with |chosen - rejected| > m):")
+        for name, row in sources:
+            for r in row["margins"]:
+                lines.append(
+                    f"  {name} m={r['margin']:g}: accuracy {_num(r['accuracy'])} "
+                    f"({r['n_pairs']} pairs, kept {r['kept_share']:.3f})"
+                )
+    for name, row in sources:
+        cal = row.get("calibration")
+        if cal is None:
+            continue
+        if "skipped" in cal:
+            lines.append(f"{name} calibration: skipped: {cal['skipped']}")
+            continue
+        counts = ", ".join(f"{k}: {v}" for k, v in cal["label_counts"].items())
+        lines.append(
+            f"{name} calibration against '{cal['label']}': ECE {cal['ece']:.3f} (n {cal['n']}, "
+            f"K {cal['k']}, top-class accuracy {cal['accuracy']:.3f}, mean label "
+            f"{cal['mean_label']:.3f}, mean reward {cal['mean_reward']:.3f}); labels {counts}"
+        )
+        for b in cal["table"]:
+            if b["count"]:
+                lines.append(
+                    f"  confidence ({b['lo']:.1f}, {b['hi']:.1f}]: mean confidence "
+                    f"{b['confidence']:.3f}, accuracy {b['accuracy']:.3f}, n {b['count']}"
+                )
+    return lines

@@ -621,16 +621,22 @@ def agreement(a: pd.DataFrame, b: pd.DataFrame) -> Agreement:
     (-1.0, 0.0, 0.0)
     """
     both, only_a, only_b = _joined(a, b)
+    if "role" in both.columns:  # every prompt both scored needs its chosen and a rejected one
+        check_preferences(both.rename(columns={"score_a": "score"}), name="scored by both sources")
+    return _agreement_of(both, only_a=only_a, only_b=only_b)
+
+
+def _agreement_of(both: pd.DataFrame, *, only_a: int, only_b: int) -> Agreement:
+    """:class:`Agreement` of joined scores (``score_a``, ``score_b``, maybe ``role``). A subset
+    of a checked frame is fine: a prompt without its chosen (or without a rejected) response
+    here gives no preference pair, and fewer than 2 responses give no correlation."""
     sa, sb = both["score_a"].to_numpy(), both["score_b"].to_numpy()
-    varied = float(np.ptp(sa)) > 0.0 and float(np.ptp(sb)) > 0.0
+    varied = len(both) >= 2 and float(np.ptp(sa)) > 0.0 and float(np.ptp(sb)) > 0.0
     spearman = _finite(spearmanr(sa, sb).statistic) if varied else None  # type: ignore[attr-defined]
     kendall = _finite(kendalltau(sa, sb).statistic) if varied else None  # type: ignore[attr-defined]
     if "role" in both.columns:
         kind = "preference"
-        prefs = check_preferences(
-            both.rename(columns={"score_a": "score"}), name="scored by both sources"
-        )
-        pairs = _pairs(prefs, keep=["score_b"])
+        pairs = _pairs(both.rename(columns={"score_a": "score"}), keep=["score_b"])
         da = pairs["margin"].to_numpy()
         db = (pairs["score_b_chosen"] - pairs["score_b_rejected"]).to_numpy()
     else:
@@ -652,6 +658,71 @@ def agreement(a: pd.DataFrame, b: pd.DataFrame) -> Agreement:
         top1_chance=float(picks["chance"].mean()) if len(picks) else None,
         n_prompts=len(picks),
     )
+
+
+AGREEMENT_BY_COLUMNS = (
+    "group",
+    "n_items",
+    "spearman",
+    "kendall",
+    "pair_agreement",
+    "n_pairs",
+    "top1_agreement",
+    "top1_chance",
+    "n_prompts",
+)
+
+
+def agreement_by(a: pd.DataFrame, b: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
+    """:func:`agreement` of two reward sources within each group of responses (e.g. each
+    response's cluster on the map), one row per group value.
+
+    groups: ``example_id, response_idx, group`` (response_idx may be left out when the group
+    belongs to the whole prompt); a response not in ``groups``, or with a missing group, falls
+    in a row of its own (group NaN, last). Within a group only its responses count: the rank
+    correlations are over them, pairs are formed only within a prompt among that group's
+    responses (a preference pair needs its chosen and its rejected response both in the group;
+    for best-of-n data, every two of the group's responses of one prompt), and best-of-n picks
+    are made among them (prompts with 2+ of them). Columns :data:`AGREEMENT_BY_COLUMNS`; NaN
+    where a measure is undefined (fewer than 2 responses or constant scores for the
+    correlations; no pair; no prompt with 2+ responses). Sorted by group value.
+
+    >>> a = pd.DataFrame({"example_id": ["p"] * 4, "response_idx": [0, 1, 2, 3],
+    ...                   "score": [1.0, 2.0, 3.0, 4.0]})
+    >>> b = a.assign(score=[2.0, 1.0, 3.0, 4.0])  # b swaps the first two
+    >>> g = a.assign(group=["x", "x", "y", "y"])[["example_id", "response_idx", "group"]]
+    >>> agreement_by(a, b, g)[["group", "kendall", "pair_agreement", "n_pairs"]].values.tolist()
+    [['x', -1.0, 0.0, 1], ['y', 1.0, 1.0, 1]]
+    """
+    both, _, _ = _joined(a, b)
+    if "role" in both.columns:
+        check_preferences(both.rename(columns={"score_a": "score"}), name="scored by both sources")
+    on = [c for c in KEY if c in groups.columns]
+    _require_columns(groups, ("example_id", "group"), name="groups")
+    if groups.duplicated(on).any():
+        row = groups[groups.duplicated(on)].iloc[0]
+        where = " ".join(f"{c} {row[c]!r}" for c in on)
+        raise StudioError(f"groups: {where} has more than one group")
+    g = groups[[*on, "group"]]
+    if "response_idx" in on:  # match the key types the scores carry
+        g = g.assign(response_idx=pd.to_numeric(g["response_idx"]).astype(np.int64))
+        both = both.assign(response_idx=both["response_idx"].astype(np.int64))
+    both = both.merge(g, on=on, how="left")
+    rows = []
+    for value in _sorted_values(pd.unique(both["group"])):
+        part = both[both["group"].isna() if _missing(value) else both["group"].eq(value)]
+        agree = _agreement_of(part.drop(columns="group"), only_a=0, only_b=0)
+        rows.append(
+            {
+                "group": value,
+                **{
+                    k: np.nan if v is None else v
+                    for k, v in agree.to_dict().items()
+                    if k in AGREEMENT_BY_COLUMNS
+                },
+            }
+        )
+    return pd.DataFrame(rows, columns=list(AGREEMENT_BY_COLUMNS))
 
 
 def _normalised_rank(values: pd.Series, groups: pd.Series | None) -> pd.Series:
@@ -799,6 +870,90 @@ def binary_calibration_error(p: np.ndarray, outcome: np.ndarray, *, n_bins: int 
     return _ece(reliability_table(p, outcome, n_bins=n_bins))
 
 
+@dataclass(frozen=True, eq=False)
+class OrdinalCalibration:
+    """How well an ordinal (CORAL) RM's class probabilities match feedback labels 1..K.
+
+    ``ece``: top-label expected calibration error; ``table``: the reliability table it is
+    computed from (:func:`reliability_table`); ``n`` labelled responses; ``k`` classes;
+    ``label_counts`` / ``predicted_counts``: how many responses carry each label / have it as
+    their most likely class (1..K, zeros kept); ``accuracy``: share whose most likely class is
+    the label; ``mean_label`` and ``mean_reward`` (the CORAL reward, an expected label)."""
+
+    ece: float
+    table: pd.DataFrame
+    n: int
+    k: int
+    label_counts: dict[int, int]
+    predicted_counts: dict[int, int]
+    accuracy: float
+    mean_label: float
+    mean_reward: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (the table as a list of row dicts, NaN as None), e.g. for JSON."""
+        out = {k: v for k, v in asdict(self).items() if k != "table"}
+        out["table"] = [
+            {k: (None if _missing(v) else v) for k, v in row.items()}
+            for row in self.table.astype(object).to_dict("records")
+        ]
+        return out
+
+
+def ordinal_calibration(
+    logits: np.ndarray,
+    labels: np.ndarray | Sequence[float],
+    *,
+    ids: Sequence[Any] | None = None,
+    n_bins: int = 10,
+) -> OrdinalCalibration:
+    """Calibration of [n, K-1] CORAL logits against [n] feedback labels in 1..K (WildReward's
+    ratings): the class probabilities (:func:`coral_class_probs`) judged top-label. A label
+    that is not a whole number in 1..K is an error naming its row (or its id, from ``ids``).
+
+    >>> logits = np.array([[5.0, -5.0]] * 4)  # K = 3; class 2 with probability 0.987
+    >>> cal = ordinal_calibration(logits, [2, 2, 2, 1])
+    >>> round(cal.ece, 3), cal.k, cal.label_counts, cal.accuracy
+    (0.237, 3, {1: 1, 2: 3, 3: 0}, 0.75)
+    """
+    z = _logits_2d(logits, what="CORAL head")
+    k = z.shape[1] + 1
+    if k < 3:
+        raise StudioError(
+            f"calibration needs an ordinal head with 2 or more logits (K >= 3), got {k - 1}"
+        )
+    y = np.asarray(labels, dtype=np.float64)
+    if y.shape != (len(z),):
+        raise StudioError(f"calibration: {len(z)} rows of logits but labels of shape {y.shape}")
+    if ids is not None and len(ids) != len(z):
+        raise StudioError(f"calibration: {len(z)} rows of logits but {len(ids)} ids")
+    if len(z) == 0:
+        raise StudioError("calibration: no labelled response")
+    bad = ~np.isin(y, np.arange(1, k + 1))
+    if bad.any():
+        i = int(np.argmax(bad))
+        where = f"example {ids[i]!r}" if ids is not None else f"row {i}"
+        raise StudioError(
+            f"calibration: {where} has label {y[i]:g}, outside 1..{k} (the RM's K = {k} "
+            "levels; labels must be whole numbers)"
+        )
+    probs = coral_class_probs(z)
+    table = reliability_table(probs, y, n_bins=n_bins)
+    classes = np.arange(1, k + 1)
+    pred = probs.argmax(axis=1) + 1
+    return OrdinalCalibration(
+        ece=_ece(table),
+        table=table,
+        n=len(y),
+        k=k,
+        label_counts={int(c): int((y == c).sum()) for c in classes},
+        predicted_counts={int(c): int((pred == c).sum()) for c in classes},
+        accuracy=float((pred == y).mean()),
+        mean_label=float(y.mean()),
+        mean_reward=float(coral_reward(z).mean()),
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # SAE features of chosen vs rejected responses
 
@@ -929,7 +1084,10 @@ class BTProbe:
     w . (x_c - x_r) from a model that never saw that pair's prompt; ``accuracy`` is the
     pairwise accuracy of those margins (ties 0.5) with a bootstrap over prompts. ``penalty``
     and ``C`` (inverse strength) are what inner cross-validation picked for the final model
-    (all pairs); ``fold_choices`` what it picked inside each outer fold.
+    (all pairs); ``fold_choices`` what it picked inside each outer fold. ``fold_weights``
+    [folds, d] are the outer fold models' weights (row k: trained without fold k's prompts),
+    ``fold_groups`` [n_groups] the prompts the probe saw (sorted) and ``group_fold``
+    [n_groups] the fold each was held out in: :meth:`score_out_of_fold` reads them.
     """
 
     weights: np.ndarray
@@ -940,6 +1098,9 @@ class BTProbe:
     folds: int
     fold_choices: tuple[tuple[str, float], ...]
     not_converged_fits: int
+    fold_weights: np.ndarray
+    fold_groups: np.ndarray
+    group_fold: np.ndarray
 
     def score(self, X: Any) -> np.ndarray:
         """[n, d] features of responses -> [n] rewards."""
@@ -949,6 +1110,32 @@ class BTProbe:
                 f"BT probe: fitted on {len(self.weights)} features, asked to score {M.shape[1]}"
             )
         return np.asarray(M @ self.weights, dtype=np.float64).ravel()
+
+    def score_out_of_fold(self, X: Any, groups: np.ndarray | Sequence[Any]) -> np.ndarray:
+        """[n, d] features of responses and [n] their prompt ids -> [n] rewards, each from the
+        fold model that never saw the response's prompt (a prompt the probe never saw gets the
+        final ``weights``). For the rows of a pair, chosen minus rejected is that pair's
+        ``oof_margin``, so scores stored this way judge the probe out of fold. Prompt ids are
+        matched by value (``3`` and ``"3"`` are different prompts)."""
+        M = _as_matrix(X, what="BT probe scoring")
+        if M.shape[1] != len(self.weights):
+            raise StudioError(
+                f"BT probe: fitted on {len(self.weights)} features, asked to score {M.shape[1]}"
+            )
+        g = np.asarray(groups)
+        if g.shape != (M.shape[0],):
+            raise StudioError(
+                f"BT probe: groups must have one value per row ({M.shape[0]}), got {g.shape}"
+            )
+        fold_of = dict(zip(self.fold_groups.tolist(), self.group_fold.tolist(), strict=True))
+        unseen = len(self.fold_weights)  # row index of the final weights in ``models``
+        which = np.array([fold_of.get(v, unseen) for v in g.tolist()], dtype=np.int64)
+        models = np.vstack([self.fold_weights, self.weights[None, :]])
+        out = np.zeros(M.shape[0])
+        for k in np.unique(which):
+            rows = which == k
+            out[rows] = np.asarray(M[rows] @ models[k], dtype=np.float64).ravel()
+        return out
 
     def top_weights(
         self, feature_ids: Sequence[int] | np.ndarray | None = None, *, top: int = TOP_WEIGHTS
@@ -1083,7 +1270,11 @@ def bt_probe(
     settings = [(p, float(c)) for p in kinds for c in sorted(cs)]
     rng = np.random.default_rng(seed)
     fold = _group_folds(g, folds=folds, rng=rng)
+    uniq, inverse = np.unique(g, return_inverse=True)
+    group_fold = np.empty(len(uniq), dtype=np.int64)
+    group_fold[inverse.ravel()] = fold
     oof = np.zeros(n)
+    fold_weights = np.zeros((folds, D.shape[1]))
     choices: list[tuple[str, float]] = []
     # Many small solves: BLAS threads cost more than they save (as in core.probes); convergence
     # warnings are counted instead of printed.
@@ -1096,7 +1287,8 @@ def bt_probe(
             tr, te = fold != k, fold == k
             pen, c = _bt_choose(D[tr], g[tr], settings=settings, rng=rng)
             choices.append((pen, c))
-            oof[te] = np.asarray(D[te] @ _bt_fit(D[tr], penalty=pen, C=c)).ravel()
+            fold_weights[k] = _bt_fit(D[tr], penalty=pen, C=c)
+            oof[te] = np.asarray(D[te] @ fold_weights[k]).ravel()
         best_pen, best_c = _bt_choose(D, g, settings=settings, rng=rng)
         weights = _bt_fit(D, penalty=best_pen, C=best_c)
     for w in caught:
@@ -1121,6 +1313,9 @@ def bt_probe(
         folds=folds,
         fold_choices=tuple(choices),
         not_converged_fits=sum(issubclass(w.category, ConvergenceWarning) for w in caught),
+        fold_weights=fold_weights,
+        fold_groups=uniq,
+        group_fold=group_fold,
     )
 
 

@@ -4,10 +4,12 @@ and imported scores. Reward models are tiny random-init sequence classifiers sav
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
@@ -559,3 +561,289 @@ def test_bad_csv_and_unknown_file_type(db: Path, tmp_path: Path) -> None:
     )
     with pytest.raises(StudioError, match=r"s.parquet row 1: field 'score' is missing"):
         import_rewards(Store(db), parquet, dataset="prefs", name="x")
+
+
+# --- judging: per category, by margin, calibration ------------------------------------------------
+JUDGE_LINE = re.compile(
+    r"^  (\S+) (\S+)=(\S+): pairwise accuracy (\S+) \[\S+, \S+\] \((\d+) pairs\); "
+    r"1-of-N accuracy (\S+) \[\S+, \S+\] \(chance (\S+), (\d+) prompts\)$"
+)
+
+
+def _example_columns(db: Path) -> dict[str, dict[str, Any]]:
+    """example_id -> {difficulty (label), task (tag), idx} of the preference set."""
+    with Store(db).connect() as con:
+        rows = con.execute(
+            "SELECT e.id, e.idx, json_extract_string(e.tags, '$.task'), l.value FROM examples e "
+            "JOIN labels l ON l.dataset = e.dataset AND l.example_id = e.id "
+            "AND l.name = 'difficulty' WHERE e.dataset = 'prefs'"
+        ).fetchall()
+    return {r[0]: {"idx": r[1], "task": r[2], "difficulty": r[3]} for r in rows}
+
+
+def _expected_by(
+    scores: dict[tuple[str, int], float], groups: dict[str, Any]
+) -> dict[Any, tuple[float, int, float, float, int]]:
+    """value -> (pairwise, pairs, 1-of-N, chance, prompts), counted by hand: ties half a pair,
+    a tie at the top a 1-of-N miss."""
+    per: dict[Any, list[tuple[float, list[float]]]] = {}
+    for eid, value in groups.items():
+        rejected = [s for (e, i), s in scores.items() if e == eid and i > 0]
+        per.setdefault(value, []).append((scores[(eid, 0)], rejected))
+    out = {}
+    for value, examples in per.items():
+        outcomes = [1.0 if c > r else 0.5 if c == r else 0.0 for c, rs in examples for r in rs]
+        wins = [c > max(rs) for c, rs in examples]
+        chance = sum(1 / (len(rs) + 1) for _, rs in examples) / len(examples)
+        out[value] = (
+            sum(outcomes) / len(outcomes),
+            len(outcomes),
+            sum(wins) / len(wins),
+            chance,
+            len(examples),
+        )
+    return out
+
+
+def _import_scores(db: Path, tmp_path: Path, scores: dict[tuple[str, int], float], name: str):
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"example_id": e, "response_idx": i, "score": s}) + "\n"
+            for (e, i), s in scores.items()
+        )
+    )
+    argv = ["import-rewards", str(path), "--dataset", "prefs", "--name", name, "--db", str(db)]
+    assert run_cli(*argv) == 0
+
+
+def test_judge_by_label_tag_and_cluster_with_margins(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`judge --by`: per value of a label, a tag and the latest cluster run, each source's
+    accuracies equal a count by hand (with ties); `--margins` likewise; `--json` the same."""
+    ex = _example_columns(db)
+    # chosen 1.5; rejected k: 0.75 k (difficulty - 1): right at difficulty 1, ties at 2 and 3
+    scores = {
+        (e, i): 1.5 if i == 0 else 0.75 * i * (ex[e]["difficulty"] - 1)
+        for e, i, *_ in _responses(db)
+    }
+    _import_scores(db, tmp_path, scores, "imp")
+    store = Store(db)
+    store.add_cluster_run(
+        dataset="prefs",
+        feature_run=999,
+        config={},
+        versions={},
+        summary={},
+        assignments=pa.table(
+            {"example_id": list(ex), "cluster": [ex[e]["idx"] % 3 for e in ex]},
+            schema=pa.schema([("example_id", pa.string()), ("cluster", pa.int32())]),
+        ),
+        clusters=pd.DataFrame(
+            {"cluster": [0, 1, 2], "size": [10, 10, 10], "label": "", "top_features": "[]"}
+        ),
+    )
+    capsys.readouterr()
+    argv = ["judge", "--dataset", "prefs", "--db", str(db), "--by", "difficulty"]
+    assert run_cli(*argv, "--by", "task,cluster", "--margins", "0,1") == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    overall = _expected_by(scores, dict.fromkeys(ex, "all"))["all"]
+    assert lines[0].startswith(  # the overall line, as before
+        f"imp: {len(scores)} scores; pairwise accuracy {overall[0]:.3f} ["
+    )
+    assert f"; 1-of-N accuracy {overall[2]:.3f} [" in lines[0]
+    printed = {}
+    for line in lines:
+        m = JUDGE_LINE.match(line)
+        if m:
+            printed[(m[2], m[3])] = (float(m[4]), int(m[5]), float(m[6]), float(m[7]), int(m[8]))
+    for col, groups in (
+        ("difficulty", {e: int(v["difficulty"]) for e, v in ex.items()}),
+        ("task", {e: v["task"] for e, v in ex.items()}),
+        ("cluster", {e: v["idx"] % 3 for e, v in ex.items()}),
+    ):
+        want = _expected_by(scores, groups)
+        assert f"by {col} (side example):" in lines
+        assert {k[1] for k in printed if k[0] == col} == {str(v) for v in want}
+        for value, (pw, n_pairs, one, chance, n_prompts) in want.items():
+            got = printed[(col, str(value))]
+            assert got[0] == pytest.approx(pw, abs=5e-4) and got[1] == n_pairs, (col, value)
+            assert got[2] == pytest.approx(one, abs=5e-4) and got[4] == n_prompts, (col, value)
+            assert got[3] == pytest.approx(chance, abs=5e-4)
+    by_d = _expected_by(scores, {e: int(v["difficulty"]) for e, v in ex.items()})
+    assert by_d[1][0] == 1.0 and 0 < by_d[2][0] < 1 and by_d[4][0] == 0.0  # the case is varied
+    margins = [1.5 - s for (e, i), s in scores.items() if i > 0]
+    for m in (0, 1):
+        kept = [x for x in margins if abs(x) > m]
+        acc = sum(x > 0 for x in kept) / len(kept)
+        want_line = (
+            f"  imp m={m}: accuracy {acc:.3f} ({len(kept)} pairs, "
+            f"kept {len(kept) / len(margins):.3f})"
+        )
+        assert want_line in lines
+
+    # the same numbers as JSON, unrounded
+    assert run_cli(*argv, "--margins", "0,1", "--json") == 0
+    judged = json.loads(capsys.readouterr().out)
+    rows = judged["sources"]["imp"]["by"]["difficulty"]
+    assert [r["value"] for r in rows] == [1.0, 2.0, 3.0, 4.0]
+    for r in rows:
+        pw, n_pairs, one, chance, _ = by_d[int(r["value"])]
+        assert (r["pairwise"], r["n_pairs"], r["one_of_n"]) == (
+            pytest.approx(pw),
+            n_pairs,
+            pytest.approx(one),
+        )
+        assert r["one_of_n_chance"] == pytest.approx(chance)
+    curve = judged["sources"]["imp"]["margins"]
+    assert [c["n_pairs"] for c in curve] == [sum(abs(x) > m for x in margins) for m in (0, 1)]
+    assert judged["by_side"] == "example"
+
+    # by the rejected response's value: no 1-of-N per rejected response
+    assert run_cli(*argv, "--side", "rejected") == 0
+    out = capsys.readouterr().out
+    assert "by difficulty (side rejected):" in out
+    assert "1-of-N accuracy n/a (not defined per rejected response)" in out
+
+
+def test_judge_by_names_what_exists_when_nothing_matches(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _import_scores(db, tmp_path, {(e, i): float(i == 0) for e, i, *_ in _responses(db)}, "one")
+    capsys.readouterr()
+    base = ["judge", "--dataset", "prefs", "--db", str(db)]
+    for extra, want in (
+        (
+            ["--by", "colour"],
+            "--by colour: dataset 'prefs' has no label, tag or cluster of that name; labels: "
+            "difficulty, n_rejected; tags: ",
+        ),
+        (["--by", "cluster"], "--by cluster: dataset 'prefs' has no cluster run yet"),
+        (["--margins", "0,big"], "--margins '0,big': expected numbers"),
+        (["--margins", "-1"], "margins must be finite numbers >= 0"),
+        (["--calibration", "stars"], "dataset 'prefs' has no label 'stars'; labels: difficulty"),
+    ):
+        assert run_cli(*base, *extra) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert want in err and "\n" not in err, err
+    chats = ["judge", "--dataset", "chats", "--db", str(db), "--by", "task"]
+    assert run_cli(*chats) == 2
+    assert "need a preference set" in capsys.readouterr().err
+
+
+def _write_rated_chats(path: Path, feedback: list[int | None]) -> Path:
+    """Demo chats with a WildReward-style ``feedback`` rating each (None: unrated)."""
+    from core.demo_data import write_demo_chats
+
+    src = write_demo_chats(path.with_suffix(".src.jsonl"), n=len(feedback))
+    rows = [json.loads(x) for x in src.read_text().splitlines()]
+    path.write_text(
+        "".join(
+            json.dumps({**r, "feedback": f}) + "\n" for r, f in zip(rows, feedback, strict=True)
+        )
+    )
+    return path
+
+
+def _ece_by_hand(logits: np.ndarray, labels: np.ndarray, n_bins: int) -> float:
+    """Top-label ECE from CORAL logits, written out: cumulative sigmoids made non-increasing,
+    class probabilities as their differences, bins (lo, hi] of the top probability."""
+    above = 1 / (1 + np.exp(-logits))
+    for k in range(1, above.shape[1]):
+        above[:, k] = np.minimum(above[:, k], above[:, k - 1])
+    cum = np.hstack([np.ones((len(above), 1)), above, np.zeros((len(above), 1))])
+    probs = cum[:, :-1] - cum[:, 1:]
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1) + 1
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        inside = bins == b
+        if inside.any():
+            total += inside.sum() * abs(
+                (pred[inside] == labels[inside]).mean() - conf[inside].mean()
+            )
+    return total / len(labels)
+
+
+def test_calibration_of_an_ordinal_rm_against_feedback(
+    db: Path, tmp_path: Path, ordinal_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from core.reward_models import calibration
+
+    feedback = [None, 1, 2, 3, 4, 4, 3, 2, 1, 2, 3, 4]
+    rated = _write_rated_chats(tmp_path / "rated.jsonl", feedback)
+    assert (
+        run_cli("ingest", str(rated), "--dataset", "rated", "--kind", "chats", "--db", str(db)) == 0
+    )
+    store = Store(db)
+    rid = score_rewards(store, dataset="rated", model=str(ordinal_dir), head="ordinal", name="wild")
+    stored = store.reward_scores(rid).to_pandas()
+    assert (stored["response_idx"] == -1).all()
+    ids = store.labels("rated", "feedback").to_pandas().dropna()
+    got = calibration(store, dataset="rated", name="wild", label="feedback", n_bins=5)
+    logits = np.stack(stored.set_index("example_id").loc[ids["example_id"], "logits"].to_list())
+    labels = ids["value"].to_numpy()
+    assert (got["n"], got["k"], got["n_unlabelled"]) == (11, 4, 1)
+    assert got["ece"] == pytest.approx(_ece_by_hand(logits.astype(float), labels, 5), abs=1e-6)
+    assert got["label_counts"] == {1: 2, 2: 3, 3: 3, 4: 3}
+    assert sum(b["count"] for b in got["table"]) == 11 and len(got["table"]) == 5
+    assert got["mean_reward"] == pytest.approx(
+        stored["value"][stored["example_id"].isin(ids["example_id"])].mean()
+    )
+
+    # the CLI: the ordinal source is calibrated, an imported one is skipped with the reason
+    flat = tmp_path / "flat.jsonl"
+    flat.write_text(
+        "".join(json.dumps({"id": e, "score": 1.0}) + "\n" for e in stored["example_id"])
+    )
+    assert (
+        run_cli(
+            "import-rewards", str(flat), "--dataset", "rated", "--name", "flat", "--db", str(db)
+        )
+        == 0
+    )
+    capsys.readouterr()
+    argv = ["judge", "--dataset", "rated", "--db", str(db), "--calibration", "feedback"]
+    assert run_cli(*argv, "--bins", "5") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"wild calibration against 'feedback': ECE {got['ece']:.3f} (n 11, K 4," in "\n".join(
+        out
+    )
+    assert any(line.endswith("labels 1: 2, 2: 3, 3: 3, 4: 3") for line in out)
+    assert sum(line.startswith("  confidence (") for line in out) == sum(
+        b["count"] > 0 for b in got["table"]
+    )
+    assert any(line.startswith("flat calibration: skipped: no logits") for line in out)
+    # chats pair no responses: the agreement line says n/a rather than failing
+    assert "flat vs wild: Spearman n/a, pair agreement n/a (0 pairs)" in "\n".join(out)
+    with pytest.raises(StudioError, match="reward 'flat' has no logits"):
+        calibration(store, dataset="rated", name="flat", label="feedback")
+
+    # a rating outside 1..K names the example and the value
+    five = _write_rated_chats(tmp_path / "five.jsonl", [1, 5, 2])
+    assert (
+        run_cli("ingest", str(five), "--dataset", "five", "--kind", "chats", "--db", str(db)) == 0
+    )
+    score_rewards(store, dataset="five", model=str(ordinal_dir), head="ordinal", name="wild")
+    second = store.labels("five", "feedback").column("example_id").to_pylist()[1]
+    with pytest.raises(StudioError, match=rf"example '{second}' has label 5, outside 1..4"):
+        calibration(store, dataset="five", name="wild", label="feedback")
+
+
+def test_calibration_of_a_preference_set_matches_the_chosen_response(
+    db: Path, ordinal_dir: Path
+) -> None:
+    from core.reward_models import calibration
+
+    store = Store(db)
+    rid = score_rewards(store, dataset="prefs", model=str(ordinal_dir), head="ordinal", name="w")
+    got = calibration(store, dataset="prefs", name="w", label="difficulty")
+    n_rejected = sum(r[1] > 0 for r in _responses(db))
+    assert (got["n"], got["n_unlabelled"], got["n_other_responses"]) == (N_PREF, 0, n_rejected)
+    chosen = store.reward_scores(rid).to_pandas().query("response_idx == 0")
+    labels = store.labels("prefs", "difficulty").to_pandas().set_index("example_id")["value"]
+    logits = np.stack(chosen["logits"].to_list()).astype(float)
+    want = _ece_by_hand(logits, labels.reindex(chosen["example_id"]).to_numpy(), 10)
+    assert got["ece"] == pytest.approx(want, abs=1e-6)

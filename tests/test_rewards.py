@@ -1,8 +1,9 @@
 """Reward metrics on hand-made cases: CORAL against a direct computation, ties and uneven N in
 pairwise and 1-of-N accuracy, perfect / inverted / constant scorers, agreement of identical and
-reversed sources, calibration of calibrated and miscalibrated probabilities, SAE feature shifts
-against scipy's tests, and a Bradley-Terry probe that finds a planted weight vector out of fold
-(and stays at chance on noise)."""
+reversed sources (overall and within groups of responses), calibration of calibrated and
+miscalibrated probabilities and of CORAL logits against labels, SAE feature shifts against scipy's
+tests, and a Bradley-Terry probe that finds a planted weight vector out of fold (and stays at
+chance on noise), with per-response scores from the fold model that never saw the prompt."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from core.rewards import (
     _group_folds,
     accuracy_by,
     agreement,
+    agreement_by,
     best_of_n_picks,
     binary_calibration_error,
     bt_probe,
@@ -31,6 +33,7 @@ from core.rewards import (
     feature_preference_shift,
     margin_curve,
     one_of_n_accuracy,
+    ordinal_calibration,
     pairwise_accuracy,
     preference_pairs,
     reliability_table,
@@ -356,6 +359,83 @@ def test_disagreement_ranks_and_order():
 # ----------------------------------------------------------------------------- calibration
 
 
+def _keyed(scores: dict[str, list[float]], **cols: dict[str, list]) -> pd.DataFrame:
+    """{example_id: [score per response]} -> example_id, response_idx, score (+ columns)."""
+    rows = [
+        {"example_id": ex, "response_idx": i, "score": s, **{c: v[ex][i] for c, v in cols.items()}}
+        for ex, vals in scores.items()
+        for i, s in enumerate(vals)
+    ]
+    return pd.DataFrame(rows)
+
+
+def _by_group(frame: pd.DataFrame) -> dict:
+    return {r["group"]: r for r in frame.to_dict("records")}
+
+
+def test_agreement_by_group_of_responses_best_of_n():
+    a = _keyed({"p": [1.0, 2.0, 3.0, 4.0], "q": [4.0, 3.0, 2.0, 1.0]})
+    b = _keyed({"p": [2.0, 1.0, 3.0, 4.0], "q": [4.0, 3.0, 1.0, 2.0]})
+    groups = _keyed(
+        {"p": [0, 0, 0, 0], "q": [0, 0, 0, 0]},
+        group={"p": ["x", "x", "y", "y"], "q": ["x", "x", "y", "z"]},
+    ).drop(columns="score")
+    out = agreement_by(a, b, groups)
+    assert out["group"].tolist() == ["x", "y", "z"]
+    x, y, z = (_by_group(out)[g] for g in "xyz")
+    # x: p0 p1 q0 q1; a = 1 2 4 3, b = 2 1 4 3: one rank swap of four
+    assert x["n_items"] == 4
+    assert x["spearman"] == pytest.approx(0.8) and x["kendall"] == pytest.approx(4 / 6)
+    # pairs only within a prompt inside x: (p0, p1) flipped, (q0, q1) agreed
+    assert (x["pair_agreement"], x["n_pairs"]) == (0.5, 2)
+    # best of x per prompt: p: a picks 1, b picks 0; q: both pick 0
+    assert (x["top1_agreement"], x["top1_chance"], x["n_prompts"]) == (0.5, 0.5, 2)
+    # y: p2 p3 q2, the same order in both; q has one response in y: no pair, no pick
+    assert y["n_items"] == 3 and y["spearman"] == pytest.approx(1.0)
+    assert (y["pair_agreement"], y["n_pairs"], y["top1_agreement"], y["n_prompts"]) == (
+        1.0,
+        1,
+        1.0,
+        1,
+    )
+    # z: one response, nothing is defined
+    assert z["n_items"] == 1 and z["n_pairs"] == 0 and z["n_prompts"] == 0
+    for col in ("spearman", "kendall", "pair_agreement", "top1_agreement"):
+        assert math.isnan(z[col]), col
+    # the same as agreement() on the group's responses alone
+    in_y = groups["group"].eq("y").to_numpy()
+    alone = agreement(a[in_y], b[in_y])
+    assert alone.spearman == pytest.approx(y["spearman"]) and alone.n_pairs == y["n_pairs"]
+
+
+def test_agreement_by_on_preferences_needs_both_sides_in_the_group():
+    a = _prefs({"p": [3.0, 1.0, 2.0], "q": [1.0, 2.0]})
+    b = _prefs({"p": [3.0, 2.0, 1.0], "q": [5.0, 5.0]})
+    per_response = a[["example_id", "response_idx"]].assign(group=["g1", "g1", "g2", "g1", "g1"])
+    g1, g2 = (_by_group(agreement_by(a, b, per_response))[g] for g in ("g1", "g2"))
+    # g1 pairs: (p0, p1) agree; (q0, q1) a orders it, b ties: 0.5. (p0, p2) crosses groups
+    assert (g1["n_items"], g1["pair_agreement"], g1["n_pairs"]) == (4, 0.75, 2)
+    assert (g2["n_items"], g2["n_pairs"]) == (1, 0) and math.isnan(g2["pair_agreement"])
+    # a group per prompt (no response_idx): q's b scores are constant -> no correlation
+    per_prompt = pd.DataFrame({"example_id": ["p", "q"], "group": ["A", "B"]})
+    A, B = (_by_group(agreement_by(a, b, per_prompt))[g] for g in "AB")
+    assert (A["pair_agreement"], A["n_pairs"], A["spearman"]) == (1.0, 2, pytest.approx(0.5))
+    assert math.isnan(B["spearman"]) and math.isnan(B["kendall"])
+    assert B["pair_agreement"] == 0.5
+    assert B["top1_agreement"] == 0.5  # a picks q1; b ties q0 and q1
+    # a response missing from groups falls in a row of its own, last
+    partial = agreement_by(a, b, per_response.iloc[:-1])
+    assert partial["n_items"].tolist() == [3, 1, 1] and _missing_last(partial["group"].tolist())
+    with pytest.raises(StudioError, match="more than one group"):
+        agreement_by(a, b, pd.concat([per_response, per_response.iloc[:1]]))
+    with pytest.raises(StudioError, match="missing column"):
+        agreement_by(a, b, per_response.rename(columns={"group": "cluster"}))
+
+
+def _missing_last(values: list) -> bool:
+    return values[:-1] == ["g1", "g2"] and isinstance(values[-1], float) and math.isnan(values[-1])
+
+
 def test_ece_calibrated_and_miscalibrated():
     probs = np.array([[0.75, 0.25]] * 4)
     assert expected_calibration_error(probs, np.array([1, 1, 1, 2])) == 0.0
@@ -467,6 +547,35 @@ def test_feature_preference_shift_edge_cases():
         feature_preference_shift(C, np.array([[np.nan, 0.0], [0.0, 0.0]]))
 
 
+def test_ordinal_calibration_on_hand_made_logits():
+    ln3 = math.log(3.0)
+    logits = np.array([[0.0, 0.0], [0.0, 0.0], [ln3, -ln3], [ln3, -ln3], [20.0, 20.0]])
+    # class probabilities (K = 3): [.5, 0, .5] (class 1 wins the tie), [.25, .5, .25], ~[0, 0, 1]
+    labels = np.array([1, 3, 2, 2, 3])
+    cal = ordinal_calibration(logits, labels, ids=list("abcde"))
+    assert (cal.n, cal.k) == (5, 3)
+    # four rows at confidence 0.5, right 3 times (gap .25); one at ~1, right: ECE = 4 * .25 / 5
+    assert cal.ece == pytest.approx(0.2, abs=1e-8)
+    assert cal.ece == pytest.approx(expected_calibration_error(coral_class_probs(logits), labels))
+    used = cal.table[cal.table["count"] > 0]
+    assert used["bin"].tolist() == [4, 9] and used["count"].tolist() == [4, 1]
+    assert used["accuracy"].tolist() == [0.75, 1.0]
+    assert cal.label_counts == {1: 1, 2: 2, 3: 2}
+    assert cal.predicted_counts == {1: 2, 2: 2, 3: 1}
+    assert cal.accuracy == pytest.approx(0.8) and cal.mean_label == pytest.approx(2.2)
+    assert cal.mean_reward == pytest.approx(2.2)  # 2, 2, 2, 2 and ~3
+    plain = cal.to_dict()
+    assert plain["table"][0]["confidence"] is None and plain["table"][4]["count"] == 4
+    with pytest.raises(StudioError, match=r"example 'c' has label 4, outside 1..3"):
+        ordinal_calibration(logits, [1, 3, 4, 2, 3], ids=list("abcde"))
+    with pytest.raises(StudioError, match=r"row 0 has label 1.5"):
+        ordinal_calibration(logits, [1.5, 3, 2, 2, 3])
+    with pytest.raises(StudioError, match="K >= 3"):
+        ordinal_calibration(np.zeros((2, 1)), [1, 2])
+    with pytest.raises(StudioError, match="labels of shape"):
+        ordinal_calibration(logits, [1, 2])
+
+
 # -------------------------------------------------------------------------- BT reward probe
 
 
@@ -552,6 +661,56 @@ def test_bt_probe_keeps_prompts_in_one_fold():
     assert leaky.accuracy.value > 0.62  # every pair its own group: duplicates leak
     chosen = bt_probe(D, groups=np.repeat(np.arange(120), 4), n_boot=0)  # inner search on
     assert 0.4 < chosen.accuracy.value < 0.6
+
+
+def test_bt_probe_scores_each_response_out_of_fold():
+    X, _, pairs, groups = _planted_preferences(n_prompts=60, seed=2)
+    D = X[pairs[:, 0]] - X[pairs[:, 1]]
+    probe = bt_probe(D, groups=groups, folds=3, n_boot=0)
+    assert probe.fold_weights.shape == (3, X.shape[1])
+    assert probe.fold_groups.tolist() == list(range(60)) and set(probe.group_fold) == {0, 1, 2}
+    # chosen minus rejected, each response scored on its own, is the out-of-fold margin
+    chosen = probe.score_out_of_fold(X[pairs[:, 0]], groups)
+    rejected = probe.score_out_of_fold(X[pairs[:, 1]].toarray(), groups)
+    np.testing.assert_allclose(chosen - rejected, probe.oof_margin, rtol=0, atol=1e-10)
+    np.testing.assert_array_equal(probe.score_out_of_fold(D, groups), probe.oof_margin)
+    # each prompt by the model of the fold it was held out in, and by no other
+    for p in (0, 17, 59):
+        rows = groups == p
+        k = int(probe.group_fold[p])
+        got = probe.score_out_of_fold(X[pairs[rows, 0]], groups[rows])
+        np.testing.assert_allclose(got, X[pairs[rows, 0]] @ probe.fold_weights[k])
+        for j in {0, 1, 2} - {k}:
+            assert not np.allclose(got, X[pairs[rows, 0]] @ probe.fold_weights[j])
+    # a prompt the probe never saw: the final weights
+    unseen = probe.score_out_of_fold(X[:5], np.array([1000, 1001, 1002, 1003, 1004]))
+    np.testing.assert_allclose(unseen, probe.score(X[:5]))
+    mixed = probe.score_out_of_fold(X[:2], np.array([0, 1000]))
+    assert mixed[1] == pytest.approx(probe.score(X[1:2])[0])
+    assert mixed[0] == pytest.approx((X[0] @ probe.fold_weights[probe.group_fold[0]])[0])
+    with pytest.raises(StudioError, match="one value per row"):
+        probe.score_out_of_fold(X[:3], groups[:2])
+    with pytest.raises(StudioError, match="fitted on 40 features"):
+        probe.score_out_of_fold(np.zeros((2, 3)), [0, 1])
+
+
+def test_out_of_fold_scores_do_not_leak_a_prompt_into_its_own_score():
+    # every prompt's 4 pairs are the same random difference: nothing carries across prompts,
+    # so any model that saw a prompt "predicts" it and one that did not is at chance
+    rng = np.random.default_rng(0)
+    D = np.repeat(rng.normal(size=(120, 60)), 4, axis=0)
+    groups = np.repeat(np.arange(120), 4).astype(str)
+    probe = bt_probe(D, groups=groups, penalty="l2", cs=[10.0], n_boot=0)
+    zeros = np.zeros_like(D)  # the rejected responses: a chosen row's score is its margin
+    oof = probe.score_out_of_fold(D, groups) - probe.score_out_of_fold(zeros, groups)
+    assert 0.35 < (oof > 0).mean() < 0.65
+    assert (probe.score(D) > 0).mean() > 0.75  # the final weights saw every prompt
+    # the fold models that saw a prompt would leak it: score each row with the next fold's
+    fold_of = dict(zip(probe.fold_groups.tolist(), probe.group_fold.tolist(), strict=True))
+    row_fold = np.array([fold_of[g] for g in groups])
+    np.testing.assert_allclose(np.einsum("nd,nd->n", D, probe.fold_weights[row_fold]), oof)
+    wrong = np.einsum("nd,nd->n", D, probe.fold_weights[(row_fold + 1) % probe.folds])
+    assert (wrong > 0).mean() > 0.85
 
 
 def test_bt_probe_bad_input():
