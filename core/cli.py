@@ -421,8 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--by",
         action="append",
         metavar="COLUMN",
-        help="pairwise and 1-of-N accuracy per value of a label, a tag or 'cluster' (the latest "
-        "cluster run); repeat it or give a comma list",
+        help="pairwise and 1-of-N accuracy per value of a label, a tag, 'cluster' (the latest "
+        "cluster run) or 'response_cluster' (each response's cluster in DATASET.responses; "
+        "with --side chosen or rejected); repeat it or give a comma list",
     )
     sp.add_argument(
         "--side",
@@ -453,6 +454,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--dataset", required=True)
     sp.add_argument("--name", default="verifier", help="name of the scores (verifier)")
+
+    sp = cmd(
+        "responses",
+        "Derive DATASET.responses from a preference set: one example per chosen or rejected "
+        "response, to featurize (--pool-over response), cluster and map.",
+    )
+    sp.add_argument("--dataset", required=True, help="a preference set")
+    sp.add_argument("--replace", action="store_true", help="rebuild it if it exists")
+
+    sp = cmd(
+        "reward-probe",
+        "Train a Bradley-Terry reward probe on the SAE features (or dense baseline) of chosen "
+        "vs rejected responses; stored as a reward, scored out of fold.",
+    )
+    sp.add_argument("--dataset", required=True, help="a preference set with DATASET.responses")
+    sp.add_argument("--features", choices=["sae", "dense"], default="sae")
+    sp.add_argument("--name", help="name of the scores (default bt-probe-FEATURES)")
+    sp.add_argument("--feature-run", type=int, help="feature run of DATASET.responses")
+    sp.add_argument("--folds", type=int, default=5)
+    sp.add_argument("--penalty", choices=["auto", "l2", "l1"], default="auto")
+    sp.add_argument("--seed", type=int, default=0)
+
+    sp = cmd(
+        "preference-features",
+        "SAE features ranked by how much more they fire in chosen than in rejected responses.",
+    )
+    sp.add_argument("--dataset", required=True, help="a preference set with DATASET.responses")
+    sp.add_argument("--top", type=int, default=20, help="features to print (20)")
+    sp.add_argument("--feature-run", type=int, help="feature run of DATASET.responses")
+
+    sp = cmd(
+        "disagree",
+        "Where two reward sources disagree most, and the SAE features that predict it "
+        "(a sparse probe).",
+    )
+    sp.add_argument("--dataset", required=True, help="a preference set with DATASET.responses")
+    sp.add_argument("--a", required=True, help="a reward name")
+    sp.add_argument("--b", required=True, help="another reward name")
+    sp.add_argument("--top", type=int, default=10, help="responses and features to print (10)")
+    sp.add_argument("--seed", type=int, default=0)
 
     sp = cmd("dedup", "Group near-duplicate examples (cosine of SAE vectors >= threshold).")
     sp.add_argument("--dataset", required=True)
@@ -824,6 +865,79 @@ def run(args: argparse.Namespace) -> int:
             f"reward run {run_id} '{args.name}': {s['n']} responses verified, mean "
             f"{s['mean']:.3f} ({', '.join(f'{k}: {v}' for k, v in s['by_method'].items())})"
         )
+    elif args.command == "responses":
+        name = steps.responses_dataset(store, dataset=args.dataset, replace=args.replace)
+        n = store.dataset(name)["n_examples"]
+        print(
+            f"dataset '{name}': {n} responses of '{args.dataset}' (featurize it with "
+            "--pool-over response)"
+        )
+    elif args.command == "reward-probe":
+        run_id = steps.reward_probe(
+            store,
+            dataset=args.dataset,
+            features=args.features,
+            feature_run=args.feature_run,
+            name=args.name,
+            seed=args.seed,
+            folds=args.folds,
+            penalty=args.penalty,
+        )
+        run = store.run(run_id)
+        c, s = run["config"], run["summary"]
+        a = s["pairwise_oof"]
+        print(
+            f"reward run {run_id} '{c['name']}': Bradley-Terry probe on {c['features']} features "
+            f"of {c['responses_dataset']} (feature run {c['feature_run']}); out-of-fold pairwise "
+            f"accuracy {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] over "
+            f"{s['n_pairs']} pairs of {s['n_prompts']} prompts; {s['penalty']} penalty, "
+            f"C {s['C']:g}, {s['n_nonzero']} nonzero weights"
+        )
+        if not s["n_nonzero"]:
+            print(
+                "  every weight is zero: the strongest penalty validated best, so these features "
+                "carry no chosen-vs-rejected signal the probe could confirm (all pairs are ties)"
+            )
+        for w in s["top_weights"][:10]:
+            label = f"  {w['label']}" if w["label"] else ""
+            print(
+                f"  {'f' if c['features'] == 'sae' else 'dim '}{w['feature']}: {w['weight']:+.4f}{label}"
+            )
+    elif args.command == "preference-features":
+        shift = steps.preference_shift(
+            store, dataset=args.dataset, feature_run=args.feature_run, top=args.top
+        )
+        print(
+            f"{'feature':<9}{'chosen-rejected':>16}{'fires chosen/rejected':>23}"
+            f"{'pairs up/down':>15}{'sign p':>9}  label"
+        )
+        for r in shift.sort_values("mean_diff", ascending=False).itertuples():
+            fires = f"{r.fire_chosen:.2f}/{r.fire_rejected:.2f}"
+            print(
+                f"{'f' + str(r.feature_id):<9}{r.mean_diff:>+16.4f}{fires:>23}"
+                f"{f'{r.n_pos}/{r.n_neg}':>15}{r.sign_p:>9.2g}  {r.label}"
+            )
+    elif args.command == "disagree":
+        d = steps.disagreement_probe(
+            store, dataset=args.dataset, a=args.a, b=args.b, seed=args.seed
+        )
+        r2 = d.metrics.get("r2")
+        rho = d.metrics.get("spearman")
+        print(
+            f"{len(d.table)} responses scored by both; rank_diff = rank under {args.a} - rank "
+            f"under {args.b} (ranks in [0, 1])"
+        )
+        for r in d.table.head(args.top).itertuples():
+            text = " ".join(str(r.response or "").split())[:80]
+            print(f"  {r.example_id} #{r.response_idx}: {r.rank_diff:+.3f}  {text}")
+        print(
+            f"sparse probe of rank_diff on SAE features: out-of-fold R2 "
+            f"{'n/a' if r2 is None else f'{r2:.3f}'}, Spearman "
+            f"{'n/a' if rho is None else f'{rho:.3f}'}; {d.params.get('n_nonzero', 0)} nonzero "
+            f"weights, the {min(args.top, len(d.weights))} largest:"
+        )
+        for w in d.weights.head(args.top).itertuples():
+            print(f"  f{w.feature_id}: {w.weight:+.4f}  {w.label}")
     elif args.command == "dedup":
         run_id = steps.dedup(
             store, dataset=args.dataset, threshold=args.threshold, feature_run=args.feature_run

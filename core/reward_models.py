@@ -755,11 +755,14 @@ def _reward_frames(
 def category_values(store: Store, *, dataset: str, columns: Sequence[str]) -> pd.DataFrame:
     """One row per example of ``dataset`` (index ``example_id``), one column per name in
     ``columns``: a numeric label, a string tag, or ``cluster`` (the latest cluster run's
-    assignment). A name that is none of these is a one-line error listing what exists."""
+    assignment). A name that is none of these is a one-line error listing what exists.
+    ``response_cluster`` is per response, not per example: it is skipped here (see
+    :func:`response_clusters`)."""
     from core.store import Views
 
     labels, tags = store.label_names(dataset), store.tag_names(dataset)
     cluster_run = store.latest_run(dataset=dataset, step="cluster")
+    columns = [c for c in columns if c != RESPONSE_CLUSTER]
     for col in columns:
         if col == "cluster" and cluster_run is None:
             raise StudioError(
@@ -777,6 +780,28 @@ def category_values(store: Store, *, dataset: str, columns: Sequence[str]) -> pd
     views = Views(None, cluster_run, None)
     wide = store.wide(dataset, views=views, columns=["id", *cols]).to_pandas()
     return wide.set_index("id").rename_axis("example_id")[cols]
+
+
+RESPONSE_CLUSTER = "response_cluster"  # --by: each response's cluster in <dataset>.responses
+
+
+def response_clusters(store: Store, *, dataset: str) -> pd.Series:
+    """Each response's cluster, indexed by (example_id, response_idx), from the latest cluster
+    run of the preference set's responses dataset (``python -m core responses``)."""
+    from core.store import RESPONSES_SUFFIX, Views
+
+    resp = dataset + RESPONSES_SUFFIX
+    known = set(store.list_datasets()["name"])
+    run = store.latest_run(dataset=resp, step="cluster") if resp in known else None
+    if run is None:
+        raise StudioError(
+            f"--by {RESPONSE_CLUSTER}: '{resp}' has no cluster run (run `python -m core "
+            f"responses --dataset {dataset}`, featurize and cluster '{resp}')"
+        )
+    keys = store.response_keys(resp).to_pandas()
+    wide = store.wide(resp, views=Views(None, run, None), columns=["id", "cluster"]).to_pandas()
+    keys = keys.merge(wide, on="id", how="left")
+    return keys.set_index(["example_id", "response_idx"])["cluster"]
 
 
 def _has_logits(frame: pd.DataFrame) -> bool:
@@ -864,7 +889,7 @@ def judge(
     prints.
 
     Optional, per source (``sources[name]``): ``by[column]``, the accuracies per value of each
-    column in ``by`` (a label, a tag or ``cluster``; core.rewards.accuracy_by with ``side``,
+    column in ``by`` (a label, a tag, ``cluster`` or ``response_cluster``; core.rewards.accuracy_by with ``side``,
     rows with ``value``); ``margins``, the margin curve (core.rewards.margin_curve);
     ``calibration``, the calibration against ``calibration_label`` (:func:`calibration`), or
     ``{"skipped": why}`` for a source without logits. Plain data throughout (NaN as None)."""
@@ -880,6 +905,9 @@ def judge(
             "need a preference set (a chosen and rejected responses)"
         )
     values = category_values(store, dataset=dataset, columns=by) if by else None
+    per_response = (
+        response_clusters(store, dataset=dataset) if RESPONSE_CLUSTER in (by or ()) else None
+    )
     labels = (
         _label_series(store, dataset, calibration_label) if calibration_label is not None else None
     )
@@ -894,8 +922,14 @@ def judge(
         if values is not None:
             base = f[["example_id", "response_idx", "role", "score"]]
             row["by"] = {}
-            for col in values.columns:
-                g = base.assign(value=base["example_id"].map(values[col]).to_numpy())
+            for col in by:
+                if col == RESPONSE_CLUSTER:
+                    assert per_response is not None
+                    at = pd.MultiIndex.from_frame(base[["example_id", "response_idx"]])
+                    value = per_response.reindex(at).to_numpy()
+                else:
+                    value = base["example_id"].map(values[col]).to_numpy()
+                g = base.assign(value=value)
                 table = rewards.accuracy_by(g, by="value", side=side)  # type: ignore[arg-type]
                 row["by"][col] = _records(table)
         if margins is not None:

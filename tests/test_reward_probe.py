@@ -222,3 +222,23 @@ def test_reward_frame(rewards_db: Path) -> None:
     # a prompt set has no candidates; its frame is empty but has the columns
     empty = steps.reward_frame(store, dataset="demo")
     assert empty.empty and {"cluster", "x", "y"} <= set(empty.columns)
+
+
+def test_judge_by_response_cluster(rewards_db: Path, capsys) -> None:
+    from core.reward_models import judge
+
+    store = Store(rewards_db)
+    judged = judge(store, dataset="prefs", by=["response_cluster"], side="chosen")
+    rows = judged["sources"]["verifier"]["by"]["response_cluster"]
+    frame = steps.reward_frame(store, dataset="prefs")
+    chosen = frame[frame["role"].eq("chosen")]
+    want = chosen["cluster"].value_counts().sort_index()
+    assert [r["value"] for r in rows] == want.index.tolist()
+    assert [r["n_examples"] for r in rows] == want.tolist()
+    assert sum(r["n_pairs"] for r in rows) == judged["sources"]["verifier"]["pairwise"]["n"]
+    assert all(r["pairwise"] == 1.0 for r in rows)  # the verifier always prefers the chosen
+    db = ("--db", str(rewards_db))
+    # a response's cluster differs within a prompt: per example it is refused in one line
+    assert run_cli("judge", "--dataset", "prefs", "--by", "response_cluster", *db) == 2
+    assert "differs between the responses" in capsys.readouterr().err
+    assert run_cli("judge", "--dataset", "demo", "--by", "response_cluster", *db) == 2
