@@ -1349,8 +1349,9 @@ def build_demo(
     """Build the demo database from scratch: reasoning-gym prompts -> ingest -> train an SAE on
     MiniLM layer 3 -> featurize (with the dense baseline) -> cluster (k sweep, baselines) ->
     near-duplicates -> simulated rollouts -> a preference set and a chat set (verified
-    reasoning-gym answers) -> difficulty and quality probes -> project. Written to a temp file, renamed at the end,
-    so an interrupted build never leaves a half-built demo behind."""
+    reasoning-gym answers) -> difficulty and quality probes -> project -> the preference set's
+    responses featurized, clustered and mapped, with reward probes on them. Written to a temp
+    file, renamed at the end, so an interrupted build never leaves a half-built demo behind."""
     from core.demo_data import (
         DEMO_ROLLOUT_SOURCE,
         write_demo_chats,
@@ -1376,6 +1377,25 @@ def build_demo(
     def rollouts() -> None:
         path = write_demo_rollouts(work / "rollouts.jsonl", jsonl, seed=seed)
         ingest_rollouts(store, dataset="demo", path=path, source=DEMO_ROLLOUT_SOURCE)
+
+    def responses() -> None:
+        """demo_prefs's responses featurized on their own (read after their prompt), clustered
+        and mapped; Bradley-Terry reward probes on their SAE and dense features."""
+        name = responses_dataset(store, dataset="demo_prefs")
+        featurize(
+            store,
+            dataset=name,
+            model=MINILM_HUB_ID,
+            layer=DEMO_LAYER,
+            sae_path=str(sae_dir),
+            pool_over="response",
+            dense=True,
+            resume=False,
+        )
+        cluster(store, dataset=name, cfg=ClusterConfig(seed=seed, sweep="auto"))
+        project(store, dataset=name, cfg=ProjectConfig(seed=seed))
+        for features in PROBE_FEATURES:
+            reward_probe(store, dataset="demo_prefs", features=features, seed=seed)
 
     # (what the progress bar shows, the step): run in order, one tick each
     pipeline: list[tuple[str, Callable[[], object]]] = [
@@ -1447,6 +1467,7 @@ def build_demo(
             lambda: probe(store, dataset="demo", signal="quality", label="quality", seed=seed),
         ),
         ("project (UMAP)", lambda: project(store, dataset="demo", cfg=ProjectConfig(seed=seed))),
+        ("responses: features, clusters, map, reward probes", responses),
     ]
     steps = tqdm(total=len(pipeline), desc="demo", unit="step", position=0)
     for label, step in pipeline:
