@@ -909,13 +909,13 @@ def run(args: argparse.Namespace) -> int:
         )
         print(
             f"{'feature':<9}{'chosen-rejected':>16}{'fires chosen/rejected':>23}"
-            f"{'pairs up/down':>15}{'sign p':>9}  label"
+            f"{'pairs up/down':>15}{'sign p':>9}{'q (BH)':>8}  label"
         )
         for r in shift.sort_values("mean_diff", ascending=False).itertuples():
             fires = f"{r.fire_chosen:.2f}/{r.fire_rejected:.2f}"
             print(
                 f"{'f' + str(r.feature_id):<9}{r.mean_diff:>+16.4f}{fires:>23}"
-                f"{f'{r.n_pos}/{r.n_neg}':>15}{r.sign_p:>9.2g}  {r.label}"
+                f"{f'{r.n_pos}/{r.n_neg}':>15}{r.sign_p:>9.2g}{r.sign_q:>8.2g}  {r.label}"
             )
     elif args.command == "disagree":
         d = steps.disagreement_probe(
