@@ -13,6 +13,7 @@ nav = st.navigation(
         st.Page("pages/clusters.py", title="Clusters", icon=":material/bubble_chart:"),
         st.Page("pages/difficulty.py", title="Difficulty", icon=":material/trending_up:"),
         st.Page("pages/quality.py", title="Quality", icon=":material/verified:"),
+        st.Page("pages/rewards.py", title="Rewards", icon=":material/thumbs_up_down:"),
         st.Page("pages/features.py", title="Features", icon=":material/manage_search:"),
         st.Page("pages/export.py", title="Export", icon=":material/download:"),
     ]

@@ -312,3 +312,311 @@ def kept_bars(
         legend={"orientation": "h", "y": 1.12},
     )
     return fig
+
+
+# --- the Rewards page -----------------------------------------------------------------------------
+OUTCOME_COLOURS = {"right": "#2ca02c", "wrong": "#d62728", "tie": "#9e9e9e"}
+ROLE_SYMBOLS = {"chosen": "circle", "rejected": "x", "response": "circle"}
+
+
+def _short(text: object, n: int = 48) -> str:
+    s = str(text)
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def accuracy_bars(table: pd.DataFrame, *, title: str, xaxis: str) -> go.Figure:
+    """Accuracy per category value: a bar per reward source in each value's group, its 95%
+    interval as an error bar, chance as a black dash. ``table``: source, group (text), acc,
+    low, high, chance, n (pairs or prompts)."""
+    fig = go.Figure()
+    for name, part in table.groupby("source", sort=False):
+        acc = part["acc"].to_numpy(dtype=float)
+        fig.add_trace(
+            go.Bar(
+                x=part["group"],
+                y=acc,
+                name=str(name),
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": part["high"].to_numpy(dtype=float) - acc,
+                    "arrayminus": acc - part["low"].to_numpy(dtype=float),
+                    "thickness": 1,
+                },
+                customdata=np.column_stack([part["low"], part["high"], part["n"]]),
+                hovertemplate=(
+                    f"<b>{html.escape(str(name))}</b> · %{{x}}<br>accuracy %{{y:.3f}} "
+                    "[%{customdata[0]:.3f}, %{customdata[1]:.3f}]<br>n %{customdata[2]}"
+                    "<extra></extra>"
+                ),
+            )
+        )
+    chance = table.drop_duplicates("group")
+    fig.add_trace(
+        go.Scatter(
+            x=chance["group"],
+            y=chance["chance"],
+            mode="markers",
+            name="chance",
+            marker={"symbol": "line-ew", "size": 28, "line": {"width": 2, "color": "#222"}},
+            hovertemplate="chance %{y:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        barmode="group",
+        height=360,
+        margin={"l": 10, "r": 10, "t": 70, "b": 10},
+        title={"text": title, "font": {"size": 13}},
+        xaxis_title=xaxis,
+        yaxis={"title": "accuracy", "range": [0, 1.05]},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0},
+    )
+    return fig
+
+
+def margin_figure(curves: pd.DataFrame, *, title: str) -> go.Figure:
+    """Pairwise accuracy against the share of pairs kept when only pairs with a score margin
+    above m are kept, one line per source. ``curves``: source, margin, accuracy, n_pairs,
+    kept_share."""
+    fig = go.Figure()
+    for name, part in curves.groupby("source", sort=False):
+        fig.add_trace(
+            go.Scatter(
+                x=part["kept_share"],
+                y=part["accuracy"],
+                mode="lines+markers",
+                name=str(name),
+                customdata=np.column_stack([part["margin"], part["n_pairs"]]),
+                hovertemplate=(
+                    f"<b>{html.escape(str(name))}</b><br>margin > %{{customdata[0]:.3g}}: "
+                    "%{customdata[1]} pairs (%{x:.1%})<br>accuracy %{y:.3f}<extra></extra>"
+                ),
+            )
+        )
+    fig.add_hline(y=0.5, line_dash="dot", line_color="#999", annotation_text="chance")
+    fig.update_layout(
+        height=340,
+        margin={"l": 10, "r": 10, "t": 70, "b": 10},
+        title={"text": title, "font": {"size": 13}},
+        xaxis={"title": "share of pairs kept", "tickformat": ".0%", "range": [1.02, -0.02]},
+        yaxis={"title": "pairwise accuracy", "range": [0, 1.05]},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0},
+    )
+    return fig
+
+
+def reward_scatter(df: pd.DataFrame, *, a: str, b: str) -> go.Figure:
+    """Every response's score under source a (x) against source b (y), coloured by its
+    cluster on the responses map, chosen as circles and rejected as crosses; the hover shows
+    the cluster label, the response and its prompt (escaped). ``df``: score_a, score_b, role,
+    cluster, cluster_label, prompt, response."""
+    fig = go.Figure()
+    palette = _palette()
+    has = df["cluster"].notna()
+    groups = [(int(c), df[df["cluster"] == c]) for c in sorted(df.loc[has, "cluster"].unique())]
+    if not bool(has.all()):
+        groups.append((-1, df[~has]))
+    for cluster, part in groups:
+        label = "" if cluster < 0 else str(part["cluster_label"].iloc[0])
+        name = "no cluster" if cluster < 0 else f"{cluster} · {label}"
+        custom = np.column_stack(
+            [
+                part["role"].astype(str),
+                [html.escape(name)] * len(part),
+                [hover_text(t) for t in part["response"]],
+                [hover_text(t) for t in part["prompt"]],
+            ]
+        )
+        fig.add_trace(
+            go.Scattergl(
+                x=part["score_a"],
+                y=part["score_b"],
+                mode="markers",
+                name=_short(name, 28),
+                marker={
+                    "size": 7,
+                    "opacity": 0.7,
+                    "color": "#888" if cluster < 0 else palette[cluster % len(palette)],
+                    "symbol": [ROLE_SYMBOLS.get(r, "circle") for r in part["role"]],
+                },
+                customdata=custom,
+                hovertemplate=(
+                    f"<b>%{{customdata[0]}}</b> · cluster %{{customdata[1]}}<br>"
+                    f"{html.escape(a)}: %{{x:.4g}} · {html.escape(b)}: %{{y:.4g}}<br>"
+                    "<b>response</b> %{customdata[2]}<br><b>prompt</b> %{customdata[3]}"
+                    "<extra></extra>"
+                ),
+            )
+        )
+    fig.update_layout(
+        height=460,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        xaxis_title=f"score under {a}",
+        yaxis_title=f"score under {b}",
+        legend={"itemsizing": "constant", "font": {"size": 10}, "title": {"text": "cluster"}},
+        meta="rewards-scatter",
+    )
+    return fig
+
+
+def pairs_map(points: pd.DataFrame, pairs: pd.DataFrame, *, source: str) -> go.Figure:
+    """The responses map with preference pairs drawn as arrows from the chosen response to
+    each rejected one, coloured by whether ``source`` orders the pair right (margin > 0),
+    wrong (< 0) or ties it. ``points``: x, y, role, cluster, cluster_label, response (every
+    response, faint, coloured by cluster); ``pairs``: x_chosen, y_chosen, x_rejected,
+    y_rejected, margin, example_id."""
+    fig = go.Figure()
+    palette = _palette()
+    has = points["cluster"].notna()
+    groups = [
+        (int(c), points[points["cluster"] == c])
+        for c in sorted(points.loc[has, "cluster"].unique())
+    ]
+    if not bool(has.all()):
+        groups.append((-1, points[~has]))
+    for cluster, part in groups:
+        name = "no cluster" if cluster < 0 else f"{cluster} · {part['cluster_label'].iloc[0]}"
+        fig.add_trace(
+            go.Scattergl(
+                x=part["x"],
+                y=part["y"],
+                mode="markers",
+                name=_short(name, 28),
+                legendgroup="clusters",
+                legendgrouptitle={"text": "responses by cluster"},
+                marker={
+                    "size": 5,
+                    "opacity": 0.35,
+                    "color": "#bbbbbb" if cluster < 0 else palette[cluster % len(palette)],
+                },
+                customdata=np.column_stack(
+                    [
+                        part["role"].astype(str),
+                        [html.escape(name)] * len(part),
+                        [hover_text(t) for t in part["response"]],
+                    ]
+                ),
+                hovertemplate="<b>%{customdata[0]}</b> · cluster %{customdata[1]}<br>"
+                "%{customdata[2]}<extra></extra>",
+            )
+        )
+    placed = pairs.dropna(subset=["x_chosen", "y_chosen", "x_rejected", "y_rejected"])
+    margin = placed["margin"].to_numpy(dtype=float)
+    outcome = np.where(margin > 0, "right", np.where(margin < 0, "wrong", "tie"))
+    names = {"right": "ordered right", "wrong": "ordered wrong", "tie": "tie"}
+    for key in ("right", "wrong", "tie"):
+        part = placed[outcome == key]
+        if part.empty:
+            continue
+        n = len(part)
+        xs = np.column_stack([part["x_chosen"], part["x_rejected"], np.full(n, np.nan)]).ravel()
+        ys = np.column_stack([part["y_chosen"], part["y_rejected"], np.full(n, np.nan)]).ravel()
+        text = np.repeat(
+            [
+                f"{html.escape(str(e))}: {html.escape(source)} margin {m:.3g}"
+                for e, m in zip(part["example_id"], part["margin"], strict=True)
+            ],
+            3,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines+markers",
+                name=f"{names[key]} ({n})",
+                legendgroup="pairs",
+                legendgrouptitle={"text": f"pairs under {html.escape(source)}"},
+                line={"color": OUTCOME_COLOURS[key], "width": 1},
+                opacity=0.75,
+                marker={
+                    "symbol": ["circle", "arrow", "circle"] * n,
+                    "size": [5, 9, 0] * n,
+                    "angleref": "previous",
+                    "color": OUTCOME_COLOURS[key],
+                },
+                text=text,
+                hovertemplate="%{text}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        height=600,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        xaxis={"showticklabels": False, "zeroline": False},
+        yaxis={"showticklabels": False, "zeroline": False},
+        legend={"itemsizing": "constant", "font": {"size": 10}, "groupclick": "toggleitem"},
+        meta="rewards-pairs",
+    )
+    return fig
+
+
+def signed_bars(
+    df: pd.DataFrame, *, value: str, title: str, xaxis: str, height: int | None = None
+) -> go.Figure:
+    """A horizontal bar per SAE feature (``feature_id``, ``label``), the signed ``value``
+    sorted, positive in blue and negative in orange."""
+    frame = df.sort_values(value)
+    names = [
+        f"f{int(f)} · {_short(lab, 32)}"
+        for f, lab in zip(frame["feature_id"], frame["label"], strict=True)
+    ]
+    values = frame[value].to_numpy(dtype=float)
+    fig = go.Figure(
+        go.Bar(
+            x=values,
+            y=names,
+            orientation="h",
+            marker={"color": np.where(values >= 0, "#4c78a8", "#f58518").tolist()},
+            hovertemplate="%{y}<br>%{x:.4g}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        height=height or max(260, 18 * len(frame) + 80),
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        title={"text": title, "font": {"size": 13}},
+        xaxis_title=xaxis,
+        yaxis={"tickfont": {"size": 10}},
+    )
+    return fig
+
+
+def reliability_figure(table: pd.DataFrame, *, title: str) -> go.Figure:
+    """A reliability diagram: per confidence bin (``lo``, ``hi``, ``confidence``,
+    ``accuracy``, ``count``), how often the most likely class is the label, against the
+    diagonal of perfect calibration."""
+    used = table[table["count"] > 0]
+    fig = go.Figure(
+        [
+            go.Bar(
+                x=(used["lo"] + used["hi"]) / 2,
+                y=used["accuracy"],
+                width=(used["hi"] - used["lo"]) * 0.9,
+                name="accuracy",
+                customdata=np.column_stack([used["confidence"], used["count"]]),
+                hovertemplate="accuracy %{y:.3f}<br>mean confidence %{customdata[0]:.3f}"
+                "<br>n %{customdata[1]}<extra></extra>",
+            ),
+            go.Scatter(
+                x=used["confidence"],
+                y=used["confidence"],
+                mode="markers",
+                name="mean confidence",
+                marker={"color": "#d62728", "size": 8},
+            ),
+            go.Scatter(
+                x=[0, 1],
+                y=[0, 1],
+                mode="lines",
+                name="calibrated",
+                line={"dash": "dot", "color": "#888"},
+            ),
+        ]
+    )
+    fig.update_layout(
+        height=320,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        title={"text": title, "font": {"size": 13}},
+        xaxis={"title": "confidence (top class probability)", "range": [0, 1]},
+        yaxis={"title": "accuracy", "range": [0, 1.05]},
+        meta="rewards-reliability",
+    )
+    return fig

@@ -400,3 +400,177 @@ def load_rollout_view(
     cols = ["id", "prompt", "cluster", "pass_rate", "n_rollouts"]
     rows = s.wide(dataset, views=views, filters=[Filter("zero_signal", "=", 1)], columns=cols)
     return s.run(rid), rows.to_pandas()
+
+
+# --- the Rewards page -----------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_reward_datasets(path: str, tok: tuple[float, float]) -> pd.DataFrame:
+    """The datasets that have reward sources: name, kind, sources (their names)."""
+    s = Store(path, lock_timeout_s=5.0)
+    s.check_readable()
+    rows = []
+    for name, kind in s.list_datasets()[["name", "kind"]].itertuples(index=False):
+        runs = s.reward_runs(name)
+        if runs:
+            rows.append({"name": name, "kind": kind, "sources": list(runs)})
+    return pd.DataFrame(rows, columns=["name", "kind", "sources"])
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_reward_sources(path: str, tok: tuple[float, float], dataset: str) -> dict[str, dict]:
+    """core.steps.reward_sources: name -> run_id, kind, source (as stored), config, summary."""
+    from core.steps import reward_sources
+
+    return reward_sources(Store(path, lock_timeout_s=5.0), dataset=dataset)
+
+
+@st.cache_data(show_spinner="Reading the reward scores…", max_entries=16)
+def load_reward_frame(path: str, tok: tuple[float, float], dataset: str) -> pd.DataFrame:
+    """core.steps.reward_frame: one row per scored candidate, ``score:<name>`` per source, and
+    the response's cluster, cluster_label, x, y on the responses map (NaN without one)."""
+    from core.steps import reward_frame
+
+    return reward_frame(Store(path, lock_timeout_s=5.0), dataset=dataset)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def load_reward_scores(
+    path: str, tok: tuple[float, float], dataset: str, name: str
+) -> pd.DataFrame:
+    """One source's stored scores as core.rewards reads them: example_id, response_idx, role,
+    score (chats: no role, as their one response per example forms no preference pair)."""
+    s = Store(path, lock_timeout_s=5.0)
+    run_id = s.reward_runs(dataset)[name]
+    scores = s.reward_scores(run_id).to_pandas().rename(columns={"value": "score"})
+    cols = ["example_id", "response_idx", "role", "score"]
+    if s.dataset(dataset)["kind"] != "preferences":
+        cols.remove("role")
+    return scores[cols]
+
+
+@st.cache_data(show_spinner="Judging the reward sources…", max_entries=32)
+def load_reward_accuracy(path: str, tok: tuple[float, float], dataset: str, name: str) -> tuple:
+    """(pairwise accuracy, StoryRMB 1-of-N accuracy) of one source on a preference set, each a
+    core.rewards.Accuracy with its 95% bootstrap interval over prompts and chance."""
+    from core.rewards import one_of_n_accuracy, pairwise_accuracy
+
+    scores = load_reward_scores(path, tok, dataset, name)
+    return pairwise_accuracy(scores), one_of_n_accuracy(scores)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_reward_categories(path: str, tok: tuple[float, float], dataset: str) -> list[str]:
+    """The tags and labels of a dataset with few enough values (2..50) to judge per value."""
+    from core.reward_models import category_values
+
+    s = Store(path, lock_timeout_s=5.0)
+    names = s.tag_names(dataset) + s.label_names(dataset)
+    if not names:
+        return []
+    values = category_values(s, dataset=dataset, columns=names)
+    return [c for c in values.columns if 2 <= int(values[c].nunique()) <= 50]
+
+
+@st.cache_data(show_spinner="Accuracy per category…", max_entries=64)
+def load_accuracy_by(
+    path: str, tok: tuple[float, float], dataset: str, name: str, column: str, side: str
+) -> pd.DataFrame:
+    """core.rewards.accuracy_by of one source, grouped by a tag or label of the examples (side
+    ``example``) or by ``response_cluster``, each response's cluster on the responses map (side
+    ``chosen`` / ``rejected``), as `python -m core judge --by` reads them. The group column is
+    ``value``."""
+    from core.reward_models import RESPONSE_CLUSTER, category_values, response_clusters
+    from core.rewards import accuracy_by
+
+    s = Store(path, lock_timeout_s=5.0)
+    scores = load_reward_scores(path, tok, dataset, name)
+    if column == RESPONSE_CLUSTER:
+        at = pd.MultiIndex.from_frame(scores[["example_id", "response_idx"]])
+        value = response_clusters(s, dataset=dataset).reindex(at).to_numpy()
+    else:
+        values = category_values(s, dataset=dataset, columns=[column])[column]
+        value = scores["example_id"].map(values).to_numpy()
+    return accuracy_by(scores.assign(value=value), by="value", side=side)  # type: ignore[arg-type]
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_margin_curve(
+    path: str, tok: tuple[float, float], dataset: str, name: str, points: int = 20
+) -> pd.DataFrame:
+    """core.rewards.margin_curve of one source at margins spread over its own pairs' |margin|
+    (0, then quantiles), so sources on different scales meet on the kept-share axis."""
+    from core.rewards import margin_curve, preference_pairs
+
+    scores = load_reward_scores(path, tok, dataset, name)
+    gap = preference_pairs(scores)["margin"].abs().to_numpy()
+    qs = np.quantile(gap, np.linspace(0.0, 0.95, points)) if len(gap) else np.array([])
+    margins = np.unique(np.concatenate([[0.0], qs]))
+    return margin_curve(scores, margins=margins.tolist())
+
+
+@st.cache_data(show_spinner="Comparing the two sources…", max_entries=32)
+def load_reward_agreement(
+    path: str, tok: tuple[float, float], dataset: str, a: str, b: str
+) -> tuple[Any, pd.DataFrame | None]:
+    """(core.rewards.agreement of sources a and b, core.rewards.agreement_by the responses
+    map's cluster, or None without a responses map)."""
+    from core.rewards import agreement, agreement_by
+
+    sa, sb = (load_reward_scores(path, tok, dataset, n) for n in (a, b))
+    frame = load_reward_frame(path, tok, dataset)
+    by = None
+    if bool(frame["cluster"].notna().any()):
+        groups = frame[["example_id", "response_idx", "cluster"]].rename(
+            columns={"cluster": "group"}
+        )
+        by = agreement_by(sa, sb, groups)
+    return agreement(sa, sb), by
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def load_preference_pairs(
+    path: str, tok: tuple[float, float], dataset: str, name: str
+) -> pd.DataFrame:
+    """core.rewards.preference_pairs of one source with each response's place on the
+    responses map (x, y and cluster of the chosen and of the rejected response)."""
+    from core.rewards import preference_pairs
+
+    scores = load_reward_scores(path, tok, dataset, name)
+    place = load_reward_frame(path, tok, dataset)[
+        ["example_id", "response_idx", "x", "y", "cluster"]
+    ]
+    placed = scores.merge(place, on=["example_id", "response_idx"], how="left")
+    return preference_pairs(placed, keep=["x", "y", "cluster"])
+
+
+@st.cache_data(show_spinner="Ranking features chosen vs rejected…", max_entries=16)
+def load_preference_shift(
+    path: str, tok: tuple[float, float], dataset: str, top: int
+) -> pd.DataFrame:
+    """core.steps.preference_shift: the ``top`` SAE features (both ways) by mean chosen-minus-
+    rejected activation over every (chosen, rejected) pair, with labels."""
+    from core.steps import preference_shift
+
+    return preference_shift(Store(path, lock_timeout_s=5.0), dataset=dataset, top=top)
+
+
+@st.cache_data(show_spinner="Fitting the disagreement probe…", max_entries=16)
+def load_disagreement_probe(
+    path: str, tok: tuple[float, float], dataset: str, a: str, b: str
+) -> Any:
+    """core.steps.disagreement_probe of sources a and b (a DisagreementProbe)."""
+    from core.steps import disagreement_probe
+
+    return disagreement_probe(Store(path, lock_timeout_s=5.0), dataset=dataset, a=a, b=b)
+
+
+@st.cache_data(show_spinner="Calibrating…", max_entries=16)
+def load_reward_calibration(
+    path: str, tok: tuple[float, float], dataset: str, name: str, label: str, n_bins: int = 10
+) -> dict[str, Any]:
+    """core.reward_models.calibration of an ordinal reward source against a feedback label."""
+    from core.reward_models import calibration
+
+    return calibration(
+        Store(path, lock_timeout_s=5.0), dataset=dataset, name=name, label=label, n_bins=n_bins
+    )

@@ -200,3 +200,257 @@ def test_export_batches_preview(app):
     assert 10.0 <= float(share.rstrip("%")) <= 35.0  # mix 0.2 by default
     first = next(d.value for d in app.dataframe if len(d.value) == 5)
     assert (first.sum(axis=1) == 20).all()  # five full batches of 20
+
+
+# --- the Rewards page, on the rewards store (preference set `prefs`) --------------------------------
+REWARDS_PAGE = "pages/rewards.py"
+
+
+def _rewards_page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page(REWARDS_PAGE).run()
+    return at
+
+
+@pytest.fixture
+def rewards_app(rewards_db, monkeypatch):
+    monkeypatch.setenv("SAERL_DB", str(rewards_db))
+    return _rewards_page()
+
+
+def _reward_scores(db, dataset: str, name: str):
+    """A source's scores read from the store directly, as core.rewards takes them."""
+    from core.store import Store
+
+    s = Store(db)
+    scores = s.reward_scores(s.reward_runs(dataset)[name]).to_pandas()
+    return scores.rename(columns={"value": "score"})[
+        ["example_id", "response_idx", "role", "score"]
+    ]
+
+
+def _figures(at: AppTest) -> dict[str, dict]:
+    """The page's Plotly figures by their layout meta (the charts that set one)."""
+    import json
+
+    specs = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+    return {s["layout"]["meta"]: s for s in specs if s["layout"].get("meta")}
+
+
+def _n(values) -> int:
+    """Length of a trace's data array (Plotly writes numpy arrays as base64 typed arrays)."""
+    import base64
+
+    import numpy as np
+
+    if isinstance(values, dict):
+        return len(np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]))
+    return len(values)
+
+
+def _metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def test_rewards_page_accuracy_is_core_on_the_store(rewards_app, rewards_db):
+    from core.rewards import accuracy_by, one_of_n_accuracy, pairwise_accuracy
+
+    at = rewards_app
+    _ok(at)
+    assert at.title[0].value == "Rewards"
+    assert at.selectbox(key="rw_dataset").value == "prefs"
+    sources = _frame(at, "what produced the scores (as stored)")
+    assert list(sources["source"]) == ["bt-probe-dense", "bt-probe-sae", "verifier"]
+    assert sources["what produced the scores (as stored)"].str.len().min() > 20
+    table = _frame(at, "1-of-N 95%")
+    assert list(table["source"]) == list(sources["source"])
+    for row in table.to_dict("records"):
+        scores = _reward_scores(rewards_db, "prefs", row["source"])
+        pw, one = pairwise_accuracy(scores), one_of_n_accuracy(scores)
+        assert row["pairwise"] == pytest.approx(pw.value)
+        assert row["pairwise 95%"] == f"[{pw.ci_low:.3f}, {pw.ci_high:.3f}]"
+        assert row["pairs"] == pw.n
+        assert row["1-of-N"] == pytest.approx(one.value)
+        assert row["1-of-N 95%"] == f"[{one.ci_low:.3f}, {one.ci_high:.3f}]"
+        assert row["1-of-N chance"] == pytest.approx(one.chance)
+        assert row["prompts"] == one.n == 60
+    verifier = table.set_index("source").loc["verifier"]
+    assert verifier["pairwise"] == 1.0 and verifier["1-of-N"] == 1.0  # the demo's verifier is exact
+
+    # accuracy per task (a tag of the prompt): the chart's numbers are accuracy_by's
+    at.selectbox(key="rw_by").select("task").run()
+    _ok(at)
+    per = _frame(at, "chance")
+    want = accuracy_by(
+        _reward_scores(rewards_db, "prefs", "bt-probe-sae").merge(
+            _task_of(rewards_db), on="example_id"
+        ),
+        by="task",
+    )
+    got = per[per["source"] == "bt-probe-sae"]
+    assert list(got["group"]) == list(want["task"])
+    assert got["acc"].to_numpy() == pytest.approx(want["pairwise"].to_numpy())
+    assert list(got["n"]) == list(want["n_pairs"])
+    assert any("No calibration to show" in i.value for i in at.info)  # no ordinal RM here
+
+
+def _task_of(db):
+    from core.store import Store, Views
+
+    wide = Store(db).wide("prefs", views=Views(None, None, None), columns=["id", "task"])
+    return wide.to_pandas().rename(columns={"id": "example_id"})
+
+
+def test_rewards_page_compares_the_chosen_sources(rewards_app, rewards_db):
+    from core.rewards import agreement
+
+    at = rewards_app
+    _ok(at)
+    assert (at.selectbox(key="rw_a").value, at.selectbox(key="rw_b").value) == (
+        "bt-probe-dense",
+        "bt-probe-sae",
+    )
+    shown = []
+    for b in ("bt-probe-sae", "verifier"):
+        at.selectbox(key="rw_b").select(b).run()
+        _ok(at)
+        want = agreement(
+            _reward_scores(rewards_db, "prefs", "bt-probe-dense"),
+            _reward_scores(rewards_db, "prefs", b),
+        )
+        assert _metric(at, "Pair agreement") == f"{want.pair_agreement:.3f}"
+        assert _metric(at, "Spearman") == f"{want.spearman:.3f}"
+        assert _metric(at, "Best-of-n agreement") == f"{want.top1_agreement:.3f}"
+        shown.append(_metric(at, "Pair agreement"))
+        figs = _figures(at)
+        scatter = figs["rewards-scatter"]
+        assert sum(_n(t["x"]) for t in scatter["data"]) == want.n_items
+        assert scatter["layout"]["yaxis"]["title"]["text"] == f"score under {b}"
+        by = _frame(at, "pair_agreement")
+        assert int(by["n_items"].sum()) == want.n_items  # every response in one cluster row
+    assert shown[0] != shown[1]
+    # the disagreement view follows A and B; its table is core's order (largest |rank_diff| first)
+    table = _frame(at, "rank_diff")
+    assert "score verifier" in table.columns
+    gap = table["rank_diff"].abs().to_numpy()
+    assert (gap[:-1] >= gap[1:]).all()
+
+
+def test_rewards_page_draws_capped_pairs_coloured_by_source_a(rewards_app, rewards_db):
+    from core.rewards import preference_pairs
+
+    at = rewards_app
+    at.selectbox(key="rw_a").select("bt-probe-sae").run()
+    at.slider(key="rw_pairs_cap").set_value(40).run()
+    _ok(at)
+    pairs = preference_pairs(_reward_scores(rewards_db, "prefs", "bt-probe-sae")).head(40)
+    lines = [t for t in _figures(at)["rewards-pairs"]["data"] if t.get("mode") == "lines+markers"]
+    drawn = {t["name"].split(" (")[0]: _n(t["x"]) // 3 for t in lines}
+    assert sum(drawn.values()) == 40
+    assert drawn.get("ordered right", 0) == int((pairs["margin"] > 0).sum())
+    assert drawn.get("ordered wrong", 0) == int((pairs["margin"] < 0).sum())
+    at.selectbox(key="rw_pairs_show").select("ordered wrong").run()
+    _ok(at)
+    lines = [t for t in _figures(at)["rewards-pairs"]["data"] if t.get("mode") == "lines+markers"]
+    assert [t["name"].split(" (")[0] for t in lines] == ["ordered wrong"]
+
+
+@pytest.fixture(scope="module")
+def rewards_copy(rewards_db, tmp_path_factory):
+    """A copy of the rewards store with ``prefs2``: a preference set without a responses map,
+    scored by the verifier, a constant imported source and an ordinal RM with logits (random,
+    seeded: a stand-in, not a model), and a 1..3 feedback label ``rating``."""
+    import json
+    import shutil
+
+    import numpy as np
+    import pyarrow as pa
+
+    from core.demo_data import write_demo_preferences
+    from core.store import REWARD_SCHEMA, Store
+    from tests.conftest import run_cli
+
+    folder = tmp_path_factory.mktemp("rewards-copy")
+    db = folder / "studio.duckdb"
+    shutil.copy(rewards_db, db)
+    prefs = write_demo_preferences(folder / "prefs2.jsonl", n=12, seed=1)
+    d = ("--db", str(db))
+    assert run_cli("ingest", str(prefs), "--dataset", "prefs2", "--kind", "preferences", *d) == 0
+    assert run_cli("verify", "--dataset", "prefs2", *d) == 0
+    s = Store(db)
+    keys = s.reward_candidates("prefs2").to_pandas()[["example_id", "response_idx"]]
+    flat = folder / "flat.jsonl"
+    flat.write_text(
+        "".join(
+            json.dumps({"id": e, "response_idx": int(i), "score": 1.0}) + "\n"
+            for e, i in keys.itertuples(index=False)
+        )
+    )
+    argv = ("import-rewards", str(flat), "--dataset", "prefs2", "--name", "flat", *d)
+    assert run_cli(*argv) == 0
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0.0, 2.0, size=(len(keys), 2)).astype(np.float32)
+    logits[:, 1] = np.minimum(logits[:, 1], logits[:, 0])
+    reward = 1.0 + (1.0 / (1.0 + np.exp(-logits))).sum(axis=1)
+    s.add_reward_run(
+        dataset="prefs2",
+        config={"name": "wild", "kind": "rm", "head": "ordinal", "model": "test-stand-in"},
+        versions={},
+        summary={},
+        scores=pa.table(
+            {
+                "example_id": pa.array(keys["example_id"], pa.string()),
+                "response_idx": pa.array(keys["response_idx"], pa.int32()),
+                "value": pa.array(reward, pa.float64()),
+                "logits": pa.array([list(z) for z in logits], pa.list_(pa.float32())),
+                "truncated": pa.array([False] * len(keys)),
+            },
+            schema=REWARD_SCHEMA,
+        ),
+        source="test: seeded random CORAL logits (K=3)",
+    )
+    ids = keys["example_id"].unique().tolist()
+    s.set_labels(
+        "prefs2",
+        "rating",
+        pa.table(
+            {
+                "example_id": pa.array(ids, pa.string()),
+                "value": pa.array([float(1 + i % 3) for i in range(len(ids))], pa.float64()),
+            }
+        ),
+    )
+    return db
+
+
+def test_rewards_page_says_what_is_missing_and_calibrates(rewards_copy, monkeypatch):
+    from core.reward_models import calibration
+    from core.store import Store
+
+    monkeypatch.setenv("SAERL_DB", str(rewards_copy))
+    at = _rewards_page()
+    _ok(at)
+    assert at.selectbox(key="rw_dataset").options == ["prefs (preferences)", "prefs2 (preferences)"]
+    assert not any("no responses map" in i.value for i in at.info)  # prefs has its map
+    at.selectbox(key="rw_dataset").select("prefs2").run()
+    _ok(at)
+    infos = " ".join(i.value for i in at.info)
+    assert "no responses map yet" in infos and "python -m core responses --dataset prefs2" in infos
+    assert "rewards-pairs" not in _figures(at)
+    # flat scores every response 1.0: rank correlations are undefined, said in one caption
+    assert (at.selectbox(key="rw_a").value, at.selectbox(key="rw_b").value) == ("flat", "verifier")
+    assert _metric(at, "Spearman") == "n/a" and _metric(at, "Kendall τ-b") == "n/a"
+    assert any("`flat` gives every response the same score" in c.value for c in at.caption)
+    assert "No calibration to show" not in infos  # `wild` is ordinal
+    at.selectbox(key="rw_cal_label").select("rating").run()
+    _ok(at)
+    want = calibration(Store(rewards_copy), dataset="prefs2", name="wild", label="rating")
+    assert _metric(at, "ECE (top label)") == f"{want['ece']:.3f}"
+    assert _metric(at, "Responses") == f"{want['n']:,}" == "12"
+    reliability = _figures(at)["rewards-reliability"]
+    assert reliability["layout"]["title"]["text"] == "Reliability of wild against rating (K=3)"
+    # prefs has no ordinal source: the page says so rather than drawing a chart
+    at.selectbox(key="rw_dataset").select("prefs").run()
+    _ok(at)
+    assert any("No calibration to show" in i.value for i in at.info)

@@ -107,3 +107,56 @@ def test_map_page_draws_every_point(server, tmp_path):
         assert not page.locator("[data-testid='stException']").count()
         browser.close()
     assert not errors, errors
+
+
+@pytest.fixture
+def rewards_server(rewards_db):
+    port = _free_port()
+    proc = serve(rewards_db, port)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="needs Debian chromium (.ci/run installs it)"
+)
+def test_rewards_page_draws_the_scatter_and_the_pairs(rewards_server, rewards_db, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from core.store import Store
+
+    roles = Store(rewards_db).reward_candidates("prefs").column("role").to_pylist()
+    n_responses, n_pairs = len(roles), roles.count("rejected")  # a pair per rejected response
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 4000})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{rewards_server}/rewards")
+        # (points in the A-vs-B scatter, arrows on the map) once both figures are drawn
+        drawn = page.wait_for_function(
+            """() => {
+                const figs = Array.from(document.querySelectorAll('.js-plotly-plot'));
+                const byMeta = m => figs.find(g => g._fullLayout && g._fullLayout.meta === m);
+                const scatter = byMeta('rewards-scatter'), pairs = byMeta('rewards-pairs');
+                if (!scatter || !pairs) return null;
+                const points = scatter._fullData.reduce((a, t) => a + (t._length || 0), 0);
+                const arrows = pairs._fullData
+                    .filter(t => t.mode === 'lines+markers')
+                    .reduce((a, t) => a + (t._length || 0) / 3, 0);
+                const paths = pairs.querySelectorAll('.scatterlayer path.js-line').length;
+                return points && arrows && paths ? [points, arrows, paths] : null;
+            }""",
+            timeout=90_000,
+        ).json_value()
+        page.screenshot(path=str(tmp_path / "rewards.png"), full_page=True)
+        points, arrows, paths = drawn
+        assert points == n_responses
+        assert arrows == min(300, n_pairs)  # the slider's default cap is 300 pairs
+        assert paths >= 1  # the SVG lines are drawn, not only declared
+        assert page.get_by_text("How each source judges the preferences").is_visible()
+        assert not page.locator("[data-testid='stException']").count()
+        assert not page.locator("[data-testid='stAlertContentError']").count()
+        browser.close()
+    assert not errors, errors
