@@ -456,6 +456,21 @@ def _sorted_values(values: Any) -> list[Any]:
     return ordered + ([np.nan] if len(present) < len(values) else [])
 
 
+def margin_grid(frame: pd.DataFrame, *, points: int = 20, top: float = 0.95) -> list[float]:
+    """Margins for :func:`margin_curve` spread over a source's own pairs: 0, then quantiles of
+    |score_chosen - score_rejected| up to ``top``, so sources on different scales can be read
+    on the kept-share axis.
+
+    >>> f = pd.DataFrame({"example_id": ["a"] * 3, "response_idx": [0, 1, 2],
+    ...                   "role": ["chosen", "rejected", "rejected"], "score": [1.0, 0.0, 3.0]})
+    >>> margin_grid(f, points=3, top=1.0)  # |margins| 1 and 2
+    [0.0, 1.0, 1.5, 2.0]
+    """
+    gap = np.abs(_pairs(check_preferences(frame))["margin"].to_numpy())
+    qs = np.quantile(gap, np.linspace(0.0, top, points)) if len(gap) else np.array([])
+    return np.unique(np.concatenate([[0.0], qs])).tolist()
+
+
 def margin_curve(frame: pd.DataFrame, *, margins: Sequence[float]) -> pd.DataFrame:
     """Pairwise accuracy keeping only pairs the RM separates by more than each margin m:
     ``|score_chosen - score_rejected| > m`` (so ties are never kept). Columns ``margin,
@@ -1091,7 +1106,9 @@ def feature_preference_shift(
         }
     )
     out = out[(fired_c + fired_r) >= min_fired].copy()
-    out.insert(out.columns.get_loc("sign_p") + 1, "sign_q", bh_qvalues(out["sign_p"].to_numpy()))
+    out.insert(
+        list(out.columns).index("sign_p") + 1, "sign_q", bh_qvalues(out["sign_p"].to_numpy())
+    )
     order = np.lexsort((out["feature_id"].to_numpy(), -out[sort_by].fillna(-np.inf).to_numpy()))
     return out.iloc[order].reset_index(drop=True)
 

@@ -499,13 +499,10 @@ def load_margin_curve(
 ) -> pd.DataFrame:
     """core.rewards.margin_curve of one source at margins spread over its own pairs' |margin|
     (0, then quantiles), so sources on different scales meet on the kept-share axis."""
-    from core.rewards import margin_curve, preference_pairs
+    from core.rewards import margin_curve, margin_grid
 
     scores = load_reward_scores(path, tok, dataset, name)
-    gap = preference_pairs(scores)["margin"].abs().to_numpy()
-    qs = np.quantile(gap, np.linspace(0.0, 0.95, points)) if len(gap) else np.array([])
-    margins = np.unique(np.concatenate([[0.0], qs]))
-    return margin_curve(scores, margins=margins.tolist())
+    return margin_curve(scores, margins=margin_grid(scores, points=points))
 
 
 @st.cache_data(show_spinner="Comparing the two sources…", max_entries=32)

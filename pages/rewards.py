@@ -644,7 +644,17 @@ def render() -> None:
             "rejected responses per prompt). Sources can still be compared below."
         )
 
-    names = list(sources)
+    # A defaults to a ground truth (the verifier), then reward models, imported scores and
+    # probes (SAE before dense), so the first view compares something with a reference
+    rank = {"verifier": 0, "rm": 1, "imported": 2, "bt-probe": 3}
+    names = sorted(
+        sources,
+        key=lambda n: (
+            rank.get(sources[n]["kind"], 9),
+            sources[n]["config"].get("features") == "dense",
+            n,
+        ),
+    )
     c1, c2 = st.columns(2)
     a = c1.selectbox("Source A", names, key="rw_a")
     others = [n for n in names if n != a]

@@ -307,22 +307,23 @@ def test_rewards_page_compares_the_chosen_sources(rewards_app, rewards_db):
 
     at = rewards_app
     _ok(at)
+    # the verifier first (a reference), then probes with SAE features before dense ones
     assert (at.selectbox(key="rw_a").value, at.selectbox(key="rw_b").value) == (
-        "bt-probe-dense",
+        "verifier",
         "bt-probe-sae",
     )
     shown = []
-    for b in ("bt-probe-sae", "verifier"):
+    for b in ("bt-probe-sae", "bt-probe-dense"):
         at.selectbox(key="rw_b").select(b).run()
         _ok(at)
         want = agreement(
-            _reward_scores(rewards_db, "prefs", "bt-probe-dense"),
+            _reward_scores(rewards_db, "prefs", "verifier"),
             _reward_scores(rewards_db, "prefs", b),
         )
         assert _metric(at, "Pair agreement") == f"{want.pair_agreement:.3f}"
         assert _metric(at, "Spearman") == f"{want.spearman:.3f}"
         assert _metric(at, "Best-of-n agreement") == f"{want.top1_agreement:.3f}"
-        shown.append(_metric(at, "Pair agreement"))
+        shown.append(_metric(at, "Spearman"))
         figs = _figures(at)
         scatter = figs["rewards-scatter"]
         assert sum(_n(t["x"]) for t in scatter["data"]) == want.n_items
@@ -332,7 +333,7 @@ def test_rewards_page_compares_the_chosen_sources(rewards_app, rewards_db):
     assert shown[0] != shown[1]
     # the disagreement view follows A and B; its table is core's order (largest |rank_diff| first)
     table = _frame(at, "rank_diff")
-    assert "score verifier" in table.columns
+    assert {"score verifier", "score bt-probe-dense"} <= set(table.columns)
     gap = table["rank_diff"].abs().to_numpy()
     assert (gap[:-1] >= gap[1:]).all()
 
@@ -439,7 +440,9 @@ def test_rewards_page_says_what_is_missing_and_calibrates(rewards_copy, monkeypa
     assert "no responses map yet" in infos and "python -m core responses --dataset prefs2" in infos
     assert "rewards-pairs" not in _figures(at)
     # flat scores every response 1.0: rank correlations are undefined, said in one caption
-    assert (at.selectbox(key="rw_a").value, at.selectbox(key="rw_b").value) == ("flat", "verifier")
+    # defaults: the verifier, then a reward model before imported scores
+    assert (at.selectbox(key="rw_a").value, at.selectbox(key="rw_b").value) == ("verifier", "wild")
+    at.selectbox(key="rw_b").select("flat").run()
     assert _metric(at, "Spearman") == "n/a" and _metric(at, "Kendall τ-b") == "n/a"
     assert any("`flat` gives every response the same score" in c.value for c in at.caption)
     assert "No calibration to show" not in infos  # `wild` is ordinal
