@@ -324,16 +324,28 @@ def _short(text: object, n: int = 48) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
+def _short_tick(text: str, *, limit: int = 14) -> str:
+    """A category name cut for an axis tick: "12 · f1766 (by) · ..." -> "12 · f1766 (by)…"."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def accuracy_bars(table: pd.DataFrame, *, title: str, xaxis: str) -> go.Figure:
     """Accuracy per category value: a bar per reward source in each value's group, its 95%
     interval as an error bar, chance as a black dash. ``table``: source, group (text), acc,
     low, high, chance, n (pairs or prompts)."""
     fig = go.Figure()
+    # long names (cluster labels) would take the chart's height: ticks show their first words,
+    # the hover the whole name
+    names = table["group"].astype(str)
+    ticks = names.map(_short_tick)
+    if int(ticks.nunique()) < int(names.nunique()):  # cutting would merge two categories
+        ticks = names
+    table = table.assign(tick=ticks)
     for name, part in table.groupby("source", sort=False):
         acc = part["acc"].to_numpy(dtype=float)
         fig.add_trace(
             go.Bar(
-                x=part["group"],
+                x=part["tick"],
                 y=acc,
                 name=str(name),
                 error_y={
@@ -343,9 +355,16 @@ def accuracy_bars(table: pd.DataFrame, *, title: str, xaxis: str) -> go.Figure:
                     "arrayminus": acc - part["low"].to_numpy(dtype=float),
                     "thickness": 1,
                 },
-                customdata=np.column_stack([part["low"], part["high"], part["n"]]),
+                customdata=np.column_stack(
+                    [
+                        part["low"],
+                        part["high"],
+                        part["n"],
+                        part["group"].astype(str).map(html.escape),
+                    ]
+                ),
                 hovertemplate=(
-                    f"<b>{html.escape(str(name))}</b> · %{{x}}<br>accuracy %{{y:.3f}} "
+                    f"<b>{html.escape(str(name))}</b> · %{{customdata[3]}}<br>accuracy %{{y:.3f}} "
                     "[%{customdata[0]:.3f}, %{customdata[1]:.3f}]<br>n %{customdata[2]}"
                     "<extra></extra>"
                 ),
@@ -354,7 +373,7 @@ def accuracy_bars(table: pd.DataFrame, *, title: str, xaxis: str) -> go.Figure:
     chance = table.drop_duplicates("group")
     fig.add_trace(
         go.Scatter(
-            x=chance["group"],
+            x=chance["tick"],
             y=chance["chance"],
             mode="markers",
             name="chance",
