@@ -18,7 +18,9 @@ Layouts (none carries ``idx`` or ``position``: the file's own order is the posit
 - ``trl-preference``: TRL's conversational preference form (DPOTrainer, RewardTrainer):
   ``prompt``, ``chosen``, ``rejected`` as messages, one row per (chosen, rejected) pair in order
   (``rejected_idx`` says which); a prompt with no rejected response writes no row.
-- ``trl-messages``: TRL's conversational language-modelling form (SFTTrainer): ``messages``.
+- ``trl-messages``: TRL's conversational language-modelling form (SFTTrainer): ``messages`` (a
+  chat's turns; for a responses dataset, the prompt as the user turn and the response as the
+  assistant's).
 
 A chat's prompt (verl, trl-prompt) is its turns up to and including the last user turn.
 
@@ -56,9 +58,10 @@ MESSAGES = pa.list_(MESSAGE)
 ROW_GROUP = 65_536  # rows per Parquet row group / Arrow record batch, whatever the chunking
 # columns that are not passed through beside a trainer layout's own columns
 INTERNAL = ("idx", "position")
-RESPONSES = ("chosen", "rejected", "messages")
-KINDS_FOR = {"trl-preference": "preferences", "trl-messages": "chats"}
-KIND_LAYOUT = {kind: layout for layout, kind in KINDS_FOR.items()}
+RESPONSES = ("chosen", "rejected", "messages", "response")
+# layouts only some kinds can fill, and the conversational layout of each kind that has one
+KINDS_FOR = {"trl-preference": ("preferences",), "trl-messages": ("chats", "responses")}
+KIND_LAYOUT = {kind: layout for layout, kinds in KINDS_FOR.items() for kind in kinds}
 # Column names a trainer would read as its own, so a label or tag of that name beside the layout's
 # columns would change what it does (TRL's GRPO/RLOO _calculate_rewards, is_conversational, the
 # SFT and DPO tokenizers' "tools"/"chat_template_kwargs"/images): an error, not a silent change.
@@ -109,6 +112,21 @@ def _messages(role: str, content: pa.Array) -> pa.Array:
         fields=list(MESSAGE),
     )
     return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), inner, MESSAGES)
+
+
+def _exchange(prompt: pa.Array, response: pa.Array) -> pa.Array:
+    """One two-message list per row: [{user, prompt}, {assistant, response}].
+
+    >>> _exchange(pa.array(["hi"]), pa.array(["hello"])).to_pylist()
+    [[{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': 'hello'}]]
+    """
+    n = len(prompt)
+    roles = pa.array(np.tile(np.array(["user", "assistant"], dtype=object), n), pa.string())
+    order = np.arange(2 * n).reshape(2, n).T.ravel()  # prompt 0, response 0, prompt 1, ...
+    content = pa.concat_arrays([prompt.cast(pa.string()), response.cast(pa.string())])
+    inner = pa.StructArray.from_arrays([roles, content.take(order)], fields=list(MESSAGE))
+    offsets = pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, inner, MESSAGES)
 
 
 def _parse_messages(col: pa.Array, *, upto_last_user: bool = False) -> pa.Array:
@@ -268,10 +286,11 @@ def to_layout(chunk: pa.Table, layout: str, *, kind: str, data_source: str = "")
     if layout not in LAYOUTS:
         raise StudioError(f"unknown layout {layout!r}: use {', '.join(LAYOUTS)}")
     need = KINDS_FOR.get(layout)
-    if need is not None and kind != need:
+    if need is not None and kind not in need:
+        alt = KIND_LAYOUT.get(kind)
         raise StudioError(
-            f"--format {layout} needs a dataset of kind {need}; this one is {kind} "
-            f"(use {KIND_LAYOUT.get(kind, 'trl-prompt')} or trl-prompt)"
+            f"--format {layout} needs a dataset of kind {' or '.join(need)}; this one is {kind} "
+            f"(use {alt + ' or trl-prompt' if alt else 'trl-prompt, verl or rows'})"
         )
     if layout == "verl":
         return _verl(chunk, kind, data_source)
@@ -280,6 +299,9 @@ def to_layout(chunk: pa.Table, layout: str, *, kind: str, data_source: str = "")
     beside = _beside(chunk, layout=layout, drop=("prompt", *RESPONSES) if layout != "rows" else ())
     if layout == "trl-prompt":
         return pa.table({"prompt": _prompt(chunk, kind), **beside})
+    if layout == "trl-messages" and kind == "responses":
+        turns = _exchange(_column(chunk, "prompt"), _column(chunk, "response"))
+        return pa.table({"messages": turns, **beside})
     if layout == "trl-messages":
         return pa.table({"messages": _parse_messages(_column(chunk, "messages")), **beside})
     if kind == "chats" and "messages" in beside:

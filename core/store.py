@@ -474,7 +474,7 @@ class Store:
         ``<example id>#<response_idx>``; prompt, answer and tags are the source example's, tags
         gain ``role`` (chosen/rejected); text is the response; extra keeps the source example's
         extra plus ``response_of`` = {dataset, example_id, response_idx}; labels are the source
-        example's plus ``response_idx`` and ``chosen`` (1/0). One transaction: all or nothing.
+        example's plus ``response_idx`` and ``is_chosen`` (1/0). One transaction: all or nothing.
         Returns the number of responses."""
         kind = self.dataset(source)["kind"]
         if kind != "preferences":
@@ -525,7 +525,7 @@ class Store:
                 SELECT ?, example_id || '#' || response_idx, 'response_idx', response_idx
                 FROM responses WHERE dataset = ?
                 UNION ALL
-                SELECT ?, example_id || '#' || response_idx, 'chosen',
+                SELECT ?, example_id || '#' || response_idx, 'is_chosen',
                        CASE WHEN role = 'chosen' THEN 1.0 ELSE 0.0 END
                 FROM responses WHERE dataset = ?
                 """,
@@ -1858,7 +1858,8 @@ class Store:
         ``plan`` is (idx int64, position int64, batch int64 or null): which examples go out and
         where. Columns: id, idx, prompt, answer, cluster, (dup_group, is_duplicate), scores,
         labels, tags, every field kept only in ``extra`` (JSON text, e.g. a chat's messages),
-        for preference data ``chosen`` and ``rejected`` (a list), then position and batch.
+        for preference data ``chosen`` and ``rejected`` (a list), for a responses dataset
+        ``response``, then position and batch.
         Only one chunk is in Python at a time; DuckDB sorts within the store's memory cap
         (:meth:`capped`), spilling to disk beyond it.
         """
@@ -1872,7 +1873,7 @@ class Store:
                 [dataset],
             ).fetchall()
             taken = {*BASE_COLUMNS, *DEDUP_COLUMNS, *labels, *scores, *tags, "tags", "extra"}
-            taken |= {"chosen", "rejected", "position", "batch"}
+            taken |= {"chosen", "rejected", "response", "position", "batch"}
             extra_only = [str(k[0]) for k in keys if str(k[0]) not in taken]
             cols = ["w.id", "w.idx", "w.prompt", "w.answer", "CAST(w.cluster AS BIGINT) AS cluster"]
             if views.dedup_run is not None:
@@ -1883,6 +1884,8 @@ class Store:
             ]
             xparams: list[Any] = [_json_path(k) for k in extra_only]
             join, jparams = "", []
+            if kind == "responses":  # the response is the example's text
+                cols += ["w.text AS response"]
             if kind == "preferences":
                 cols += ["r.chosen", "r.rejected"]
                 join = (

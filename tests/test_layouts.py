@@ -389,8 +389,8 @@ def test_a_file_onto_a_folder_is_refused_and_the_folder_kept(tmp_path, container
     [
         ("prompts", "trl-preference", "preferences"),
         ("chats", "trl-preference", "preferences"),
-        ("preferences", "trl-messages", "chats"),
-        ("prompts", "trl-messages", "chats"),
+        ("preferences", "trl-messages", "chats or responses"),
+        ("prompts", "trl-messages", "chats or responses"),
     ],
 )
 def test_a_layout_for_another_kind_names_the_kind_it_needs(kind, layout, needs):

@@ -14,6 +14,7 @@ import pytest
 
 from core import rewards, steps
 from core.errors import StudioError
+from core.export import ExportConfig
 from core.store import Store
 from tests.conftest import PREF_ROWS, run_cli
 
@@ -35,7 +36,7 @@ def test_responses_dataset_is_one_example_per_response(rewards_db: Path) -> None
     assert (keys["id"] == keys["example_id"] + "#" + keys["response_idx"].astype(str)).all()
     texts = store.example_texts("prefs.responses").to_pandas()
     assert texts["text"].tolist() == cands["response"].tolist()
-    chosen = store.labels("prefs.responses", "chosen").to_pandas()
+    chosen = store.labels("prefs.responses", "is_chosen").to_pandas()
     assert chosen["value"].tolist() == (keys["response_idx"] == 0).astype(float).tolist()
     # the source example's labels travel with each of its responses
     diff = store.labels("prefs", "difficulty").to_pandas().set_index("example_id")["value"]
@@ -242,3 +243,40 @@ def test_judge_by_response_cluster(rewards_db: Path, capsys) -> None:
     assert run_cli("judge", "--dataset", "prefs", "--by", "response_cluster", *db) == 2
     assert "differs between the responses" in capsys.readouterr().err
     assert run_cli("judge", "--dataset", "demo", "--by", "response_cluster", *db) == 2
+
+
+def test_a_responses_dataset_exports_its_responses(rewards_db: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "s.duckdb"  # export records itself in the store
+    shutil.copy(rewards_db, copy)
+    db = ("--db", str(copy))
+    rows, sft = tmp_path / "rows.jsonl", tmp_path / "sft.jsonl"
+    assert run_cli("export", "--dataset", "prefs.responses", "--out", str(rows), *db) == 0
+    cands = Store(rewards_db).reward_candidates("prefs").to_pandas()
+    got = [json.loads(line) for line in rows.read_text().splitlines()]
+    by_id = {r["id"]: r for r in got}
+    assert len(got) == len(cands)
+    for c in cands.itertuples():
+        row = by_id[f"{c.example_id}#{c.response_idx}"]
+        assert (row["response"], row["prompt"], row["is_chosen"]) == (
+            c.response,
+            c.prompt,
+            float(c.role == "chosen"),
+        )
+    fmt = ("--format", "trl-messages", "--order", "none")
+    assert run_cli("export", "--dataset", "prefs.responses", *fmt, "--out", str(sft), *db) == 0
+    first = json.loads(sft.read_text().splitlines()[0])
+    assert first["messages"] == [
+        {"role": "user", "content": cands["prompt"][0]},
+        {"role": "assistant", "content": cands["response"][0]},
+    ]
+    assert "response" not in first and "prompt" not in first
+    with pytest.raises(
+        StudioError,
+        match=r"kind preferences; this one is responses \(use trl-messages or trl-prompt\)",
+    ):
+        steps.export(
+            Store(copy),
+            dataset="prefs.responses",
+            out=tmp_path / "x.jsonl",
+            cfg=ExportConfig(fmt="trl-preference", order="none"),
+        )
