@@ -72,7 +72,7 @@ def test_reward_probe_scores_are_out_of_fold(rewards_db: Path) -> None:
         s = run["summary"]
         assert run["config"]["features"] == features and s["n_prompts"] == PREF_ROWS
         scores = _scores(store, name)
-        assert len(scores) == len(cands) and scores["score"].notna().all()
+        assert len(scores) == len(cands) and bool(scores["score"].notna().all())
         assert "fold model that never saw it" in scores["source"].iloc[0]
         # the stored scores give back exactly the out-of-fold accuracy of the fit
         again = rewards.pairwise_accuracy(scores, n_boot=0)
@@ -179,7 +179,7 @@ def test_reward_probe_refuses_a_prompt_set(rewards_db: Path) -> None:
 def test_preference_shift_on_the_rewards_store(rewards_db: Path) -> None:
     shift = steps.preference_shift(Store(rewards_db), dataset="prefs", top=10)
     assert len(shift) == 10 and list(shift.columns[:3]) == ["feature_id", "label", "mean_chosen"]
-    assert shift["label"].map(len).gt(0).any()
+    assert bool(shift["label"].map(len).gt(0).any())
 
 
 def test_disagreement_probe(rewards_db: Path, capsys) -> None:
@@ -187,12 +187,12 @@ def test_disagreement_probe(rewards_db: Path, capsys) -> None:
     d = steps.disagreement_probe(store, dataset="prefs", a="verifier", b="bt-probe-sae")
     gaps = d.table["rank_diff"].abs().to_numpy()
     assert (np.diff(gaps) <= 1e-12).all() and len(d.table) == len(_scores(store, "verifier"))
-    assert d.table["response"].notna().all()
+    assert bool(d.table["response"].notna().all())
     assert set(d.metrics) >= {"r2", "spearman", "n"}
-    assert (d.weights["weight"] != 0).all()
+    assert bool((d.weights["weight"] != 0).all())
     for f, top in d.top.items():
         assert f in set(d.weights["feature_id"])
-        assert (top["activation"] > 0).all() and (np.diff(top["activation"]) <= 0).all()
+        assert bool((top["activation"] > 0).all()) and bool((np.diff(top["activation"]) <= 0).all())
     with pytest.raises(StudioError, match="pick two different reward sources"):
         steps.disagreement_probe(store, dataset="prefs", a="verifier", b="verifier")
     with pytest.raises(StudioError, match="no reward scores named 'nope'; it has: bt-probe-dense"):
@@ -213,9 +213,9 @@ def test_reward_frame(rewards_db: Path) -> None:
     cands = store.reward_candidates("prefs").to_pandas()
     assert len(frame) == len(cands)
     for name in ("verifier", "bt-probe-sae", "bt-probe-dense"):
-        assert frame[f"score:{name}"].notna().all()
+        assert bool(frame[f"score:{name}"].notna().all())
     assert frame[["cluster", "x", "y"]].notna().all().all()
-    assert frame["cluster"].nunique() == 3 and frame["cluster_label"].notna().all()
+    assert int(frame["cluster"].nunique()) == 3 and bool(frame["cluster_label"].notna().all())
     sources = steps.reward_sources(store, dataset="prefs")
     assert sources["verifier"]["kind"] == "verifier"
     assert sources["bt-probe-sae"]["kind"] == "bt-probe"

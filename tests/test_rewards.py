@@ -667,7 +667,7 @@ def test_bt_probe_scores_each_response_out_of_fold():
     X, _, pairs, groups = _planted_preferences(n_prompts=60, seed=2)
     D = X[pairs[:, 0]] - X[pairs[:, 1]]
     probe = bt_probe(D, groups=groups, folds=3, n_boot=0)
-    assert probe.fold_weights.shape == (3, X.shape[1])
+    assert probe.fold_weights.shape == (3, np.shape(X)[1])
     assert probe.fold_groups.tolist() == list(range(60)) and set(probe.group_fold) == {0, 1, 2}
     # chosen minus rejected, each response scored on its own, is the out-of-fold margin
     chosen = probe.score_out_of_fold(X[pairs[:, 0]], groups)
