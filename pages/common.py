@@ -448,6 +448,35 @@ def load_reward_scores(
     return scores[cols]
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_best_of_n_picks(
+    path: str, tok: tuple[float, float], dataset: str, a: str, b: str
+) -> pd.DataFrame:
+    """core.rewards.best_of_n_picks of sources a and b with the prompt and both picked
+    responses' text, the prompts where the picks differ first."""
+    from core.rewards import best_of_n_picks
+
+    picks = best_of_n_picks(
+        *(
+            load_reward_scores(path, tok, dataset, n)[["example_id", "response_idx", "score"]]
+            for n in (a, b)
+        )
+    )
+    frame = load_reward_frame(path, tok, dataset)
+    text = frame.set_index(["example_id", "response_idx"])["response"]
+    prompt = frame.drop_duplicates("example_id").set_index("example_id")["prompt"]
+    out = picks.assign(
+        prompt=picks["example_id"].map(prompt),
+        response_a=text.reindex(
+            pd.MultiIndex.from_arrays([picks["example_id"], picks["pick_a"]])
+        ).to_numpy(),
+        response_b=text.reindex(
+            pd.MultiIndex.from_arrays([picks["example_id"], picks["pick_b"]])
+        ).to_numpy(),
+    )
+    return out.sort_values(["agree", "example_id"], kind="stable").reset_index(drop=True)
+
+
 @st.cache_data(show_spinner="Judging the reward sources…", max_entries=32)
 def load_reward_accuracy(path: str, tok: tuple[float, float], dataset: str, name: str) -> tuple:
     """(pairwise accuracy, StoryRMB 1-of-N accuracy) of one source on a preference set, each a

@@ -26,6 +26,7 @@ from pages.common import (
     db_path,
     guarded,
     load_accuracy_by,
+    load_best_of_n_picks,
     load_datasets,
     load_disagreement_probe,
     load_label_names,
@@ -314,6 +315,41 @@ def _compare(
             + ": every pair is a tie for it, so its rank correlations are undefined and pair "
             "agreement counts ½ for each pair the other source orders."
         )
+    if agree.n_prompts:
+        with st.expander(f"Best-of-n picks per prompt ({agree.n_prompts:,} prompts)"):
+            picks = load_best_of_n_picks(path, tok, dataset, a, b)
+            st.dataframe(
+                picks[
+                    [
+                        "example_id",
+                        "n_candidates",
+                        "pick_a",
+                        "pick_b",
+                        "agree",
+                        "chance",
+                        "prompt",
+                        "response_a",
+                        "response_b",
+                    ]
+                ],
+                hide_index=True,
+                width="stretch",
+                key="rw_picks",
+                column_config={
+                    "pick_a": st.column_config.NumberColumn(f"pick of {a}", format="%d"),
+                    "pick_b": st.column_config.NumberColumn(f"pick of {b}", format="%d"),
+                    "agree": st.column_config.NumberColumn(format="%.3f"),
+                    "chance": st.column_config.NumberColumn(format="%.3f"),
+                    "response_a": st.column_config.TextColumn(f"response {a} picks"),
+                    "response_b": st.column_config.TextColumn(f"response {b} picks"),
+                },
+            )
+            st.caption(
+                "Each source's best response per prompt (response_idx: 0 = chosen; the lowest "
+                "index among tied best). agree: 1 when the picks are the same, 0 when not, and "
+                "with ties the chance that random tie-breaking makes them equal; chance = 1/n. "
+                "Prompts where the picks differ come first."
+            )
     both = frame.dropna(subset=[f"score:{a}", f"score:{b}"]).rename(
         columns={f"score:{a}": "score_a", f"score:{b}": "score_b"}
     )

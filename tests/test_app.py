@@ -330,6 +330,11 @@ def test_rewards_page_compares_the_chosen_sources(rewards_app, rewards_db):
         assert scatter["layout"]["yaxis"]["title"]["text"] == f"score under {b}"
         by = _frame(at, "pair_agreement")
         assert int(by["n_items"].sum()) == want.n_items  # every response in one cluster row
+        picks = _frame(at, "n_candidates")  # best-of-n picks per prompt, differing picks first
+        assert len(picks) == want.n_prompts
+        assert float(picks["agree"].mean()) == pytest.approx(want.top1_agreement)
+        assert bool(picks["agree"].is_monotonic_increasing)
+        assert bool(picks["response_a"].notna().all())
     assert shown[0] != shown[1]
     # the disagreement view follows A and B; its table is core's order (largest |rank_diff| first)
     table = _frame(at, "rank_diff")
