@@ -442,13 +442,7 @@ class Store:
         """Insert a whole dataset in one transaction: all rows or none. Returns the row count."""
         self.migrate()
         with self.transaction() as con:
-            exists = con.execute("SELECT 1 FROM datasets WHERE name = ?", [name]).fetchone()
-            if exists and not replace:
-                raise StudioError(
-                    f"dataset '{name}' already exists in {self.path}: pass --replace to overwrite it"
-                )
-            if exists:
-                self._delete_dataset(con, name)
+            self._free_name(con, name, replace=replace)
             con.execute(
                 "INSERT INTO datasets (name, kind, source, n_examples) VALUES (?, ?, ?, ?)",
                 [name, kind, source, examples.num_rows],
@@ -484,13 +478,7 @@ class Store:
             )
         self.migrate()
         with self.transaction() as con:
-            exists = con.execute("SELECT 1 FROM datasets WHERE name = ?", [name]).fetchone()
-            if exists and not replace:
-                raise StudioError(
-                    f"dataset '{name}' already exists in {self.path}: pass --replace to overwrite it"
-                )
-            if exists:
-                self._delete_dataset(con, name)
+            self._free_name(con, name, replace=replace)
             (n,) = con.execute(
                 "SELECT count(*) FROM responses WHERE dataset = ?", [source]
             ).fetchone() or (0,)
@@ -544,6 +532,17 @@ class Store:
                 "FROM examples WHERE dataset = ? ORDER BY idx",
                 params=[dataset],
             ).to_arrow_table()
+
+    def _free_name(self, con: duckdb.DuckDBPyConnection, name: str, *, replace: bool) -> None:
+        """Make room for a new dataset ``name`` inside a transaction: an existing one is an error,
+        or with ``replace`` deleted with everything computed from it."""
+        exists = con.execute("SELECT 1 FROM datasets WHERE name = ?", [name]).fetchone()
+        if exists and not replace:
+            raise StudioError(
+                f"dataset '{name}' already exists in {self.path}: pass --replace to overwrite it"
+            )
+        if exists:
+            self._delete_dataset(con, name)
 
     @staticmethod
     def _delete_dataset(con: duckdb.DuckDBPyConnection, name: str) -> None:
