@@ -739,6 +739,8 @@ def run(args: argparse.Namespace) -> int:
         summary = store.run(run_id)["summary"]
         for point in summary.get("sweep", []):
             print(f"k={point['k']:3d}  silhouette {point['silhouette']:.4f}")
+        if summary.get("sweep_note"):
+            print(f"warning: {summary['sweep_note']}", file=sys.stderr)
         for row in store.clusters(run_id).itertuples():
             print(f"cluster {row.cluster:3d}  {row.size:6d}  {row.label}")
         if "baselines" in summary:

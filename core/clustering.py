@@ -141,6 +141,26 @@ def best_k(sweep: list[dict[str, float]]) -> int:
     return int(max(scored, key=lambda p: (p["silhouette"], -p["k"]))["k"])
 
 
+def sweep_edge_note(sweep: list[dict[str, float]], k: int) -> str | None:
+    """A warning when the chosen k is the smallest or largest k the sweep scored: the silhouette
+    curve has not turned there, so a k outside the grid may score better (often on templated
+    data, where silhouette keeps rising as clusters shrink to near-copies).
+
+    >>> sweep_edge_note([{"k": 4, "silhouette": 0.2}, {"k": 8, "silhouette": 0.3}], 8)
+    'the best silhouette is at the largest k tried (8 of 4..8): the curve has not peaked, so the clusters may be finer than the data needs; look at the sweep, or pass --k or a wider --sweep'
+    """
+    ks = sorted(int(p["k"]) for p in sweep if not math.isnan(p["silhouette"]))
+    if len(ks) < 2 or k not in (ks[0], ks[-1]):
+        return None
+    where = "largest" if k == ks[-1] else "smallest"
+    finer = "finer" if k == ks[-1] else "coarser"
+    return (
+        f"the best silhouette is at the {where} k tried ({k} of {ks[0]}..{ks[-1]}): the curve "
+        f"has not peaked, so the clusters may be {finer} than the data needs; look at the sweep, "
+        "or pass --k or a wider --sweep"
+    )
+
+
 def kmeans_clusters(
     X: sparse.csr_matrix, *, k: int, seed: int = 0, n_init: int = 3
 ) -> ClusterResult:

@@ -39,6 +39,7 @@ from core.clustering import (
     feature_names,
     kmeans_clusters,
     near_duplicate_groups,
+    sweep_edge_note,
     sweep_k,
 )
 from core.errors import StudioError
@@ -603,6 +604,7 @@ def cluster(
             check_k(k_, len(ids))
         sweep = sweep_k(X, ks, seed=cfg.seed, sample=cfg.sweep_sample, n_init=cfg.n_init)
     k = cfg.k or (best_k(sweep) if sweep else default_k(len(ids)))
+    note = sweep_edge_note(sweep, k) if sweep and cfg.k is None else None
     res = kmeans_clusters(X, k=k, seed=cfg.seed, n_init=cfg.n_init)
     top = distinctive_features(X, res.labels, k=k, top_n=cfg.top_features)
     names = feature_labels(store, fr)
@@ -645,6 +647,7 @@ def cluster(
             # cosine distances between centroids: which clusters lend rows to a batch first
             "centroid_distances": np.round(cluster_distances(res.centroids), 6).tolist(),
             **({"sweep": sweep} if sweep is not None else {}),
+            **({"sweep_note": note} if note else {}),
             **({"baselines": evidence} if evidence is not None else {}),
         },
         assignments=pa.table({"example_id": ids, "cluster": pa.array(res.labels, pa.int32())}),

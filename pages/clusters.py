@@ -88,6 +88,8 @@ def render() -> None:
                 key="clusters_sweep",
                 width="stretch",
             )
+            if run["summary"].get("sweep_note"):
+                st.warning(f"k = {run['summary'].get('k')}: {run['summary']['sweep_note']}.")
         else:
             st.info(
                 "No k sweep for this clustering: `python -m core cluster --dataset "

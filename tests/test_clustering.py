@@ -14,6 +14,7 @@ from core.clustering import (
     kmeans_clusters,
     near_duplicate_groups,
     parse_sweep,
+    sweep_edge_note,
     sweep_k,
 )
 from core.errors import StudioError
@@ -81,6 +82,25 @@ def test_sweep_picks_the_planted_k(planted):
     assert best_k(sweep) == planted
     inertia = [p["inertia"] for p in sweep]
     assert inertia[0] > inertia[-1]  # more clusters fit tighter
+
+
+@pytest.mark.parametrize("planted", [3, 5])
+def test_sweep_edge_note_only_at_the_ends_of_the_grid(planted):
+    X, _ = _planted(n_per=30, k=planted)
+    inside = sweep_k(X, [2, 3, 4, 5, 6, 8], seed=0, sample=100)
+    assert sweep_edge_note(inside, best_k(inside)) is None  # the planted k is inside the grid
+    below = sweep_k(X, [2, planted - 1], seed=0, sample=100)  # the grid stops short of it
+    note = sweep_edge_note(below, best_k(below))
+    assert note is not None and note.startswith(
+        f"the best silhouette is at the largest k tried ({planted - 1} of 2.."
+    )
+    low = [
+        {"k": 3, "silhouette": 0.5},
+        {"k": 6, "silhouette": 0.2},
+        {"k": 9, "silhouette": float("nan")},
+    ]
+    assert "smallest k tried (3 of 3..6)" in (sweep_edge_note(low, 3) or "")
+    assert sweep_edge_note([{"k": 4, "silhouette": 0.3}], 4) is None  # one k: nothing to compare
 
 
 def test_sweep_input_is_checked():

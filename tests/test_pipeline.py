@@ -462,7 +462,7 @@ def test_import_descriptions_cli(pipeline_db, tmp_path, capsys):
 def test_cluster_sweep_picks_k_and_stores_the_scores(pipeline_db, tmp_path, capsys):
     db = str(_copy(pipeline_db, tmp_path))
     assert run_cli("cluster", "--dataset", "demo", "--sweep", "2,3,5", "--db", db) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert out.count("k=") == 3 and "TF-IDF of the text" in out  # the sweep, the baselines
     s = Store(db)
     run = s.run(s.views("demo").cluster_run or 0)
@@ -470,6 +470,10 @@ def test_cluster_sweep_picks_k_and_stores_the_scores(pipeline_db, tmp_path, caps
     assert [p["k"] for p in sweep] == [2, 3, 5]
     best = max(sweep, key=lambda p: p["silhouette"])["k"]
     assert run["summary"]["k"] == best == len(s.clusters(run["run_id"]))
+    # the note (stored, and a warning line) says when the best k is an end of the grid
+    at_edge = best in (2, 5)
+    assert ("sweep_note" in run["summary"]) == at_edge
+    assert ("warning: the best silhouette is at the" in err) == at_edge
     assert run_cli("cluster", "--dataset", "demo", "--sweep", "2,500", "--db", db) == 2
     assert "k=500 is larger than" in capsys.readouterr().err
 
