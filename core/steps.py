@@ -809,22 +809,54 @@ def export_rows(
     ids: Sequence[str] | None = None,
     cfg: ExportConfig,
     views: Views | None = None,
+    limit: int | None = None,
 ) -> tuple[pd.DataFrame, Views]:
     """The rows an export would write (the "rows" layout), in written order, as one frame (for
-    the app's preview: an export file is written chunk by chunk by :func:`export`)."""
+    the app's preview: an export file is written chunk by chunk by :func:`export`); with
+    ``limit``, only the first ``limit`` rows are read from the store."""
     store.dataset(dataset)
     views = views or store.views(dataset)
     plan = export_plan(store, dataset=dataset, views=views, filters=filters, ids=ids, cfg=cfg)
-    chunks = list(store.export_chunks(dataset, views=views, plan=plan.table))
+    table = plan.table if limit is None else plan.table.slice(0, limit)
+    chunks = list(store.export_chunks(dataset, views=views, plan=table))
     df = pa.concat_tables(chunks).to_pandas()
-    if plan.table["batch"].null_count == len(df):
+    if table["batch"].null_count == len(df):
         df = df.drop(columns=["batch"])
+    return _with_plan_attrs(df, plan), views
+
+
+def _with_plan_attrs(df: pd.DataFrame, plan: ExportPlan) -> pd.DataFrame:
     # plain values only: the app's cache keeps attrs that serialise to JSON
     df.attrs["difficulty_column"] = plan.difficulty_column
     df.attrs["higher_is"] = plan.higher_is
     if plan.cross_cluster_share is not None:
         df.attrs["cross_cluster_share"] = plan.cross_cluster_share
-    return df, views
+    return df
+
+
+def export_columns(
+    store: Store,
+    *,
+    dataset: str,
+    columns: Sequence[str],
+    filters: Sequence[Filter] = (),
+    ids: Sequence[str] | None = None,
+    cfg: ExportConfig | None = None,
+) -> pd.DataFrame:
+    """Only ``columns`` (cluster, numeric labels, scores) of the rows an export would write, in
+    written order, with ``batch`` when the export is batched: what the app charts, read without
+    any text, so it stays small on large datasets. ``cfg`` None: every row, in ingest order."""
+    views = store.views(dataset)
+    wanted = ["idx", *dict.fromkeys(c for c in columns if c != "idx")]
+    wide = store.wide(dataset, views=views, columns=wanted).to_pandas()
+    if cfg is None:
+        return wide.drop(columns="idx")
+    plan = export_plan(store, dataset=dataset, views=views, filters=filters, ids=ids, cfg=cfg)
+    order = plan.table.to_pandas()
+    df = order.merge(wide, on="idx", how="left").drop(columns=["idx", "position"])
+    if plan.table["batch"].null_count == len(df):
+        df = df.drop(columns=["batch"])
+    return _with_plan_attrs(df.reset_index(drop=True), plan)
 
 
 def export(

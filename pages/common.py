@@ -233,24 +233,27 @@ def load_label_ranges(path: str, tok: tuple[float, float], dataset: str) -> pd.D
 
 
 @st.cache_data(show_spinner="Counting…", max_entries=64)
-def load_export_rows(
+def load_export_columns(
     path: str,
     tok: tuple[float, float],
     dataset: str,
+    columns: tuple[str, ...],
     filters: tuple,
     ids: tuple | None,
     cfg: Any,
 ) -> pd.DataFrame:
-    from core.steps import export_rows
+    """core.steps.export_columns: the charted columns of the exported rows in written order
+    (``cfg`` None: of every row), no text."""
+    from core.steps import export_columns
 
-    df, _ = export_rows(
+    return export_columns(
         Store(path, lock_timeout_s=5.0),
         dataset=dataset,
+        columns=list(columns),
         filters=list(filters),
         ids=None if ids is None else list(ids),
         cfg=cfg,
     )
-    return df
 
 
 @st.cache_data(show_spinner="Preparing the preview…", max_entries=16)
@@ -267,9 +270,17 @@ def load_layout_preview(
     import pyarrow as pa
 
     from core.formats import to_layout
+    from core.steps import export_rows
 
     s = Store(path, lock_timeout_s=5.0)
-    rows = load_export_rows(path, tok, dataset, filters, ids, cfg).head(n)
+    rows, _ = export_rows(
+        s,
+        dataset=dataset,
+        filters=list(filters),
+        ids=None if ids is None else list(ids),
+        cfg=cfg,
+        limit=n,
+    )
     kind = s.dataset(dataset)["kind"]
     table = pa.Table.from_pandas(rows, preserve_index=False)
     return to_layout(table, cfg.layout, kind=kind, data_source=dataset).to_pandas()

@@ -15,7 +15,7 @@ from pages.charts import histogram, kept_bars
 from pages.common import (
     guarded,
     load_clusters,
-    load_export_rows,
+    load_export_columns,
     load_label_ranges,
     load_layout_preview,
     load_tag_values,
@@ -190,8 +190,12 @@ def render() -> None:
     cfg, default_out = export_options(dataset, ranges["name"].astype(str).tolist())
     try:
         key_ids = tuple(ids) if ids is not None else None
-        df = load_export_rows(path, tok, dataset, tuple(filters), key_ids, cfg)
-        all_rows = load_export_rows(path, tok, dataset, (), None, ExportConfig())
+        # only what the charts read: cluster and the numeric labels and scores
+        charted = (("cluster",) if views.cluster_run else ()) + tuple(
+            ranges["name"].astype(str).tolist()
+        )
+        df = load_export_columns(path, tok, dataset, charted, tuple(filters), key_ids, cfg)
+        all_rows = load_export_columns(path, tok, dataset, charted, (), None, None)
     except StudioError as exc:
         st.error(str(exc))
         return
