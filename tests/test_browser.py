@@ -1,5 +1,6 @@
-"""One real-browser test: Streamlit serves the app, Debian's Chromium opens the Map page and
-finds the chart drawn with every point."""
+"""Real-browser tests: Streamlit serves the app as `make run` does and Debian's Chromium opens
+the Map page (the chart drawn with every point) and the Rewards page (the scatter and the
+chosen -> rejected arrows)."""
 
 import os
 import socket
