@@ -933,7 +933,7 @@ def run(args: argparse.Namespace) -> int:
             text = " ".join(str(r.response or "").split())[:80]
             print(f"  {r.example_id} #{r.response_idx}: {r.rank_diff:+.3f}  {text}")
         print(
-            f"sparse probe of rank_diff on SAE features: out-of-fold R2 "
+            f"sparse probe of rank_diff on SAE features: out-of-fold R2 (prompts held out) "
             f"{'n/a' if r2 is None else f'{r2:.3f}'}, Spearman "
             f"{'n/a' if rho is None else f'{rho:.3f}'}; {d.params.get('n_nonzero', 0)} nonzero "
             f"weights, the {min(args.top, len(d.weights))} largest:"

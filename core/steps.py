@@ -1279,9 +1279,11 @@ class DisagreementProbe:
     largest |rank_diff| first) with prompt and response. ``weights``: the sparse probe's
     nonzero weights (feature_id, weight on max-abs scaled features, label), the largest |weight|
     first; positive = the feature goes with ``a`` ranking a response above ``b``. ``metrics``:
-    out-of-fold R2 and Spearman of the probe (folds over responses, not prompts: responses of
-    one prompt share its context). ``top``: per weighted feature, the responses where it fires
-    most (example_id, response_idx, activation, rank_diff)."""
+    out-of-fold R2 and Spearman of the probe with every prompt's responses held out together
+    (they share the prompt's context, so shuffled folds would flatter it; ``n_groups`` prompts),
+    and under ``by_response`` the same over shuffled folds of responses. ``top``: per weighted
+    feature, the responses where it fires most (example_id, response_idx, activation,
+    rank_diff)."""
 
     a: str
     b: str
@@ -1330,7 +1332,10 @@ def disagreement_probe(
         at["rank_diff"].to_numpy(np.float64),
         cfg=ProbeConfig(kind="elasticnet", seed=seed),
         name=f"rank under {a} - rank under {b}",
+        groups=at["example_id"].to_numpy(),  # grouped folds: a prompt's responses together
     )
+    by_prompt = result.metrics.get("by_cluster") or {}
+    metrics = {**by_prompt, "by_response": result.metrics.get("in_distribution", {})}
     names = feature_labels(store, rf.feature_run)
     weights = pd.DataFrame(
         [(int(f), float(w), names.get(int(f), "")) for f, w in result.weights if w != 0.0],
@@ -1359,7 +1364,7 @@ def disagreement_probe(
         b=b,
         table=table,
         weights=weights,
-        metrics=result.metrics.get("in_distribution", {}),
+        metrics=metrics,
         params=result.params,
         top=top,
     )

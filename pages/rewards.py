@@ -530,8 +530,17 @@ def _disagreement(
         f"under `{a}` − rank under `{b}` (positive: `{a}` likes the response more)."
     )
     m = st.columns(4)
-    m[0].metric("Probe R² (out of fold)", _num(dp.metrics.get("r2")))
-    m[1].metric("Probe Spearman (out of fold)", _num(dp.metrics.get("spearman")))
+    by_response = dp.metrics.get("by_response") or {}
+    m[0].metric(
+        "Probe R² (prompts held out)",
+        _num(dp.metrics.get("r2")),
+        help=f"shuffled folds of responses instead: {_num(by_response.get('r2'))}",
+    )
+    m[1].metric(
+        "Probe Spearman (prompts held out)",
+        _num(dp.metrics.get("spearman")),
+        help=f"shuffled folds of responses instead: {_num(by_response.get('spearman'))}",
+    )
     m[2].metric("Responses", f"{int(dp.metrics.get('n') or 0):,}")
     n_nonzero = int(dp.params.get("n_nonzero", len(dp.weights)))
     m[3].metric(
@@ -545,7 +554,8 @@ def _disagreement(
     st.caption(
         "A sparse probe (elastic net, penalty chosen by inner cross-validation: "
         f"{params or 'defaults'}) predicts rank_diff from each response's SAE features; R² and "
-        "Spearman are out of fold (folds over responses). Positive weight: the feature goes with "
+        "Spearman are out of fold with each prompt's responses held out together (they share "
+        "the prompt's context, so shuffled folds would flatter the probe). Positive weight: the feature goes with "
         f"`{a}` ranking a response above `{b}`."
     )
     if dp.weights.empty:

@@ -188,7 +188,10 @@ def test_disagreement_probe(rewards_db: Path, capsys) -> None:
     gaps = d.table["rank_diff"].abs().to_numpy()
     assert (np.diff(gaps) <= 1e-12).all() and len(d.table) == len(_scores(store, "verifier"))
     assert bool(d.table["response"].notna().all())
-    assert set(d.metrics) >= {"r2", "spearman", "n"}
+    # headline: prompts held out together (all 60 of them as groups); shuffled folds beside it
+    assert set(d.metrics) >= {"r2", "spearman", "n", "n_groups", "by_response"}
+    assert d.metrics["n_groups"] == PREF_ROWS and d.metrics["n"] == len(d.table)
+    assert set(d.metrics["by_response"]) >= {"r2", "spearman"}
     assert bool((d.weights["weight"] != 0).all())
     for f, top in d.top.items():
         assert f in set(d.weights["feature_id"])
@@ -204,7 +207,7 @@ def test_disagreement_probe(rewards_db: Path, capsys) -> None:
     )
     out = capsys.readouterr().out
     assert out.startswith(f"{len(d.table)} responses scored by both")
-    assert "sparse probe of rank_diff on SAE features: out-of-fold R2" in out
+    assert "sparse probe of rank_diff on SAE features: out-of-fold R2 (prompts held out)" in out
 
 
 def test_reward_frame(rewards_db: Path) -> None:
