@@ -2,12 +2,14 @@
 the Map page (the chart drawn with every point) and the Rewards page (the scatter and the
 chosen -> rejected arrows)."""
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,18 +72,30 @@ def serve(db: Path, port: int) -> subprocess.Popen:
     raise RuntimeError("streamlit did not answer within 60 s")
 
 
-@pytest.fixture
-def server(pipeline_db):
+@contextlib.contextmanager
+def served(db: Path) -> Iterator[str]:
+    """The app serving ``db``, as its base URL; stopped on leaving."""
     port = _free_port()
-    proc = serve(pipeline_db, port)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
+    proc = serve(db, port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
-@pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="needs Debian chromium (.ci/run installs it)"
 )
+
+
+@pytest.fixture
+def server(pipeline_db):
+    with served(pipeline_db) as url:
+        yield url
+
+
+@needs_chromium
 def test_map_page_draws_every_point(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -112,16 +126,11 @@ def test_map_page_draws_every_point(server, tmp_path):
 
 @pytest.fixture
 def rewards_server(rewards_db):
-    port = _free_port()
-    proc = serve(rewards_db, port)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
+    with served(rewards_db) as url:
+        yield url
 
 
-@pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="needs Debian chromium (.ci/run installs it)"
-)
+@needs_chromium
 def test_rewards_page_draws_the_scatter_and_the_pairs(rewards_server, rewards_db, tmp_path):
     from playwright.sync_api import sync_playwright
 
