@@ -125,6 +125,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--replace", action="store_true", help="overwrite a dataset of that name")
 
+    def device_args(sp: argparse.ArgumentParser) -> None:
+        """Where a model runs and in which dtype (every command that loads one)."""
+        sp.add_argument(
+            "--device",
+            default="auto",
+            help="torch device: auto (cuda when there is a GPU, else cpu), cpu, cuda, cuda:1 ...",
+        )
+        sp.add_argument(
+            "--dtype",
+            choices=["auto", "float32", "bfloat16", "float16"],
+            default="auto",
+            help="model weights: auto = bfloat16 on a GPU, float32 on CPU",
+        )
+
+    def resume_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--no-resume",
+            action="store_true",
+            help="start a new run even if an interrupted one with the same config exists",
+        )
+
     def model_args(sp: argparse.ArgumentParser, *, layer_required: bool) -> None:
         sp.add_argument("--dataset", required=True)
         sp.add_argument(
@@ -154,17 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=256,
             help="tokens per example; longer examples are truncated and counted",
         )
-        sp.add_argument(
-            "--device",
-            default="auto",
-            help="torch device: auto (cuda when there is a GPU, else cpu), cpu, cuda, cuda:1 ...",
-        )
-        sp.add_argument(
-            "--dtype",
-            choices=["auto", "float32", "bfloat16", "float16"],
-            default="auto",
-            help="model weights: auto = bfloat16 on a GPU, float32 on CPU",
-        )
+        device_args(sp)
 
     sp = cmd("train-sae", "Train a TopK SAE (sae-lens) on a dataset's activations at one layer.")
     model_args(sp, layer_required=True)
@@ -243,11 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--shard-dir", help="where Ray writes Parquet shards (a folder every node can reach)"
     )
-    sp.add_argument(
-        "--no-resume",
-        action="store_true",
-        help="start a new run even if an interrupted one with the same config exists",
-    )
+    resume_arg(sp)
 
     sp = cmd("cluster", "k-means on L2-normalised SAE vectors, clusters labelled by features.")
     sp.add_argument("--dataset", required=True)
@@ -378,23 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="a Jinja chat template (file or text) to use instead of the tokenizer's",
     )
-    sp.add_argument(
-        "--device",
-        default="auto",
-        help="torch device: auto (cuda when there is a GPU, else cpu), cpu, cuda, cuda:1 ...",
-    )
-    sp.add_argument(
-        "--dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        default="auto",
-        help="model weights: auto = bfloat16 on a GPU, float32 on CPU",
-    )
+    device_args(sp)
     sp.add_argument("--chunk-size", type=int, default=512, help="responses per commit")
-    sp.add_argument(
-        "--no-resume",
-        action="store_true",
-        help="start a new run even if an interrupted one with the same config exists",
-    )
+    resume_arg(sp)
 
     sp = cmd(
         "import-rewards",
