@@ -229,6 +229,22 @@ PIPELINE_ROWS = 200
 PIPELINE_LAYER = 1
 
 
+def load_written(out: Path, container: str, cache: Path) -> Any:
+    """An export read back the way trainers read it: ``datasets.load_from_disk`` for an hf
+    folder, else ``load_dataset("json" | "parquet")`` (caching under ``cache``)."""
+    import datasets
+
+    if container == "hf":
+        ds = datasets.load_from_disk(str(out))
+    else:
+        builder = "json" if container == "jsonl" else "parquet"
+        ds = datasets.load_dataset(
+            builder, data_files=str(out), split="train", cache_dir=str(cache)
+        )
+    assert isinstance(ds, datasets.Dataset)
+    return ds
+
+
 def run_cli(*argv: str) -> int:
     from core.cli import main
 

@@ -9,18 +9,9 @@ import pytest
 
 from core.demo_data import write_demo_chats, write_demo_preferences
 from core.export import FORMAT_LAYOUT
-from tests.conftest import PIPELINE_ROWS, run_cli
+from tests.conftest import PIPELINE_ROWS, load_written, run_cli
 
 PROMPT_FORMATS = ["jsonl", "parquet", "hf", "verl", "trl-prompt"]
-
-
-def _load(out: Path, container: str, cache: Path):
-    import datasets
-
-    if container == "hf":
-        return datasets.load_from_disk(str(out))
-    builder = "json" if container == "jsonl" else "parquet"
-    return datasets.load_dataset(builder, data_files=str(out), split="train", cache_dir=str(cache))
 
 
 def _export(db: Path, dataset: str, out: Path, *args: str) -> int:
@@ -37,7 +28,7 @@ def test_every_format_loads_and_reproduces(pipeline_db, tmp_path, fmt):
     data = out / "data-00000-of-00001.arrow" if manifest["container"] == "hf" else out
     first = data.read_bytes()
     assert hashlib.sha256(first).hexdigest() == manifest["sha256"]
-    ds = _load(out, manifest["container"], tmp_path / "cache")
+    ds = load_written(out, manifest["container"], tmp_path / "cache")
     assert len(ds) == manifest["rows"] == manifest["counts"]["examples"] < PIPELINE_ROWS
     assert sum(manifest["counts"]["per_cluster"].values()) == manifest["rows"]
     assert sum(manifest["counts"]["per_difficulty_band"].values()) == manifest["rows"]
@@ -74,7 +65,7 @@ def test_preference_pairs_for_dpo_and_reward_training(kinds_db, tmp_path):
     records = [json.loads(line) for line in prefs.read_text().splitlines()]
     out = tmp_path / "pairs.jsonl"
     assert _export(db, "prefs", out, "--format", "trl-preference") == 0
-    ds = _load(out, "jsonl", tmp_path / "cache")
+    ds = load_written(out, "jsonl", tmp_path / "cache")
     assert len(ds) == sum(len(r["rejected"]) for r in records)
     manifest = json.loads(Path(f"{out}.manifest.json").read_text())
     assert manifest["rows"] == len(ds) and manifest["counts"]["examples"] == len(records)
@@ -91,13 +82,13 @@ def test_chats_export_their_messages(kinds_db, tmp_path):
     records = [json.loads(line) for line in chats.read_text().splitlines()]
     out = tmp_path / "sft.parquet"
     assert _export(db, "chats", out, "--format", "trl-messages") == 0
-    ds = _load(out, "parquet", tmp_path / "cache")
+    ds = load_written(out, "parquet", tmp_path / "cache")
     assert [r["messages"] for r in ds] == [r["messages"] for r in records]
     # a prompt-only layout stops at the last user turn
     out = tmp_path / "prompts.jsonl"
     assert _export(db, "chats", out, "--format", "trl-prompt") == 0
     long = next(i for i, r in enumerate(records) if len(r["messages"]) == 4)
-    ds = _load(out, "jsonl", tmp_path / "cache")
+    ds = load_written(out, "jsonl", tmp_path / "cache")
     assert ds[long]["prompt"] == records[long]["messages"][:3]
 
 

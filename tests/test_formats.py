@@ -26,6 +26,7 @@ from core.formats import (
     layout_schema,
     to_layout,
 )
+from tests.conftest import load_written
 
 
 def _masked(values: list, mask: np.ndarray, type_: pa.DataType) -> pa.Array:
@@ -112,18 +113,6 @@ def _split(kind: str, sizes: tuple[int, ...]) -> list[pa.Table]:
     ]
 
 
-def _load(out: Path, container: str, cache: Path) -> datasets.Dataset:
-    if container == "hf":
-        ds = datasets.load_from_disk(str(out))
-    else:
-        builder = "json" if container == "jsonl" else "parquet"
-        ds = datasets.load_dataset(
-            builder, data_files=str(out), split="train", cache_dir=str(cache)
-        )
-    assert isinstance(ds, datasets.Dataset)
-    return ds
-
-
 @pytest.mark.parametrize("container", CONTAINERS)
 @pytest.mark.parametrize(("kind", "layout"), CASES)
 def test_thousands_of_rows_same_bytes_however_chunked(
@@ -142,7 +131,7 @@ def test_thousands_of_rows_same_bytes_however_chunked(
     whole = to_layout(
         export_rows(BIG, kind=kind, prompt_chars=500), layout, kind=kind, data_source="bench"
     )
-    ds = _load(out, container, tmp_path / "cache")
+    ds = load_written(out, container, tmp_path / "cache")
     assert ds.column_names == whole.column_names
     assert ds.to_list() == whole.to_pylist()
     if container == "parquet":
@@ -204,7 +193,7 @@ def test_jsonl_floats_read_back_as_floats_and_non_finite_as_null(tmp_path):
     # datasets' JSON reader takes the whole file as floats
     out = tmp_path / "f.jsonl"
     out.write_bytes(jsonl_bytes(table).to_pybytes())
-    ds = _load(out, "jsonl", tmp_path / "cache")
+    ds = load_written(out, "jsonl", tmp_path / "cache")
     assert ds.features["x"] == datasets.Value("float64")
     assert ds["x"][:3] == [1.0, -0.0, 0.1]
 
@@ -214,7 +203,7 @@ def test_control_characters_read_back_with_datasets(tmp_path):
     chunk = chunk.set_column(2, "prompt", pa.array(TRICKY, pa.string()))
     out = tmp_path / "t.jsonl"
     _write(out, "jsonl", [chunk], "trl-prompt", "prompts")
-    ds = _load(out, "jsonl", tmp_path / "cache")
+    ds = load_written(out, "jsonl", tmp_path / "cache")
     assert [p and p[0]["content"] for p in ds["prompt"]] == TRICKY
 
 

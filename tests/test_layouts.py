@@ -21,6 +21,7 @@ import pytest
 import core.formats
 from core.errors import StudioError
 from core.formats import CONTAINERS, ExportWriter, Written, container_for, layout_schema, to_layout
+from tests.conftest import load_written
 
 N = 10  # rows per test set
 GROUP = 5  # ROW_GROUP in these tests, so a file holds several row groups / record batches
@@ -143,18 +144,6 @@ def _export(
     return writer.result
 
 
-def _load(out: Path, container: str, cache: Path) -> datasets.Dataset:
-    if container == "hf":
-        ds = datasets.load_from_disk(str(out))
-    else:
-        builder = "json" if container == "jsonl" else "parquet"
-        ds = datasets.load_dataset(
-            builder, data_files=str(out), split="train", cache_dir=str(cache)
-        )
-    assert isinstance(ds, datasets.Dataset)
-    return ds
-
-
 def _data_file(out: Path, container: str) -> Path:
     return out / "data-00000-of-00001.arrow" if container == "hf" else out
 
@@ -227,7 +216,7 @@ def test_layout_reads_back_with_datasets(tmp_path, kind, layout, container):
     out = tmp_path / f"train{SUFFIX[container]}"
     written = _export(out, kind, layout, container)
     expected = _expected(kind, layout)
-    ds = _load(out, container, tmp_path / "cache")
+    ds = load_written(out, container, tmp_path / "cache")
     assert ds.column_names == list(expected[0])
     assert ds.to_list() == expected
     assert written.rows == len(expected) and written.path == out
@@ -367,7 +356,7 @@ def test_an_existing_output_is_replaced(tmp_path, container):
     assert {p.name for p in tmp_path.iterdir()} == {out.name}  # nothing set aside is left
     if container == "hf":
         assert {p.name for p in out.iterdir()} == HF_FILES  # the old folder's files are gone
-    ds = _load(out, container, tmp_path.parent / f"{tmp_path.name}-cache")
+    ds = load_written(out, container, tmp_path.parent / f"{tmp_path.name}-cache")
     assert ds.to_list() == _expected("prompts", "trl-prompt")
     assert written.sha256 == hashlib.sha256(_data_file(out, container).read_bytes()).hexdigest()
 
@@ -454,6 +443,6 @@ def test_an_empty_export_is_a_valid_empty_file(tmp_path, kind, layout, container
         assert table.num_rows == 0 and table.schema.names == schema.names
         assert table.schema.equals(schema)
     else:
-        ds = _load(out, "hf", tmp_path / "cache")
+        ds = load_written(out, "hf", tmp_path / "cache")
         assert len(ds) == 0 and ds.column_names == schema.names
         assert ds.features == datasets.Features.from_arrow_schema(schema)
