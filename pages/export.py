@@ -2,6 +2,7 @@
 the exported rows beside the whole dataset, and a preview of the file; write or download."""
 
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -256,18 +257,19 @@ def render() -> None:
     out = st.text_input("Output path", value=default_out, key=f"exp_out_{cfg.fmt}_{cfg.container}")
     w1, w2, w3 = st.columns(3)
     rule_info = None if rule_set is None else {"name": rule_set}
+    # the button and the downloads write through the same call
+    write = partial(
+        export,
+        dataset=dataset,
+        filters=filters,
+        ids=ids,
+        cfg=cfg,
+        record=False,
+        rule_set=rule_info,
+    )
     if w1.button("Write file + manifest", type="primary"):
         try:
-            m = export(
-                store(),
-                dataset=dataset,
-                out=out,
-                filters=filters,
-                ids=ids,
-                cfg=cfg,
-                record=False,
-                rule_set=rule_info,
-            )
+            m = write(store(), out=out)
             st.success(
                 f"Wrote {m['rows']:,} rows to {out} and {Path(out).name}.manifest.json "
                 f"(sha256 {m['sha256'][:12]}…)"
@@ -277,19 +279,10 @@ def render() -> None:
     name = Path(out).name or dataset
 
     def payload(part: str) -> bytes:
-        # the same writer as the button above, into a temporary folder
+        # into a temporary folder
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / name
-            export(
-                store(),
-                dataset=dataset,
-                out=target,
-                filters=filters,
-                ids=ids,
-                cfg=cfg,
-                record=False,
-                rule_set=rule_info,
-            )
+            write(store(), out=target)
             return (target if part == "file" else Path(f"{target}.manifest.json")).read_bytes()
 
     if cfg.container == "hf":
