@@ -50,6 +50,7 @@ from core.models import (
     resolve_device,
     resolve_dtype,
 )
+from core.rewards import RESPONSE_CLUSTER
 from core.store import REWARD_SCHEMA, Store
 
 Head = Literal["scalar", "ordinal"]
@@ -118,13 +119,13 @@ def check_head(
 def reward_from_logits(logits: np.ndarray | torch.Tensor, head: str) -> np.ndarray:
     """Rewards [n] (float64) from a batch of logits [n, num_labels]: the one logit (scalar), or
     ``1 + sum_k sigmoid(logit_k)`` (ordinal CORAL, in [1, K] with K = num_labels + 1)."""
-    x = torch.as_tensor(logits).detach().to("cpu", torch.float64)
+    from core.rewards import coral_reward, scalar_reward
+
+    x = torch.as_tensor(logits).detach().to("cpu", torch.float64).numpy()
     if x.ndim != 2:
         raise StudioError(f"reward logits must be [n, num_labels], got shape {tuple(x.shape)}")
     check_head(int(x.shape[1]), head, name="these logits")
-    if head == "scalar":
-        return x[:, 0].numpy()
-    return (1.0 + torch.sigmoid(x).sum(dim=1)).numpy()
+    return scalar_reward(x) if head == "scalar" else coral_reward(x)
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -780,9 +781,6 @@ def category_values(store: Store, *, dataset: str, columns: Sequence[str]) -> pd
     views = Views(None, cluster_run, None)
     wide = store.wide(dataset, views=views, columns=["id", *cols]).to_pandas()
     return wide.set_index("id").rename_axis("example_id")[cols]
-
-
-RESPONSE_CLUSTER = "response_cluster"  # --by: each response's cluster in <dataset>.responses
 
 
 def response_clusters(store: Store, *, dataset: str) -> pd.Series:

@@ -68,6 +68,8 @@ ShiftOrder = Literal["mean_diff", "fire_diff", "t"]
 BTPenalty = Literal["auto", "l2", "l1"]
 
 
+RESPONSE_CLUSTER = "response_cluster"  # a category: each response's cluster in <dataset>.responses
+
 # ---------------------------------------------------------------------------------------------
 # Heads
 

@@ -519,8 +519,8 @@ def load_accuracy_by(
     ``example``) or by ``response_cluster``, each response's cluster on the responses map (side
     ``chosen`` / ``rejected``), as `python -m core judge --by` reads them. The group column is
     ``value``."""
-    from core.reward_models import RESPONSE_CLUSTER, category_values, response_clusters
-    from core.rewards import accuracy_by
+    from core.reward_models import category_values, response_clusters
+    from core.rewards import RESPONSE_CLUSTER, accuracy_by
 
     s = Store(path, lock_timeout_s=5.0)
     scores = load_reward_scores(path, tok, dataset, name)

@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import StudioError
-from core.reward_models import RESPONSE_CLUSTER
+from core.rewards import RESPONSE_CLUSTER
 from core.store import RESPONSES_SUFFIX
 from pages.charts import (
     accuracy_bars,
