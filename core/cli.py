@@ -827,7 +827,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "judge":
         from core.reward_models import judge, judge_report
 
-        names = [n for n in (args.names or "").split(",") if n] or None
+        names = _names(args.names) or None
         by = [c for item in args.by or () for c in _names(item)]
         margins = None
         if args.margins is not None:

@@ -789,8 +789,7 @@ def response_clusters(store: Store, *, dataset: str) -> pd.Series:
     from core.store import RESPONSES_SUFFIX, Views
 
     resp = dataset + RESPONSES_SUFFIX
-    known = set(store.list_datasets()["name"])
-    run = store.latest_run(dataset=resp, step="cluster") if resp in known else None
+    run = store.latest_run(dataset=resp, step="cluster") if store.has_dataset(resp) else None
     if run is None:
         raise StudioError(
             f"--by {RESPONSE_CLUSTER}: '{resp}' has no cluster run (run `python -m core "

@@ -56,15 +56,6 @@ def _feature_run(store: Store, dataset: str, feature_run: int | None) -> int:
     return _need_feature_run(store, dataset, feature_run)
 
 
-def feature_names_for_run(store: Store, feature_run: int) -> dict[int, str]:
-    """Each feature's short name: its imported description, else its top tokens."""
-    from core.clustering import feature_names
-    from core.steps import _tokens_by_feature
-
-    _, top = store.feature_stats(feature_run)
-    return feature_names(_tokens_by_feature(top), descriptions=store.descriptions(feature_run))
-
-
 def representations(
     store: Store,
     *,
@@ -182,9 +173,9 @@ def probe(
     fit_s = time.perf_counter() - t0
     # the same probe on each baseline (labels already checked above)
     compared = compare_probes(reps, y, cfg=cfg, name=label, groups=groups)
-    from core.steps import versions
+    from core.steps import feature_labels, versions
 
-    names = feature_names_for_run(store, fr)
+    names = feature_labels(store, fr)
     summary: dict[str, Any] = {
         "label": label,
         "kind": kind,

@@ -1020,7 +1020,7 @@ def _responses_of(store: Store, dataset: str) -> str:
             "preference set (chosen and rejected responses)"
         )
     name = dataset + RESPONSES_SUFFIX
-    if name not in set(store.list_datasets()["name"]):
+    if not store.has_dataset(name):
         raise StudioError(
             f"dataset '{dataset}' has no responses dataset: run `python -m core responses "
             f"--dataset {dataset}` and `python -m core featurize --dataset {name} "
@@ -1221,12 +1221,12 @@ def reward_sources(store: Store, *, dataset: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, rid in store.reward_runs(dataset).items():
         run = store.run(rid)
-        first = store.reward_scores(rid).slice(0, 1).column("source").to_pylist()
+        source = store.reward_source(rid)
         out[name] = {
             "run_id": rid,
             "kind": run["config"].get("kind")
             or ("imported" if "column" in run["config"] else "rm"),
-            "source": first[0] if first else run["config"].get("source", ""),
+            "source": source if source is not None else run["config"].get("source", ""),
             "config": run["config"],
             "summary": run["summary"],
         }
@@ -1252,9 +1252,7 @@ def reward_frame(store: Store, *, dataset: str) -> pd.DataFrame:
             how="left",
         )
     resp = dataset + RESPONSES_SUFFIX
-    if store.dataset(dataset)["kind"] == "preferences" and resp in set(
-        store.list_datasets()["name"]
-    ):
+    if store.dataset(dataset)["kind"] == "preferences" and store.has_dataset(resp):
         views = store.views(resp)
         cols = ["id"] + (["cluster"] if views.cluster_run else [])
         cols += ["x", "y"] if views.projection_run else []

@@ -578,6 +578,12 @@ class Store:
                 )
         return dict(zip(["name", "kind", "source", "n_examples", "created_at"], row, strict=True))
 
+    def has_dataset(self, name: str) -> bool:
+        with self.connect() as con:
+            return (
+                con.execute("SELECT 1 FROM datasets WHERE name = ?", [name]).fetchone() is not None
+            )
+
     def list_datasets(self) -> pd.DataFrame:
         with self.connect() as con:
             return con.execute(
@@ -1297,6 +1303,14 @@ class Store:
                 "ON n.example_id = k.example_id AND n.response_idx = k.response_idx",
                 params=[dataset, dataset, kind],
             ).to_arrow_table()
+
+    def reward_source(self, run_id: int) -> str | None:
+        """What produced a reward run's scores, as stored with them (None without scores)."""
+        with self.connect() as con:
+            row = con.execute(
+                "SELECT source FROM reward_scores WHERE run_id = ? LIMIT 1", [run_id]
+            ).fetchone()
+        return None if row is None else row[0]
 
     def add_reward_run(
         self,
