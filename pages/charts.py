@@ -324,11 +324,6 @@ def _short(text: object, n: int = 48) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
-def _short_tick(text: str, *, limit: int = 14) -> str:
-    """A category name cut for an axis tick: "12 · f1766 (by) · ..." -> "12 · f1766 (by)…"."""
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
 def accuracy_bars(table: pd.DataFrame, *, title: str, xaxis: str) -> go.Figure:
     """Accuracy per category value: a bar per reward source in each value's group, its 95%
     interval as an error bar, chance as a black dash. ``table``: source, group (text), acc,
@@ -337,7 +332,7 @@ def accuracy_bars(table: pd.DataFrame, *, title: str, xaxis: str) -> go.Figure:
     # long names (cluster labels) would take the chart's height: ticks show their first words,
     # the hover the whole name
     names = table["group"].astype(str)
-    ticks = names.map(_short_tick)
+    ticks = names.map(lambda t: _short(t, 14))
     if int(ticks.nunique()) < int(names.nunique()):  # cutting would merge two categories
         ticks = names
     table = table.assign(tick=ticks)

@@ -45,6 +45,7 @@ from pages.common import (
     token,
 )
 
+MAX_PICKS = 1000  # best-of-n rows sent to the browser at most (the table carries the texts)
 MAX_PAIRS = 2000  # pairs drawn on the map at most (SVG arrows); the slider picks fewer
 
 
@@ -96,6 +97,8 @@ def _pick_dataset(path: str, tok: tuple[float, float]) -> tuple[str, str] | None
         index=names.index(current) if current in names else 0,
         key="rw_dataset",
         format_func=lambda n: f"{n} ({kinds[n]})",
+        # a dataset picked here is the one the other pages open (visiting alone changes nothing)
+        on_change=lambda: st.session_state.__setitem__(DATASET, st.session_state["rw_dataset"]),
     )
     return str(name), str(kinds[name])
 
@@ -318,8 +321,13 @@ def _compare(
     if agree.n_prompts:
         with st.expander(f"Best-of-n picks per prompt ({agree.n_prompts:,} prompts)"):
             picks = load_best_of_n_picks(path, tok, dataset, a, b)
+            if len(picks) > MAX_PICKS:
+                st.caption(
+                    f"The first {MAX_PICKS:,} of {len(picks):,} prompts (those where the picks "
+                    "differ come first)."
+                )
             st.dataframe(
-                picks[
+                picks.head(MAX_PICKS)[
                     [
                         "example_id",
                         "n_candidates",
@@ -564,7 +572,7 @@ def _disagreement(
             "sources disagree."
         )
         return
-    w = dp.weights.reindex(dp.weights["weight"].abs().sort_values(ascending=False).index)
+    w = dp.weights  # core gives them strongest first
     st.plotly_chart(
         signed_bars(
             w.head(30),

@@ -440,6 +440,7 @@ def test_rewards_page_says_what_is_missing_and_calibrates(rewards_copy, monkeypa
     assert at.selectbox(key="rw_dataset").options == ["prefs (preferences)", "prefs2 (preferences)"]
     assert not any("no responses map" in i.value for i in at.info)  # prefs has its map
     at.selectbox(key="rw_dataset").select("prefs2").run()
+    assert at.session_state["dataset"] == "prefs2"  # the other pages open what was picked here
     _ok(at)
     infos = " ".join(i.value for i in at.info)
     assert "no responses map yet" in infos and "python -m core responses --dataset prefs2" in infos
