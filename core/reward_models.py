@@ -51,7 +51,7 @@ from core.models import (
     resolve_dtype,
 )
 from core.rewards import RESPONSE_CLUSTER
-from core.store import REWARD_SCHEMA, Store
+from core.store import RESPONSES_SUFFIX, REWARD_SCHEMA, Store
 
 Head = Literal["scalar", "ordinal"]
 HEADS = ("scalar", "ordinal")
@@ -772,10 +772,13 @@ def category_values(store: Store, *, dataset: str, columns: Sequence[str]) -> pd
                 f"{', '.join(tags) or 'none'}"
             )
         if col != "cluster" and col not in labels and col not in tags:
+            resp = dataset + RESPONSES_SUFFIX
+            has_resp = store.has_dataset(resp) and store.latest_run(dataset=resp, step="cluster")
             raise StudioError(
                 f"--by {col}: dataset '{dataset}' has no label, tag or cluster of that name; "
                 f"labels: {', '.join(labels) or 'none'}; tags: {', '.join(tags) or 'none'}; "
-                f"cluster: {'yes' if cluster_run is not None else 'none (no cluster run)'}"
+                f"cluster: {'yes' if cluster_run is not None else 'none (no cluster run)'}; "
+                f"{RESPONSE_CLUSTER}: {'yes' if has_resp else 'none (no clustered responses)'}"
             )
     cols = list(dict.fromkeys(columns))
     views = Views(None, cluster_run, None)
@@ -786,7 +789,7 @@ def category_values(store: Store, *, dataset: str, columns: Sequence[str]) -> pd
 def response_clusters(store: Store, *, dataset: str) -> pd.Series:
     """Each response's cluster, indexed by (example_id, response_idx), from the latest cluster
     run of the preference set's responses dataset (``python -m core responses``)."""
-    from core.store import RESPONSES_SUFFIX, Views
+    from core.store import Views
 
     resp = dataset + RESPONSES_SUFFIX
     run = store.latest_run(dataset=resp, step="cluster") if store.has_dataset(resp) else None

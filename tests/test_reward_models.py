@@ -720,6 +720,7 @@ def test_judge_by_names_what_exists_when_nothing_matches(
             "--by colour: dataset 'prefs' has no label, tag or cluster of that name; labels: "
             "difficulty, n_rejected; tags: ",
         ),
+        (["--by", "colour"], "; response_cluster: none (no clustered responses)"),
         (["--by", "cluster"], "--by cluster: dataset 'prefs' has no cluster run yet"),
         (["--margins", "0,big"], "--margins '0,big': expected numbers"),
         (["--margins", "-1"], "margins must be finite numbers >= 0"),
