@@ -1036,13 +1036,10 @@ class ResponseFeatures:
     ``keys``: example_id, response_idx, role, row (the row of ``X``), in the preference set's
     order. ``X``: [n_responses, d] sparse SAE features or dense hidden states."""
 
-    dataset: str
     responses: str
     feature_run: int
-    features: str
     keys: pd.DataFrame
     X: Any
-    d_sae: int
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(chosen rows, rejected rows, example ids) of every (chosen, rejected) pair."""
@@ -1074,7 +1071,6 @@ def response_features(
     keys = store.response_keys(resp).to_pandas()
     if features == "sae":
         ids, X = feature_matrix(store, fr)
-        d_sae = X.get_shape()[1]
     else:
         dv = store.dense_vectors(fr)
         if dv is None:
@@ -1082,7 +1078,6 @@ def response_features(
                 f"feature run {fr} of '{resp}' has no dense baseline: featurize it with --dense"
             )
         ids, X = dv
-        d_sae = int(store.run(fr)["summary"].get("d_sae") or 0)
     pos = pd.Series(np.arange(len(ids)), index=pd.Index(ids))
     keys["row"] = pos.reindex(keys["id"]).to_numpy()
     if keys["row"].isna().any():
@@ -1093,13 +1088,10 @@ def response_features(
         )
     keys["row"] = keys["row"].astype(np.int64)
     return ResponseFeatures(
-        dataset=dataset,
         responses=resp,
         feature_run=fr,
-        features=features,
         keys=keys[["example_id", "response_idx", "role", "row"]],
         X=X,
-        d_sae=d_sae,
     )
 
 
@@ -1325,8 +1317,9 @@ def disagreement_probe(
     table = disagreement(frames[0], frames[1])
     rf = response_features(store, dataset=dataset, feature_run=feature_run)
     at = table.merge(rf.keys, on=["example_id", "response_idx"], how="inner")
+    Xa = rf.X[at["row"].to_numpy()]
     result = fit_probe(
-        rf.X[at["row"].to_numpy()],
+        Xa,
         at["rank_diff"].to_numpy(np.float64),
         cfg=ProbeConfig(kind="elasticnet", seed=seed),
         name=f"rank under {a} - rank under {b}",
@@ -1343,7 +1336,6 @@ def disagreement_probe(
         ["example_id", "response_idx", "prompt", "response"]
     ]
     table = table.merge(texts, on=["example_id", "response_idx"], how="left")
-    Xa = rf.X[at["row"].to_numpy()]
     top: dict[int, pd.DataFrame] = {}
     for f in weights["feature_id"]:
         col = np.asarray(Xa[:, int(f)].todense()).ravel() if sparse.issparse(Xa) else Xa[:, f]
