@@ -735,24 +735,6 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
-def _reward_frames(
-    store: Store, dataset: str, names: Sequence[str] | None
-) -> tuple[dict[str, int], dict[str, pd.DataFrame]]:
-    runs = store.reward_runs(dataset)
-    names = list(names) if names else sorted(runs)
-    missing = [n for n in names if n not in runs]
-    if missing:
-        raise StudioError(
-            f"dataset '{dataset}' has no reward scores named {missing[0]!r}; it has: "
-            f"{', '.join(sorted(runs)) or 'none (run reward, verify or import-rewards)'}"
-        )
-    frames = {
-        n: store.reward_scores(runs[n]).to_pandas().rename(columns={"value": "score"})
-        for n in names
-    }
-    return {n: runs[n] for n in names}, frames
-
-
 def category_values(store: Store, *, dataset: str, columns: Sequence[str]) -> pd.DataFrame:
     """One row per example of ``dataset`` (index ``example_id``), one column per name in
     ``columns``: a numeric label, a string tag, or ``cluster`` (the latest cluster run's
@@ -866,10 +848,10 @@ def calibration(
     response (response_idx -1) or its chosen response (0); rejected responses are left out.
     A run without logits (a scalar head, imported scores) is refused, and so is a label
     outside 1..K (naming the example), in one line each."""
-    runs, frames = _reward_frames(store, dataset, [name])
+    frames = store.reward_frames(dataset, [name])
     labels = _label_series(store, dataset, label)
     out = _calibrate(frames[name], labels, name=name, label=label, n_bins=n_bins)
-    return {"name": name, "run_id": runs[name], **out}
+    return {"name": name, "run_id": store.reward_runs(dataset)[name], **out}
 
 
 def judge(
@@ -895,7 +877,8 @@ def judge(
     ``{"skipped": why}`` for a source without logits. Plain data throughout (NaN as None)."""
     from core import rewards
 
-    runs, frames = _reward_frames(store, dataset, names)
+    frames = store.reward_frames(dataset, names)
+    runs = store.reward_runs(dataset)
     names = list(frames)
     kind = store.dataset(dataset)["kind"]
     if (by or margins is not None) and kind != "preferences":

@@ -1299,22 +1299,11 @@ def disagreement_probe(
     from core.probes import ProbeConfig, fit_probe
     from core.rewards import disagreement
 
-    runs = store.reward_runs(dataset)
-    for n in (a, b):
-        if n not in runs:
-            raise StudioError(
-                f"dataset '{dataset}' has no reward scores named {n!r}; it has: "
-                f"{', '.join(sorted(runs)) or 'none'}"
-            )
     if a == b:
         raise StudioError("pick two different reward sources to compare")
-    frames = [
-        store.reward_scores(runs[n])
-        .to_pandas()
-        .rename(columns={"value": "score"})[["example_id", "response_idx", "score"]]
-        for n in (a, b)
-    ]
-    table = disagreement(frames[0], frames[1])
+    key = ["example_id", "response_idx", "score"]
+    frames = store.reward_frames(dataset, [a, b])
+    table = disagreement(frames[a][key], frames[b][key])
     rf = response_features(store, dataset=dataset, feature_run=feature_run)
     at = table.merge(rf.keys, on=["example_id", "response_idx"], how="inner")
     Xa = rf.X[at["row"].to_numpy()]

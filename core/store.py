@@ -1304,6 +1304,25 @@ class Store:
                 params=[dataset, dataset, kind],
             ).to_arrow_table()
 
+    def reward_frames(
+        self, dataset: str, names: Sequence[str] | None = None
+    ) -> dict[str, pd.DataFrame]:
+        """Reward name -> the newest run's scores as core.rewards reads them (``value`` named
+        ``score``), for ``names`` (default: every source, by name); an unknown name is one line
+        listing the sources there are."""
+        runs = self.reward_runs(dataset)
+        names = list(names) if names else sorted(runs)
+        missing = [n for n in names if n not in runs]
+        if missing:
+            raise StudioError(
+                f"dataset '{dataset}' has no reward scores named {missing[0]!r}; it has: "
+                f"{', '.join(sorted(runs)) or 'none (run reward, verify or import-rewards)'}"
+            )
+        return {
+            n: self.reward_scores(runs[n]).to_pandas().rename(columns={"value": "score"})
+            for n in names
+        }
+
     def reward_source(self, run_id: int) -> str | None:
         """What produced a reward run's scores, as stored with them (None without scores)."""
         with self.connect() as con:

@@ -451,12 +451,11 @@ def load_reward_scores(
     """One source's stored scores as core.rewards reads them: example_id, response_idx, role,
     score (chats: no role, as their one response per example forms no preference pair)."""
     s = Store(path, lock_timeout_s=5.0)
-    run_id = s.reward_runs(dataset)[name]
-    scores = s.reward_scores(run_id).to_pandas().rename(columns={"value": "score"})
+    scores = s.reward_frames(dataset, [name])[name]
     cols = ["example_id", "response_idx", "role", "score"]
     if s.dataset(dataset)["kind"] != "preferences":
         cols.remove("role")
-    return scores[cols]
+    return scores.loc[:, cols]
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
