@@ -877,15 +877,20 @@ def judge(
     ``{"skipped": why}`` for a source without logits. Plain data throughout (NaN as None)."""
     from core import rewards
 
+    kind = store.dataset(dataset)["kind"]  # an unknown dataset: one line naming the known
     frames = store.reward_frames(dataset, names)
     runs = store.reward_runs(dataset)
     names = list(frames)
-    kind = store.dataset(dataset)["kind"]
     if (by or margins is not None) and kind != "preferences":
         what = "--by" if by else "--margins"
         raise StudioError(
             f"{what}: dataset '{dataset}' holds {kind}; accuracy per category and by margin "
             "need a preference set (a chosen and rejected responses)"
+        )
+    if not frames:
+        raise StudioError(
+            f"dataset '{dataset}' has no reward scores to judge: score it first with "
+            "`reward`, `verify`, `import-rewards` or `reward-probe`"
         )
     values = category_values(store, dataset=dataset, columns=by) if by else None
     per_response = (

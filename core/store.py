@@ -299,6 +299,76 @@ class Views:
     score_runs: tuple[tuple[str, int], ...] = ()
 
 
+def _is_lock_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "could not set lock" in text or "conflicting lock" in text
+
+
+_CORRUPT = ("corrupt database file", "could not read enough bytes", "checksum")
+
+
+def _is_corrupt_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(part in text for part in _CORRUPT)
+
+
+def open_error(path: Path, exc: BaseException) -> StudioError:
+    """One line saying why DuckDB could not open ``path``: busy, not a DuckDB file (empty, text,
+    a folder), corrupt or truncated, or written by a newer DuckDB. The one place these words are
+    chosen, for the CLI, the app and ``doctor``.
+
+        >>> open_error(Path("x.duckdb"), OSError("Could not set lock on file"))
+        StudioError('database x.duckdb is busy (another process holds its lock); try again in a moment')
+    """
+    text = str(exc)
+    low = text.lower()
+    if _is_lock_error(exc):
+        why = "is busy (another process holds its lock); try again in a moment"
+    elif path.is_dir() or "is a directory" in low:
+        why = "is a folder, not a DuckDB file: give --db FILE"
+    elif "not a valid duckdb database" in low:
+        size = path.stat().st_size if path.is_file() else 0
+        what = "an empty file (0 bytes)" if size == 0 else f"not a DuckDB file ({size:,} bytes)"
+        why = f"is {what}: give another --db path, or remove it to start a new store"
+    elif _is_corrupt_error(exc):
+        why = (
+            "is corrupt or truncated (DuckDB: "
+            + text.splitlines()[0].removeprefix("IO Error: ")[:120]
+            + "); restore it from a copy or rebuild it"
+        )
+    elif "version number" in low or "storage version" in low:
+        why = "was written by a newer DuckDB than this one (" + duckdb.__version__ + "): upgrade"
+    elif "permission denied" in low or "read-only file system" in low:
+        why = "cannot be opened for writing (permission denied or a read-only place)"
+    else:
+        why = "cannot be opened: " + text.splitlines()[0][:160]
+    return StudioError(f"database {path} {why}")
+
+
+def _table_names(con: duckdb.DuckDBPyConnection) -> list[str]:
+    rows = con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "ORDER BY table_name"
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def _has_studio_schema(con: duckdb.DuckDBPyConnection) -> bool:
+    try:
+        return "schema_version" in _table_names(con)
+    except duckdb.Error:
+        return True  # cannot tell: let the original error speak
+
+
+def foreign_message(path: Path, con: duckdb.DuckDBPyConnection) -> str:
+    names = _table_names(con)
+    shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+    return (
+        f"database {path} is a DuckDB file but not a SAERL Studio store (its tables: "
+        f"{shown or 'none'}); give another --db path"
+    )
+
+
 class Store:
     """A DuckDB file. Every method opens a short-lived connection and closes it."""
 
@@ -330,18 +400,19 @@ class Store:
             )
         if write:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise StudioError(
+                f"database {self.path} is a folder, not a DuckDB file: give --db FILE"
+            )
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.02
         while True:
             try:
                 con = duckdb.connect(str(self.path), read_only=not write)
                 break
-            except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                    raise StudioError(
-                        f"database {self.path} is busy (another process holds its lock); "
-                        "try again in a moment"
-                    ) from exc
+            except duckdb.Error as exc:
+                if not _is_lock_error(exc) or time.monotonic() > deadline:
+                    raise open_error(self.path, exc) from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
         try:
@@ -353,6 +424,15 @@ class Store:
                 con.execute("SET temp_directory = ?", [str(spill)])
                 con.execute("SET preserve_insertion_order = false")
             yield con
+        except duckdb.CatalogException as exc:
+            # a missing table in a file that has none of ours: a foreign DuckDB file
+            if not _has_studio_schema(con):
+                raise StudioError(foreign_message(self.path, con)) from exc
+            raise
+        except duckdb.Error as exc:
+            if _is_corrupt_error(exc):
+                raise open_error(self.path, exc) from exc
+            raise
         finally:
             con.close()
 
@@ -378,6 +458,9 @@ class Store:
     def migrate(self) -> int:
         """Create or upgrade the schema; returns the version now in force."""
         with self.transaction() as con:
+            # never add our tables to someone else's database
+            if not _has_studio_schema(con) and _table_names(con):
+                raise StudioError(foreign_message(self.path, con))
             con.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, "
                 "name VARCHAR, applied_at TIMESTAMP DEFAULT current_timestamp)"
@@ -423,7 +506,8 @@ class Store:
         """Raise a StudioError unless the file holds a schema this tool can read."""
         version = self.schema_version()
         if version == 0:
-            raise StudioError(f"database {self.path} holds no SAERL Studio schema")
+            with self.connect() as con:
+                raise StudioError(foreign_message(self.path, con))
         if version > SCHEMA_VERSION:
             raise StudioError(f"database {self.path} has a newer schema ({version})")
 
@@ -546,7 +630,10 @@ class Store:
 
     @staticmethod
     def _delete_dataset(con: duckdb.DuckDBPyConnection, name: str) -> None:
-        runs = "SELECT run_id FROM runs WHERE dataset = ?"
+        """Delete a dataset and everything computed from it, except its train-sae runs: they
+        record an SAE folder on disk that feature runs of any dataset may read, so they stay
+        as its provenance."""
+        runs = "SELECT run_id FROM runs WHERE dataset = ? AND step <> 'train-sae'"
         for table in (
             "features",
             "feature_stats",
@@ -560,7 +647,8 @@ class Store:
             "reward_scores",
         ):
             con.execute(f"DELETE FROM {table} WHERE run_id IN ({runs})", [name])
-        for table in ("runs", "labels", "responses", "examples", "exports", "rollouts"):
+        con.execute(f"DELETE FROM runs WHERE run_id IN ({runs})", [name])
+        for table in ("labels", "responses", "examples", "exports", "rollouts"):
             con.execute(f"DELETE FROM {table} WHERE dataset = ?", [name])
         con.execute("DELETE FROM datasets WHERE name = ?", [name])
 

@@ -708,6 +708,15 @@ def test_judge_by_label_tag_and_cluster_with_margins(
     assert "1-of-N accuracy n/a (not defined per rejected response)" in out
 
 
+def test_judge_with_no_reward_sources_is_an_error_not_silence(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for extra in ([], ["--json"]):
+        assert run_cli("judge", "--dataset", "prefs", "--db", str(db), *extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert "dataset 'prefs' has no reward scores to judge" in err and "\n" not in err
+
+
 def test_judge_by_names_what_exists_when_nothing_matches(
     db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

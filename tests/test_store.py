@@ -591,3 +591,102 @@ def test_migration_5_adds_reward_scores_and_old_files_still_read(tmp_path, monke
         dataset="prefs", name="v", path="f", scores=_scores([("p0", 0)]), versions={}
     )
     assert s.reward_scores(rid).column_names == empty.column_names
+
+
+# --- one error path for files that are not (readable) stores ---------------------------------
+def _bad_db(tmp_path, what: str):
+    path = tmp_path / f"{what}.duckdb"
+    if what == "empty":
+        path.write_bytes(b"")
+    elif what == "text":
+        path.write_text("id,prompt\n1,hello\n")
+    elif what == "folder":
+        path.mkdir()
+    elif what in ("foreign", "truncated", "garbled"):
+        con = duckdb.connect(str(path))
+        con.execute("CREATE TABLE t AS SELECT range AS a FROM range(200000)")
+        con.close()
+        data = path.read_bytes()
+        if what == "truncated":
+            path.write_bytes(data[: len(data) // 3])
+        elif what == "garbled":
+            garbled = bytearray(data)
+            garbled[5000:20000] = b"\xab" * 15000
+            path.write_bytes(bytes(garbled))
+    return path
+
+
+BAD_DBS = {
+    "empty": "is an empty file (0 bytes)",
+    "text": "is not a DuckDB file",
+    "folder": "is a folder, not a DuckDB file",
+    "foreign": "is a DuckDB file but not a SAERL Studio store (its tables: t)",
+    "truncated": "is corrupt or truncated",
+    "garbled": "is corrupt or truncated",
+}
+
+
+@pytest.mark.parametrize("what", sorted(BAD_DBS))
+def test_a_file_that_is_not_a_readable_store_is_one_line_naming_why(tmp_path, what, capsys):
+    from core.cli import main
+
+    path = _bad_db(tmp_path, what)
+    before = path.read_bytes() if path.is_file() else None
+    for call in (Store(path).list_datasets, Store(path).check_readable):
+        with pytest.raises(StudioError) as err:
+            call()
+        assert BAD_DBS[what] in str(err.value) and "busy" not in str(err.value)
+        assert "\n" not in str(err.value)
+    assert main(["info", "--db", str(path)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("error: database ") and BAD_DBS[what] in line and "\n" not in line
+    # a writing command neither adds tables to a foreign file nor rewrites a broken one
+    src = tmp_path / "a.jsonl"
+    src.write_text('{"id": "a", "prompt": "x"}\n')
+    assert main(["ingest", str(src), "--dataset", "d", "--kind", "prompts", "--db", str(path)]) == 2
+    assert BAD_DBS[what] in capsys.readouterr().err
+    if before is not None:
+        assert path.read_bytes() == before
+
+
+def test_a_held_lock_is_still_reported_as_busy(tmp_path):
+    path = tmp_path / "held.duckdb"
+    Store(path).migrate()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import duckdb, sys
+                con = duckdb.connect({str(path)!r})
+                print("held", flush=True)
+                sys.stdin.read()
+                """
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(StudioError, match="is busy"):
+            Store(path, lock_timeout_s=0.1).list_datasets()
+    finally:
+        holder.communicate("")
+
+
+def test_replacing_a_dataset_keeps_its_train_sae_runs(store):
+    sae_run = store.record_run(
+        step="train-sae",
+        dataset="d",
+        config={"out": "data/saes/d-x"},
+        versions={},
+        summary={"path": "data/saes/d-x"},
+    )
+    other = store.record_run(step="dedup", dataset="d", config={}, versions={}, summary={})
+    store.write_dataset(name="d", kind="prompts", source="y.jsonl", replace=True, **_tables(3))
+    kept = store.list_runs(dataset="d")
+    assert sae_run in set(kept["run_id"]) and other not in set(kept["run_id"])
+    assert store.run(sae_run)["summary"]["path"] == "data/saes/d-x"
