@@ -16,8 +16,8 @@ from typing import Any
 
 from core.errors import StudioError
 
-DEFAULT_DB = "data/studio.duckdb"
-DEMO_DB = "data/demo.duckdb"
+from core.defaults import DEFAULT_DB, DEFAULT_EXPORT_DIR, DEFAULT_SAE_DIR, DEMO_DB
+
 # core.export's ORDERS and FORMATS, spelled out so `--help` does not import pandas
 # (tests/test_rules.py checks they agree)
 EXPORT_ORDERS = ("curriculum", "easy-to-hard", "random", "none")
@@ -99,8 +99,36 @@ def _print_report(report: Any, *, rule_set: Any, path: str, dataset: str, show: 
             print(f"{row['id']}{where}  [{row['why']}]  {prompt}")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (unless the help already says it), so a default
+    that cuts data (--max-length, --top-k ...) is never hidden; None and off flags show none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or action.default in (None, False, argparse.SUPPRESS)
+            or isinstance(action.default, list)
+            or "default" in text.lower()
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Give options without a help text one that shows their default (argparse prints nothing
+    for an option whose help is None)."""
+    for action in parser._actions:
+        if action.help is None and action.option_strings and action.default not in (None, False):
+            action.help = "(default: %(default)s)"
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _show_defaults(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        formatter_class=_HelpFormatter,
         prog="python -m core",
         description="SAERL Studio pipeline: ingest, train-sae, featurize, cluster, dedup, "
         "project, reward, import-rewards, rules, export, demo.",
@@ -108,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help: str, *, db_default: str = DEFAULT_DB) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help)
+        sp = sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
         sp.add_argument("--db", default=db_default, help=f"DuckDB file (default {db_default})")
         return sp
 
@@ -306,9 +334,17 @@ def build_parser() -> argparse.ArgumentParser:
             "--kind",
             choices=kinds,
             help=f"probe (default: {kinds[0]}"
-            + (" for a 0/1 label, ridge for a score)" if signal == "quality" else ")"),
+            + (
+                " for a 0/1 label, ridge for a score, with a note on stderr)"
+                if signal == "quality"
+                else ")"
+            ),
         )
-        sp.add_argument("--name", help="score column name (default: LABEL_proxy)")
+        sp.add_argument(
+            "--name",
+            help="score column name (default: LABEL_proxy); a name a probe of another signal "
+            "stored on the dataset is refused. Labelled rows are scored out of fold",
+        )
         sp.add_argument(
             "--higher",
             choices=higher,
@@ -422,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--side",
         choices=["example", "chosen", "rejected"],
         default="example",
-        help="with --by: whose value groups a pair: the example's (default), the chosen or the "
+        help="with --by: whose value groups a pair: the example's, the chosen or the "
         "rejected response's (no 1-of-N per rejected response)",
     )
     sp.add_argument(
@@ -437,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="ECE and reliability table of every ordinal reward model against a feedback label "
         "(integers 1..K; a chat's response or a preference set's chosen response)",
     )
-    sp.add_argument("--bins", type=int, default=10, help="confidence bins for --calibration (10)")
+    sp.add_argument("--bins", type=int, default=10, help="confidence bins for --calibration")
     sp.add_argument("--json", action="store_true", help="print the results as JSON instead")
 
     sp = cmd(
@@ -474,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
         "SAE features ranked by how much more they fire in chosen than in rejected responses.",
     )
     sp.add_argument("--dataset", required=True, help="a preference set with DATASET.responses")
-    sp.add_argument("--top", type=int, default=20, help="features to print (20)")
+    sp.add_argument("--top", type=int, default=20, help="features to print")
     sp.add_argument("--feature-run", type=int, help="feature run of DATASET.responses")
 
     sp = cmd(
@@ -485,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset", required=True, help="a preference set with DATASET.responses")
     sp.add_argument("--a", required=True, help="a reward name")
     sp.add_argument("--b", required=True, help="another reward name")
-    sp.add_argument("--top", type=int, default=10, help="responses and features to print (10)")
+    sp.add_argument("--top", type=int, default=10, help="responses and features to print")
     sp.add_argument("--seed", type=int, default=0)
 
     sp = cmd("dedup", "Group near-duplicate examples (cosine of SAE vectors >= threshold).")
@@ -596,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
         "probe's score, else a pass rate)",
     )
     sp.add_argument(
-        "--show", type=int, default=10, metavar="N", help="print N removed rows and why (10)"
+        "--show", type=int, default=10, metavar="N", help="print N removed rows and why"
     )
 
     sp = cmd(
@@ -618,6 +654,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--run", type=int, help="feature run id")
 
     sp = cmd("info", "Print the datasets and runs in a database.")
+
+    sp = cmd(
+        "doctor",
+        "Check a store and the files it points at (schema, orphan rows, unfinished runs, SAE "
+        "folders, export manifests, leftover temp files) and say what to do; exit 1 on a problem.",
+    )
+    sp.add_argument(
+        "--export-dir",
+        default=DEFAULT_EXPORT_DIR,
+        help="the app's export folder, whose manifests are checked too",
+    )
+    sp.add_argument(
+        "--sae-dir",
+        default=DEFAULT_SAE_DIR,
+        help="the folder train-sae writes SAEs to without --out",
+    )
+    sp.add_argument(
+        "--sweep",
+        action="store_true",
+        help="remove the leftover temp files of killed exports and SAE trainings it finds",
+    )
+    _show_defaults(p)
     return p
 
 
@@ -627,6 +685,17 @@ def run(args: argparse.Namespace) -> int:
     from core.store import Store
 
     store = Store(args.db)
+    if args.command == "doctor":
+        from core.doctor import diagnose
+
+        findings = diagnose(
+            args.db, export_dir=args.export_dir, sae_dir=args.sae_dir, sweep=args.sweep
+        )
+        for finding in findings:
+            print(finding.line())
+        problems = sum(f.level == "problem" for f in findings)
+        print(f"{problems} problem{'s' if problems != 1 else ''} found in {args.db}")
+        return 1 if problems else 0
     if args.command == "ingest":
         n = steps.ingest(
             store,
@@ -741,7 +810,7 @@ def run(args: argparse.Namespace) -> int:
 
             print(_table(clustering_table(summary["baselines"])))
     elif args.command in ("difficulty", "quality"):
-        from core.signals import evidence_table, probe
+        from core.signals import class_line, evidence_table, probe, score_source
 
         run_id = probe(
             store,
@@ -760,11 +829,27 @@ def run(args: argparse.Namespace) -> int:
         )
         run = store.run(run_id)
         s = run["summary"]
+        if s.get("kind_note"):
+            print(
+                f"note: {args.command} probe on '{s['label']}': {s['kind_note']}", file=sys.stderr
+            )
         print(
             f"{args.command} probe run {run_id}: {s['kind']} on '{s['label']}', "
             f"{s['n_labelled']} labelled of {s['n_examples']}; scores stored as column "
             f"'{run['config']['name']}' ({s['seconds']} s)"
         )
+        unscored = s.get("n_unscored") or 0
+        print(
+            score_source(s)
+            + (
+                f" {unscored} labelled rows of skipped folds have no score (NULL)."
+                if unscored
+                else ""
+            )
+        )
+        line = class_line(s)
+        if line:
+            print(line)
         print(_table(evidence_table(s)))
     elif args.command == "rollouts":
         from core.signals import ingest_rollouts
@@ -984,6 +1069,10 @@ def run(args: argparse.Namespace) -> int:
         filters = [parse_rule_where(w) for w in args.where]
         filters += [replace(parse_rule_where(w), action="drop") for w in args.drop]
         ids = _read_ids(args.ids)
+        if ids is not None:
+            source = f"--ids {args.ids}"
+            for warning in steps.check_ids(store, dataset=args.dataset, ids=ids, source=source):
+                print(f"warning: {warning}", file=sys.stderr)
         recorded = None
         if args.rules:
             rule_set = load_rule_set(args.rules)

@@ -2048,6 +2048,69 @@ class Store:
                 [dataset, dataset],
             ).df()
 
+    # --- health (python -m core doctor) -------------------------------------------------
+    RUN_TABLES = (
+        "features",
+        "feature_stats",
+        "feature_top_tokens",
+        "feature_descriptions",
+        "clusters",
+        "cluster_assignments",
+        "projections",
+        "duplicate_groups",
+        "probe_scores",
+        "reward_scores",
+    )
+    DATASET_TABLES = ("examples", "labels", "responses", "runs", "exports", "rollouts")
+
+    def health(self) -> dict[str, Any]:
+        """What ``doctor`` checks inside the file, read-only: the schema version, rows whose
+        run or dataset is gone (orphans, per table), runs not finished (still running or
+        interrupted), datasets whose recorded size differs from their rows, and the paths the
+        runs and exports point at (SAE folders, export files), for checks on disk."""
+        with self.connect() as con:
+            version = self._version(con)
+            out: dict[str, Any] = {"schema_version": version, "orphans": {}}
+            if version == 0:
+                return out
+            for table in self.RUN_TABLES:
+                n = con.execute(
+                    f"SELECT count(*) FROM {table} t WHERE NOT EXISTS "
+                    "(SELECT 1 FROM runs r WHERE r.run_id = t.run_id)"
+                ).fetchall()[0][0]
+                if n:
+                    out["orphans"][table] = int(n)
+            for table in self.DATASET_TABLES:
+                n = con.execute(
+                    f"SELECT count(*) FROM {table} t WHERE NOT EXISTS "
+                    "(SELECT 1 FROM datasets d WHERE d.name = t.dataset)"
+                ).fetchall()[0][0]
+                if n:
+                    out["orphans"][table] = int(n)
+            out["unfinished_runs"] = con.execute(
+                "SELECT run_id, step, dataset, started_at FROM runs WHERE status <> 'done' "
+                "ORDER BY run_id"
+            ).df()
+            out["size_mismatches"] = con.execute(
+                "SELECT d.name, d.n_examples, count(e.id) AS n_rows FROM datasets d "
+                "LEFT JOIN examples e ON e.dataset = d.name GROUP BY d.name, d.n_examples "
+                "HAVING count(e.id) <> d.n_examples ORDER BY d.name"
+            ).df()
+            out["sae_runs"] = con.execute(
+                "SELECT run_id, dataset, json_extract_string(summary, '$.path') AS path "
+                "FROM runs WHERE step = 'train-sae' AND status = 'done' ORDER BY run_id"
+            ).df()
+            out["feature_runs"] = con.execute(
+                "SELECT run_id, dataset, json_extract_string(config, '$.sae') AS sae "
+                "FROM runs WHERE step = 'featurize' ORDER BY run_id"
+            ).df()
+            out["exports"] = con.execute(
+                "SELECT dataset, path, format, json_extract_string(manifest, '$.sha256') AS sha256, "
+                "json_extract_string(manifest, '$.container') AS container, created_at "
+                "FROM exports ORDER BY created_at"
+            ).df()
+        return out
+
 
 def _json_path(key: str) -> str:
     """A JSON path for one top-level key, quoted so any key name is safe: ``$."a b"``."""
