@@ -14,9 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from core.errors import StudioError
-
 from core.defaults import DEFAULT_DB, DEFAULT_EXPORT_DIR, DEFAULT_SAE_DIR, DEMO_DB
+from core.errors import StudioError
 
 # core.export's ORDERS and FORMATS, spelled out so `--help` does not import pandas
 # (tests/test_rules.py checks they agree)
