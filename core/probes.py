@@ -13,7 +13,7 @@ Example:
     >>> res = fit_probe(X_sae, y, cfg=cfg, name="difficulty", groups=cluster_labels)
     >>> res.metrics["in_distribution"]["r2"], res.metrics["by_cluster"]["r2"]
     (0.61, 0.34)
-    >>> res.predictions  # [n] a score for every row, labelled or not
+    >>> res.scores  # [n] what a score column stores: out-of-fold where labelled, else final
     >>> res.weights[:3]  # [(feature_id, coef), ...] strongest first
     >>> compare_probes({"sae": X_sae, "dense": H, "tfidf": tfidf_matrix(texts)},
     ...                y, cfg=cfg, name="difficulty", groups=cluster_labels)
@@ -106,10 +106,16 @@ class ProbeConfig:
 class ProbeResult:
     """What a probe gives back. Logistic predictions are P(label == 1) under balanced class
     weights: they rank well but are not calibrated to the base rate. ``weights`` are coefficients
-    on the scaled features (comparable across columns), the strongest first, zeros left out."""
+    on the scaled features (comparable across columns), the strongest first, zeros left out.
+
+    ``scores`` is what a score column may honestly hold: the final model has seen the labels of
+    the rows it was fit on (it can memorise them: AUC 1.0 in sample where out of fold is 0.65),
+    so a labelled row gets its out-of-fold prediction, and only unlabelled rows get the final
+    model's. A labelled row whose fold was skipped has no honest score: NaN, never in-sample."""
 
     predictions: np.ndarray  # [n] float64: the final model (all labelled rows) on every row
     oof: np.ndarray  # [n] float64: out-of-fold prediction for labelled rows, NaN for unlabelled
+    scores: np.ndarray  # [n] float64: oof where labelled (NaN if skipped), else predictions
     metrics: dict  # {"in_distribution": {...}, "by_cluster": {...} | None}, JSON-safe
     params: dict  # chosen hyperparameters of the final model, and its count of nonzero weights
     weights: list[tuple[int, float]]  # top TOP_WEIGHTS (column, coef) by |coef|
@@ -285,6 +291,7 @@ def _fit_rows(
     return ProbeResult(
         predictions=predictions,
         oof=oof,
+        scores=np.where(mask, oof, predictions),
         metrics=metrics,
         params=_params(final, kind=cfg.kind),
         weights=_top_weights(final),
@@ -482,12 +489,18 @@ def _score(y: np.ndarray, pred: np.ndarray, *, kind: ProbeKind, skipped: int) ->
     n = int(ok.sum())
     out: dict[str, Any]
     if kind == "logistic":
+        # AUC is the same read from either class; average precision is not (for a rare class it
+        # is far below the common one's), so each class gets its own, beside its base rate (the
+        # AP of a random ranking): the caller names the class it filters for.
         both = len(np.unique(yt)) == 2
-        out = {
-            "auc": _finite(roc_auc_score(yt, yp)) if both else None,
-            "average_precision": _finite(average_precision_score(yt, yp)) if both else None,
-            "positive_rate": float(yt.mean()) if n else None,
-        }
+        out = {"auc": _finite(roc_auc_score(yt, yp)) if both else None}
+        for c in (0, 1):
+            hit = yt == float(c)
+            ranked = yp if c == 1 else 1.0 - yp  # P(label == c)
+            out[f"average_precision_{c}"] = (
+                _finite(average_precision_score(hit, ranked)) if both else None
+            )
+            out[f"base_rate_{c}"] = float(hit.mean()) if n else None
     else:
         varied = n >= 2 and float(np.ptp(yt)) > 0.0
         out = {

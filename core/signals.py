@@ -6,11 +6,17 @@ commits one run, so the CLI and the app share them.
     >>> store.views("demo").score_runs   # (("difficulty_proxy", run),): a wide-view column now
     >>> ingest_rollouts(store, dataset="demo", path="rollouts.jsonl")  # pass_rate, pass_at_k ...
 
-A probe run stores, per example, the final model's score (column ``<label>_proxy``) and, for
-labelled examples, the out-of-fold score its evidence was computed from. Its summary holds that
-evidence (cross-validated, in distribution and held out by cluster) for the SAE features and,
-in the same run, for the baselines: the dense mean-pooled hidden state of the same layer (when
-featurize stored it with ``--dense``) and TF-IDF of the text.
+A probe run stores one score per example (column ``<label>_proxy``): for a labelled example its
+out-of-fold prediction (from a model that never saw its label), for an unlabelled one the final
+model's (fit on every label). The final model's prediction for a row it was fit on is never
+stored: it can recite the label it memorised (AUC 1.0 in sample against 0.65 out of fold), so a
+histogram, a threshold or an export rule on it would be judged on memorised labels. The run's
+summary says so (``"labelled_scores": "out_of_fold"``) and holds the evidence (cross-validated,
+in distribution and held out by cluster) for the SAE features and, in the same run, for the
+baselines: the dense mean-pooled hidden state of the same layer (when featurize stored it with
+``--dense``) and TF-IDF of the text. A 0/1 quality label names its classes (bad, good) so
+precision and average precision are reported for the bad rows a filter removes, beside their
+base rate.
 """
 
 from __future__ import annotations
@@ -112,12 +118,66 @@ def _clusters(store: Store, dataset: str, views: Views, ids: Sequence[str]) -> n
     return None if np.isnan(c).any() else c.astype(np.int64)
 
 
-def default_kind(signal: Signal, y: np.ndarray) -> ProbeKind:
-    """ElasticNet for difficulty; logistic for a 0/1 quality label, ridge for a quality score."""
+# What the pages and the CLI say about where a probe's scores come from.
+SCORE_SOURCE = (
+    "Scores of labelled rows are out-of-fold predictions (from a model that never saw their "
+    "label); unlabelled rows are scored by the model fit on all labels."
+)
+SCORE_SOURCE_OLD = (
+    "This run predates out-of-fold storage: its labelled rows carry the final model's in-sample "
+    "prediction, which can recite their labels. Rerun the probe for honest scores."
+)
+
+
+def default_kind(signal: Signal, y: np.ndarray) -> tuple[ProbeKind, str | None]:
+    """ElasticNet for difficulty; logistic for a 0/1 quality label, ridge for a quality score.
+    The second item is one line when a quality label is not 0/1 and ridge is chosen: a user who
+    meant a good/bad flag learns it was read as a score (and why)."""
     if signal == "difficulty":
-        return "elasticnet"
-    seen = set(np.unique(y[~np.isnan(y)]).tolist())
-    return "logistic" if seen and seen <= {0.0, 1.0} else "ridge"
+        return "elasticnet", None
+    seen = np.unique(y[~np.isnan(y)])
+    if len(seen) and set(seen.tolist()) <= {0.0, 1.0}:
+        return "logistic", None
+    shown = ", ".join(f"{v:g}" for v in seen[:5]) + (", ..." if len(seen) > 5 else "")
+    return "ridge", (
+        f"label values are not 0/1 ({len(seen)} distinct: {shown}), so a ridge regression of "
+        "the score was fit instead of a logistic probe of good/bad; pass --kind to choose"
+    )
+
+
+def score_source(summary: Mapping[str, Any]) -> str:
+    """One sentence on where a probe run's stored scores come from (older runs stored in-sample
+    scores for labelled rows, and are named as such)."""
+    if summary.get("labelled_scores") == "out_of_fold":
+        return SCORE_SOURCE
+    return SCORE_SOURCE_OLD
+
+
+def quality_classes(higher_is: str) -> dict[str, str]:
+    """Names of a 0/1 quality label's values (``{"0": "bad", "1": "good"}`` when higher is
+    better): the bad class is the one a quality filter removes."""
+    return {"0": "good", "1": "bad"} if higher_is == "worse" else {"0": "bad", "1": "good"}
+
+
+def bad_value(summary: Mapping[str, Any]) -> float:
+    """The label value of the bad class of a logistic quality run (0 unless higher is worse)."""
+    classes = summary.get("classes") or {}
+    return next((float(v) for v, n in classes.items() if n == "bad"), 0.0)
+
+
+def _check_name(store: Store, dataset: str, *, name: str, signal: Signal) -> None:
+    """A score name belongs to the probe signal that first stored it: the wide view keeps the
+    newest probe run per name, so a quality probe called ``difficulty_proxy`` would silently
+    replace the difficulty probe's column (and be read as difficulty by exports and bands)."""
+    runs = store.list_runs(dataset=dataset, step="probe")
+    for run in runs[runs["status"] == "done"].to_dict("records"):
+        cfg = run["config"]
+        other = cfg.get("signal")
+        if cfg.get("name") == name and other is not None and other != signal:
+            raise StudioError(
+                f"score name '{name}' belongs to the {other} probe (run {int(run['run_id'])}) "
+                f"of '{dataset}'; pick --name"
+            )
 
 
 def probe(
@@ -137,10 +197,13 @@ def probe(
     feature_run: int | None = None,
 ) -> int:
     """Train a probe on SAE features to predict ``label`` where it is known, score every
-    example, and store the evidence (with the same probe on each baseline). Returns the run id.
+    example (labelled ones out of fold, see the module docstring), and store the evidence (with
+    the same probe on each baseline). Returns the run id.
 
-    Everything is checked (label present, enough labels, not all equal, in range) before
-    anything is written; a failed check stores nothing.
+    Everything is checked (label present, enough labels, not all equal, in range, the score
+    name free or already this signal's) before anything is written; a failed check stores
+    nothing. When ``kind`` is not given and a quality label is not 0/1, the summary's
+    ``kind_note`` says ridge was chosen and why.
     """
     if signal not in SIGNALS:
         raise StudioError(f"unknown signal {signal!r}; choose from {', '.join(SIGNALS)}")
@@ -155,6 +218,7 @@ def probe(
     name = name or f"{label}_proxy"
     if name in labels:
         raise StudioError(f"score name '{name}' is already a label of '{dataset}': pick --name")
+    _check_name(store, dataset, name=name, signal=signal)
     if higher_is is None:
         easier = signal == "difficulty" and label.lower().startswith("pass")
         higher_is = ("easier" if easier else "harder") if signal == "difficulty" else "better"
@@ -163,7 +227,9 @@ def probe(
         store, dataset=dataset, feature_run=fr, baselines=baselines
     )
     y = _column(store, dataset, views, label, ids)
-    kind = kind or default_kind(signal, y)
+    kind_note = None
+    if kind is None:
+        kind, kind_note = default_kind(signal, y)
     cfg = ProbeConfig(
         kind=kind, folds=folds, seed=seed, min_labels=min_labels, value_range=value_range
     )
@@ -176,11 +242,17 @@ def probe(
     from core.steps import feature_labels, versions
 
     names = feature_labels(store, fr)
+    # Labelled rows are stored out of fold; one whose fold was skipped has no honest score and
+    # is left out (NULL in the wide view) rather than given the final model's in-sample one.
+    stored = ~np.isnan(res.scores)
     summary: dict[str, Any] = {
         "label": label,
         "kind": kind,
+        "kind_note": kind_note,
         "n_examples": len(ids),
         "n_labelled": res.n_labelled,
+        "labelled_scores": "out_of_fold",
+        "n_unscored": int((~stored).sum()),
         "metrics": res.metrics,
         "params": res.params,
         "weights": [
@@ -195,6 +267,8 @@ def probe(
         "seconds": round(time.perf_counter() - t0, 1),
         "seconds_sae": round(fit_s, 1),
     }
+    if kind == "logistic" and signal == "quality":
+        summary["classes"] = quality_classes(higher_is)
     config = {
         "signal": signal,
         "label": label,
@@ -205,11 +279,12 @@ def probe(
         **asdict(cfg),
         "baselines": list(baselines),
     }
+    kept = np.flatnonzero(stored)
     scores = pa.table(
         {
-            "example_id": pa.array(ids, pa.string()),
-            "value": pa.array(res.predictions, pa.float64()),
-            "oof": pa.array(res.oof, pa.float64(), mask=np.isnan(res.oof)),
+            "example_id": pa.array([ids[i] for i in kept], pa.string()),
+            "value": pa.array(res.scores[kept], pa.float64()),
+            "oof": pa.array(res.oof[kept], pa.float64(), mask=np.isnan(res.oof[kept])),
         }
     )
     return store.add_probe_run(
@@ -313,14 +388,41 @@ def ingest_rollouts(
 # --- what the pages show --------------------------------------------------------------------
 def evidence_table(summary: Mapping[str, Any]) -> pd.DataFrame:
     """One row per representation (SAE first) with its in-distribution and held-out-by-cluster
-    metrics, from a probe run's summary."""
-    rows = [_evidence_row("sae", {"metrics": summary.get("metrics", {})})]
+    metrics, from a probe run's summary. For a 0/1 quality label the average precision is the
+    bad class's (what a filter removes), each beside that class's base rate (a random
+    ranking's AP): ``AP of bad (in distribution)``, ``bad base rate (in distribution)``."""
+    metric_names = _metric_names(summary)
+    rows = [_evidence_row("sae", {"metrics": summary.get("metrics", {})}, metric_names)]
     for rep, val in summary.get("baselines", {}).items():
-        rows.append(_evidence_row(rep, val))
+        rows.append(_evidence_row(rep, val, metric_names))
     return pd.DataFrame(rows)
 
 
-def _evidence_row(rep: str, val: Mapping[str, Any]) -> dict[str, Any]:
+def _metric_names(summary: Mapping[str, Any]) -> dict[str, str]:
+    """Metric key -> column name. With named classes only the bad class's AP and base rate are
+    shown (the good class's stay in the summary); without, each class by its label value. Runs
+    stored before per-class metrics had ``average_precision`` and ``positive_rate`` of label 1."""
+    classes: Mapping[str, str] = summary.get("classes") or {}
+    names = {
+        "auc": "auc",
+        "r2": "r2",
+        "spearman": "spearman",
+        "average_precision": "AP of label 1",
+        "positive_rate": "label 1 base rate",
+    }
+    for value in ("0", "1"):
+        who = classes.get(value)
+        if classes and who != "bad":
+            continue
+        who = who or f"label {value}"
+        names[f"average_precision_{value}"] = f"AP of {who}"
+        names[f"base_rate_{value}"] = f"{who} base rate"
+    return names
+
+
+def _evidence_row(
+    rep: str, val: Mapping[str, Any], metric_names: Mapping[str, str]
+) -> dict[str, Any]:
     row: dict[str, Any] = {"representation": REPRESENTATION_NAMES.get(rep, rep)}
     if "missing" in val:
         row["note"] = val["missing"]
@@ -328,10 +430,26 @@ def _evidence_row(rep: str, val: Mapping[str, Any]) -> dict[str, Any]:
     metrics = val.get("metrics", val)
     for split in ("in_distribution", "by_cluster"):
         for key, value in (metrics.get(split) or {}).items():
-            if key in ("n", "n_groups", "skipped_folds", "positive_rate"):
-                continue
-            row[f"{key} ({split.replace('_', ' ')})"] = value
+            if key in metric_names:
+                row[f"{metric_names[key]} ({split.replace('_', ' ')})"] = value
     return row
+
+
+def class_line(summary: Mapping[str, Any]) -> str | None:
+    """One line naming a 0/1 quality run's bad class with its count and base rate, e.g. "bad
+    rows: label 0, 45 of 1,530 labelled (base rate 0.029)"; None for other runs."""
+    ind = (summary.get("metrics") or {}).get("in_distribution") or {}
+    if not summary.get("classes"):
+        return None
+    bad = bad_value(summary)
+    rate = ind.get(f"base_rate_{bad:g}")
+    n = ind.get("n")
+    if rate is None or not n:
+        return None
+    return (
+        f"bad rows: label {bad:g}, {round(rate * n):,} of {n:,} labelled (base rate {rate:.3f}); "
+        "AP of bad is read against it"
+    )
 
 
 def clustering_table(evidence: Mapping[str, Any]) -> pd.DataFrame:
@@ -354,13 +472,20 @@ def clustering_table(evidence: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def threshold_report(
-    scores: np.ndarray, *, threshold: float, labels: np.ndarray | None = None
+    scores: np.ndarray,
+    *,
+    threshold: float,
+    labels: np.ndarray | None = None,
+    bad: float = 0.0,
+    remove_above: bool = False,
 ) -> dict[str, Any]:
-    """What a quality threshold removes: rows with score < threshold. Where 0/1 labels are
-    known (1 = good), how many removed rows are labelled bad (precision) and what share of the
-    bad rows is removed (recall)."""
+    """What a quality threshold removes: rows with score < threshold (> threshold with
+    ``remove_above``, when a higher score is worse). Where 0/1 labels are known (``bad`` is the
+    bad class's value), how many removed rows are labelled bad (precision), what share of the
+    bad rows is removed (recall), and the bad rows' share of the labelled ones (base rate: the
+    precision of removing rows at random). Rows without a score (NaN) are never removed."""
     scores = np.asarray(scores, dtype=np.float64)
-    removed = scores < threshold
+    removed = scores > threshold if remove_above else scores < threshold
     out: dict[str, Any] = {
         "n": len(scores),
         "n_removed": int(removed.sum()),
@@ -369,11 +494,12 @@ def threshold_report(
     if labels is not None:
         y = np.asarray(labels, dtype=np.float64)
         known = ~np.isnan(y)
-        bad = known & (y == 0)
+        is_bad = known & (y == bad)
         n_removed_known = int((removed & known).sum())
         out["n_labelled"] = int(known.sum())
         out["precision"] = (
-            float((removed & bad).sum() / n_removed_known) if n_removed_known else None
+            float((removed & is_bad).sum() / n_removed_known) if n_removed_known else None
         )
-        out["recall"] = float((removed & bad).sum() / bad.sum()) if bad.any() else None
+        out["recall"] = float((removed & is_bad).sum() / is_bad.sum()) if is_bad.any() else None
+        out["base_rate"] = float(is_bad.sum() / known.sum()) if known.any() else None
     return out

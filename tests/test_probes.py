@@ -81,7 +81,11 @@ def test_planted_binary_signal_gives_high_auc():
     res = fit_probe(X, bad, cfg=ProbeConfig(kind="logistic"), name="bad")
     ind = res.metrics["in_distribution"]
     assert ind["auc"] > 0.9
-    assert ind["positive_rate"] == pytest.approx(bad.mean())
+    assert ind["base_rate_1"] == pytest.approx(bad.mean())
+    assert ind["base_rate_0"] == pytest.approx(1.0 - bad.mean())
+    for c in (0, 1):  # each class more than halfway from its chance level to perfect
+        rate = ind[f"base_rate_{c}"]
+        assert ind[f"average_precision_{c}"] > rate + 0.5 * (1.0 - rate)
     assert {3, 17} <= {col for col, _ in res.weights[:2]}
     assert ((res.predictions >= 0) & (res.predictions <= 1)).all()  # P(bad)
     assert "C" in res.params
@@ -110,6 +114,10 @@ def test_oof_is_nan_exactly_on_unlabelled_rows():
     y[::3] = np.nan
     res = fit_probe(X, y, cfg=ProbeConfig(kind="elasticnet"), name="difficulty")
     assert (np.isnan(res.oof) == np.isnan(y)).all()
+    # what a score column stores: out of fold where labelled, the final model elsewhere
+    labelled = ~np.isnan(y)
+    assert np.array_equal(res.scores[labelled], res.oof[labelled])
+    assert np.array_equal(res.scores[~labelled], res.predictions[~labelled])
     assert np.isfinite(res.predictions).all()
     assert res.predictions.shape == y.shape
     assert res.n_labelled == int((~np.isnan(y)).sum())
@@ -122,6 +130,57 @@ def test_max_rows_caps_the_fit_but_every_labelled_row_gets_an_oof():
     assert res.metrics["in_distribution"]["n"] == 150
     assert res.n_labelled == 300
     assert np.isfinite(res.oof).all()
+
+
+def _auc(y: np.ndarray, score: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, score))
+
+
+def test_stored_scores_of_a_memorisable_label_do_not_recite_it():
+    """A coin-flip label on many sparse features: the final model fits it in sample (so a column
+    of its predictions would separate the label almost perfectly) but has nothing to find out of
+    fold. The scores a run stores for labelled rows must be the out-of-fold ones."""
+    n, d = 200, 3000
+    X = _sparse_features(n=n + 40, d=d, density=0.01, seed=7)
+    y = np.random.default_rng(8).integers(0, 2, n + 40).astype(float)
+    y[n:] = np.nan  # 40 unlabelled rows
+    res = fit_probe(X, y, cfg=ProbeConfig(kind="logistic"), name="coin")
+    lab = ~np.isnan(y)
+    in_sample = _auc(y[lab], res.predictions[lab])
+    assert in_sample > 0.9  # the final model memorised the coin flips
+    stored = _auc(y[lab], res.scores[lab])
+    assert stored == pytest.approx(res.metrics["in_distribution"]["auc"])  # the OOF figure
+    assert abs(stored - 0.5) < 0.15
+    assert np.array_equal(res.scores[~lab], res.predictions[~lab])  # unlabelled: final model
+
+
+def test_a_labelled_row_of_a_skipped_fold_gets_no_score():
+    """The fold holding the only non-zero label trains on a constant and is skipped: its rows
+    have no out-of-fold prediction, and their stored score is NaN, not the in-sample one."""
+    X = _sparse_features(n=24, seed=9)
+    y = np.zeros(24)
+    y[5] = 1.0
+    res = fit_probe(X, y, cfg=ProbeConfig(kind="ridge", folds=2), name="flatish")
+    skipped = np.isnan(res.oof)
+    assert res.metrics["in_distribution"]["skipped_folds"] == 1 and skipped.sum() == 12
+    assert np.isnan(res.scores[skipped]).all() and np.isfinite(res.predictions).all()
+    assert np.array_equal(res.scores[~skipped], res.oof[~skipped])
+
+
+def test_average_precision_is_reported_per_class_beside_its_base_rate():
+    """A rare bad class (label 0): the common class's AP is high whatever the ranking, so the
+    rare class gets its own AP, and a ranking with no skill sits at its base rate."""
+    X = _sparse_features(n=600, seed=10)
+    rng = np.random.default_rng(11)
+    y = (rng.random(600) > 0.05).astype(float)  # ~5% bad (label 0), unrelated to X
+    ind = fit_probe(X, y, cfg=ProbeConfig(kind="logistic"), name="clean").metrics["in_distribution"]
+    assert ind["base_rate_0"] + ind["base_rate_1"] == pytest.approx(1.0)
+    assert ind["base_rate_0"] == pytest.approx(1.0 - y.mean())
+    assert ind["average_precision_1"] > 0.9  # the majority's AP: high and meaningless
+    assert ind["average_precision_0"] < ind["base_rate_0"] + 0.1  # no skill for the bad rows
+    assert "average_precision" not in ind and "positive_rate" not in ind
 
 
 def test_a_fold_without_positives_is_skipped_and_auc_is_none():
