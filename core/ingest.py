@@ -33,6 +33,18 @@ Field rules (``mapping`` renames: our field -> the file's column):
   their original values (labels and tags included), so export can rebuild the record; null and
   absent fields are both left out. A chat's validated ``messages`` ([{role, content}, ...]) are
   kept there too, for the conversational export layouts.
+- Names. Every label, tag and field kept in ``extra`` becomes a column of the store's wide view
+  and of every export, so its name must be non-empty, free of control characters, differ from
+  the others in more than case (DuckDB ignores case) and not be a built-in column
+  (:data:`RESERVED_COLUMNS`, also compared ignoring case, and names starting ``feature:``). A
+  label read under another name (``mapping``) is checked under that name.
+- JSON: an object with a key twice is an error (Python's parser would keep the last silently);
+  so are a lone surrogate escape (``"\\ud800"``, which no UTF-8 file or database can hold),
+  values nested deeper than :data:`MAX_NESTING` and integers longer than Python converts.
+
+Warnings (:attr:`IngestTables.warnings`, one line each, the data is still read): preference rows
+whose rejected response equals the chosen one (kept: some sets carry ties on purpose), and chats
+with no assistant turn (``trl-messages`` would write them as user-only rows).
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ import io
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +123,33 @@ _NUMBER = re.compile(
 _BOOLS = {"true": 1.0, "false": 0.0}
 _TURNS = "a non-empty (JSON) list of {role, content}"
 
+# Column names the store and its exports already use, so a label, tag or extra field of that
+# name would be hidden, dropped or clash (lowercase: DuckDB ignores case in column names).
+# Sources: core.store BASE_COLUMNS and DEDUP_COLUMNS (the wide view), the wide view's own tags
+# and extra, Store.export_chunks' export rows (chosen, rejected, response, position, batch) and
+# core.formats' INTERNAL/RESPONSES (messages) and trl-preference's rejected_idx, and
+# Store.map_points (top_features, example_id). tests/test_ingest.py checks that every column
+# the store and export_chunks add is listed. core.formats' TRAINER_NAMES are not here: they
+# clash only with one trainer layout, which refuses them itself in one line.
+RESERVED_COLUMNS = frozenset(
+    {
+        *("id", "idx", "prompt", "answer", "text", "cluster", "x", "y"),
+        *("dup_group", "is_duplicate", "tags", "extra"),
+        *("chosen", "rejected", "response", "messages", "position", "batch", "rejected_idx"),
+        *("top_features", "example_id"),
+    }
+)
+# What Store.write_responses_dataset adds to each row of a preference set it derives from.
+RESERVED_FOR_KIND: dict[str, frozenset[str]] = {
+    "preferences": frozenset({"role", "response_of", "response_idx", "is_chosen"}),
+}
+# A filter reads ``feature:N`` as SAE feature N (core.store.FEATURE_PREFIX).
+RESERVED_PREFIXES = ("feature:",)
+# Deeper JSON would meet Python's recursion limit somewhere downstream (export, the pages).
+MAX_NESTING = 100
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
 
 @dataclass(frozen=True)
 class IngestTables:
@@ -126,6 +166,7 @@ class IngestTables:
     source: str
     n: int
     kind: Kind
+    warnings: tuple[str, ...] = ()  # one line each, naming the file; the data is still good
 
     def __post_init__(self) -> None:
         for name, schema in (
@@ -148,6 +189,7 @@ class _Source:
     n: int
     locate: Callable[[int], str]  # record index -> "line 7" / "row 7"
     typed: bool  # False for CSV, whose cells are all text
+    warnings: list[str] = field(default_factory=list)  # what reading the file had to assume
 
     def error(self, i: int, message: str) -> StudioError:
         return StudioError(f"{self.name} {self.locate(i)}: {message}")
@@ -169,11 +211,22 @@ def read_dataset(
                 0, f"missing required field {need!r} (columns: {cols}; map one to {need!r})"
             )
 
+    used = set(fields.values())
+    labels, tags, nested = _labels_and_tags(src, used=used, declared=declared)
+    _check_names(
+        src,
+        kind=kind,
+        named=[
+            *(("label", n) for n in (["feedback"] if "feedback" in fields else [])),
+            *(("label", n) for n in labels),
+            *(("tag", n) for n in tags),
+            *(("field", n) for n in nested),
+        ],
+        declared=declared,
+    )
     parsed = _parse_canonical(
         src, kind=kind, columns={f: src.columns[c] for f, c in fields.items()}
     )
-    used = set(fields.values())
-    labels, tags = _labels_and_tags(src, used=used, declared=declared)
     if "feedback" in fields:
         labels = {"feedback": _check_feedback(src, src.columns[fields["feedback"]]), **labels}
     if "id" in fields:
@@ -204,6 +257,7 @@ def read_dataset(
         source=str(path),
         n=src.n,
         kind=kind,
+        warnings=_warnings(src, kind=kind, ids=ids, parsed=parsed),
     )
 
 
@@ -241,11 +295,13 @@ def _parse_canonical(src: _Source, *, kind: str, columns: dict[str, list[Any]]) 
 
 def _labels_and_tags(
     src: _Source, *, used: set[str], declared: dict[str, str]
-) -> tuple[dict[str, list[float | None]], dict[str, list[str | None]]]:
-    """Sort the non-canonical columns into numeric labels and string tags (see module doc)."""
+) -> tuple[dict[str, list[float | None]], dict[str, list[str | None]], list[str]]:
+    """Sort the non-canonical columns into numeric labels, string tags and the names of those
+    kept only in ``extra`` (lists, objects) (see module doc)."""
     renamed = {c: f for f, c in declared.items()}
     labels: dict[str, list[float | None]] = {}
     tags: dict[str, list[str | None]] = {}
+    nested: list[str] = []
     for c, values in src.columns.items():
         if c in used:
             continue
@@ -254,7 +310,85 @@ def _labels_and_tags(
             labels[renamed.get(c, c)] = _label_values(src, c, values)
         elif what == "tag":
             tags[c] = [None if v is None else str(v) for v in values]
-    return labels, tags
+        elif what == "nested":
+            nested.append(c)
+    return labels, tags, nested
+
+
+def _check_names(
+    src: _Source, *, kind: str, named: list[tuple[str, str]], declared: dict[str, str]
+) -> None:
+    """Each (what, name) a column of the store and its exports will carry: one line on the
+    first name that is empty, holds a control character, is built in or repeats another but
+    for case (see the module doc). A label read under another name is checked under that name
+    (its file column goes only to ``extra``, under a name that no longer competes)."""
+    reserved = RESERVED_COLUMNS | RESERVED_FOR_KIND.get(kind, frozenset())
+    seen: dict[str, tuple[str, str]] = {}
+    for what, name in named:
+        if name in declared:
+            fix = f"choose another name than {name!r} in --map {name}={declared[name]}"
+        elif what == "label" and name.strip():
+            fix = f"rename it with --map NEW={name} or in the file"
+        else:
+            fix = "rename it in the file"
+        key = name.lower()
+        clash = None
+        if not name.strip():
+            clash = "has an empty name"
+        elif _CONTROL.search(name):
+            clash = "has a control character in its name"
+        elif key in reserved:
+            clash = f"clashes with the built-in column {key!r}"
+        elif key.startswith(RESERVED_PREFIXES):
+            clash = "starts with 'feature:', which filters read as an SAE feature"
+        elif key in seen:
+            other_what, other = seen[key]
+            clash = (
+                f"and {other_what} {other!r} differ only in case, which the store's columns ignore"
+            )
+        if clash is not None:
+            raise StudioError(f"{src.name}: {what} {name!r} {clash}; {fix}")
+        seen[key] = (what, name)
+
+
+def _warnings(src: _Source, *, kind: str, ids: list[str], parsed: _Canonical) -> tuple[str, ...]:
+    """Rows that are valid but probably not what the user meant (see the module doc), after
+    what reading the file had to assume."""
+    out = list(src.warnings)
+    if kind == "preferences":
+        ties = [
+            i
+            for i, (c, rs) in enumerate(zip(parsed.chosen, parsed.rejected, strict=True))
+            if any(r.strip() == c.strip() for r in rs)
+        ]
+        if ties:
+            out.append(
+                f"{src.name}: {_count(ties, src.n)} have a rejected response equal to the chosen "
+                f"one ({_first_ids(ties, ids)}); kept as ties, but such a pair teaches a "
+                "preference trainer nothing"
+            )
+    if kind == "chats":
+        turns = parsed.basis["messages"]
+        alone = [
+            i
+            for i, t in enumerate(turns)
+            if not any(m["role"] == "assistant" and m["content"].strip() for m in t)
+        ]
+        if alone:
+            out.append(
+                f"{src.name}: {_count(alone, src.n)} have no assistant turn "
+                f"({_first_ids(alone, ids)}); --format trl-messages writes them as user-only rows"
+            )
+    return tuple(out)
+
+
+def _count(rows: list[int], n: int) -> str:
+    return f"{len(rows)} of {n} rows"
+
+
+def _first_ids(rows: list[int], ids: list[str], k: int = 3) -> str:
+    shown = ", ".join(_show(ids[i]) for i in rows[:k])
+    return f"first ids: {shown}" + (", ..." if len(rows) > k else "")
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -302,18 +436,19 @@ def _read_jsonl(name: str, text: str) -> _Source:
     """One JSON object a line; blank lines are skipped, lines counted as in an editor."""
     records: list[dict[str, Any]] = []
     lines: list[int] = []
-    loads = json.loads
     for lineno, raw in enumerate(text.split("\n"), 1):
         if not raw or raw.isspace():
             continue
-        try:
-            rec = loads(raw)
-        except json.JSONDecodeError as e:
-            raise StudioError(
-                f"{name} line {lineno}: malformed JSON: {e.msg} (column {e.colno})"
-            ) from None
+        # a JSON array in a .jsonl file fails on its first line: say what it probably is
+        hint = (
+            "; a JSON array? name the file .json" if not records and raw.lstrip()[:1] == "[" else ""
+        )
+        rec = _parse_json(name, raw, first_line=lineno, record_depth=1, hint=hint)
         if not isinstance(rec, dict):
-            raise StudioError(f"{name} line {lineno}: expected a JSON object, got {_tname(rec)}")
+            raise StudioError(
+                f"{name} line {lineno}: expected a JSON object, got {_tname(rec)}{hint}"
+            )
+        _check_record(name, rec, line=lambda lineno=lineno: lineno, **_suspects(raw))
         records.append(rec)
         lines.append(lineno)
     return _records_source(name, records, lambda i: f"line {lines[i]}")
@@ -321,19 +456,193 @@ def _read_jsonl(name: str, text: str) -> _Source:
 
 def _read_json(name: str, text: str) -> _Source:
     """A JSON list of records or ``{"data": [...]}``; record lines are found only on error."""
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise StudioError(f"{name} line {e.lineno}: malformed JSON: {e.msg}") from None
+    if not text.strip():
+        raise StudioError(f"{name}: no records")
+    # JSON Lines in a .json file fail on the second object: say what it probably is
+    hint = "; one object a line? name the file .jsonl" if text.lstrip()[:1] == "{" else ""
+    depth = 3 if text.lstrip()[:1] == "{" else 2  # where a record's own keys sit
+    doc = _parse_json(name, text, first_line=1, record_depth=depth, hint=hint)
     if isinstance(doc, dict) and isinstance(doc.get("data"), list):
         doc = doc["data"]
     if not isinstance(doc, list):
         raise StudioError(f'{name}: expected a list of records or {{"data": [...]}}')
+    suspects = _suspects(text)
     for i, rec in enumerate(doc):
         if not isinstance(rec, dict):
             line = _json_record_line(text, i)
             raise StudioError(f"{name} line {line}: expected a JSON object, got {_tname(rec)}")
+        _check_record(name, rec, line=lambda i=i: _json_record_line(text, i), **suspects)
     return _records_source(name, doc, lambda i: f"line {_json_record_line(text, i)}")
+
+
+class _DuplicateKey(Exception):
+    """Raised from inside the JSON parser: an object names ``key`` twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's (key, value) pairs as a dict, refusing a key given twice (Python's parser
+    would keep the last one silently, other readers the first)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return out
+
+
+_DECODE = json.JSONDecoder(object_pairs_hook=_unique_pairs).decode
+
+
+def _parse_json(name: str, text: str, *, first_line: int, record_depth: int, hint: str) -> Any:
+    """``text`` (a JSONL line that is line ``first_line``, or a whole JSON file) parsed; every
+    failure is one line naming the file, the line and, where the parser gives none, the
+    record's field (``record_depth``: how many containers enclose a record's keys)."""
+    try:
+        return _DECODE(text)
+    except json.JSONDecodeError as e:
+        line = first_line + e.lineno - 1
+        raise StudioError(
+            f"{name} line {line}: malformed JSON: {e.msg} (column {e.colno}){hint}"
+        ) from None
+    except _DuplicateKey as e:
+        pos, field = _locate(text, problem="duplicate", record_depth=record_depth)
+        inside = f" inside field {_show(field)}" if field not in (None, e.key) else ""
+        line = first_line + text.count("\n", 0, pos)
+        raise StudioError(
+            f"{name} line {line}: key {_show(e.key)} appears twice in one object{inside}; "
+            "JSON keeps only one of them, so remove or rename the other"
+        ) from None
+    except RecursionError:
+        pos, field = _locate(text, problem="deep", record_depth=record_depth)
+        raise StudioError(
+            f"{name} line {first_line + text.count(chr(10), 0, pos)}: {_field(field)} is nested "
+            f"more than {MAX_NESTING} deep"
+        ) from None
+    except ValueError:  # an integer literal longer than Python converts (sys.int_info)
+        pos, field = _locate(text, problem="long", record_depth=record_depth)
+        raise StudioError(
+            f"{name} line {first_line + text.count(chr(10), 0, pos)}: {_field(field)} holds an "
+            f"integer of more than {sys.get_int_max_str_digits()} digits"
+        ) from None
+
+
+def _field(name: str | None) -> str:
+    return "a value" if name is None else f"field {_show(name)}"
+
+
+def _suspects(raw: str) -> dict[str, bool]:
+    """Whether JSON text may hold a lone surrogate (it has such an escape) or deep nesting (it
+    has that many brackets): cheap tests, so most records skip :func:`_check_record`'s walks."""
+    return {
+        "surrogates": _SURROGATE_ESCAPE.search(raw) is not None,
+        "deep": raw.count("[") + raw.count("{") > MAX_NESTING,
+    }
+
+
+def _check_record(
+    name: str, rec: dict[str, Any], *, line: Callable[[], int], surrogates: bool, deep: bool
+) -> None:
+    """What the parser accepts but nothing after it can hold: a lone surrogate or nesting
+    deeper than MAX_NESTING (looked for only where :func:`_suspects` says they may be).
+    ``line`` finds the record's line, only on error."""
+    if surrogates:
+        for key, value in rec.items():
+            bad = _lone_surrogate(key) or _lone_surrogate(value)
+            if bad is not None:
+                raise StudioError(
+                    f"{name} line {line()}: field {_show(key)} holds a lone surrogate "
+                    f"{bad!r} (an escape that is half of a UTF-16 pair, not a character); "
+                    "fix or drop it"
+                )
+    if deep:
+        for key, value in rec.items():
+            if _nesting(value) >= MAX_NESTING:  # the record itself is one more level
+                raise StudioError(
+                    f"{name} line {line()}: field {_show(key)} is nested more than "
+                    f"{MAX_NESTING} deep"
+                )
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The first lone surrogate in any key or string of ``value``, else None."""
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return v[e.start]
+        elif isinstance(v, dict):
+            todo.extend(v)
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
+    return None
+
+
+def _nesting(value: Any) -> int:
+    """How many lists/objects enclose ``value``'s deepest part (0 for a scalar); iterative,
+    so any depth the parser accepted is measured without recursion."""
+    deepest = 0
+    todo = [(value, 1)]
+    while todo:
+        v, d = todo.pop()
+        items = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        if items is None:
+            continue
+        deepest = max(deepest, d)
+        todo.extend((c, d + 1) for c in items if isinstance(c, dict | list))
+    return deepest
+
+
+_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}:]|-?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?')
+
+
+def _locate(text: str, *, problem: str, record_depth: int) -> tuple[int, str | None]:
+    """(offset in ``text``, the record's field it lies in) of the first ``problem`` in JSON
+    ``text``: ``deep`` (past MAX_NESTING inside a record), ``duplicate`` (a key twice in one
+    object) or ``long`` (an integer past Python's digit limit). A token scan, not a parse, so
+    it works where the parser failed; only called to word an error. (0, None) if not found."""
+    limit = sys.get_int_max_str_digits() or math.inf
+    stack: list[tuple[set[str], list[str | None]]] = []  # per open container: keys, last key
+
+    def record_field() -> str | None:
+        if len(stack) >= record_depth:
+            return stack[record_depth - 1][1][0]
+        return stack[-1][1][0] if stack else None
+
+    pending: str | None = None
+    for m in _TOKEN.finditer(text):
+        tok = m.group()
+        c = tok[0]
+        if c == '"':
+            pending = tok
+            continue
+        if c == ":" and pending is not None and stack:
+            key = json.loads(pending)
+            keys, last = stack[-1]
+            if problem == "duplicate" and key in keys:
+                return m.start(), record_field() if len(stack) > record_depth else key
+            keys.add(key)
+            last[0] = key
+        elif c in "[{":
+            stack.append((set(), [None]))
+            if problem == "deep" and len(stack) - record_depth + 1 > MAX_NESTING:
+                return m.start(), record_field()
+        elif c in "]}":
+            if stack:
+                stack.pop()
+        elif problem == "long" and tok.lstrip("-").isdigit() and len(tok.lstrip("-")) > limit:
+            return m.start(), record_field()
+        pending = None
+    return 0, None
 
 
 def _json_record_line(text: str, index: int) -> int:
@@ -363,9 +672,12 @@ def _read_csv(name: str, text: str, *, delimiter: str) -> _Source:
     """Header + rows; a record's line is where it starts (quoted cells may span lines)."""
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header: list[str] | None = None
+    unnamed: list[str] = []
     rows: list[list[str]] = []
     starts: list[int] = []
     end = 0
+    # a cell may be as long as the file (a long document); the csv module's default is 128 KiB
+    limit = csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     try:
         for row in reader:
             start, end = end + 1, reader.line_num
@@ -373,6 +685,7 @@ def _read_csv(name: str, text: str, *, delimiter: str) -> _Source:
                 continue
             if header is None:
                 header = [h.strip() or f"unnamed_{j}" for j, h in enumerate(row)]
+                unnamed = [h for h, raw in zip(header, row, strict=True) if not raw.strip()]
                 dup = next((h for j, h in enumerate(header) if h in header[:j]), None)
                 if dup is not None:
                     raise StudioError(f"{name} line {start}: column {dup!r} appears twice")
@@ -385,10 +698,18 @@ def _read_csv(name: str, text: str, *, delimiter: str) -> _Source:
             starts.append(start)
     except csv.Error as e:
         raise StudioError(f"{name} line {reader.line_num}: malformed CSV: {e}") from None
+    finally:
+        csv.field_size_limit(limit)
     if header is None or not rows:
         raise StudioError(f"{name}: no records")
     columns = {h: [r[j] or None for r in rows] for j, h in enumerate(header)}
-    return _Source(name, columns, len(rows), lambda i: f"line {starts[i]}", typed=False)
+    src = _Source(name, columns, len(rows), lambda i: f"line {starts[i]}", typed=False)
+    if unnamed:
+        src.warnings.append(
+            f"{name}: {len(unnamed)} header cells are empty; those columns are read as "
+            f"{', '.join(map(repr, unnamed))}"
+        )
+    return src
 
 
 def _read_saved_dataset(path: Path) -> _Source:
@@ -421,8 +742,39 @@ def _arrow_source(name: str, table: pa.Table) -> _Source:
         raise StudioError(f"{name}: no records")
     if len(set(table.column_names)) != table.num_columns:
         raise StudioError(f"{name}: duplicate column names in {table.column_names}")
-    columns = {c: table.column(c).to_pylist() for c in table.column_names}
+    columns = {}
+    for f in table.schema:
+        if 1 + _type_nesting(f.type) > MAX_NESTING:  # the record is one level
+            raise StudioError(
+                f"{name}: field {_show(f.name)} is nested more than {MAX_NESTING} deep"
+            )
+        column = table.column(f.name)
+        try:
+            columns[f.name] = column.to_pylist()
+        except UnicodeDecodeError:  # Parquet does not check that its strings are UTF-8
+            row = next(i for i in range(len(column)) if not _decodes(column, i))
+            raise StudioError(
+                f"{name} row {row + 1}: field {_show(f.name)} is not valid UTF-8 text"
+            ) from None
     return _Source(name, columns, table.num_rows, lambda i: f"row {i + 1}", typed=True)
+
+
+def _type_nesting(t: pa.DataType) -> int:
+    """How many list/struct/map levels an Arrow type has (0 for a scalar type)."""
+    depth, todo = 0, [(t, 0)]
+    while todo:
+        t, d = todo.pop()
+        depth = max(depth, d)
+        todo.extend((t.field(i).type, d + 1) for i in range(t.num_fields))
+    return depth
+
+
+def _decodes(column: pa.ChunkedArray, i: int) -> bool:
+    try:
+        column[i].as_py()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _records_source(

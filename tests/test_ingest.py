@@ -490,3 +490,360 @@ def test_bad_chats(tmp_path: Path, record: dict[str, Any], needle: str) -> None:
 def test_bad_kind(tmp_path: Path) -> None:
     with pytest.raises(StudioError, match="unknown data kind"):
         read_dataset(write_jsonl(tmp_path / "d.jsonl", RECORDS), kind="rollouts")  # type: ignore[arg-type]
+
+
+# --- column names: every label, tag and extra field becomes a column of every export ----------
+
+
+@pytest.mark.parametrize(
+    ("record", "kind", "mapping", "message"),
+    [
+        (
+            {"prompt": "p", "Cluster": 1},
+            "prompts",
+            None,
+            "data.jsonl: label 'Cluster' clashes with the built-in column 'cluster'; "
+            "rename it with --map NEW=Cluster or in the file",
+        ),
+        (
+            {"prompt": "p", "idx": 3},
+            "prompts",
+            None,
+            "data.jsonl: label 'idx' clashes with the built-in column 'idx'; "
+            "rename it with --map NEW=idx or in the file",
+        ),
+        (
+            {"prompt": "p", "ID": "a"},
+            "prompts",
+            None,
+            "data.jsonl: tag 'ID' clashes with the built-in column 'id'; rename it in the file",
+        ),
+        (
+            {"prompt": "p", "Answer": "4", "answer": "4"},
+            "prompts",
+            None,
+            "data.jsonl: tag 'Answer' clashes with the built-in column 'answer'; "
+            "rename it in the file",
+        ),
+        (
+            {"prompt": "p", "Score": 1, "score": 2},
+            "prompts",
+            None,
+            "data.jsonl: label 'score' and label 'Score' differ only in case, which the store's "
+            "columns ignore; rename it with --map NEW=score or in the file",
+        ),
+        (
+            {"prompt": "p", "": 1},
+            "prompts",
+            None,
+            "data.jsonl: label '' has an empty name; rename it in the file",
+        ),
+        (
+            {"prompt": "p", "a\nb": "x"},
+            "prompts",
+            None,
+            "data.jsonl: tag 'a\\nb' has a control character in its name; rename it in the file",
+        ),
+        (
+            {"prompt": "p", "feature:3": 0.5},
+            "prompts",
+            None,
+            "data.jsonl: label 'feature:3' starts with 'feature:', which filters read as an SAE "
+            "feature; rename it with --map NEW=feature:3 or in the file",
+        ),
+        (
+            {"prompt": "p", "messages": [{"role": "user", "content": "hi"}]},
+            "prompts",
+            None,
+            "data.jsonl: field 'messages' clashes with the built-in column 'messages'; "
+            "rename it in the file",
+        ),
+        (
+            {"prompt": "p", "chosen": "a", "rejected": "b", "role": "judge"},
+            "preferences",
+            None,
+            "data.jsonl: tag 'role' clashes with the built-in column 'role'; rename it in the file",
+        ),
+        (
+            {"prompt": "p", "lvl": 2},
+            "prompts",
+            {"x": "lvl"},
+            "data.jsonl: label 'x' clashes with the built-in column 'x'; "
+            "choose another name than 'x' in --map x=lvl",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "hi"}], "Feedback": "good", "feedback": 2},
+            "chats",
+            None,
+            "data.jsonl: tag 'Feedback' and label 'feedback' differ only in case, which the "
+            "store's columns ignore; rename it in the file",
+        ),
+    ],
+)
+def test_names_that_would_break_exports_are_refused(
+    tmp_path: Path,
+    record: dict[str, Any],
+    kind: str,
+    mapping: dict[str, str] | None,
+    message: str,
+) -> None:
+    path = write_jsonl(tmp_path / "data.jsonl", [record])
+    assert error_of(path, kind=kind, mapping=mapping) == message
+
+
+def test_csv_header_names_are_checked_too(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("prompt,X\na,1\n", encoding="utf-8")
+    assert error_of(path).startswith("data.csv: label 'X' clashes with the built-in column 'x'")
+
+
+def test_a_label_read_under_another_name_escapes_the_clash(tmp_path: Path) -> None:
+    """The error's remedy works: --map gives the label a free name, and every column of the
+    export (the label under its new name, the file's column as an extra field) is there."""
+    from core import steps
+    from core.export import ExportConfig
+    from core.store import Store
+
+    path = write_jsonl(tmp_path / "data.jsonl", [{"prompt": "p", "Cluster": 3, "idx": [1]}])
+    assert "'idx'" in error_of(path, mapping={"level": "Cluster"})
+    path = write_jsonl(tmp_path / "data.jsonl", [{"prompt": "p", "Cluster": 3}])
+    store = Store(tmp_path / "s.duckdb")
+    steps.ingest(store, path, dataset="d", kind="prompts", mapping={"level": "Cluster"})
+    out = tmp_path / "out.jsonl"
+    steps.export(store, dataset="d", out=out, cfg=ExportConfig(fmt="jsonl"))
+    (row,) = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert row["level"] == 3.0 and row["Cluster"] == "3" and row["cluster"] is None
+
+
+def test_reserved_names_cover_every_column_the_store_adds(tmp_path: Path) -> None:
+    """RESERVED_COLUMNS cannot drift from the store: every column of the wide view and of the
+    export rows that is not one of the dataset's own labels, tags or extra fields is listed,
+    and so is every column a derived responses dataset adds."""
+    from core import formats
+    from core import store as store_mod
+    from core.ingest import RESERVED_COLUMNS, RESERVED_FOR_KIND, RESERVED_PREFIXES
+    from core.store import Store
+
+    listed = {*store_mod.BASE_COLUMNS, *store_mod.DEDUP_COLUMNS, *formats.INTERNAL}
+    listed |= set(formats.RESPONSES)
+    assert {n.lower() for n in listed} <= RESERVED_COLUMNS
+    assert store_mod.FEATURE_PREFIX in RESERVED_PREFIXES
+    assert all(n == n.lower() for n in RESERVED_COLUMNS)
+
+    store = Store(tmp_path / "s.duckdb")
+    files = {
+        "prompts": [{"prompt": "p", "answer": "1", "lvl": 1, "task": "t", "meta": {"a": 1}}],
+        "preferences": [{"prompt": "p", "chosen": "a", "rejected": ["b"], "lvl": 1, "t": "x"}],
+        "chats": [
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "yo"},
+                ],
+                "feedback": 2,
+                "lang": "en",
+            }
+        ],
+    }
+    plan = pa.table(
+        {
+            "idx": pa.array([0], pa.int64()),
+            "position": pa.array([0], pa.int64()),
+            "batch": pa.array([0], pa.int64()),
+        }
+    )
+    for kind, recs in files.items():
+        t = read_dataset(write_jsonl(tmp_path / f"{kind}.jsonl", recs), kind=kind)  # type: ignore[arg-type]
+        store.write_dataset(
+            name=kind,
+            kind=kind,
+            source="x",
+            examples=t.examples,
+            labels=t.labels,
+            responses=t.responses,
+        )
+        own = {k for r in recs for k in r}
+        views = store.views(kind)
+        wide = set(store.wide(kind, views=views).column_names)
+        rows = {
+            c
+            for chunk in store.export_chunks(kind, views=views, plan=plan)
+            for c in chunk.column_names
+        }
+        points = set(store.map_points(kind, views=views).columns)
+        assert {c.lower() for c in (wide | rows | points) - own} <= RESERVED_COLUMNS, kind
+    store.write_responses_dataset("preferences", name="responses")
+    views = store.views("responses")
+    added = {*store.wide("responses", views=views).column_names}
+    added |= {
+        k
+        for e in store.wide("responses", views=views).column("extra").to_pylist()
+        for k in json.loads(e)
+    }
+    added -= {
+        *files["preferences"][0],
+        *store.wide("preferences", views=store.views("preferences")).column_names,
+    }
+    assert added <= RESERVED_FOR_KIND["preferences"]
+    plan = plan.take([0, 0]).set_column(0, "idx", pa.array([0, 1], pa.int64()))
+    rows = {
+        c
+        for chunk in store.export_chunks("responses", views=views, plan=plan)
+        for c in chunk.column_names
+    }
+    rows -= {*files["preferences"][0], *added}
+    assert {c.lower() for c in rows} <= RESERVED_COLUMNS
+
+
+# --- JSON the parser accepts but nothing after it can hold: one line each ---------------------
+
+
+def test_a_lone_surrogate_names_line_and_field(tmp_path: Path) -> None:
+    path = jsonl_lines(tmp_path, GOOD, '{"prompt": "caf\\ud800e"}')
+    assert error_of(path) == (
+        "data.jsonl line 2: field 'prompt' holds a lone surrogate '\\ud800' (an escape that is "
+        "half of a UTF-16 pair, not a character); fix or drop it"
+    )
+    path = jsonl_lines(tmp_path, GOOD, '{"prompt": "a", "t\\udc00g": "x"}')
+    assert "line 2: field 't\\udc00g' holds a lone surrogate '\\udc00'" in error_of(path)
+    chat = '{"messages": [{"role": "user", "content": "hi \\udfff"}]}'
+    assert "line 1: field 'messages' holds a lone surrogate" in error_of(
+        jsonl_lines(tmp_path, chat), kind="chats"
+    )
+    # a real pair written as two escapes is one character, and fine
+    t = read_dataset(jsonl_lines(tmp_path, '{"prompt": "smile \\ud83d\\ude00"}'), kind="prompts")
+    assert t.examples.column("prompt").to_pylist() == ["smile \U0001f600"]
+    doc = tmp_path / "data.json"
+    doc.write_text('[\n  {"prompt": "a"},\n  {"prompt": "b",\n   "t": "\\ud800"}\n]', "utf-8")
+    assert error_of(doc).startswith("data.json line 3: field 't' holds a lone surrogate")
+
+
+def test_deep_nesting_names_line_and_field(tmp_path: Path) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    path = jsonl_lines(tmp_path, GOOD, '{"prompt": "a", "x": ' + deep + "}")
+    assert error_of(path) == "data.jsonl line 2: field 'x' is nested more than 100 deep"
+    doc = tmp_path / "data.json"
+    doc.write_text('{"data": [\n{"prompt": "a"},\n{"prompt": "b", "y": ' + deep + "}]}", "utf-8")
+    assert error_of(doc) == "data.json line 3: field 'y' is nested more than 100 deep"
+    # deep enough to be refused, not deep enough to stop the parser: the same line
+    nested = "[" * 100 + "]" * 100
+    path = jsonl_lines(tmp_path, '{"prompt": "a", "z": {"k": ' + nested + "}}")
+    assert error_of(path) == "data.jsonl line 1: field 'z' is nested more than 100 deep"
+    ok = "[" * 99 + "]" * 99  # with the record itself, 100 levels
+    assert read_dataset(jsonl_lines(tmp_path, '{"prompt": "a", "z": ' + ok + "}"), kind="prompts")
+
+
+def test_an_integer_too_long_to_convert_names_the_field(tmp_path: Path) -> None:
+    path = jsonl_lines(tmp_path, GOOD, '{"prompt": "a", "n": ' + "9" * 5000 + "}")
+    assert (
+        error_of(path) == "data.jsonl line 2: field 'n' holds an integer of more than 4300 digits"
+    )
+    # a long integer that converts is a number too large for a label, still one line
+    path = jsonl_lines(tmp_path, '{"prompt": "a", "n": ' + "9" * 400 + "}")
+    assert "line 1: field 'n' must be a finite number" in error_of(path)
+
+
+def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
+    path = jsonl_lines(tmp_path, GOOD, '{"prompt": "a", "difficulty": 1, "prompt": "b"}')
+    assert error_of(path) == (
+        "data.jsonl line 2: key 'prompt' appears twice in one object; JSON keeps only one of "
+        "them, so remove or rename the other"
+    )
+    chat = '{"messages": [{"role": "user", "content": "hi", "role": "assistant"}]}'
+    assert "line 1: key 'role' appears twice in one object inside field 'messages'" in error_of(
+        jsonl_lines(tmp_path, chat), kind="chats"
+    )
+    doc = tmp_path / "data.json"
+    doc.write_text('[\n  {"prompt": "a"},\n  {"prompt": "b", "t": 1,\n   "t": 2}\n]', "utf-8")
+    assert error_of(doc).startswith("data.json line 4: key 't' appears twice")
+
+
+# --- files that are almost what was meant ------------------------------------------------------
+
+
+def test_json_and_jsonl_mixed_up_say_so(tmp_path: Path) -> None:
+    path = jsonl_lines(tmp_path, json.dumps(RECORDS))
+    assert error_of(path).endswith("a JSON array? name the file .json")
+    path = jsonl_lines(tmp_path, "[", json.dumps(RECORDS[0]), "]")
+    assert error_of(path).endswith("a JSON array? name the file .json")
+    doc = tmp_path / "data.json"
+    doc.write_text("\n".join(json.dumps(r) for r in RECORDS), encoding="utf-8")
+    assert error_of(doc) == (
+        "data.json line 2: malformed JSON: Extra data (column 1); one object a line? "
+        "name the file .jsonl"
+    )
+    for body in ("", "  \n\t\n"):
+        doc.write_text(body, encoding="utf-8")
+        assert error_of(doc) == "data.json: no records"
+
+
+def test_csv_bom_long_cells_and_unnamed_columns(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    long = "word " * 40_000  # over the csv module's 128 KiB default
+    path.write_bytes(("\ufeffprompt,score,\n" + f'"{long}",1,x\n').encode())
+    before = csv.field_size_limit()
+    t = read_dataset(path, kind="prompts")
+    assert csv.field_size_limit() == before
+    assert t.examples.column("prompt").to_pylist() == [long]
+    assert labels_of(t) == {(t.examples.column("id")[0].as_py(), "score"): 1.0}  # no BOM in it
+    assert t.warnings == (
+        "data.csv: 1 header cells are empty; those columns are read as 'unnamed_2'",
+    )
+
+
+def test_parquet_text_that_is_not_utf8(tmp_path: Path) -> None:
+    bad = pa.array([b"ok", b"\xff\xfe"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"prompt": ["a", "b"], "t": bad}), tmp_path / "data.parquet")
+    assert error_of(tmp_path / "data.parquet") == (
+        "data.parquet row 2: field 't' is not valid UTF-8 text"
+    )
+
+
+def test_odd_but_valid_values_read_as_they_are(tmp_path: Path) -> None:
+    recs = [
+        {"id": 7, "prompt": "nul \u0000 and \u2028", "ok": True, "big": 1e308},
+        {"id": "8", "prompt": "b", "ok": False, "big": -1},
+    ]
+    t = read_dataset(write_jsonl(tmp_path / "d.jsonl", recs), kind="prompts")
+    assert t.examples.column("id").to_pylist() == ["7", "8"]
+    assert t.examples.column("prompt").to_pylist() == [r["prompt"] for r in recs]
+    assert labels_of(t) == {
+        ("7", "ok"): 1.0,
+        ("8", "ok"): 0.0,
+        ("7", "big"): 1e308,
+        ("8", "big"): -1.0,
+    }
+    assert t.warnings == ()
+
+
+# --- warnings: read, but probably not what was meant ------------------------------------------
+
+
+def test_a_rejected_response_equal_to_the_chosen_one_is_a_warning(tmp_path: Path) -> None:
+    recs = [
+        {"id": f"r{i}", "prompt": "p", "chosen": "same", "rejected": ["other", " same "]}
+        for i in range(4)
+    ] + [{"id": "fine", "prompt": "p", "chosen": "a", "rejected": "b"}]
+    t = read_dataset(write_jsonl(tmp_path / "data.jsonl", recs), kind="preferences")
+    assert t.n == 5 and t.responses.num_rows == 14  # kept: some sets carry ties
+    assert t.warnings == (
+        "data.jsonl: 4 of 5 rows have a rejected response equal to the chosen one (first ids: "
+        "'r0', 'r1', 'r2', ...); kept as ties, but such a pair teaches a preference trainer "
+        "nothing",
+    )
+
+
+def test_chats_without_an_assistant_turn_are_a_warning(tmp_path: Path) -> None:
+    user = {"role": "user", "content": "hi"}
+    recs = [
+        {"id": "a", "messages": [user]},
+        {"id": "b", "messages": [user, {"role": "assistant", "content": "yo"}]},
+        {"id": "c", "messages": [user, {"role": "assistant", "content": None}]},
+    ]
+    t = read_dataset(write_jsonl(tmp_path / "data.jsonl", recs), kind="chats")
+    assert t.n == 3
+    assert t.warnings == (
+        "data.jsonl: 2 of 3 rows have no assistant turn (first ids: 'a', 'c'); "
+        "--format trl-messages writes them as user-only rows",
+    )
+    assert read_dataset(write_jsonl(tmp_path / "d.jsonl", RECORDS), kind="prompts").warnings == ()
