@@ -199,18 +199,25 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--max-length",
             type=int,
-            default=256,
-            help="tokens per example; longer examples are truncated and counted",
+            metavar="N",
+            help="tokens per example (a chat template's own tokens count too); longer examples "
+            "are truncated, counted and reported (default: the model's context, at most 2048)",
         )
         device_args(sp)
 
     sp = cmd("train-sae", "Train a TopK SAE (sae-lens) on a dataset's activations at one layer.")
     model_args(sp, layer_required=True)
-    sp.add_argument("--out", help="folder to write the SAE to (default data/saes/...)")
-    sp.add_argument("--width", type=int, help="SAE features (default 8 x hidden size)")
+    sp.add_argument(
+        "--out",
+        help=f"folder to write the SAE to: a new or empty one, or an earlier SAE's, which is "
+        f"replaced once the new one is complete (default {DEFAULT_SAE_DIR}/DATASET-MODEL-L-W-K)",
+    )
+    sp.add_argument(
+        "--width", type=int, help="SAE features, at least --k (default 8 x hidden size)"
+    )
     sp.add_argument("--k", type=int, default=32, help="active features per token (TopK)")
     sp.add_argument("--epochs", type=int, default=2, help="passes over the training tokens")
-    sp.add_argument("--lr", type=float, default=1e-3, help="learning rate (Adam)")
+    sp.add_argument("--lr", type=float, default=1e-3, help="learning rate (Adam), above 0")
     sp.add_argument("--batch-tokens", type=int, default=1024, help="tokens per training step")
     sp.add_argument(
         "--eval-every",
@@ -267,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         "as the dense baseline the probes and clustering are compared against",
     )
     sp.add_argument("--top-k", type=int, default=64, help="features kept per example")
-    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--batch-size", type=int, default=32, help="examples per model forward")
     sp.add_argument("--chunk-size", type=int, default=512, help="examples per commit")
     sp.add_argument(
         "--ray",
@@ -783,8 +790,8 @@ def run(args: argparse.Namespace) -> int:
         s = run["summary"]
         print(
             f"feature run {run_id}: {s['n_examples']} examples, {s['n_tokens']} tokens, "
-            f"{s['n_truncated']} truncated (longer than {args.max_length} tokens or the "
-            f"model's context); {run['config']['hook']}, {engine}"
+            f"{s['n_truncated']} truncated (longer than {run['config']['max_length']} tokens "
+            f"or the model's context); {run['config']['hook']}, {engine}"
         )
     elif args.command == "cluster":
         from core.clustering import ClusterConfig, parse_sweep

@@ -154,9 +154,11 @@ def _load(spec: _ActorSpec) -> tuple[Any, Any, int]:
 def _probe(spec: _ActorSpec) -> dict[str, Any]:
     """Load and check the model and SAE once, as an actor will, before any run is recorded.
 
-    Returns the resolved layer, the model's dtype, the SAE's info and a transfer warning (or
-    None); raises the same StudioError a single-process run would.
+    Returns the resolved layer, the model's dtype, the SAE's info, a transfer warning (or
+    None), the max length (the one asked for, else the model's default) and the model's
+    context; raises the same StudioError a single-process run would.
     """
+    from core.models import context_length, default_max_length
     from core.sae import sae_info, transfer_warning
 
     lm, sae, layer = _load(spec)
@@ -166,6 +168,8 @@ def _probe(spec: _ActorSpec) -> dict[str, Any]:
         "device": lm.device,
         "info": sae_info(sae),
         "warning": transfer_warning(sae, spec.model_label),
+        "max_length": spec.feature_config.get("max_length") or default_max_length(lm),
+        "context": context_length(lm),
     }
 
 
@@ -450,7 +454,7 @@ def featurize_ray(
     dense: bool = False,
     top_k: int = 64,
     batch_size: int = 32,
-    max_length: int = 256,
+    max_length: int | None = None,
     dtype: str = "auto",
     address: str = "local",
     num_workers: int | None = None,
@@ -472,20 +476,29 @@ def featurize_ray(
     removed. Resumes an interrupted run with the same config, whichever engine ran it, and
     loads shards a finished pipeline of an interrupted attempt left behind.
     """
-    from core.features import FeatureConfig
+    from core.features import FeatureConfig, check_at_least_one, truncation_warning
     from core.steps import (
         _model_label,
         check_sae_source,
         example_pairs,
         feature_run_config,
+        other_length_run,
         resolve_model,
+        unrecorded_sae_warning,
         versions,
     )
 
     say = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     sae_name = check_sae_source(sae_path, sae_release)
-    if chunk_rows < 1:
-        raise StudioError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    check_at_least_one(
+        {
+            "chunk_rows": chunk_rows,
+            "--sae-k": sae_k,
+            "--workers": num_workers,
+            "--ray-cpus": num_cpus,
+            "rows_per_block": rows_per_block,
+        }
+    )
     options = {
         "pooling": pooling,
         "top_k": top_k,
@@ -495,7 +508,7 @@ def featurize_ray(
         "chat_template": chat_template,
         "dense": dense,
     }
-    FeatureConfig(layer=0, **options)  # validate the options before any loading
+    FeatureConfig(layer=0 if layer is None else layer, **options)  # checked before any loading
     ids, texts, responses = example_pairs(store, dataset, pool_over=pool_over)
     ray = _import_ray()
     started = _ray_init(ray, address, num_cpus)
@@ -521,6 +534,9 @@ def featurize_ray(
         found = _ray_call(lambda: ray.get(probe.remote(spec)))
         if found["warning"]:
             say(found["warning"])
+        if sae_path is not None and (msg := unrecorded_sae_warning(store, sae_name)):
+            say(msg)
+        options["max_length"] = found["max_length"]
         spec = replace(
             spec,
             layer=found["layer"],
@@ -534,12 +550,14 @@ def featurize_ray(
             sae_name=sae_name,
             pooling=pooling,
             top_k=top_k,
-            max_length=max_length,
+            max_length=found["max_length"],
             pool_over=pool_over,
             chat_template=chat_template,
             dtype=found["dtype"],
             dense=dense,
         )
+        if resume and max_length is None and (msg := other_length_run(store, dataset, config)):
+            say(msg)
         run_id, resumed = store.start_run(
             step="featurize", dataset=dataset, config=config, versions=versions(), resume=resume
         )
@@ -587,11 +605,15 @@ def featurize_ray(
     if missing:
         raise StudioError(f"run {run_id}: {missing} examples were not featurized; rerun")
     totals = store.feature_totals(run_id)
-    if totals["n_truncated"]:
-        say(
-            f"{totals['n_truncated']} examples were longer than {max_length} tokens (or the "
-            "model's context) and were truncated"
-        )
+    cut = truncation_warning(
+        int(totals["n_truncated"]),
+        int(totals["n_examples"]),
+        max_length=found["max_length"],
+        context=found["context"],
+        chat_template=chat_template,
+    )
+    if cut is not None:
+        say(cut)
     store.finish_run(
         run_id,
         summary={

@@ -33,6 +33,7 @@ from core.models import (
     LoadedModel,
     PoolOver,
     collate,
+    default_max_length,
     encode_texts,
     iter_length_batches,
     layer_activations,
@@ -65,14 +66,15 @@ class FeatureConfig:
     of tokens where it fires). ``pool_over``: the example's text (prompt), its response, or
     both. ``chat_template``: render the text as a user message with the tokenizer's template.
     ``dense``: also keep the mean of the layer's hidden state over the same tokens (float32,
-    d_model per example), the dense baseline.
+    d_model per example), the dense baseline. ``max_length`` None: the model's context, capped
+    (``core.models.default_max_length``). Errors name the field and its featurize flag.
     """
 
     layer: int
     pooling: Pooling = "mean"
     top_k: int = 64
     batch_size: int = 32
-    max_length: int = 256
+    max_length: int | None = None
     pool_over: PoolOver = "prompt"
     chat_template: bool = False
     dense: bool = False
@@ -83,12 +85,17 @@ class FeatureConfig:
         if self.pool_over not in POOL_OVER:
             raise StudioError(f"pool_over must be one of {POOL_OVER}, got '{self.pool_over}'")
         if self.layer < -1:
-            raise StudioError(f"layer must be >= -1 (-1 = the embeddings), got {self.layer}")
+            raise StudioError(
+                f"layer must be >= -1 (-1 = the embeddings), got {self.layer} (--layer)"
+            )
         for name in ("top_k", "batch_size"):
             if getattr(self, name) < 1:
-                raise StudioError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_length < 2:
-            raise StudioError(f"max_length must be at least 2, got {self.max_length}")
+                flag = "--" + name.replace("_", "-")
+                raise StudioError(f"{name} must be at least 1, got {getattr(self, name)} ({flag})")
+        if self.max_length is not None and self.max_length < 2:
+            raise StudioError(
+                f"max_length must be at least 2, got {self.max_length} (--max-length)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +103,43 @@ class FeatureConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
         return cls(**data)
+
+
+def check_at_least_one(flags: dict[str, int | None]) -> None:
+    """One line for the first flag below 1 (None = not given): the run options beside
+    ``FeatureConfig``, e.g. ``{"--chunk-size": 0}`` -> "--chunk-size must be at least 1, got 0"."""
+    for flag, value in flags.items():
+        if value is not None and value < 1:
+            raise StudioError(f"{flag} must be at least 1, got {value}")
+
+
+def truncation_warning(
+    n_truncated: int,
+    n_examples: int,
+    *,
+    max_length: int,
+    context: int | None,
+    chat_template: bool = False,
+) -> str | None:
+    """The line featurize prints when examples were cut: how many, their share, the limit and
+    the flag that moves it (or that the model's context is the limit). None when none were cut.
+    Example: 23 of 100 cut at 256 tokens, context 512 -> "23 of 100 examples (23.0%) were
+    longer than 256 tokens and were truncated: pass --max-length N (up to the model's context,
+    512) to keep more".
+    """
+    if n_truncated <= 0:
+        return None
+    limit = max_length if context is None else min(max_length, context)
+    share = n_truncated / max(n_examples, 1)
+    what = " (the chat template's own tokens count too)" if chat_template else ""
+    head = (
+        f"{n_truncated} of {n_examples} examples ({share:.1%}) were longer than {limit} "
+        f"tokens{what} and were truncated"
+    )
+    if context is not None and limit >= context:
+        return f"{head}: that is the model's context, so --max-length cannot keep more"
+    upto = f" (up to the model's context, {context})" if context is not None else ""
+    return f"{head}: pass --max-length N{upto} to keep more"
 
 
 def encode_tokens(sae: Any, acts: torch.Tensor) -> torch.Tensor:
@@ -435,6 +479,7 @@ def featurize_batches(
         raise StudioError(f"TokenStats has d_sae {stats.d_sae}, the SAE has {sae.cfg.d_sae}")
     check_sae_matches(sae, lm, layer=cfg.layer)
     chunk = chunk_size or 16 * cfg.batch_size
+    max_length = cfg.max_length or default_max_length(lm)
 
     def encoded() -> Iterator[tuple[list[str], list[EncodedText]]]:
         # The only user of the tokenizer while featurizing (fast tokenizers are not reentrant).
@@ -445,7 +490,7 @@ def featurize_batches(
                 encode_texts(
                     lm,
                     list(texts[start:stop]),
-                    max_length=cfg.max_length,
+                    max_length=max_length,
                     responses=None if responses is None else list(responses[start:stop]),
                     pool_over=cfg.pool_over,
                     chat_template=cfg.chat_template,

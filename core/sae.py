@@ -6,13 +6,21 @@ a ``k`` for TopK), which becomes the matching sae-lens SAE.
 
 Training goes through sae-lens's own ``SAETrainer`` fed from an in-memory iterator of
 activation batches; the result is saved in sae-lens's on-disk format, so
-``SAE.load_from_disk(out_dir)`` gives an inference SAE.
+``SAE.load_from_disk(out_dir)`` gives an inference SAE. It is written into a temp folder beside
+``out_dir`` (``.studio-sae-tmp-<pid>-...``) that is renamed into place only once the SAE is
+complete, so a killed training never leaves a complete-looking folder; the next training in that
+folder sweeps the temp folders of killed processes (``leftover_temp_dirs`` lists them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import re
+import shutil
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,9 +29,23 @@ from typing import Any
 import torch
 
 from core.errors import StudioError
-from core.models import LoadedModel, check_layer, hook_name, parse_hook
+from core.models import (
+    LoadedModel,
+    check_layer,
+    corrupt_file_error,
+    hook_name,
+    parse_hook,
+    safetensors_problem,
+)
 
 TRAINING_INFO_FILENAME = "studio_training.json"
+# What an SAE folder holds (sae-lens's two files and our training record): train-sae replaces a
+# folder holding only these, never one with anything else in it.
+SAE_FILES = ("cfg.json", "sae_weights.safetensors", TRAINING_INFO_FILENAME)
+# Temp folders of a training in progress (tmp) and of an earlier SAE moved aside while the new
+# one is renamed into place (old): ".studio-sae-tmp-<pid>-<8 hex>-<name>".
+_TEMP_PREFIX = ".studio-sae-"
+_TEMP_NAME = re.compile(r"^\.studio-sae-(?:tmp|old)-(\d+)-[0-9a-f]{8}-")
 # Quality below these at the end of training earns a warning.
 MIN_EXPLAINED_VARIANCE = 0.7
 MAX_DEAD_SHARE = 0.2
@@ -56,12 +78,14 @@ def load_sae(
         raise StudioError("give either an SAE folder (path) or a release with an sae_id")
     if path is not None:
         where = Path(path).expanduser()
+        _refuse_temp_folder(where)
         if where.is_file():
             if where.suffix != ".safetensors":
                 raise StudioError(f"SAE file '{path}' is not a .safetensors checkpoint")
             return load_raw_sae(where, k=k, device=device)
         if not where.is_dir():
             raise StudioError(f"SAE folder '{path}' does not exist")
+        _check_complete(where)
         if not _is_sae_lens_folder(where):
             weights = sorted(where.glob("*.safetensors"))
             if len(weights) == 1:
@@ -74,10 +98,7 @@ def load_sae(
             raise StudioError(
                 f"SAE folder '{path}' has no cfg.json (not a sae-lens SAE) and no .safetensors"
             )
-        try:
-            sae = SAE.load_from_disk(str(where), device=device)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise StudioError(f"SAE folder '{path}' could not be loaded: {exc}") from exc
+        sae = _load_sae_lens_folder(where, device=device)
         if k is not None and int(getattr(sae.cfg, "k", k)) != k:
             raise StudioError(f"--sae-k {k} but the SAE in '{path}' has k={sae.cfg.k}")
         return sae
@@ -91,6 +112,159 @@ def load_sae(
             f"SAE '{release}' / '{sae_id}' could not be loaded from the Hugging Face hub "
             f"(offline?): {reason}"
         ) from exc
+
+
+def _load_sae_lens_folder(folder: Path, *, device: str) -> Any:
+    """``SAE.load_from_disk``, with a truncated or corrupt weights file named in one line."""
+    from sae_lens import SAE
+
+    weights = folder / "sae_weights.safetensors"
+    if (reason := safetensors_problem(weights)) is not None:
+        raise corrupt_file_error(weights, reason, what="SAE weights file")
+    try:
+        sae = SAE.load_from_disk(str(folder), device=device)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StudioError(f"SAE folder '{folder}' could not be loaded: {first}") from exc
+    _check_finite(sae, weights)
+    return sae
+
+
+def _check_finite(sae: Any, file: Path) -> None:
+    """A garbled weights file whose header survived often holds NaN or inf: refuse it."""
+    for name, tensor in sae.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise corrupt_file_error(
+                file, f"{name} holds NaN or infinite values", what="SAE weights file"
+            )
+
+
+def _refuse_temp_folder(where: Path) -> None:
+    """A train-sae temp folder (running, or left by a killed run) is never an SAE to read."""
+    for part in (where, *where.parents):
+        match = _TEMP_NAME.match(part.name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        state = "still running" if _pid_alive(pid) else "killed before it finished"
+        raise StudioError(
+            f"SAE path '{where}' is a temporary folder of an unfinished train-sae (process "
+            f"{pid}, {state}): use the folder train-sae names when it finishes"
+        )
+
+
+def _check_complete(folder: Path) -> None:
+    """An SAE folder of ours (or sae-lens's) missing one of its files: say which."""
+    has = {name: (folder / name).is_file() for name in SAE_FILES}
+    ours = has[TRAINING_INFO_FILENAME]
+    cfg_says_sae = "d_in" in (_read_json(folder / "cfg.json") or {})
+    if (ours or cfg_says_sae) and not (has["cfg.json"] and has["sae_weights.safetensors"]):
+        missing = [n for n in ("cfg.json", "sae_weights.safetensors") if not has[n]]
+        raise StudioError(
+            f"SAE folder '{folder}' lacks {' and '.join(missing)}: it is incomplete (an "
+            "interrupted copy or training?); train it again or copy the whole folder"
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (on this machine); unsure counts as alive."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, as another user
+        return True
+    return True
+
+
+def leftover_temp_dirs(folder: str | Path) -> list[Path]:
+    """Temp folders that killed train-sae runs left in ``folder``: ours by name
+    (``.studio-sae-tmp-<pid>-...``, ``.studio-sae-old-<pid>-...``) and of a process that no
+    longer runs. A training in progress is never listed. Sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    out = []
+    for entry in sorted(folder.iterdir()):
+        match = _TEMP_NAME.match(entry.name)
+        live = match is not None and _pid_alive(int(match.group(1)))
+        if match and not live and entry.is_dir() and not entry.is_symlink():
+            out.append(entry)
+    return out
+
+
+def sweep_temp_dirs(folder: str | Path) -> list[Path]:
+    """Remove ``leftover_temp_dirs(folder)``; returns what was removed."""
+    gone = leftover_temp_dirs(folder)
+    for entry in gone:
+        shutil.rmtree(entry, ignore_errors=True)
+    return gone
+
+
+def check_sae_out(out: str | Path) -> Path:
+    """Where train-sae may write: a new or empty folder, or an earlier SAE folder (holding only
+    ``SAE_FILES``), which the new SAE replaces. Anything else is refused in one line, before any
+    work, so --out never deletes a folder of other files."""
+    out = Path(out).expanduser()
+    if _TEMP_NAME.match(out.name):
+        raise StudioError(f"--out {out}: that name is kept for train-sae's temp folders")
+    if out.is_file() or (out.exists() and not out.is_dir()):
+        raise StudioError(f"--out {out} is a file: give a folder for the SAE")
+    if out.is_dir():
+        others = sorted(p.name for p in out.iterdir() if p.name not in SAE_FILES)
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise StudioError(
+                f"--out {out} is a folder holding other files ({shown}), not an SAE: train-sae "
+                "replaces only an earlier SAE folder; give a new or empty folder"
+            )
+    return out
+
+
+def _temp_name(kind: str, name: str) -> str:
+    return f"{_TEMP_PREFIX}{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}"
+
+
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A fresh temp folder beside ``out`` (after sweeping those of killed trainings there); on
+    success it is renamed to ``out``, on an error removed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sweep_temp_dirs(out.parent)
+    tmp = out.with_name(_temp_name("tmp", out.name))
+    tmp.mkdir()
+    try:
+        yield tmp
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename the finished SAE folder ``tmp`` to ``out``, replacing an earlier SAE there (moved
+    aside first, removed last: a kill between the renames leaves only swept temp folders)."""
+    aside = None
+    if out.exists():
+        aside = out.with_name(_temp_name("old", out.name))
+        out.rename(aside)
+    tmp.rename(out)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def training_info(folder: str | Path) -> dict[str, Any] | None:
+    """What train-sae wrote beside the SAE (``studio_training.json``: result, config and the
+    ``run`` that records it: store path and run id), or None for an SAE from elsewhere."""
+    path = Path(folder)
+    if path.is_file():
+        path = path.parent
+    try:
+        return _read_json(path / TRAINING_INFO_FILENAME)
+    except StudioError:
+        return None
 
 
 def _is_sae_lens_folder(folder: Path) -> bool:
@@ -145,10 +319,12 @@ def load_raw_sae(
     from safetensors.torch import load_file
 
     file = Path(file)
+    if (reason := safetensors_problem(file)) is not None:
+        raise corrupt_file_error(file, reason, what="SAE checkpoint")
     try:
         weights = load_file(str(file))
     except Exception as exc:  # safetensors raises its own error types
-        raise StudioError(f"SAE checkpoint '{file}' could not be read: {exc}") from exc
+        raise corrupt_file_error(file, str(exc).strip(), what="SAE checkpoint") from exc
     cfg: dict[str, Any] = {}
     for name in ("cfg.json", "config.json"):
         cfg = _read_json(file.parent / name) or {}
@@ -201,6 +377,7 @@ def load_raw_sae(
         sae = StandardSAE(StandardSAEConfig(**common))
     state = {name: t.to(torch.float32).contiguous() for name, t in state.items()}
     sae.load_state_dict(state)
+    _check_finite(sae, file)
     return sae.to(device)
 
 
@@ -285,6 +462,48 @@ def quality_warnings(explained_variance: float, dead_features: int, d_sae: int) 
             "lower --width, raise --lr a little, or train on more tokens"
         )
     return out
+
+
+@dataclass(frozen=True)
+class SaeTrainConfig:
+    """Options of the train-sae step, checked once before any model is loaded.
+
+    ``width`` None means 8 x the model's hidden size; ``max_length`` None means the model's
+    context (``core.models.default_max_length``); ``eval_every`` None means 5 looks per run.
+    Each error names the flag, e.g. ``SaeTrainConfig(lr=float("nan"))`` -> "--lr must be a
+    positive finite number, got nan".
+    """
+
+    width: int | None = None
+    k: int = 32
+    epochs: int = 2
+    lr: float = 1e-3
+    batch_tokens: int = 1024
+    max_length: int | None = None
+    max_tokens: int = 1_000_000
+    seed: int = 0
+    eval_every: int | None = None
+
+    def __post_init__(self) -> None:
+        positive = {
+            "--k": self.k,
+            "--epochs": self.epochs,
+            "--batch-tokens": self.batch_tokens,
+            "--max-tokens": self.max_tokens,
+            "--width": self.width,
+            "--eval-every": self.eval_every,
+        }
+        for flag, value in positive.items():
+            if value is not None and value < 1:
+                raise StudioError(f"{flag} must be at least 1, got {value}")
+        if self.max_length is not None and self.max_length < 2:
+            raise StudioError(f"--max-length must be at least 2, got {self.max_length}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise StudioError(f"--lr must be a positive finite number, got {self.lr}")
+        if self.width is not None and self.k > self.width:
+            raise StudioError(f"--k {self.k} must not exceed --width {self.width}")
+        if self.seed < 0:
+            raise StudioError(f"--seed must be 0 or more, got {self.seed}")
 
 
 @dataclass
@@ -419,8 +638,14 @@ def train_sae(
     report: Callable[[TrainProgress], None] | None = None,
     eval_every: int | None = None,
     eval_tokens: int = 4096,
+    run: dict[str, Any] | None = None,
 ) -> SaeTrainResult:
     """Train a TopK SAE with sae-lens's ``SAETrainer`` and save it as an inference SAE.
+
+    The SAE is written to a temp folder beside ``out_dir`` and renamed to ``out_dir`` only when
+    it is complete (weights, config and ``studio_training.json``, which also keeps ``run``: the
+    store and run id that record it); an error removes the temp folder, a kill leaves it for the
+    next training there to sweep. ``out_dir`` must pass ``check_sae_out``.
 
     ``activations`` is a 2-D float tensor [n_tokens, d_in] (shuffled per epoch with ``seed``)
     or a factory returning one epoch of [n, d_in] batches per call. The input norm is
@@ -438,105 +663,107 @@ def train_sae(
         raise StudioError(f"SAE k must be between 1 and the width {width}, got {k}")
     if epochs < 1 or batch_size < 1:
         raise StudioError(f"epochs and batch_size must be positive, got {epochs}, {batch_size}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise StudioError(f"lr must be a positive finite number, got {lr}")
+    out = check_sae_out(out_dir)
     if isinstance(activations, torch.Tensor):
         _check_chunk(activations, d_in)
     n_tokens, mean_norm, mean = _data_stats(activations, d_in)
-    batch_size = min(batch_size, n_tokens)
-    steps = max(1, (n_tokens * epochs) // batch_size)
-    total = steps * batch_size
+    with _staging(out) as tmp:
+        batch_size = min(batch_size, n_tokens)
+        steps = max(1, (n_tokens * epochs) // batch_size)
+        total = steps * batch_size
 
-    torch.manual_seed(seed)
-    metadata = SAEMetadata(hook_name=hook_name, model_name=model_name)
-    sae = TopKTrainingSAE(
-        TopKTrainingSAEConfig(
-            d_in=d_in,
-            d_sae=width,
-            k=k,
-            device=device,
-            normalize_activations="expected_average_only_in",
-            metadata=metadata,
+        torch.manual_seed(seed)
+        metadata = SAEMetadata(hook_name=hook_name, model_name=model_name)
+        sae = TopKTrainingSAE(
+            TopKTrainingSAEConfig(
+                d_in=d_in,
+                d_sae=width,
+                k=k,
+                device=device,
+                normalize_activations="expected_average_only_in",
+                metadata=metadata,
+            )
         )
-    )
-    scaling = math.sqrt(d_in) / mean_norm if mean_norm > 0 else 1.0
-    with torch.no_grad():
-        # Start the decoder bias at the (scaled) data mean: residual streams are far from 0.
-        sae.b_dec.copy_((mean * scaling).to(sae.b_dec.dtype))
+        scaling = math.sqrt(d_in) / mean_norm if mean_norm > 0 else 1.0
+        with torch.no_grad():
+            # Start the decoder bias at the (scaled) data mean: residual streams are far from 0.
+            sae.b_dec.copy_((mean * scaling).to(sae.b_dec.dtype))
 
-    steps_per_epoch = max(1, n_tokens // batch_size)
-    every = eval_every or max(1, steps // 5)
-    sample = _eval_sample(activations, eval_tokens, seed) if report is not None else None
+        steps_per_epoch = max(1, n_tokens // batch_size)
+        every = eval_every or max(1, steps // 5)
+        sample = _eval_sample(activations, eval_tokens, seed) if report is not None else None
 
-    def look(step: int) -> None:
-        assert report is not None and sample is not None
-        explained, dead = _evaluate(sae, sample * scaling, mean=mean * scaling, batch_size=4096)
-        report(TrainProgress(step, steps, step / steps_per_epoch, explained, dead, width))
+        def look(step: int) -> None:
+            assert report is not None and sample is not None
+            explained, dead = _evaluate(sae, sample * scaling, mean=mean * scaling, batch_size=4096)
+            report(TrainProgress(step, steps, step / steps_per_epoch, explained, dead, width))
 
-    def stream() -> Iterator[torch.Tensor]:
-        epoch = 0
-        done = 0
-        step = 0
-        while True:  # the trainer stops by sample count; never run dry on a short last batch
-            for batch in _rebatch(_epoch_source(activations, epoch, seed), batch_size):
-                if batch.shape[0] < batch_size:
-                    continue
-                # Asked for batch step+1: the trainer has finished step `step`.
-                if report is not None and step and step % every == 0 and step < steps:
-                    look(step)
-                done += batch.shape[0]
-                step += 1
-                if progress is not None:
-                    progress(min(done, total), total)
-                yield batch
-            epoch += 1
+        def stream() -> Iterator[torch.Tensor]:
+            epoch = 0
+            done = 0
+            step = 0
+            while True:  # the trainer stops by sample count; never run dry on a short last batch
+                for batch in _rebatch(_epoch_source(activations, epoch, seed), batch_size):
+                    if batch.shape[0] < batch_size:
+                        continue
+                    # Asked for batch step+1: the trainer has finished step `step`.
+                    if report is not None and step and step % every == 0 and step < steps:
+                        look(step)
+                    done += batch.shape[0]
+                    step += 1
+                    if progress is not None:
+                        progress(min(done, total), total)
+                    yield batch
+                epoch += 1
 
-    trainer_cfg = SAETrainerConfig(
-        total_training_samples=total,
-        train_batch_size_samples=batch_size,
-        lr=lr,
-        lr_end=lr / 10,
-        lr_scheduler_name="constant",
-        lr_decay_steps=steps // 5,
-        device=device,
-        # A feature idle for half an epoch counts as dead for the TopK auxiliary loss.
-        dead_feature_window=max(1, min(1000, steps_per_epoch // 2)),
-        feature_sampling_window=max(1, min(2000, steps_per_epoch)),
-        logger=LoggingConfig(log_to_wandb=False),
-    )
-    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=stream())
-    # fit() estimates the norm from the stream only when no factor is set; ours uses all tokens.
-    trainer.activation_scaler.scaling_factor = scaling
-    trained = trainer.fit()
+        trainer_cfg = SAETrainerConfig(
+            total_training_samples=total,
+            train_batch_size_samples=batch_size,
+            lr=lr,
+            lr_end=lr / 10,
+            lr_scheduler_name="constant",
+            lr_decay_steps=steps // 5,
+            device=device,
+            # A feature idle for half an epoch counts as dead for the TopK auxiliary loss.
+            dead_feature_window=max(1, min(1000, steps_per_epoch // 2)),
+            feature_sampling_window=max(1, min(2000, steps_per_epoch)),
+            logger=LoggingConfig(log_to_wandb=False),
+        )
+        trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=stream())
+        # fit() estimates the norm from the stream only when no factor is set; ours uses all tokens.
+        trainer.activation_scaler.scaling_factor = scaling
+        trained = trainer.fit()
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    trained.save_inference_model(str(out))
+        trained.save_inference_model(str(tmp))
 
-    inference_sae = load_sae(path=out, device=device)
-    explained, dead = _evaluate(inference_sae, activations, mean=mean, batch_size=batch_size)
-    if report is not None:
-        report(TrainProgress(steps, steps, steps / steps_per_epoch, explained, dead, width))
-    result = SaeTrainResult(
-        path=str(out),
-        explained_variance=explained,
-        dead_features=dead,
-        d_sae=width,
-        n_tokens=n_tokens,
-        k=k,
-    )
-    training = {
-        "result": asdict(result),
-        "config": {
-            "d_in": d_in,
-            "width": width,
-            "k": k,
-            "epochs": epochs,
-            "lr": lr,
-            "batch_size": batch_size,
-            "seed": seed,
-            "hook_name": hook_name,
-            "model_name": model_name,
-        },
-    }
-    # Written last: its presence marks a finished training run.
-    (out / TRAINING_INFO_FILENAME).write_text(json.dumps(training, indent=2))
+        inference_sae = _load_sae_lens_folder(tmp, device=device)
+        explained, dead = _evaluate(inference_sae, activations, mean=mean, batch_size=batch_size)
+        if report is not None:
+            report(TrainProgress(steps, steps, steps / steps_per_epoch, explained, dead, width))
+        result = SaeTrainResult(
+            path=str(out),
+            explained_variance=explained,
+            dead_features=dead,
+            d_sae=width,
+            n_tokens=n_tokens,
+            k=k,
+        )
+        training = {
+            "result": asdict(result),
+            "config": {
+                "d_in": d_in,
+                "width": width,
+                "k": k,
+                "epochs": epochs,
+                "lr": lr,
+                "batch_size": batch_size,
+                "seed": seed,
+                "hook_name": hook_name,
+                "model_name": model_name,
+            },
+            "run": run,
+        }
+        (tmp / TRAINING_INFO_FILENAME).write_text(json.dumps(training, indent=2))
     return result

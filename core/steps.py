@@ -237,7 +237,7 @@ def train_sae(
     epochs: int = 2,
     lr: float = 1e-3,
     batch_tokens: int = 1024,
-    max_length: int = 256,
+    max_length: int | None = None,
     max_tokens: int = 1_000_000,
     seed: int = 0,
     device: str = "auto",
@@ -249,22 +249,57 @@ def train_sae(
     saves it in sae-lens's on-disk format and records a run. Returns the run's summary, whose
     ``warnings`` say when the SAE reconstructs poorly or has many dead features.
 
+    Every option is checked (``core.sae.SaeTrainConfig``, and ``out``) before the model loads.
+    ``width`` None: 8 x the hidden size; ``max_length`` None: the model's context, capped. The
+    run is started (status running) before training and finished right after the finished SAE
+    folder is renamed into place, so a kill leaves no folder, or a folder whose run exists (and
+    its ``studio_training.json`` names it); rerunning the same command takes up that run.
     ``report`` gets a ``core.sae.TrainProgress`` every ``eval_every`` steps and at the end.
     """
-    from core.models import hook_name, resolve_layer
-    from core.sae import quality_warnings
+    from core.defaults import DEFAULT_SAE_DIR
+    from core.models import default_max_length, hook_name, resolve_layer
+    from core.sae import SaeTrainConfig, check_sae_out, quality_warnings
     from core.sae import train_sae as _train
 
+    cfg = SaeTrainConfig(
+        width=width,
+        k=k,
+        epochs=epochs,
+        lr=lr,
+        batch_tokens=batch_tokens,
+        max_length=max_length,
+        max_tokens=max_tokens,
+        seed=seed,
+        eval_every=eval_every,
+    )
+    if out:
+        check_sae_out(out)
     _, texts = _texts(store, dataset)
     lm = _load_for_activations(model, device=device, dtype=dtype)
     layer = resolve_layer(lm, layer=layer, hook=hook)
     hook = hook_name(layer)
-    width = width or 8 * lm.d_model
-    out_dir = (
-        Path(out)
-        if out
-        else Path("data/saes")
-        / (f"{dataset}-{Path(_model_label(model)).name}-L{layer}-w{width}-k{k}")
+    width = cfg.width if cfg.width is not None else 8 * int(lm.d_model)
+    if cfg.k > width:
+        raise StudioError(f"--k {cfg.k} must not exceed the SAE width {width} (--width)")
+    max_length = cfg.max_length or default_max_length(lm)
+    name = f"{dataset}-{Path(_model_label(model)).name}-L{layer}-w{width}-k{cfg.k}"
+    out_dir = check_sae_out(Path(out) if out else Path(DEFAULT_SAE_DIR) / name)
+    config = {
+        "model": _model_label(model),
+        "layer": layer,
+        "hook": hook,
+        "width": width,
+        "k": cfg.k,
+        "epochs": cfg.epochs,
+        "lr": cfg.lr,
+        "batch_tokens": cfg.batch_tokens,
+        "max_length": max_length,
+        "max_tokens": cfg.max_tokens,
+        "seed": cfg.seed,
+        "out": str(out_dir),
+    }
+    run_id, _ = store.start_run(
+        step="train-sae", dataset=dataset, config=config, versions=versions()
     )
     acts = collect_activations(
         lm,
@@ -272,8 +307,8 @@ def train_sae(
         layer=layer,
         batch_size=32,
         max_length=max_length,
-        max_tokens=max_tokens,
-        seed=seed,
+        max_tokens=cfg.max_tokens,
+        seed=cfg.seed,
         desc="collect activations",
     )
     t0 = time.perf_counter()
@@ -281,20 +316,21 @@ def train_sae(
         acts,
         d_in=lm.d_model,
         width=width,
-        k=k,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_tokens,
-        seed=seed,
+        k=cfg.k,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_tokens,
+        seed=cfg.seed,
         out_dir=out_dir,
         hook_name=hook,
         model_name=_model_label(model),
         device=lm.device,
         report=report,
-        eval_every=eval_every,
+        eval_every=cfg.eval_every,
+        run={"store": str(store.path.resolve()), "run_id": run_id},
     )
     summary = {
-        "path": str(res.path),
+        "path": str(Path(res.path).resolve()),
         "explained_variance": res.explained_variance,
         "dead_features": res.dead_features,
         "d_sae": res.d_sae,
@@ -303,23 +339,7 @@ def train_sae(
         "seconds": round(time.perf_counter() - t0, 1),
         "warnings": quality_warnings(res.explained_variance, res.dead_features, res.d_sae),
     }
-    config = {
-        "model": _model_label(model),
-        "layer": layer,
-        "hook": hook,
-        "width": width,
-        "k": k,
-        "epochs": epochs,
-        "lr": lr,
-        "batch_tokens": batch_tokens,
-        "max_length": max_length,
-        "max_tokens": max_tokens,
-        "seed": seed,
-        "out": str(out_dir),
-    }
-    store.record_run(
-        step="train-sae", dataset=dataset, config=config, versions=versions(), summary=summary
-    )
+    store.finish_run(run_id, summary=summary)
     return summary
 
 
@@ -368,6 +388,51 @@ def check_sae_source(sae_path: str | None, sae_release: str | None) -> str:
             raise StudioError(f"--sae {sae_release!r}: expected RELEASE/ID")
         return sae_release
     return str(Path(str(sae_path)).resolve())
+
+
+def unrecorded_sae_warning(store: Store, sae_path: str) -> str | None:
+    """A warning when the SAE folder was written by train-sae for this store, but its run there
+    is missing or not finished (a kill between the folder's rename and the run's record)."""
+    from core.sae import training_info
+
+    info = training_info(sae_path)
+    run = (info or {}).get("run") or {}
+    if run.get("store") != str(store.path.resolve()) or "run_id" not in run:
+        return None
+    try:
+        status = store.run(int(run["run_id"]))["status"]
+    except StudioError:
+        status = "missing"
+    if status == "done":
+        return None
+    return (
+        f"SAE folder '{sae_path}' is complete, but its train-sae run {run['run_id']} is "
+        f"{'missing' if status == 'missing' else 'not finished'} in this store (killed as it "
+        "was recorded?): rerun that train-sae to record it, or use the SAE as it is"
+    )
+
+
+def other_length_run(store: Store, dataset: str, config: dict[str, Any]) -> str | None:
+    """A warning when an interrupted feature run of ``dataset`` differs from ``config`` only in
+    max_length (runs from before the default became the model's context used 256): it resumes
+    only with that --max-length given."""
+    runs = store.list_runs(dataset=dataset, step="featurize")
+    for rec in runs[runs["status"] == "running"].to_dict("records"):
+        old = dict(rec["config"])
+        if (
+            old.get("max_length") != config["max_length"]
+            and {
+                **old,
+                "max_length": config["max_length"],
+            }
+            == config
+        ):
+            return (
+                f"interrupted feature run {rec['run_id']} of '{dataset}' used --max-length "
+                f"{old['max_length']}; this run uses {config['max_length']} and starts afresh "
+                f"(pass --max-length {old['max_length']} to continue that one instead)"
+            )
+    return None
 
 
 def feature_run_config(
@@ -427,7 +492,7 @@ def featurize(
     dense: bool = False,
     top_k: int = 64,
     batch_size: int = 32,
-    max_length: int = 256,
+    max_length: int | None = None,
     chunk_size: int = 512,
     resume: bool = True,
     device: str = "auto",
@@ -440,17 +505,31 @@ def featurize(
     of the layer over the same tokens (d_model floats), the dense baseline.
 
     The layer is ``layer``, else the ``hook`` name, else the SAE's own hook. Everything is
-    checked (dataset, responses, model, SAE width and hook) before the run is recorded.
-    Commits every ``chunk_size`` examples on a writer thread; rerunning the same command after
-    an interruption continues with the examples not yet stored. Returns the run id.
+    checked (options, dataset, responses, model, SAE width and hook) before the run is
+    recorded. ``max_length`` None: the model's context, at most ``core.models.MAX_LENGTH_CAP``
+    tokens; the run records the number used. Commits every ``chunk_size`` examples on a writer
+    thread; rerunning the same command after an interruption continues with the examples not
+    yet stored. Returns the run id.
     """
-    from core.features import FeatureConfig, TokenStats, featurize_batches
-    from core.models import check_chat_template, resolve_layer
+    from core.features import (
+        FeatureConfig,
+        TokenStats,
+        check_at_least_one,
+        featurize_batches,
+        truncation_warning,
+    )
+    from core.models import (
+        check_chat_template,
+        context_length,
+        default_max_length,
+        resolve_layer,
+    )
     from core.sae import check_sae_matches, load_sae, sae_info, transfer_warning
 
     sae_name = check_sae_source(sae_path, sae_release)
+    check_at_least_one({"--chunk-size": chunk_size, "--sae-k": sae_k})
     FeatureConfig(  # validate the options before any loading
-        layer=0,
+        layer=0 if layer is None else layer,
         pooling=pooling,  # type: ignore[arg-type]
         top_k=top_k,
         batch_size=batch_size,
@@ -471,6 +550,10 @@ def featurize(
     check_sae_matches(sae, lm, layer=layer)
     if (msg := transfer_warning(sae, _model_label(model))) is not None:
         warn(msg)
+    if sae_path is not None and (msg := unrecorded_sae_warning(store, sae_path)) is not None:
+        warn(msg)
+    explicit_length = max_length is not None
+    max_length = max_length or default_max_length(lm)
     fcfg = FeatureConfig(
         layer=layer,
         pooling=pooling,  # type: ignore[arg-type]
@@ -494,6 +577,8 @@ def featurize(
         dtype=str(lm.model.dtype).removeprefix("torch."),
         dense=dense,
     )
+    if resume and not explicit_length and (msg := other_length_run(store, dataset, config)):
+        warn(msg)
     run_id, resumed = store.start_run(
         step="featurize", dataset=dataset, config=config, versions=versions(), resume=resume
     )
@@ -506,7 +591,7 @@ def featurize(
         stats = TokenStats.from_frames(s, top, d_sae=d_sae)
     todo = [i for i, eid in enumerate(ids) if eid not in done]
     t0 = time.perf_counter()
-    n_tokens = n_trunc = 0
+    n_tokens = 0
 
     def commit(chunk: pa.Table, s: pd.DataFrame, top: pd.DataFrame) -> None:
         store.write_feature_chunk(run_id, chunk=chunk, stats=s, top_tokens=top)
@@ -526,19 +611,20 @@ def featurize(
                 responses=None if responses is None else [responses[i] for i in todo],
             ):
                 n_tokens += int(pa.compute.sum(chunk.column("n_tokens")).as_py() or 0)
-                n_trunc += int(
-                    pa.compute.sum(chunk.column("truncated").cast(pa.int64())).as_py() or 0
-                )
                 s, top = stats.to_frames()  # a snapshot: stats keep changing after this
                 writer.put(chunk, s, top)
     finally:
         writer.close()
-    if n_trunc:
-        warn(
-            f"{n_trunc} examples were longer than {max_length} tokens (or the model's context) "
-            "and were truncated"
-        )
     totals = store.feature_totals(run_id)
+    cut = truncation_warning(
+        int(totals["n_truncated"]),
+        int(totals["n_examples"]),
+        max_length=max_length,
+        context=context_length(lm),
+        chat_template=chat_template,
+    )
+    if cut is not None:
+        warn(cut)
     store.finish_run(
         run_id,
         summary={
