@@ -1,9 +1,13 @@
 """Difficulty: the SAE difficulty proxy with its evidence beside the baselines, its distribution
-overall and per cluster, proxy vs label, and the rollouts' zero-signal prompts."""
+overall and per cluster, proxy vs label, and the rollouts' zero-signal prompts. Scores of
+labelled rows are out-of-fold (core.signals), so the histogram shows no memorised labels."""
+
+import shlex
 
 import pandas as pd
 import streamlit as st
 
+from core.signals import score_source
 from pages.charts import cluster_box, proxy_scatter, score_histogram, share_bars
 from pages.common import (
     guarded,
@@ -13,6 +17,7 @@ from pages.common import (
     open_dataset,
 )
 from pages.evidence import pick_probe_run, show_evidence, weights_table
+from ui.text import html_text, md
 
 
 def _rollouts(dataset: str, path: str, tok: tuple[float, float], labels: dict[int, str]) -> None:
@@ -23,10 +28,12 @@ def _rollouts(dataset: str, path: str, tok: tuple[float, float], labels: dict[in
     run, zero = got
     if run is None:
         st.info(
-            "No rollouts ingested. `python -m core rollouts --dataset "
-            f"{dataset} FILE.jsonl` reads n samples per prompt with pass/fail and adds "
-            "pass_rate, pass_at_k and zero_signal (all pass or all fail: GRPO gets zero "
+            "No rollouts ingested. The command below reads n samples per prompt with pass/fail "
+            "and adds pass_rate, pass_at_k and zero_signal (all pass or all fail: GRPO gets zero "
             "advantage from the whole group) to every prompt."
+        )
+        st.code(
+            f"python -m core rollouts --dataset {shlex.quote(dataset)} FILE.jsonl", language="bash"
         )
         return
     s = run["summary"]
@@ -39,12 +46,13 @@ def _rollouts(dataset: str, path: str, tok: tuple[float, float], labels: dict[in
         f"{s.get('zero_signal_share', 0):.1%}",
         help=f"all pass: {s.get('n_all_pass', 0):,}, all fail: {s.get('n_all_fail', 0):,}",
     )
-    st.caption(f"Source: {run['config'].get('source')} (rollouts run {run['run_id']}).")
+    st.caption(f"Source: {md(run['config'].get('source'))} (rollouts run {run['run_id']}).")
     summary = load_cluster_summary(path, tok, dataset)
     left, right = st.columns([2, 3])
     if summary is not None and "mean_zero_signal" in summary.columns:
         bars = summary[["cluster", "mean_zero_signal"]].copy()
-        bars["cluster"] = [f"{c} · {labels.get(c, '')}"[:30] for c in bars["cluster"]]
+        # cluster labels are words from the data: escaped after the cut (never mid-entity)
+        bars["cluster"] = [html_text(f"{c} · {labels.get(c, '')}"[:30]) for c in bars["cluster"]]
         left.plotly_chart(
             share_bars(bars, x="cluster", y="mean_zero_signal", title="Zero-signal share"),
             key="diff_zero_bars",
@@ -81,25 +89,52 @@ def render() -> None:
         frame = guarded(lambda: load_probe_frame(path, tok, dataset, int(run["run_id"])))
         if frame is not None:
             name, label = cfg["name"], cfg["label"]
-            st.caption(
-                f"`{name}` predicts the label `{label}` (higher = {cfg.get('higher_is')}); every "
-                "example gets the final model's score, and labelled ones also an out-of-fold "
-                "score, shown against the label below."
+            summ = run["summary"]
+            unscored = int(summ.get("n_unscored") or 0)
+            about = (
+                f"{md(name)} predicts the label {md(label)} (higher = "
+                f"{md(cfg.get('higher_is'))}). {score_source(summ)}"
+                + (
+                    f" {unscored:,} labelled rows of skipped folds have no score."
+                    if unscored
+                    else ""
+                )
             )
+            if summ.get("labelled_scores") == "out_of_fold":
+                st.caption(about)
+            else:
+                st.warning(about)
+            # Plotly renders HTML in titles and axis labels: names go in escaped, and the label's
+            # column under its escaped name (the scatter titles its axis with the column)
+            shown = frame.rename(columns={label: html_text(label)})
             left, right = st.columns(2)
             left.plotly_chart(
-                score_histogram(frame, score="score", title=f"{name}: all examples", label=name),
+                score_histogram(
+                    shown,
+                    score="score",
+                    title=html_text(f"{name}: all examples"),
+                    label=html_text(name),
+                ),
                 key="diff_hist",
                 width="stretch",
             )
             right.plotly_chart(
-                proxy_scatter(frame, label=label, title=f"{name} (out-of-fold) vs {label}"),
+                proxy_scatter(
+                    shown,
+                    label=html_text(label),
+                    title=html_text(f"{name} (out-of-fold) vs {label}"),
+                ),
                 key="diff_scatter",
                 width="stretch",
             )
             if bool(frame["cluster"].notna().any()):
                 st.plotly_chart(
-                    cluster_box(frame, score="score", labels=labels, title=f"{name} per cluster"),
+                    cluster_box(
+                        frame,
+                        score="score",
+                        labels=labels,
+                        title=html_text(f"{name} per cluster"),
+                    ),
                     key="diff_box",
                     width="stretch",
                 )

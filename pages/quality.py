@@ -1,5 +1,11 @@
 """Quality: the SAE quality probe with its evidence beside the baselines, a threshold slider that
-lists exactly the rows it would remove, and good/bad marks that train a probe from the app."""
+lists exactly the rows it would remove, and good/bad marks that train a probe from the app.
+
+Scores of labelled rows are out-of-fold (core.signals), so the histogram and the threshold are
+not drawn on memorised labels; precision and average precision are the bad rows', each beside
+the bad rows' base rate."""
+
+import shlex
 
 import numpy as np
 import pandas as pd
@@ -7,7 +13,7 @@ import pyarrow as pa
 import streamlit as st
 
 from core.errors import StudioError
-from core.signals import probe, threshold_report
+from core.signals import bad_value, probe, score_source, threshold_report
 from pages.charts import score_histogram
 from pages.common import (
     guarded,
@@ -19,25 +25,29 @@ from pages.common import (
     token,
 )
 from pages.evidence import pick_probe_run, show_evidence, weights_table
+from ui.text import html_text, md
 
 MARK = "quality_mark"  # the label the app's marks are stored under (1 good, 0 bad)
 MARK_VALUES = {"good": 1.0, "bad": 0.0}
 
 
 def _threshold(frame: pd.DataFrame, run: dict, label: str) -> None:
-    cfg = run["config"]
+    cfg, summ = run["config"], run["summary"]
     name = cfg["name"]
+    # a higher score means a better row unless the label said higher is worse
+    above = cfg.get("higher_is") == "worse"
+    bad = bad_value(summ)
     scores = frame["score"].to_numpy(dtype=float)
     lo, hi = float(np.nanmin(scores)), float(np.nanmax(scores))
     if cfg.get("kind") == "logistic":
         lo, hi, default = 0.0, 1.0, 0.5
     else:
-        default = float(np.nanquantile(scores, 0.1))
+        default = float(np.nanquantile(scores, 0.9 if above else 0.1))
     if hi <= lo:
         st.info("Every example has the same score: no threshold to set.")
         return
     t = st.slider(
-        f"Remove rows with {name} below",
+        f"Remove rows with {md(name)} {'above' if above else 'below'}",
         lo,
         hi,
         default,
@@ -45,41 +55,53 @@ def _threshold(frame: pd.DataFrame, run: dict, label: str) -> None:
         key=f"quality_threshold_{run['run_id']}",
     )
     labelled = frame["oof"].notna()
-    rep_all = threshold_report(scores, threshold=t)
+    rep_all = threshold_report(scores, threshold=t, remove_above=above)
+    # the out-of-fold column: new runs store it as the score of labelled rows, and runs from
+    # before that still have it, so precision is never judged on memorised labels
     rep_oof = threshold_report(
         frame.loc[labelled, "oof"].to_numpy(dtype=float),
         threshold=t,
         labels=frame.loc[labelled, label].to_numpy(dtype=float),
+        bad=bad,
+        remove_above=above,
     )
     m = st.columns(4)
     m[0].metric("Removed", f"{rep_all['n_removed']:,}", help=f"of {rep_all['n']:,} examples")
     m[1].metric("Share removed", f"{rep_all['share_removed']:.1%}")
-    prec, rec = rep_oof.get("precision"), rep_oof.get("recall")
+    prec, rec, rate = rep_oof.get("precision"), rep_oof.get("recall"), rep_oof.get("base_rate")
     m[2].metric(
-        f"Precision (label {label} = 0)",
+        f"Precision, bad rows ({md(label)} = {bad:g})",
         "–" if prec is None else f"{prec:.3f}",
+        delta=None if rate is None else f"base rate {rate:.3f}",
+        delta_color="off",
+        delta_arrow="off",
         help="Of the labelled rows this threshold removes (scored out-of-fold), the share "
-        "labelled bad.",
+        "labelled bad. The base rate is the bad rows' share of all labelled rows: the precision "
+        "of removing rows at random.",
     )
     m[3].metric(
         "Recall of bad rows",
         "–" if rec is None else f"{rec:.3f}",
         help="Of the rows labelled bad, the share this threshold removes (out-of-fold scores).",
     )
+    # Plotly renders HTML in titles and legends: the label's column and the names go in escaped
+    shown = frame.rename(columns={label: html_text(label)})
     st.plotly_chart(
         score_histogram(
-            frame,
+            shown,
             score="score",
-            color=label,
+            color=html_text(label),
             threshold=t,
-            title=f"{name} by label {label}",
-            label=name,
+            title=html_text(f"{name} by label {label}"),
+            label=html_text(name),
         ),
         key="quality_hist",
         width="stretch",
     )
-    removed = frame[frame["score"] < t].sort_values("score")
-    st.markdown(f"**Rows this threshold removes** ({len(removed):,}, lowest score first)")
+    removed = frame[frame["score"] > t if above else frame["score"] < t]
+    removed = removed.sort_values("score", ascending=not above)
+    order = "highest" if above else "lowest"
+    st.markdown(f"**Rows this threshold removes** ({len(removed):,}, {order} score first)")
     st.dataframe(
         removed[["id", "prompt", "score", label, "cluster"]],
         key="quality_removed",
@@ -89,19 +111,22 @@ def _threshold(frame: pd.DataFrame, run: dict, label: str) -> None:
         column_config={"score": st.column_config.NumberColumn(name, format="%.3f")},
     )
     st.caption(
-        f"Export with this rule: `python -m core export --dataset DATASET --where '{name}>={t:.3f}'` "
-        f"or the `{name}` slider on the Export page. Removed rows are scored by the final probe; "
-        "precision and recall use the out-of-fold scores of the labelled rows, so they are not "
-        "inflated by rows the probe was trained on."
+        "Precision and recall use the out-of-fold scores of the labelled rows, so they are not "
+        f"inflated by rows the probe was trained on. Export with this rule (or the {md(name)} "
+        "slider on the Export page):"
     )
+    keep = f"{name}<={t:.3f}" if above else f"{name}>={t:.3f}"
+    st.code(f"python -m core export --dataset DATASET --where {shlex.quote(keep)}", language="bash")
 
 
 def _marks(dataset: str, path: str, tok: tuple[float, float], frame: pd.DataFrame | None) -> None:
     st.subheader("Mark examples good or bad")
     st.caption(
         f"Marks are stored as the label `{MARK}` (1 good, 0 bad) in the database and can train "
-        "a quality probe here or with "
-        f"`python -m core quality --dataset {dataset} --label {MARK}`."
+        "a quality probe here or with:"
+    )
+    st.code(
+        f"python -m core quality --dataset {shlex.quote(dataset)} --label {MARK}", language="bash"
     )
     source = st.radio(
         "Rows to mark",
@@ -144,7 +169,7 @@ def _marks(dataset: str, path: str, tok: tuple[float, float], frame: pd.DataFram
             store().set_labels(dataset, MARK, values)
             st.success(f"Saved {len(marked)} marks as label `{MARK}`.")
         except StudioError as exc:
-            st.error(str(exc))
+            st.error(md(exc))
     # a fresh token: a save just above changed the file after this page's token was taken
     has_marks = MARK in (load_label_names(path, token(), dataset) or [])
     if c2.button("Train a quality probe on the marks", disabled=not has_marks, key="quality_train"):
@@ -153,7 +178,32 @@ def _marks(dataset: str, path: str, tok: tuple[float, float], frame: pd.DataFram
                 rid = probe(store(), dataset=dataset, signal="quality", label=MARK)
                 st.success(f"Probe run {rid} stored as `{MARK}_proxy`; pick it above.")
             except StudioError as exc:
-                st.error(str(exc))
+                st.error(md(exc))
+
+
+def _second_headline(summ: dict) -> tuple[str, str, str]:
+    """Average precision of the bad rows (what a filter removes), its base rate in the label:
+    AP means little without it (0.31 is 10x chance at a base rate of 0.03). Runs from before
+    per-class metrics stored the AP of label 1 only, and are named so."""
+    ind = (summ.get("metrics") or {}).get("in_distribution") or {}
+    if not summ.get("classes"):
+        return ("in_distribution", "average_precision", "AP of label 1")
+    bad = bad_value(summ)
+    rate = ind.get(f"base_rate_{bad:g}")
+    shown = "" if rate is None else f" (base rate {rate:.3f})"
+    return ("in_distribution", f"average_precision_{bad:g}", f"AP of bad rows{shown}")
+
+
+def _where_scores_come_from(summ: dict) -> None:
+    """Out-of-fold scores for labelled rows (or a warning for a run stored before that)."""
+    if summ.get("labelled_scores") != "out_of_fold":
+        st.warning(score_source(summ))
+        return
+    unscored = int(summ.get("n_unscored") or 0)
+    st.caption(
+        score_source(summ)
+        + (f" {unscored:,} labelled rows of skipped folds have no score." if unscored else "")
+    )
 
 
 def render() -> None:
@@ -166,17 +216,13 @@ def render() -> None:
     )
     frame = None
     if run is not None:
-        cfg = run["config"]
+        cfg, summ = run["config"], run["summary"]
         logistic = cfg.get("kind") == "logistic"
         show_evidence(
             run,
             headline=[
                 ("in_distribution", "auc" if logistic else "r2", "AUC" if logistic else "R²"),
-                (
-                    "in_distribution",
-                    "average_precision" if logistic else "spearman",
-                    "Average precision" if logistic else "Spearman",
-                ),
+                _second_headline(summ) if logistic else ("in_distribution", "spearman", "Spearman"),
                 (
                     "by_cluster",
                     "auc" if logistic else "r2",
@@ -184,6 +230,7 @@ def render() -> None:
                 ),
             ],
         )
+        _where_scores_come_from(summ)
         frame = guarded(lambda: load_probe_frame(path, tok, dataset, int(run["run_id"])))
         if frame is not None:
             _threshold(frame, run, cfg["label"])

@@ -11,7 +11,14 @@ import pyarrow as pa
 import pytest
 
 from core.errors import StudioError
-from core.signals import clustering_table, evidence_table, probe, threshold_report
+from core.signals import (
+    SCORE_SOURCE,
+    class_line,
+    clustering_table,
+    evidence_table,
+    probe,
+    threshold_report,
+)
 from core.store import Filter, Store
 from tests.conftest import PIPELINE_ROWS, run_cli
 
@@ -52,6 +59,10 @@ def test_probe_runs_carry_evidence_for_every_representation(pipeline_db):
     scores = s.probe_scores(names["difficulty_proxy"])
     assert len(scores) == PIPELINE_ROWS and bool(scores["oof"].notna().all())
     assert np.isfinite(scores["value"]).all()
+    # every demo row is labelled, so every stored score is the out-of-fold one
+    assert np.array_equal(scores["value"].to_numpy(), scores["oof"].to_numpy())
+    assert summ["labelled_scores"] == "out_of_fold" and summ["n_unscored"] == 0
+    assert qual["summary"]["classes"] == {"0": "bad", "1": "good"}
 
 
 def test_scores_are_wide_columns_and_export_filters(pipeline_db):
@@ -111,6 +122,102 @@ def test_bad_input_is_one_line_and_stores_nothing(db, capsys, argv, message):
     assert _runs(s) == before
 
 
+def test_stored_scores_of_a_memorisable_label_are_out_of_fold(db, capsys):
+    """A coin-flip 0/1 label on the demo rows (plus 20 unlabelled): nothing to learn, but the
+    final model fits its labels in sample. The stored column must separate the label no better
+    than the out-of-fold evidence says (the old code stored in-sample scores here), and rows
+    without a label are scored by the final model."""
+    from sklearn.metrics import roc_auc_score
+
+    s = Store(db)
+    ids = s.example_texts("demo").column("id").to_pylist()
+    coin = np.random.default_rng(3).integers(0, 2, len(ids) - 20).astype(float)
+    s.set_labels("demo", "coin", pa.table({"example_id": ids[:-20], "value": coin}))
+    assert run_cli("quality", "--dataset", "demo", "--label", "coin", "--db", str(db)) == 0
+    out = capsys.readouterr().out
+    assert SCORE_SOURCE in out and "bad rows: label 0" in out
+    rid = dict(s.views("demo").score_runs)["coin_proxy"]
+    summ = s.run(rid)["summary"]
+    oof_auc = summ["metrics"]["in_distribution"]["auc"]
+    wide = s.wide("demo", views=s.views("demo"), columns=["id", "coin", "coin_proxy"])
+    frame = wide.to_pandas().set_index("id")
+    labelled = frame["coin"].notna()
+    stored_auc = roc_auc_score(frame.loc[labelled, "coin"], frame.loc[labelled, "coin_proxy"])
+    assert stored_auc == pytest.approx(oof_auc)
+    assert abs(stored_auc - 0.5) < 0.15
+    assert bool(frame["coin_proxy"].notna().all())  # unlabelled rows scored too
+    scores = s.probe_scores(rid).set_index("example_id")
+    assert bool(scores.loc[ids[-20:], "oof"].isna().all())
+
+
+def test_a_score_name_of_another_signal_is_refused(db, capsys):
+    """`quality --label difficulty` would store `difficulty_proxy`, which the wide view (newest
+    probe run per name) would then read instead of the difficulty probe's."""
+    s = Store(db)
+    before = _runs(s)
+    diff_run = dict(s.views("demo").score_runs)["difficulty_proxy"]
+    args = ("quality", "--dataset", "demo", "--label", "difficulty", "--db", str(db))
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: score name 'difficulty_proxy' belongs to the difficulty probe (run {diff_run}) "
+        "of 'demo'; pick --name"
+    )
+    assert _runs(s) == before
+    assert dict(s.views("demo").score_runs)["difficulty_proxy"] == diff_run
+    # the same signal may replace its own column
+    again = ("--dataset", "demo", "--label", "difficulty", "--baselines", "none", "--db", str(db))
+    assert run_cli("difficulty", *again) == 0
+
+
+def test_a_quality_probe_on_a_graded_label_says_it_chose_ridge(db, capsys):
+    args = ("--dataset", "demo", "--label", "difficulty", "--name", "graded", "--db", str(db))
+    assert run_cli("quality", *args, "--baselines", "none") == 0
+    captured = capsys.readouterr()
+    note = [ln for ln in captured.err.splitlines() if ln.startswith("note:")]
+    assert len(note) == 1
+    assert "'difficulty'" in note[0] and "not 0/1" in note[0] and "ridge" in note[0]
+    assert "1, 2, 3, 4" in note[0] and "--kind" in note[0]
+    assert "ridge on 'difficulty'" in captured.out
+    # a 0/1 label, or a kind given, needs no note
+    again = (*args[:-4], "--kind", "ridge", "--name", "g2", *args[-2:], "--baselines", "none")
+    assert run_cli("quality", *again) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_evidence_table_names_the_bad_class_beside_its_base_rate():
+    split = {
+        "auc": 0.65,
+        "average_precision_0": 0.313,
+        "base_rate_0": 0.029,
+        "average_precision_1": 0.979,
+        "base_rate_1": 0.971,
+        "n": 1530,
+        "skipped_folds": 0,
+    }
+    summary = {
+        "metrics": {"in_distribution": split, "by_cluster": None},
+        "classes": {"0": "bad", "1": "good"},
+        "baselines": {"tfidf": {"in_distribution": split, "by_cluster": None}},
+    }
+    table = evidence_table(summary)
+    assert list(table.columns) == [
+        "representation",
+        "auc (in distribution)",
+        "AP of bad (in distribution)",
+        "bad base rate (in distribution)",
+    ]
+    assert table["AP of bad (in distribution)"].tolist() == [0.313, 0.313]
+    line = class_line(summary)
+    assert line is not None and "label 0, 44 of 1,530" in line and "0.029" in line
+    # higher is worse: label 1 is the bad class
+    worse = {**summary, "classes": {"0": "good", "1": "bad"}}
+    assert evidence_table(worse)["AP of bad (in distribution)"].tolist() == [0.979, 0.979]
+    # a run stored before per-class metrics: its AP named for the class it was computed on
+    old = {"metrics": {"in_distribution": {"auc": 0.6, "average_precision": 0.9}}}
+    assert "AP of label 1 (in distribution)" in evidence_table(old).columns
+
+
 def test_labels_all_equal_or_too_few_store_nothing(db):
     s = Store(db)
     ids = s.example_texts("demo").column("id").to_pylist()
@@ -167,7 +274,13 @@ def test_threshold_report_counts_what_it_removes():
     assert rep["n_removed"] == 3 and rep["share_removed"] == pytest.approx(0.6)
     assert rep["precision"] == pytest.approx(0.5)  # removed & labelled: 0.1 (bad), 0.2 (good)
     assert rep["recall"] == pytest.approx(0.5)  # bad rows: 0.1 removed, 0.6 kept
+    assert rep["base_rate"] == pytest.approx(0.5)  # 2 bad of 4 labelled
     assert threshold_report(scores, threshold=0.0)["n_removed"] == 0
+    # higher is worse: label 1 is bad and rows above the threshold go
+    up = threshold_report(scores, threshold=0.5, labels=labels, bad=1.0, remove_above=True)
+    assert up["n_removed"] == 2  # 0.6, 0.9
+    assert up["precision"] == pytest.approx(0.5) and up["recall"] == pytest.approx(0.5)
+    assert up["base_rate"] == pytest.approx(0.5)
 
 
 def _export(db: Path, out: Path, *args: str) -> int:
