@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,8 +28,11 @@ from core.features import (
     pool_segments,
     rows_to_list_array,
     topk_sparse,
+    truncation_warning,
 )
 from core.models import full_forward_activations, tokenize_batch
+from core.store import Store
+from tests.conftest import run_cli
 
 SENTENCES = [
     "What is the sum of the first ten odd numbers?",
@@ -367,6 +372,7 @@ def test_featurize_rejects_mismatches(
         list(featurize_batches(tiny_bert, tiny_sae, ["x", "y"], ["a"], cfg, stats=TokenStats(256)))
 
 
+@pytest.mark.slow
 def test_featurize_real_minilm(minilm: Any, make_sae: Callable[..., Any]) -> None:
     sae = make_sae(d_in=384, d_sae=512, k=16)
     stats = TokenStats(512)
@@ -467,3 +473,166 @@ def test_background_prefetch_keeps_order_and_raises() -> None:
     early = background(iter(range(10**6)))
     assert next(early) == 0
     early.close()  # stops the producer thread
+
+
+# --- options, the default max length and what a cut says (issue 12) ---------------------------
+
+
+def test_feature_config_errors_name_the_flag() -> None:
+    with pytest.raises(StudioError, match=r"^top_k must be at least 1, got 0 \(--top-k\)$"):
+        FeatureConfig(layer=1, top_k=0)
+    with pytest.raises(StudioError, match=r"batch_size must be at least 1, got -2 \(--batch-size"):
+        FeatureConfig(layer=1, batch_size=-2)
+    with pytest.raises(StudioError, match=r"max_length must be at least 2, got 1 \(--max-length"):
+        FeatureConfig(layer=1, max_length=1)
+    assert FeatureConfig(layer=1).max_length is None  # the model's context, decided on load
+
+
+def test_truncation_warning_names_count_share_and_flag() -> None:
+    assert truncation_warning(0, 100, max_length=256, context=512) is None
+    assert truncation_warning(23, 100, max_length=256, context=512) == (
+        "23 of 100 examples (23.0%) were longer than 256 tokens and were truncated: pass "
+        "--max-length N (up to the model's context, 512) to keep more"
+    )
+    at_context = truncation_warning(3, 7, max_length=2048, context=512, chat_template=True)
+    assert at_context == (
+        "3 of 7 examples (42.9%) were longer than 512 tokens (the chat template's own tokens "
+        "count too) and were truncated: that is the model's context, so --max-length cannot "
+        "keep more"
+    )
+    assert "pass --max-length N to keep more" in str(
+        truncation_warning(1, 2, max_length=64, context=None)
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--top-k", "0"], "top_k must be at least 1, got 0 (--top-k)"),
+        (["--batch-size", "-1"], "batch_size must be at least 1, got -1 (--batch-size)"),
+        (["--chunk-size", "0"], "--chunk-size must be at least 1, got 0"),
+        (["--max-length", "1"], "max_length must be at least 2, got 1 (--max-length)"),
+        (["--max-length", "-4"], "max_length must be at least 2, got -4 (--max-length)"),
+        (["--sae-k", "0"], "--sae-k must be at least 1, got 0"),
+        (["--layer", "-5"], "layer must be >= -1 (-1 = the embeddings), got -5 (--layer)"),
+    ],
+)
+def test_featurize_cli_bad_number_is_one_line_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], words: str
+) -> None:
+    """Neither the store, the model nor the SAE exists: the flag is named before any of them
+    is opened."""
+    db = tmp_path / "none.duckdb"
+    argv = ["featurize", "--dataset", "d", "--model", "/nonexistent/model"]
+    argv += ["--sae-path", str(tmp_path / "no-sae"), *flags, "--db", str(db)]
+    assert run_cli(*argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {words}"]
+    assert not db.exists()
+
+
+LONG = " ".join(["seven"] * 200)  # over 128 tokens: longer than the tiny models' context
+
+
+def _ingest(tmp_path: Path, prompts: list[str]) -> str:
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        "".join(json.dumps({"id": f"e{i}", "prompt": p}) + "\n" for i, p in enumerate(prompts))
+    )
+    db = str(tmp_path / "s.duckdb")
+    assert run_cli("ingest", str(data), "--dataset", "d", "--kind", "prompts", "--db", db) == 0
+    return db
+
+
+def _featurize(db: str, model: Path, sae: Path, *flags: str) -> int:
+    argv = ["featurize", "--dataset", "d", "--model", str(model), "--layer", "1"]
+    return run_cli(*argv, "--sae-path", str(sae), *flags, "--db", db)
+
+
+def test_featurize_reads_up_to_the_models_context_by_default(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_sae_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Prompts of 60 and 100 words fit the tiny BERT's 128 tokens and are kept whole (before:
+    256 was recorded and would cut any longer model's prompts); a cut names --max-length."""
+    db = _ingest(tmp_path, [" ".join(["five"] * 60), " ".join(["nine"] * 100), LONG, "short"])
+    assert _featurize(db, tiny_bert_dir, tiny_sae_dir) == 0
+    captured = capsys.readouterr()
+    run = Store(db).list_runs(step="featurize").iloc[0]
+    assert run["config"]["max_length"] == 128 and run["summary"]["n_truncated"] == 1
+    warnings = [ln for ln in captured.err.splitlines() if ln.startswith("warning: ")]
+    assert warnings == [
+        "warning: 1 of 4 examples (25.0%) were longer than 128 tokens and were truncated: that "
+        "is the model's context, so --max-length cannot keep more"
+    ]
+    assert "1 truncated (longer than 128 tokens" in captured.out
+
+    assert _featurize(db, tiny_bert_dir, tiny_sae_dir, "--max-length", "64", "--no-resume") == 0
+    err = capsys.readouterr().err
+    assert (
+        "2 of 4 examples (50.0%) were longer than 64 tokens and were truncated: pass "
+        "--max-length N (up to the model's context, 128) to keep more" in err
+    )
+
+
+def test_an_interrupted_run_of_the_old_default_resumes_with_its_max_length(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_sae_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run interrupted before the default changed recorded max_length 256: the same command
+    with --max-length 256 continues it; without, the user is told how to continue it."""
+    from core.steps import feature_run_config, versions
+
+    db = _ingest(tmp_path, ["alpha beta", "gamma delta", LONG])
+    store = Store(db)
+    old = feature_run_config(
+        model=str(tiny_bert_dir),
+        layer=1,
+        sae_name=str(tiny_sae_dir.resolve()),
+        pooling="mean",
+        top_k=64,
+        max_length=256,
+        pool_over="prompt",
+        chat_template=False,
+        dtype="float32",
+    )
+    old_run, _ = store.start_run(step="featurize", dataset="d", config=old, versions=versions())
+
+    assert _featurize(db, tiny_bert_dir, tiny_sae_dir) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"warning: interrupted feature run {old_run} of 'd' used --max-length 256; this run "
+        "uses 128 and starts afresh (pass --max-length 256 to continue that one instead)" in err
+    )
+    assert len(store.list_runs(step="featurize")) == 2
+
+    assert _featurize(db, tiny_bert_dir, tiny_sae_dir, "--max-length", "256") == 0
+    runs = store.list_runs(step="featurize")
+    assert len(runs) == 2  # no third run: the old one was continued
+    resumed = store.run(old_run)
+    assert resumed["status"] == "done" and resumed["summary"]["resumed"] is True
+    assert resumed["summary"]["n_examples"] == 3
+
+
+def test_featurize_warns_about_an_sae_whose_run_is_not_finished(
+    tmp_path: Path, tiny_sae_dir: Path
+) -> None:
+    import shutil
+
+    from core.sae import TRAINING_INFO_FILENAME
+    from core.steps import unrecorded_sae_warning, versions
+
+    store = Store(tmp_path / "s.duckdb")
+    folder = tmp_path / "sae"
+    shutil.copytree(tiny_sae_dir, folder)
+    assert unrecorded_sae_warning(store, str(folder)) is None  # an SAE from elsewhere
+    run_id, _ = store.start_run(step="train-sae", dataset="d", config={}, versions=versions())
+    info = {"run": {"store": str(store.path.resolve()), "run_id": run_id}}
+    (folder / TRAINING_INFO_FILENAME).write_text(json.dumps(info))
+    msg = unrecorded_sae_warning(store, str(folder))
+    assert msg is not None and f"train-sae run {run_id} is not finished in this store" in msg
+    store.finish_run(run_id, summary={})
+    assert unrecorded_sae_warning(store, str(folder)) is None
+    info["run"]["run_id"] = 999
+    (folder / TRAINING_INFO_FILENAME).write_text(json.dumps(info))
+    assert "train-sae run 999 is missing" in str(unrecorded_sae_warning(store, str(folder)))
+    other = {"run": {"store": "/elsewhere/studio.duckdb", "run_id": 999}}
+    (folder / TRAINING_INFO_FILENAME).write_text(json.dumps(other))
+    assert unrecorded_sae_warning(store, str(folder)) is None

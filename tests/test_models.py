@@ -12,7 +12,10 @@ from torch import nn
 
 from core.errors import StudioError
 from core.models import (
+    MAX_LENGTH_CAP,
+    LoadedModel,
     collate,
+    default_max_length,
     encode_texts,
     find_blocks,
     full_forward_activations,
@@ -25,6 +28,7 @@ from core.models import (
     resolve_device,
     resolve_dtype,
     resolve_layer,
+    safetensors_problem,
     token_lengths,
     tokenize_batch,
 )
@@ -345,8 +349,51 @@ def test_load_model_unknown_hub_id_offline() -> None:
         load_model("nobody/no-such-model")
 
 
+@pytest.mark.slow
 def test_real_minilm_layer_activations(minilm: Any) -> None:
     assert (minilm.n_layers, minilm.d_model, minilm.arch) == (6, 384, "bert")
     batch = tokenize_batch(minilm, TEXTS, max_length=64)
     early = layer_activations(minilm, batch, layer=3)
     torch.testing.assert_close(early, full_forward_activations(minilm, batch, layer=3))
+
+
+def test_truncated_model_weights_are_named_in_one_line(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, folder)
+    weights = folder / "model.safetensors"
+    assert safetensors_problem(weights) is None
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StudioError) as err:
+        load_model(str(folder))
+    assert str(err.value) == (
+        f"weights file '{weights}' is truncated or corrupt (incomplete metadata, file not fully "
+        "covered): copy or download it again"
+    )
+    weights.write_bytes(b"garbage" * 100)
+    with pytest.raises(StudioError, match=r"model\.safetensors' is truncated or corrupt \("):
+        load_model(str(folder))
+
+
+def _with_context(positions: int, tokenizer_limit: int) -> LoadedModel:
+    """A LoadedModel whose model says ``positions`` and whose tokenizer ``tokenizer_limit``."""
+    from transformers import GPT2Config, GPT2Model
+
+    config = GPT2Config(n_layer=1, n_embd=8, n_head=1, n_positions=positions, vocab_size=10)
+    tokenizer = SimpleNamespace(model_max_length=tokenizer_limit)
+    return LoadedModel(GPT2Model(config), tokenizer, "m", 1, 8, "gpt2", "cpu")
+
+
+def test_default_max_length_is_the_context_capped(tiny_bert: Any) -> None:
+    assert default_max_length(tiny_bert) == 128  # its position embeddings (the tokenizer says 512)
+    assert default_max_length(_with_context(1024, 1024)) == 1024
+    assert default_max_length(_with_context(1024, 300)) == 300
+    # a long-context model; transformers' "unknown" sentinel for the tokenizer is ignored
+    assert default_max_length(_with_context(32_768, int(1e30))) == MAX_LENGTH_CAP == 2048
+
+
+@pytest.mark.slow
+def test_minilm_default_max_length_is_512(minilm: Any) -> None:
+    assert default_max_length(minilm) == 512
