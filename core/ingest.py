@@ -722,8 +722,17 @@ def _read_saved_dataset(path: Path) -> _Source:
 
     try:
         ds = datasets.load_from_disk(str(path))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, pa.ArrowException) as e:
         raise StudioError(f"{name}: cannot load datasets folder: {_one_line(e)}") from None
+    except (
+        KeyError,
+        TypeError,
+        AttributeError,
+    ) as e:  # state.json/dataset_info.json not as written
+        raise StudioError(
+            f"{name}: cannot load datasets folder: its metadata is not what datasets writes "
+            f"({type(e).__name__}: {_one_line(e)})"
+        ) from None
     if isinstance(ds, datasets.DatasetDict):
         splits = [str(s) for s in ds]
         if len(splits) != 1:

@@ -113,6 +113,23 @@ def test_dataset_dict_needs_one_split(tmp_path: Path) -> None:
     assert read_dataset(tmp_path / "two" / "test", kind="prompts").n == 3
 
 
+@pytest.mark.parametrize(
+    ("file", "body", "needle"),
+    [
+        ("state.json", "{not json", "Expecting property name"),
+        ("state.json", "{}", "its metadata is not what datasets writes (KeyError"),
+        ("dataset_info.json", "[1]", "its metadata is not what datasets writes (AttributeError"),
+    ],
+)
+def test_a_damaged_datasets_folder_is_one_line(
+    tmp_path: Path, file: str, body: str, needle: str
+) -> None:
+    path = write_records(tmp_path / "d_hf", RECORDS)
+    (path / file).write_text(body, encoding="utf-8")
+    msg = error_of(path)
+    assert msg.startswith("d_hf: cannot load datasets folder: ") and needle in msg
+
+
 def test_blank_lines_crlf_and_bom_are_fine(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     body = "\r\n".join(json.dumps(r) for r in RECORDS)
