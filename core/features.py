@@ -123,8 +123,8 @@ def truncation_warning(
 ) -> str | None:
     """The line featurize prints when examples were cut: how many, their share, the limit and
     the flag that moves it (or that the model's context is the limit). None when none were cut.
-    Example: 23 of 100 cut at 256 tokens, context 512 -> "23 of 100 examples (23.0%) were
-    longer than 256 tokens and were truncated: pass --max-length N (up to the model's context,
+    Example: 23 of 100 cut at 256 tokens, context 512 -> "23 examples were longer than 256
+    tokens (23.0% of 100) and were truncated: pass --max-length N (up to the model's context,
     512) to keep more".
     """
     if n_truncated <= 0:
@@ -133,8 +133,8 @@ def truncation_warning(
     share = n_truncated / max(n_examples, 1)
     what = " (the chat template's own tokens count too)" if chat_template else ""
     head = (
-        f"{n_truncated} of {n_examples} examples ({share:.1%}) were longer than {limit} "
-        f"tokens{what} and were truncated"
+        f"{n_truncated} examples were longer than {limit} tokens{what} ({share:.1%} of "
+        f"{n_examples}) and were truncated"
     )
     if context is not None and limit >= context:
         return f"{head}: that is the model's context, so --max-length cannot keep more"

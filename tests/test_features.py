@@ -491,13 +491,13 @@ def test_feature_config_errors_name_the_flag() -> None:
 def test_truncation_warning_names_count_share_and_flag() -> None:
     assert truncation_warning(0, 100, max_length=256, context=512) is None
     assert truncation_warning(23, 100, max_length=256, context=512) == (
-        "23 of 100 examples (23.0%) were longer than 256 tokens and were truncated: pass "
+        "23 examples were longer than 256 tokens (23.0% of 100) and were truncated: pass "
         "--max-length N (up to the model's context, 512) to keep more"
     )
     at_context = truncation_warning(3, 7, max_length=2048, context=512, chat_template=True)
     assert at_context == (
-        "3 of 7 examples (42.9%) were longer than 512 tokens (the chat template's own tokens "
-        "count too) and were truncated: that is the model's context, so --max-length cannot "
+        "3 examples were longer than 512 tokens (the chat template's own tokens count too) "
+        "(42.9% of 7) and were truncated: that is the model's context, so --max-length cannot "
         "keep more"
     )
     assert "pass --max-length N to keep more" in str(
@@ -560,15 +560,15 @@ def test_featurize_reads_up_to_the_models_context_by_default(
     assert run["config"]["max_length"] == 128 and run["summary"]["n_truncated"] == 1
     warnings = [ln for ln in captured.err.splitlines() if ln.startswith("warning: ")]
     assert warnings == [
-        "warning: 1 of 4 examples (25.0%) were longer than 128 tokens and were truncated: that "
-        "is the model's context, so --max-length cannot keep more"
+        "warning: 1 examples were longer than 128 tokens (25.0% of 4) and were truncated: "
+        "that is the model's context, so --max-length cannot keep more"
     ]
     assert "1 truncated (longer than 128 tokens" in captured.out
 
     assert _featurize(db, tiny_bert_dir, tiny_sae_dir, "--max-length", "64", "--no-resume") == 0
     err = capsys.readouterr().err
     assert (
-        "2 of 4 examples (50.0%) were longer than 64 tokens and were truncated: pass "
+        "2 examples were longer than 64 tokens (50.0% of 4) and were truncated: pass "
         "--max-length N (up to the model's context, 128) to keep more" in err
     )
 
