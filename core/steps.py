@@ -118,6 +118,8 @@ def ingest(
     if not dataset or not dataset.strip():
         raise StudioError("--dataset must be a non-empty name")
     tables = read_dataset(path, kind=kind, mapping=mapping)
+    for warning in tables.warnings:
+        _warn(warning)
     return store.write_dataset(
         name=dataset,
         kind=kind,

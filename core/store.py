@@ -2114,7 +2114,7 @@ class Store:
 
 def _json_path(key: str) -> str:
     """A JSON path for one top-level key, quoted so any key name is safe: ``$."a b"``."""
-    return "$." + json.dumps(key)
+    return "$." + json.dumps(key, ensure_ascii=False)
 
 
 def _check_reward_chunk(chunk: pa.Table) -> None:
@@ -2207,11 +2207,22 @@ def _filter_value(f: Filter, value: Any, *, numeric: bool) -> Any:
     naming the filter, not a DuckDB conversion traceback), text for a text column."""
     if numeric:
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise StudioError(
                 f"filter {f.describe()!r}: column {f.column!r} is numeric, got {value!r}"
             ) from None
+        if number != number:  # NaN compares false with everything: it would match nothing
+            raise StudioError(f"filter {f.describe()!r}: NaN is not a value to compare with")
+        return number
     if isinstance(value, float) and value.is_integer():
         return str(int(value))  # `task=3` parsed as 3.0 means the text "3"
-    return str(value)
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # argv carries one lone surrogate per byte that is not UTF-8
+        raise StudioError(
+            f"filter on {f.column!r}: the value {text!r} is not valid UTF-8 text"
+        ) from None
+    return text

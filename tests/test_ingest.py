@@ -864,3 +864,17 @@ def test_chats_without_an_assistant_turn_are_a_warning(tmp_path: Path) -> None:
         "--format trl-messages writes them as user-only rows",
     )
     assert read_dataset(write_jsonl(tmp_path / "d.jsonl", RECORDS), kind="prompts").warnings == ()
+
+
+def test_the_cli_prints_ingest_warnings_and_still_ingests(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from core.cli import main
+
+    user = {"role": "user", "content": "hi"}
+    path = write_jsonl(tmp_path / "chats.jsonl", [{"id": "a", "messages": [user]}])
+    db = str(tmp_path / "s.duckdb")
+    assert main(["ingest", str(path), "--dataset", "c", "--kind", "chats", "--db", db]) == 0
+    captured = capsys.readouterr()
+    assert "warning: chats.jsonl: 1 of 1 rows have no assistant turn" in captured.err
+    assert "ingested 1" in captured.out
