@@ -1,36 +1,52 @@
-"""Plotly figures for the pages (presentation only: data arrives computed)."""
+"""Plotly figures for the pages (presentation only: data arrives computed).
+
+Plotly renders a subset of HTML (``<a href>``, ``<b>``, ``<br>``, entities) in every text it
+draws: hovers, legend entries, tick labels, titles. So, in every function here:
+
+- what comes from the data (frame values, the ``labels`` / ``cluster_labels`` dicts, source and
+  column names passed as ``color_by``, ``a``, ``b``, ``source``) is user text and is escaped here
+  with :func:`ui.text.html_text`;
+- ``title``, ``xaxis`` and ``label`` arguments, the ``score`` / ``color`` column names of
+  :func:`score_histogram`, and the x values of :func:`share_bars` are HTML already: the page
+  escapes any user text in them (it may add its own ``<b>``);
+- no user text is pasted into a ``hovertemplate`` (``%{...}`` in it would be read as a
+  variable): it travels in ``customdata`` / ``text`` or as the trace's name (``%{fullData.name}``).
+"""
 
 from __future__ import annotations
 
-import html
 import textwrap
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from ui.text import html_text
+
 MAX_HOVER_CHARS = 280
 
 
 def hover_text(text: str | None, *, width: int = 70) -> str:
-    """Escape user text for a Plotly hover (it renders HTML) and wrap it."""
+    """Escape user text for a Plotly hover (it renders HTML) and wrap it; not text: empty."""
     if not isinstance(text, str):
         return ""
     short = text if len(text) <= MAX_HOVER_CHARS else text[:MAX_HOVER_CHARS] + "…"
     lines = textwrap.wrap(short, width=width, replace_whitespace=True) or [""]
-    return "<br>".join(html.escape(line) for line in lines[:6])
+    return "<br>".join(html_text(line) for line in lines[:6])
 
 
 def _custom(df: pd.DataFrame) -> np.ndarray:
+    """The map's customdata: [id as stored (the Map's selection reads it back, never drawn),
+    prompt, cluster, top features, id escaped for the hover]."""
+    ids = df["id"].astype(str).tolist()
     prompts = [hover_text(t) for t in df["prompt"].tolist()]
     cluster = df["cluster"].astype("Int64").astype(str).replace("<NA>", "–").tolist()
-    return np.column_stack(
-        [df["id"].astype(str).tolist(), prompts, cluster, df["top_features"].astype(str).tolist()]
-    )
+    top = [html_text(t) for t in df["top_features"].astype(str).tolist()]
+    return np.column_stack([ids, prompts, cluster, top, [html_text(i) for i in ids]])
 
 
 HOVER = (
-    "<b>%{customdata[0]}</b> · cluster %{customdata[2]}<br>%{customdata[1]}"
+    "<b>%{customdata[4]}</b> · cluster %{customdata[2]}<br>%{customdata[1]}"
     "<br><br><b>top SAE features</b><br>%{customdata[3]}<extra></extra>"
 )
 
@@ -60,7 +76,7 @@ def map_figure(
                     x=part["x"],
                     y=part["y"],
                     mode="markers",
-                    name=str(name)[:28],
+                    name=html_text(str(name)[:28]),
                     marker={**marker, "color": color},
                     customdata=_custom(part),
                     hovertemplate=HOVER,
@@ -76,13 +92,13 @@ def map_figure(
                 x=part["x"],
                 y=part["y"],
                 mode="markers",
-                name=color_by,
+                name=html_text(color_by),
                 marker={
                     **marker,
                     "color": numeric[has],
                     "colorscale": "Viridis",
                     "showscale": True,
-                    "colorbar": {"title": {"text": color_by}},
+                    "colorbar": {"title": {"text": html_text(color_by)}},
                 },
                 customdata=_custom(part),
                 hovertemplate=HOVER,
@@ -95,7 +111,7 @@ def map_figure(
                 x=rest["x"],
                 y=rest["y"],
                 mode="markers",
-                name=f"no {color_by}",
+                name=html_text(f"no {color_by}"),
                 marker={**marker, "color": "#bbbbbb"},
                 customdata=_custom(rest),
                 hovertemplate=HOVER,
@@ -229,8 +245,11 @@ def cluster_box(df: pd.DataFrame, *, score: str, labels: dict[int, str], title: 
     frame = df.dropna(subset=["cluster"]).copy()
     frame["cluster"] = frame["cluster"].astype(int)
     order = frame.groupby("cluster")[score].median().sort_values().index.tolist()
-    frame["cluster name"] = frame["cluster"].map(lambda c: f"{c} · {labels.get(c, '')}"[:40])
-    names = [f"{c} · {labels.get(c, '')}"[:40] for c in order]
+    # cut, then escaped (an entity is never cut in half)
+    frame["cluster name"] = frame["cluster"].map(
+        lambda c: html_text(f"{c} · {labels.get(c, '')}"[:40])
+    )
+    names = [html_text(f"{c} · {labels.get(c, '')}"[:40]) for c in order]
     fig = px.box(
         frame,
         x="cluster name",
@@ -281,7 +300,8 @@ def proxy_scatter(df: pd.DataFrame, *, label: str, title: str) -> go.Figure:
 
 
 def share_bars(df: pd.DataFrame, *, x: str, y: str, title: str) -> go.Figure:
-    """A bar per row (e.g. zero-signal share per cluster)."""
+    """A bar per row (e.g. zero-signal share per cluster); ``x`` values are drawn as given
+    (HTML: the page escapes user text in them)."""
     fig = go.Figure(go.Bar(x=df[x], y=df[y], marker={"color": "#4c78a8"}))
     fig.update_layout(
         height=280,
@@ -297,7 +317,9 @@ def kept_bars(
 ) -> go.Figure:
     """Rows per cluster: the whole dataset beside what is exported."""
     keys = sorted(set(all_counts.index) | set(kept_counts.index))
-    names = [f"{k} · {labels.get(int(k), '')}"[:28] if k >= 0 else "no cluster" for k in keys]
+    names = [
+        html_text(f"{k} · {labels.get(int(k), '')}"[:28]) if k >= 0 else "no cluster" for k in keys
+    ]
     fig = go.Figure(
         [
             go.Bar(x=names, y=[int(all_counts.get(k, 0)) for k in keys], name="all rows"),
@@ -335,14 +357,14 @@ def accuracy_bars(table: pd.DataFrame, *, title: str, xaxis: str) -> go.Figure:
     ticks = names.map(lambda t: _short(t, 14))
     if int(ticks.nunique()) < int(names.nunique()):  # cutting would merge two categories
         ticks = names
-    table = table.assign(tick=ticks)
+    table = table.assign(tick=ticks.map(html_text))
     for name, part in table.groupby("source", sort=False):
         acc = part["acc"].to_numpy(dtype=float)
         fig.add_trace(
             go.Bar(
                 x=part["tick"],
                 y=acc,
-                name=str(name),
+                name=html_text(name),
                 error_y={
                     "type": "data",
                     "symmetric": False,
@@ -355,11 +377,11 @@ def accuracy_bars(table: pd.DataFrame, *, title: str, xaxis: str) -> go.Figure:
                         part["low"],
                         part["high"],
                         part["n"],
-                        part["group"].astype(str).map(html.escape),
+                        part["group"].astype(str).map(html_text),
                     ]
                 ),
                 hovertemplate=(
-                    f"<b>{html.escape(str(name))}</b> · %{{customdata[3]}}<br>accuracy %{{y:.3f}} "
+                    "<b>%{fullData.name}</b> · %{customdata[3]}<br>accuracy %{y:.3f} "
                     "[%{customdata[0]:.3f}, %{customdata[1]:.3f}]<br>n %{customdata[2]}"
                     "<extra></extra>"
                 ),
@@ -399,10 +421,10 @@ def margin_figure(curves: pd.DataFrame, *, title: str) -> go.Figure:
                 x=part["kept_share"],
                 y=part["accuracy"],
                 mode="lines+markers",
-                name=str(name),
+                name=html_text(name),
                 customdata=np.column_stack([part["margin"], part["n_pairs"]]),
                 hovertemplate=(
-                    f"<b>{html.escape(str(name))}</b><br>margin > %{{customdata[0]:.3g}}: "
+                    "<b>%{fullData.name}</b><br>margin > %{customdata[0]:.3g}: "
                     "%{customdata[1]} pairs (%{x:.1%})<br>accuracy %{y:.3f}<extra></extra>"
                 ),
             )
@@ -436,9 +458,11 @@ def reward_scatter(df: pd.DataFrame, *, a: str, b: str) -> go.Figure:
         custom = np.column_stack(
             [
                 part["role"].astype(str),
-                [html.escape(name)] * len(part),
+                [html_text(name)] * len(part),
                 [hover_text(t) for t in part["response"]],
                 [hover_text(t) for t in part["prompt"]],
+                [html_text(a)] * len(part),
+                [html_text(b)] * len(part),
             ]
         )
         fig.add_trace(
@@ -446,7 +470,7 @@ def reward_scatter(df: pd.DataFrame, *, a: str, b: str) -> go.Figure:
                 x=part["score_a"],
                 y=part["score_b"],
                 mode="markers",
-                name=_short(name, 28),
+                name=html_text(_short(name, 28)),
                 marker={
                     "size": 7,
                     "opacity": 0.7,
@@ -455,8 +479,8 @@ def reward_scatter(df: pd.DataFrame, *, a: str, b: str) -> go.Figure:
                 },
                 customdata=custom,
                 hovertemplate=(
-                    f"<b>%{{customdata[0]}}</b> · cluster %{{customdata[1]}}<br>"
-                    f"{html.escape(a)}: %{{x:.4g}} · {html.escape(b)}: %{{y:.4g}}<br>"
+                    "<b>%{customdata[0]}</b> · cluster %{customdata[1]}<br>"
+                    "%{customdata[4]}: %{x:.4g} · %{customdata[5]}: %{y:.4g}<br>"
                     "<b>response</b> %{customdata[2]}<br><b>prompt</b> %{customdata[3]}"
                     "<extra></extra>"
                 ),
@@ -465,8 +489,8 @@ def reward_scatter(df: pd.DataFrame, *, a: str, b: str) -> go.Figure:
     fig.update_layout(
         height=460,
         margin={"l": 10, "r": 10, "t": 10, "b": 10},
-        xaxis_title=f"score under {a}",
-        yaxis_title=f"score under {b}",
+        xaxis_title=html_text(f"score under {a}"),
+        yaxis_title=html_text(f"score under {b}"),
         legend={"itemsizing": "constant", "font": {"size": 10}, "title": {"text": "cluster"}},
         meta="rewards-scatter",
     )
@@ -495,7 +519,7 @@ def pairs_map(points: pd.DataFrame, pairs: pd.DataFrame, *, source: str) -> go.F
                 x=part["x"],
                 y=part["y"],
                 mode="markers",
-                name=_short(name, 28),
+                name=html_text(_short(name, 28)),
                 legendgroup="clusters",
                 legendgrouptitle={"text": "responses by cluster"},
                 marker={
@@ -506,7 +530,7 @@ def pairs_map(points: pd.DataFrame, pairs: pd.DataFrame, *, source: str) -> go.F
                 customdata=np.column_stack(
                     [
                         part["role"].astype(str),
-                        [html.escape(name)] * len(part),
+                        [html_text(name)] * len(part),
                         [hover_text(t) for t in part["response"]],
                     ]
                 ),
@@ -527,7 +551,7 @@ def pairs_map(points: pd.DataFrame, pairs: pd.DataFrame, *, source: str) -> go.F
         ys = np.column_stack([part["y_chosen"], part["y_rejected"], np.full(n, np.nan)]).ravel()
         text = np.repeat(
             [
-                f"{html.escape(str(e))}: {html.escape(source)} margin {m:.3g}"
+                f"{html_text(e)}: {html_text(source)} margin {m:.3g}"
                 for e, m in zip(part["example_id"], part["margin"], strict=True)
             ],
             3,
@@ -539,7 +563,7 @@ def pairs_map(points: pd.DataFrame, pairs: pd.DataFrame, *, source: str) -> go.F
                 mode="lines+markers",
                 name=f"{names[key]} ({n})",
                 legendgroup="pairs",
-                legendgrouptitle={"text": f"pairs under {html.escape(source)}"},
+                legendgrouptitle={"text": html_text(f"pairs under {source}")},
                 line={"color": OUTCOME_COLOURS[key], "width": 1},
                 opacity=0.75,
                 marker={
@@ -570,7 +594,7 @@ def signed_bars(
     sorted, positive in blue and negative in orange."""
     frame = df.sort_values(value)
     names = [
-        f"f{int(f)} · {_short(lab, 32)}"
+        f"f{int(f)} · {html_text(_short(lab, 32))}"
         for f, lab in zip(frame["feature_id"], frame["label"], strict=True)
     ]
     values = frame[value].to_numpy(dtype=float)

@@ -1,6 +1,8 @@
 """Clusters: the clusters in SAE space with their features and label means, the k sweep, the
 near-duplicate groups, and one cluster's examples on a small map."""
 
+from shlex import quote
+
 import pandas as pd
 import streamlit as st
 
@@ -16,6 +18,7 @@ from pages.common import (
     open_dataset,
     provenance,
 )
+from ui.text import code, md
 
 
 def _features(top: list[dict]) -> str:
@@ -29,9 +32,11 @@ def render() -> None:
     if ctx is None:
         return
     dataset, path, tok, views = ctx.dataset, ctx.path, ctx.tok, ctx.views
+    ds = quote(dataset)  # as the commands below take it
     if views.cluster_run is None:
         st.info(
-            f"Dataset '{dataset}' has no clusters yet: `python -m core cluster --dataset {dataset}`."
+            f"Dataset '{md(dataset)}' has no clusters yet: "
+            f"{code(f'python -m core cluster --dataset {ds}')}."
         )
         return
     summary = guarded(lambda: load_cluster_summary(path, tok, dataset))
@@ -89,11 +94,12 @@ def render() -> None:
                 width="stretch",
             )
             if run["summary"].get("sweep_note"):
-                st.warning(f"k = {run['summary'].get('k')}: {run['summary']['sweep_note']}.")
+                st.warning(f"k = {run['summary'].get('k')}: {md(run['summary']['sweep_note'])}.")
         else:
             st.info(
-                "No k sweep for this clustering: `python -m core cluster --dataset "
-                f"{dataset} --sweep auto` scores k by silhouette and picks the best."
+                "No k sweep for this clustering: "
+                f"{code(f'python -m core cluster --dataset {ds} --sweep auto')} scores k by "
+                "silhouette and picks the best."
             )
         if dups is not None and not dups.empty:
             st.markdown("**Largest near-duplicate groups**")
@@ -113,7 +119,7 @@ def render() -> None:
                 if c not in ("representation", "note")
             },
         )
-        cats = ", ".join(evidence.get("categories", [])) or "none"
+        cats = ", ".join(md(c) for c in evidence.get("categories", [])) or "none"
         st.caption(
             "Silhouette (cosine, seeded sample) is measured in each representation's own space, "
             "so compare it within a row, not across rows. NMI/AMI measure how well the clusters "
@@ -123,8 +129,8 @@ def render() -> None:
         )
     else:
         st.caption(
-            "No baseline comparison in this clustering: `python -m core cluster --dataset "
-            f"{dataset} --baselines dense,tfidf`."
+            "No baseline comparison in this clustering: "
+            f"{code(f'python -m core cluster --dataset {ds} --baselines dense,tfidf')}."
         )
 
     rows = event.selection.rows if event and event.selection else []
@@ -137,7 +143,7 @@ def render() -> None:
         format_func=lambda c: f"{c} · {labels.get(c, '')}"[:90],
     )
     cluster = int(options[rows[0]]) if rows else int(picked)
-    st.subheader(f"Cluster {cluster} · {labels.get(cluster, '')}")
+    st.subheader(f"Cluster {cluster} · {md(labels.get(cluster, ''))}")
     examples = guarded(lambda: load_cluster_examples(path, tok, dataset, cluster))
     if examples is None:
         return
@@ -149,7 +155,7 @@ def render() -> None:
         )
     with ex_right:
         if views.projection_run is None:
-            st.info(f"No map yet: `python -m core project --dataset {dataset}`.")
+            st.info(f"No map yet: {code(f'python -m core project --dataset {ds}')}.")
         else:
             points = guarded(lambda: load_map(path, tok, dataset))
             if points is not None:

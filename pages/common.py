@@ -18,8 +18,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.defaults import DEFAULT_EXPORT_DIR
 from core.errors import StudioError
 from core.store import Store, Views
+from ui.text import md
 
 DEMO_DB = "data/demo.duckdb"
 
@@ -47,12 +49,26 @@ OPEN_FEATURE = "open_feature"  # {dataset: feature id} shown on the Features pag
 OPEN_EXAMPLE = "open_example"  # {dataset: example id} shown on the Features page
 
 
-def db_path() -> str:
-    """--db from `streamlit run app.py -- --db PATH`, else $SAERL_DB, else the demo."""
+def _app_args() -> argparse.Namespace:
+    """The app's own options: `streamlit run app.py -- --db PATH --export-dir DIR`."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--db")
+    parser.add_argument("--export-dir")
     args, _ = parser.parse_known_args(sys.argv[1:])
-    return args.db or os.environ.get("SAERL_DB") or DEMO_DB
+    return args
+
+
+def db_path() -> str:
+    """--db from `streamlit run app.py -- --db PATH`, else $SAERL_DB, else the demo."""
+    return _app_args().db or os.environ.get("SAERL_DB") or DEMO_DB
+
+
+def export_dir() -> str:
+    """The one folder the Export page writes into: --export-dir from `streamlit run app.py --
+    --export-dir DIR`, else $SAERL_EXPORT_DIR, else core.defaults.DEFAULT_EXPORT_DIR. Anything
+    else a user wants goes through the page's download buttons, so a visitor of the page cannot
+    write anywhere the app's process may."""
+    return _app_args().export_dir or os.environ.get("SAERL_EXPORT_DIR") or DEFAULT_EXPORT_DIR
 
 
 def init_state() -> None:
@@ -70,12 +86,19 @@ def token() -> tuple[float, float]:
     return store().version_token()
 
 
+def error(exc: BaseException | str) -> None:
+    """A StudioError (or any message) as one st.error line, shown literally: messages quote
+    paths, names and values from the user's files, which must not render as markdown."""
+    st.error(md(exc))
+
+
 def guarded(fn: Callable[[], T]) -> T | None:
-    """Run a loader; show a StudioError (missing file, busy lock ...) as one line, not a trace."""
+    """Run a loader; show a StudioError (missing file, busy lock, not a store ...) as one line,
+    not a trace."""
     try:
         return fn()
     except StudioError as exc:
-        st.error(str(exc))
+        error(exc)
         return None
 
 
@@ -125,7 +148,7 @@ def load_label_names(path: str, tok: tuple[float, float], dataset: str) -> list[
 def pick_dataset() -> str | None:
     """The sidebar's dataset picker; returns the chosen name or None (after telling the user)."""
     path = db_path()
-    st.sidebar.caption(f"Database: `{path}`")
+    st.sidebar.caption(f"Database: {md(path)}")
     datasets = guarded(lambda: load_datasets(path, token()))
     if datasets is None:
         return None
@@ -158,7 +181,9 @@ def open_dataset(title: str) -> PageContext | None:
     dataset = pick_dataset()
     if dataset is None:
         return None
-    path, tok = db_path(), token()
+    path, tok = db_path(), guarded(token)
+    if tok is None:
+        return None
     views = guarded(lambda: load_views(path, tok, dataset))
     if views is None:
         return None
@@ -190,34 +215,35 @@ def set_open_example(dataset: str, example_id: str | None) -> None:
 
 
 def provenance(views: Views) -> str:
-    """A caption that says where the map's numbers come from."""
+    """A caption that says where the map's numbers come from (markdown; every value read from
+    a run's config is escaped: model and SAE paths, label and score names come from the user)."""
     path, tok = db_path(), token()
     if views.feature_run is None:
         return "No feature run yet."
     fr = load_run(path, tok, views.feature_run)
-    c = fr["config"]
+    c = {k: md(v) for k, v in fr["config"].items()}
     parts = [
         f"Features: run {views.feature_run} — {c.get('model')} layer {c.get('layer')} "
-        f"({c.get('hook')}), SAE `{c.get('sae')}`, {c.get('pooling')} pooling, top {c.get('top_k')}."
+        f"({c.get('hook')}), SAE {c.get('sae')}, {c.get('pooling')} pooling, top {c.get('top_k')}."
     ]
     if views.cluster_run:
-        cr = load_run(path, tok, views.cluster_run)["config"]
+        cr = {k: md(v) for k, v in load_run(path, tok, views.cluster_run)["config"].items()}
         parts.append(
             f"Clusters: run {views.cluster_run} — k-means (k={cr.get('k')}, seed {cr.get('seed')}) "
             "on L2-normalised SAE vectors; labels = most distinctive features (c-TF-IDF), "
             "each named by its top-activating tokens."
         )
     if views.projection_run:
-        pr = load_run(path, tok, views.projection_run)["config"]
+        pr = {k: md(v) for k, v in load_run(path, tok, views.projection_run)["config"].items()}
         parts.append(
             f"Positions: run {views.projection_run} — UMAP ({pr.get('metric')}, "
             f"n_neighbors {pr.get('n_neighbors')}, min_dist {pr.get('min_dist')})."
         )
     for name, rid in views.score_runs:
-        c = load_run(path, tok, rid)["config"]
+        c = {k: md(v) for k, v in load_run(path, tok, rid)["config"].items()}
         parts.append(
-            f"`{name}`: run {rid} — {c.get('kind')} probe on the SAE features, trained on the "
-            f"label `{c.get('label')}` ({c.get('signal')}; higher = {c.get('higher_is')})."
+            f"**{md(name)}**: run {rid} — {c.get('kind')} probe on the SAE features, trained on "
+            f"the label '{c.get('label')}' ({c.get('signal')}; higher = {c.get('higher_is')})."
         )
     parts.append(
         "Other numeric columns are labels ingested with the dataset or derived from its rollouts."

@@ -10,13 +10,15 @@ import streamlit as st
 
 from core.signals import evidence_table
 from pages.common import PageContext, load_probe_runs
+from ui.text import code, md
 
 
 def pick_probe_run(ctx: PageContext, signal: str, *, command: str) -> dict[str, Any] | None:
-    """The probe run the page shows (newest by default); tells the user how to make one."""
+    """The probe run the page shows (newest by default); tells the user how to make one
+    (``command``: plain text, shown as inline code)."""
     runs = load_probe_runs(ctx.path, ctx.tok, ctx.dataset, signal)
     if not runs:
-        st.info(f"No {signal} probe for '{ctx.dataset}' yet: `{command}`.")
+        st.info(f"No {signal} probe for '{md(ctx.dataset)}' yet: {code(command)}.")
         return None
     if len(runs) == 1:
         return runs[0]
@@ -42,7 +44,7 @@ def show_evidence(run: dict[str, Any], *, headline: list[tuple[str, str, str]]) 
     cols[0].metric(
         "Labelled examples",
         f"{summ.get('n_labelled', 0):,}",
-        help=f"of {summ.get('n_examples', 0):,}; label '{cfg.get('label')}'",
+        help=f"of {summ.get('n_examples', 0):,}; label '{md(cfg.get('label'))}'",
     )
     for col, (split, key, label) in zip(cols[1:], headline, strict=True):
         value = (metrics.get(split) or {}).get(key)
@@ -64,11 +66,11 @@ def show_evidence(run: dict[str, Any], *, headline: list[tuple[str, str, str]]) 
         if summ.get("held_out_by") == "cluster"
         else "no clustering yet, so no held-out-by-cluster evidence"
     )
-    params = ", ".join(f"{k}={_fmt(v)}" for k, v in summ.get("params", {}).items())
+    params = ", ".join(f"{md(k)}={md(_fmt(v))}" for k, v in summ.get("params", {}).items())
     st.caption(
-        f"Run {run['run_id']}: {cfg.get('kind')} probe (chosen by inner cross-validation: "
+        f"Run {run['run_id']}: {md(cfg.get('kind'))} probe (chosen by inner cross-validation: "
         f"{params or 'defaults'}) on the SAE features of feature run {cfg.get('feature_run')}, "
-        f"label '{cfg.get('label')}', {cfg.get('folds')}-fold cross-validation. In distribution: "
+        f"label '{md(cfg.get('label'))}', {cfg.get('folds')}-fold cross-validation. In distribution: "
         f"out-of-fold predictions of shuffled folds; {held}. Every representation gets the same "
         "probe and folds in the same run; the dense baseline is the mean-pooled hidden state of "
         "the same layer, TF-IDF is computed from the text."

@@ -3,9 +3,6 @@ marked) and which features an example holds, each side linking to the other and 
 
 from __future__ import annotations
 
-import html
-import re
-
 import pandas as pd
 import streamlit as st
 
@@ -30,6 +27,7 @@ from pages.common import (
     set_selection,
     token,
 )
+from ui.text import code, html_text, md
 
 N_TOP_EXAMPLES = 10
 MAX_PICK = 500  # Map selections longer than this are not offered one by one
@@ -114,10 +112,10 @@ def _feature_panel(dataset: str, run_id: int, features: pd.DataFrame) -> None:
     f = row.iloc[0]
     st.markdown(f"#### Feature {fid}")
     if isinstance(f["description"], str):
-        st.markdown(f"**{_md_escape(f['description'])}**")
-        st.caption(f"Description imported from `{f['source']}`")
+        st.markdown(f"**{md(f['description'])}**")
+        st.caption(f"Description imported from {code(f['source'])}")
     tokens = ", ".join(f["tokens"][:8])
-    st.caption(f"Top-activating tokens: {_md_escape(tokens) or '—'}")
+    st.caption(f"Top-activating tokens: {md(tokens) or '—'}")
     m = [*st.columns(2), *st.columns(2)]
     m[0].metric(
         "Frequency",
@@ -162,7 +160,7 @@ def _feature_panel(dataset: str, run_id: int, features: pd.DataFrame) -> None:
         spans, toks = marks_for(occ, str(r.example_id))
         c1, c2 = st.columns([6, 1])
         c1.html(
-            f'<div style="font-size: 0.9em; line-height: 1.5"><b>{_esc(r.example_id)}</b> · '
+            f'<div style="font-size: 0.9em; line-height: 1.5"><b>{html_text(r.example_id)}</b> · '
             f"{float(r.value):.3f}<br>{highlight_html(_clip(text), spans=spans, tokens=toks)}"
             "</div>"
         )
@@ -181,12 +179,12 @@ def _occurrence_html(r) -> str:
     if pd.notna(r.char_start) and pd.notna(r.char_end):
         body = snippet_html(text, int(r.char_start), int(r.char_end), value=float(r.value))
     else:
-        body = f"<mark>{_esc(r.token)}</mark> in " + highlight_html(
+        body = f"<mark>{html_text(r.token)}</mark> in " + highlight_html(
             _clip(text, 160), tokens=[r.token]
         )
     return (
         f'<div style="font-size: 0.85em; margin-bottom: 0.3em"><code>{float(r.value):.3f}</code> '
-        f"<b>{_esc(r.example_id)}</b> · {body}</div>"
+        f"<b>{html_text(r.example_id)}</b> · {body}</div>"
     )
 
 
@@ -238,12 +236,11 @@ def _example_detail(dataset: str, run_id: int, eid: str) -> None:
     path, tok = db_path(), token()
     ex = load_example(path, tok, dataset, eid)
     if ex is None:
-        st.warning(f"No example {eid!r} in dataset '{dataset}'.")
+        st.warning(f"No example '{md(eid)}' in dataset '{md(dataset)}'.")
         return
     cluster = ex.get("cluster")
     st.markdown(
-        f"#### Example {_md_escape(eid)}"
-        + (f" · cluster {int(cluster)}" if cluster is not None else "")
+        f"#### Example {md(eid)}" + (f" · cluster {int(cluster)}" if cluster is not None else "")
     )
     fid = open_feature(dataset)
     spans: list[tuple[int, int, float]] = []
@@ -270,15 +267,6 @@ def _num(x: object) -> str:
     return "—" if x is None or pd.isna(x) else f"{float(x):.3f}"  # type: ignore[arg-type]
 
 
-def _esc(x: object) -> str:
-    return html.escape(str(x))
-
-
-def _md_escape(text: str) -> str:
-    """Text shown through st.markdown/caption: escape what markdown and LaTeX would act on."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|$<>~])", r"\\\1", text)
-
-
 def _clip(text: str, n: int = 600) -> str:
     return text if len(text) <= n else text[:n] + "…"
 
@@ -299,10 +287,10 @@ def render() -> None:
     cfg = load_run(path, tok, run_id)["config"]
     n_desc = int(features["description"].notna().sum())
     st.caption(
-        f"Feature run {run_id} — {cfg.get('model')} layer {cfg.get('layer')}, SAE "
-        f"`{cfg.get('sae')}`, {cfg.get('pooling')} pooling, top {cfg.get('top_k')} kept per "
-        "example. Frequency, mean and max activation and the histogram are computed over the "
-        "stored top-k per example; 'fires in' counts pooled > 0 over all features. "
+        f"Feature run {run_id} — {md(cfg.get('model'))} layer {md(cfg.get('layer'))}, SAE "
+        f"{code(cfg.get('sae'))}, {md(cfg.get('pooling'))} pooling, top {md(cfg.get('top_k'))} "
+        "kept per example. Frequency, mean and max activation and the histogram are computed "
+        "over the stored top-k per example; 'fires in' counts pooled > 0 over all features. "
         + (
             f"{n_desc:,} features carry imported descriptions; the rest are labelled by their "
             "top-activating tokens."

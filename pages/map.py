@@ -1,5 +1,7 @@
 """Map: the UMAP of SAE features, coloured by cluster or any numeric column, with selection."""
 
+from shlex import quote
+
 import pandas as pd
 import streamlit as st
 
@@ -14,6 +16,7 @@ from pages.common import (
     set_open_example,
     set_selection,
 )
+from ui.text import code, md
 
 MAX_OPEN_IN_FEATURES = 1000  # larger selections are for the Export page, not for reading
 
@@ -25,8 +28,8 @@ def render() -> None:
     dataset, path, tok, views = ctx.dataset, ctx.path, ctx.tok, ctx.views
     if views.projection_run is None:
         st.info(
-            f"Dataset '{dataset}' has no 2-D projection yet: run `python -m core featurize`, "
-            f"then `cluster` and `project --dataset {dataset}`."
+            f"Dataset '{md(dataset)}' has no 2-D projection yet: run `python -m core featurize`, "
+            f"then `cluster` and {code(f'python -m core project --dataset {quote(dataset)}')}."
         )
         return
     df = guarded(lambda: load_map(path, tok, dataset))

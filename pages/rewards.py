@@ -5,6 +5,7 @@ features that separate chosen from rejected responses, and calibration of ordina
 from __future__ import annotations
 
 import math
+from shlex import quote
 from typing import Any
 
 import pandas as pd
@@ -24,6 +25,7 @@ from pages.charts import (
 from pages.common import (
     DATASET,
     db_path,
+    error,
     guarded,
     load_accuracy_by,
     load_best_of_n_picks,
@@ -44,6 +46,7 @@ from pages.common import (
     provenance,
     token,
 )
+from ui.text import code, html_text, md
 
 MAX_PICKS = 1000  # best-of-n rows sent to the browser at most (the table carries the texts)
 MAX_PAIRS = 2000  # pairs drawn on the map at most (SVG arrows); the slider picks fewer
@@ -69,13 +72,19 @@ def _interval(low: float | None, high: float | None) -> str:
 
 
 def _named(name: str, sources: dict[str, dict]) -> str:
-    return f"`{name}` — {sources[name]['source']}"
+    """A source's name and what produced its scores, as markdown."""
+    return f"{code(name)} — {md(sources[name]['source'])}"
+
+
+def _failed(name: str, exc: Exception) -> None:
+    """One source's loader failed: one line naming it, the others still shown."""
+    st.error(f"{code(name)}: {md(exc)}")
 
 
 def _pick_dataset(path: str, tok: tuple[float, float]) -> tuple[str, str] | None:
     """The sidebar's picker over the datasets that have reward sources: (name, kind).
     Starts from the dataset the other pages show (or the preference set of its responses)."""
-    st.sidebar.caption(f"Database: `{path}`")
+    st.sidebar.caption(f"Database: {md(path)}")
     found = guarded(lambda: load_reward_datasets(path, tok))
     if found is None:
         return None
@@ -106,7 +115,7 @@ def _pick_dataset(path: str, tok: tuple[float, float]) -> tuple[str, str] | None
 def _sources_table(sources: dict[str, dict], frame: pd.DataFrame) -> None:
     st.markdown(
         f"**{len(sources)} reward source{'s' if len(sources) != 1 else ''}:** "
-        + ", ".join(f"`{n}` ({s['kind']})" for n, s in sources.items())
+        + ", ".join(f"{code(n)} ({md(s['kind'])})" for n, s in sources.items())
     )
     rows = [
         {
@@ -129,7 +138,7 @@ def _judging(path: str, tok: tuple[float, float], dataset: str, sources: dict, f
         try:
             pw, one = load_reward_accuracy(path, tok, dataset, name)
         except StudioError as exc:
-            st.error(f"`{name}`: {exc}")
+            _failed(name, exc)
             continue
         rows.append(
             {
@@ -161,7 +170,7 @@ def _judging(path: str, tok: tuple[float, float], dataset: str, sources: dict, f
         "response scores strictly above every one of its N rejected responses (a tie is a "
         "miss); chance is the mean of 1/(N+1). 95%: percentile bootstrap interval over prompts "
         "(1,000 resamples). Each source's scores are its newest stored run (table above); the "
-        f"CLI prints the same: `python -m core judge --dataset {dataset}`."
+        f"CLI prints the same: {code(f'python -m core judge --dataset {quote(dataset)}')}."
     )
 
     cats = load_reward_categories(path, tok, dataset)
@@ -187,7 +196,7 @@ def _judging(path: str, tok: tuple[float, float], dataset: str, sources: dict, f
             )
         else:
             side = "example"
-            c2.caption(f"`{by}` belongs to the prompt: every response of a prompt shares it.")
+            c2.caption(f"{code(by)} belongs to the prompt: every response of a prompt shares it.")
         metric = c3.radio(
             "Accuracy",
             ["pairwise", "1-of-N"] if side != "rejected" else ["pairwise"],
@@ -205,7 +214,7 @@ def _judging(path: str, tok: tuple[float, float], dataset: str, sources: dict, f
             try:
                 t = load_accuracy_by(path, tok, dataset, name, by, side)
             except StudioError as exc:
-                st.error(f"`{name}`: {exc}")
+                _failed(name, exc)
                 continue
             parts.append(
                 pd.DataFrame(
@@ -226,9 +235,11 @@ def _judging(path: str, tok: tuple[float, float], dataset: str, sources: dict, f
             st.plotly_chart(
                 accuracy_bars(
                     long,
-                    title=f"{metric} accuracy per {what}"
-                    + (f" ({side} response)" if by == RESPONSE_CLUSTER else ""),
-                    xaxis=what,
+                    title=html_text(
+                        f"{metric} accuracy per {what}"
+                        + (f" ({side} response)" if by == RESPONSE_CLUSTER else "")
+                    ),
+                    xaxis=html_text(what),
                 ),
                 key="rw_by_chart",
                 width="stretch",
@@ -241,7 +252,7 @@ def _judging(path: str, tok: tuple[float, float], dataset: str, sources: dict, f
         try:
             curves.append(load_margin_curve(path, tok, dataset, name).assign(source=name))
         except StudioError as exc:
-            st.error(f"`{name}`: {exc}")
+            _failed(name, exc)
     if curves:
         st.plotly_chart(
             margin_figure(
@@ -267,15 +278,15 @@ def _compare(
     a: str,
     b: str,
 ) -> None:
-    st.subheader(f"Compare `{a}` (A) with `{b}` (B)")
+    st.subheader(f"Compare {code(a)} (A) with {code(b)} (B)")
     try:
         agree, by = load_reward_agreement(path, tok, dataset, a, b)
     except StudioError as exc:
-        st.error(f"{a} vs {b}: {exc}")
+        error(f"{a} vs {b}: {exc}")
         return
     constant = [n for n in (a, b) if int(frame[f"score:{n}"].nunique()) <= 1]
     why = (
-        f"undefined: {', '.join(f'`{n}`' for n in constant)} gives every response the same score"
+        f"undefined: {', '.join(code(n) for n in constant)} gives every response the same score"
         if constant
         else "rank correlation over every response both scored"
     )
@@ -313,7 +324,7 @@ def _compare(
     for n in constant:
         probe = sources[n]["summary"].get("n_nonzero") == 0
         st.caption(
-            f"`{n}` gives every response the same score"
+            f"{code(n)} gives every response the same score"
             + (" (the probe kept no feature)" if probe else "")
             + ": every pair is a tie for it, so its rank correlations are undefined and pair "
             "agreement counts ½ for each pair the other source orders."
@@ -406,21 +417,23 @@ def _map(
     st.subheader("Preference pairs on the responses map")
     responses = dataset + RESPONSES_SUFFIX
     if not bool(frame["x"].notna().any()):
+        ds, rs = quote(dataset), quote(responses)
         st.info(
-            f"'{dataset}' has no responses map yet. Make one: `python -m core responses --dataset "
-            f"{dataset}`, then `python -m core featurize --dataset {responses} --pool-over "
-            f"response ...`, `python -m core cluster --dataset {responses}` and `python -m core "
-            f"project --dataset {responses}`."
+            f"'{md(dataset)}' has no responses map yet. Make one: "
+            f"{code(f'python -m core responses --dataset {ds}')}, then "
+            f"{code(f'python -m core featurize --dataset {rs} --pool-over response ...')}, "
+            f"{code(f'python -m core cluster --dataset {rs}')} and "
+            f"{code(f'python -m core project --dataset {rs}')}."
         )
         return
     try:
         pairs = load_preference_pairs(path, tok, dataset, a)
     except StudioError as exc:
-        st.error(f"`{a}`: {exc}")
+        _failed(a, exc)
         return
     c1, c2 = st.columns([2, 3])
     show = c1.selectbox(
-        f"Pairs to draw (ordered by `{a}`)",
+        f"Pairs to draw (ordered by {code(a)})",
         ["all", "ordered wrong", "ties", "ordered right"],
         key="rw_pairs_show",
     )
@@ -431,7 +444,7 @@ def _map(
         "ordered right": pairs[pairs["margin"] > 0],
     }[show]
     if picked.empty:
-        st.info(f"No pair is {show} by `{a}`.")
+        st.info(f"No pair is {show} by {code(a)}.")
         return
     top = min(len(picked), MAX_PAIRS)
     cap = (
@@ -451,7 +464,7 @@ def _map(
     st.plotly_chart(pairs_map(points, drawn, source=a), key="rw_pairs_map", width="stretch")
     st.caption(
         f"{len(drawn):,} of {len(picked):,} pairs ({show}) drawn as arrows from the chosen "
-        f"response to each rejected one: green when `{a}` scores the chosen higher, red when "
+        f"response to each rejected one: green when {code(a)} scores the chosen higher, red when "
         "lower, grey on a tie. Dots are every response of the preference set, coloured by "
         "cluster. " + " ".join(_map_provenance(path, tok, responses))
     )
@@ -501,7 +514,7 @@ def _shift(path: str, tok: tuple[float, float], dataset: str) -> None:
         },
     )
     st.caption(
-        f"Pooled SAE activations of the responses in '{dataset}{RESPONSES_SUFFIX}' (its newest "
+        f"Pooled SAE activations of the responses in '{md(dataset + RESPONSES_SUFFIX)}' (its newest "
         "feature run), compared over every (chosen, rejected) pair. fire_*: share of pairs where "
         "the feature is nonzero; n_pos / n_neg: pairs where it is higher / lower in the chosen "
         "response; sign_p: two-sided exact sign test; sign_q: its Benjamini-Hochberg q-value "
@@ -514,7 +527,7 @@ def _shift(path: str, tok: tuple[float, float], dataset: str) -> None:
 def _disagreement(
     path: str, tok: tuple[float, float], dataset: str, sources: dict, a: str, b: str
 ) -> None:
-    st.subheader(f"Where `{a}` and `{b}` disagree")
+    st.subheader(f"Where {code(a)} and {code(b)} disagree")
     dp = guarded(lambda: load_disagreement_probe(path, tok, dataset, a, b))
     if dp is None:
         return
@@ -535,7 +548,7 @@ def _disagreement(
     st.caption(
         "The 100 responses the two rank most differently, largest first. Each source's scores "
         "become normalised ranks in [0, 1] (ties share their average rank); rank_diff = rank "
-        f"under `{a}` − rank under `{b}` (positive: `{a}` likes the response more)."
+        f"under {code(a)} − rank under {code(b)} (positive: {code(a)} likes the response more)."
     )
     m = st.columns(4)
     by_response = dp.metrics.get("by_response") or {}
@@ -564,7 +577,7 @@ def _disagreement(
         f"{params or 'defaults'}) predicts rank_diff from each response's SAE features; R² and "
         "Spearman are out of fold with each prompt's responses held out together (they share "
         "the prompt's context, so shuffled folds would flatter the probe). Positive weight: the feature goes with "
-        f"`{a}` ranking a response above `{b}`."
+        f"{code(a)} ranking a response above {code(b)}."
     )
     if dp.weights.empty:
         st.info(
@@ -578,7 +591,7 @@ def _disagreement(
             w.head(30),
             value="weight",
             title=f"The probe's strongest features ({min(30, len(w))} shown, {n_nonzero} nonzero)",
-            xaxis=f"weight (on max-abs scaled features); + = {a} ranks higher",
+            xaxis=html_text(f"weight (on max-abs scaled features); + = {a} ranks higher"),
         ),
         key="rw_weights_chart",
         width="stretch",
@@ -620,12 +633,12 @@ def _calibration(
 ) -> None:
     st.subheader("Calibration of ordinal reward models")
     ordinal = [n for n, s in sources.items() if s["config"].get("head") == "ordinal"]
-    others = ", ".join(f"`{n}` ({sources[n]['kind']})" for n in sources if n not in ordinal)
+    others = ", ".join(f"{code(n)} ({md(sources[n]['kind'])})" for n in sources if n not in ordinal)
     if not ordinal:
         st.info(
             "No calibration to show: it needs an ordinal (CORAL) reward model's K−1 logits "
             "(`python -m core reward --head ordinal`) and feedback labels 1..K on the examples "
-            f"(WildReward's ratings). The sources of '{dataset}' store no logits: {others}. "
+            f"(WildReward's ratings). The sources of '{md(dataset)}' store no logits: {others}. "
             "(The demo has no ordinal reward model and no feedback labels: there is no honest "
             "source for either, so it shows no calibration.)"
         )
@@ -633,7 +646,7 @@ def _calibration(
     labels = load_label_names(path, tok, dataset) or []
     if not labels:
         st.info(
-            f"'{dataset}' has no labels to calibrate {', '.join(f'`{n}`' for n in ordinal)} "
+            f"'{md(dataset)}' has no labels to calibrate {', '.join(code(n) for n in ordinal)} "
             "against: ingest feedback ratings (1..K) as a numeric column."
         )
         return
@@ -647,7 +660,7 @@ def _calibration(
         key="rw_cal_label",
     )
     if label is None:
-        st.caption(f"Labels of '{dataset}': {', '.join(labels)}.")
+        st.caption(f"Labels of '{md(dataset)}': {', '.join(md(n) for n in labels)}.")
         return
     cal = guarded(lambda: load_reward_calibration(path, tok, dataset, name, label))
     if cal is None:
@@ -664,21 +677,23 @@ def _calibration(
     st.plotly_chart(
         reliability_figure(
             pd.DataFrame(cal["table"]),
-            title=f"Reliability of {name} against {label} (K={cal['k']})",
+            title=html_text(f"Reliability of {name} against {label} (K={cal['k']})"),
         ),
         key="rw_reliability",
         width="stretch",
     )
     what = "chosen response" if kind == "preferences" else "response"
     st.caption(
-        f"{_named(name, sources)}. Each example's {what} is matched to its `{label}` rating; "
+        f"{_named(name, sources)}. Each example's {what} is matched to its {code(label)} rating; "
         "the class probabilities come from the CORAL logits (reward = 1 + Σ sigmoid)."
     )
 
 
 def render() -> None:
     st.title("Rewards")
-    path, tok = db_path(), token()
+    path, tok = db_path(), guarded(token)
+    if tok is None:
+        return
     picked = _pick_dataset(path, tok)
     if picked is None:
         return
@@ -693,7 +708,7 @@ def render() -> None:
         _judging(path, tok, dataset, sources, frame)
     else:
         st.info(
-            f"'{dataset}' holds {kind}: pairwise and 1-of-N accuracy, the pairs map, the feature "
+            f"'{md(dataset)}' holds {kind}: pairwise and 1-of-N accuracy, the pairs map, the feature "
             "shift and the disagreement probe need a preference set (a chosen and one or more "
             "rejected responses per prompt). Sources can still be compared below."
         )
@@ -714,7 +729,7 @@ def render() -> None:
     others = [n for n in names if n != a]
     b = c2.selectbox("Source B", others, key="rw_b") if others else None
     if b is None:
-        st.info(f"Only one reward source (`{a}`): add another to compare them.")
+        st.info(f"Only one reward source ({code(a)}): add another to compare them.")
     else:
         _compare(path, tok, dataset, sources, frame, a, b)
     if prefs:
@@ -727,8 +742,8 @@ def render() -> None:
         else:
             st.info(
                 "The feature shift and the disagreement probe read the responses' SAE features: "
-                f"`python -m core responses --dataset {dataset}` and featurize "
-                f"'{dataset}{RESPONSES_SUFFIX}' with `--pool-over response`."
+                f"{code(f'python -m core responses --dataset {quote(dataset)}')} and featurize "
+                f"'{md(dataset + RESPONSES_SUFFIX)}' with `--pool-over response`."
             )
     _calibration(path, tok, dataset, kind, sources)
 

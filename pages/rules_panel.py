@@ -7,6 +7,7 @@ Thin: widgets -> core.rules -> draw. The store is read through cached loaders; n
 from __future__ import annotations
 
 from pathlib import Path
+from shlex import quote
 
 import pandas as pd
 import streamlit as st
@@ -28,7 +29,8 @@ from core.rules import (
     save_rule_set,
 )
 from core.store import Filter, Store, Views
-from pages.common import PageContext, load_clusters, load_feature_table, load_run
+from pages.common import PageContext, error, load_clusters, load_feature_table, load_run
+from ui.text import code, md
 
 # The panel's one piece of session state: {dataset: [feature rules added in the editor]}.
 FEATURE_RULES = "rules_feature_rules"
@@ -83,7 +85,7 @@ def _pick_rule_set(ctx: PageContext, rules_dir: Path) -> RuleSet | None:
     files = sorted(rules_dir.glob("*.json")) if rules_dir.is_dir() else []
     c1, c2 = st.columns(2)
     choice = c1.selectbox(
-        f"Rule set (JSON files in {rules_dir})",
+        f"Rule set (JSON files in {md(rules_dir)})",
         [NONE, *(f.name for f in files)],
         key="rules_file",
         help="a rule set saved here or committed with your project",
@@ -102,12 +104,13 @@ def _pick_rule_set(ctx: PageContext, rules_dir: Path) -> RuleSet | None:
         else:
             return None
     except (StudioError, UnicodeDecodeError, OSError) as exc:
-        st.error(f"The rule set is not applied: {exc}")
+        error(f"The rule set is not applied: {exc}")
         return None
+    # the file's own words (description, notes, the rules quoted in warnings): shown literally
     for warning in warnings:
-        st.warning(warning)
+        st.warning(md(warning))
     if rule_set.description:
-        st.caption(rule_set.description)
+        st.caption(md(rule_set.description))
     st.dataframe(
         pd.DataFrame(
             [
@@ -154,7 +157,7 @@ def _feature_editor(ctx: PageContext) -> list[Filter]:
     action = c4.radio("Then", ["drop", "keep"], horizontal=True, key="rules_feat_action")
     freq = table.set_index("feature_id")["freq"].get(fid)
     st.caption(
-        f"feature {fid}: {labels.get(fid) or 'never in a stored top-k'}"
+        f"feature {fid}: {md(labels.get(fid) or 'never in a stored top-k')}"
         + (f" · in the top-k of {float(freq):.1%} of examples" if freq is not None else "")
     )
     if st.button("Add feature rule", key="rules_feat_add"):
@@ -163,7 +166,7 @@ def _feature_editor(ctx: PageContext) -> list[Filter]:
     for i, f in enumerate(rules):
         n = int(f.column.split(":")[1])
         r1, r2 = st.columns([6, 1])
-        r1.markdown(f"`{f.describe()}` — {labels.get(n, '')}")
+        r1.markdown(f"{code(f.describe())} — {md(labels.get(n, ''))}")
         if r2.button("Remove", key=f"rules_feat_del_{i}"):
             _set_feature_rules(ctx.dataset, rules[:i] + rules[i + 1 :])
             st.rerun()
@@ -204,9 +207,12 @@ def _save(
     if b1.button("Save rule set", key="rules_save", disabled=not rules):
         try:
             path = save_rule_set(rule_set_path(rules_dir, name), rule_set)
-            st.success(f"Saved {len(rules)} rules to {path}: reapply with `--rules {path}`")
+            st.success(
+                f"Saved {len(rules)} rules to {md(path)}: reapply with "
+                f"{code(f'--rules {quote(str(path))}')}"
+            )
         except (StudioError, OSError) as exc:
-            st.error(str(exc))
+            error(exc)
     b2.download_button(
         "Download rule set",
         rule_set_bytes(rule_set),
@@ -235,8 +241,8 @@ def _draw(report: RemovalReport, sources: list[str], views: Views, ctx: PageCont
         c1.dataframe(per_cluster, hide_index=True, width="stretch")
     if report.bands is not None:
         c2.markdown(
-            f"**Remaining per difficulty band** (`{report.difficulty}`, higher = "
-            f"{report.bands.higher_is}; easy first)"
+            f"**Remaining per difficulty band** ('{md(report.difficulty)}', higher = "
+            f"{md(report.bands.higher_is)}; easy first)"
         )
         c2.dataframe(report.per_band, hide_index=True, width="stretch")
     else:

@@ -8,13 +8,25 @@ a subset of HTML (``<a href>``, ``<b>``, ``<br>``) in hover text, legend entries
 - :func:`md` for markdown and widget labels: every ASCII punctuation character is
   backslash-escaped (CommonMark lets any of them be escaped and shows it literally), which also
   breaks autolinks (``http\\://``), ``:shortcodes:``, ``$math$`` and code spans; newlines become
-  spaces so a name cannot start a heading or a list.
-- :func:`html_text` for Plotly text and ``unsafe_allow_html`` snippets: ``html.escape``.
+  spaces so a name cannot start a heading or a list. Never put its result inside a code span
+  (backslashes show there).
+- :func:`code` for a user value (or a command holding one) shown as inline code: a code span
+  whose backtick fence is longer than any run of backticks in the text, so the text cannot
+  close it; inside, markdown, HTML, math and shortcodes are not parsed. Values in a command
+  are shell-quoted first (:func:`shlex.quote`) so the command can be pasted as it is.
+- :func:`html_text` for Plotly text and ``unsafe_allow_html`` / ``st.html`` snippets:
+  ``<``, ``>`` and ``&`` as entities and quotes as numeric ones (``&#34;``, ``&#39;``), since
+  Plotly decodes numeric entities but shows ``&quot;`` as it is written.
+
+Where Streamlit shows plain text (dataframe cells, st.text, st.code, the options of a selectbox),
+nothing is escaped: an escape would show there.
 
     >>> md("[x](http://e.com)")
     '\\\\[x\\\\]\\\\(http\\\\:\\\\/\\\\/e\\\\.com\\\\)'
     >>> html_text('<a href="x">id</a>')
-    '&lt;a href=&quot;x&quot;&gt;id&lt;/a&gt;'
+    '&lt;a href=&#34;x&#34;&gt;id&lt;/a&gt;'
+    >>> code("a`b")
+    '``a`b``'
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import string
 
 _PUNCT = re.compile("([" + re.escape(string.punctuation) + "])")
 _SPACE = re.compile(r"\s+")
+_TICKS = re.compile(r"`+")
 
 
 def md(text: object) -> str:
@@ -33,5 +46,18 @@ def md(text: object) -> str:
 
 
 def html_text(text: object) -> str:
-    """``text`` shown literally inside HTML (Plotly hover text, legends, our snippets)."""
-    return html.escape(str(text), quote=True)
+    """``text`` shown literally inside HTML (Plotly hover text, legends, titles, our snippets)."""
+    return html.escape(str(text), quote=False).replace('"', "&#34;").replace("'", "&#39;")
+
+
+def code(text: object) -> str:
+    """``text`` as one inline code span (one line), shown literally whatever it holds."""
+    body = _SPACE.sub(" ", str(text))
+    if not body:
+        return ""
+    fence = "`" * (max((len(t) for t in _TICKS.findall(body)), default=0) + 1)
+    # CommonMark strips one space from each side when both are there (and the body is not all
+    # spaces): pad a body that starts or ends with a backtick (it would merge with the fence) or
+    # that already has a space on each side (one would be stripped)
+    pad = body[0] == "`" or body[-1] == "`" or (body[0] == body[-1] == " " and body.strip() != "")
+    return f"{fence} {body} {fence}" if pad else f"{fence}{body}{fence}"
