@@ -36,6 +36,8 @@ from core.store import SCHEMA_VERSION, Store
 
 Level = Literal["ok", "note", "problem"]
 HF_DATA = "data-00000-of-00001.arrow"
+# steps with a --no-resume flag (train-sae takes up its unfinished run when rerun)
+RESUMABLE = ("featurize", "reward")
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,8 @@ def _store_findings(store: Store, health: dict) -> list[Finding]:
                 "note",
                 f"run {r.run_id} ({r.step} on '{r.dataset}', started {r.started_at}) is not "
                 "finished: interrupted, or running now in another process",
-                "rerun the same command to resume it (or --no-resume to start over)",
+                "rerun the same command to resume it"
+                + (" (or --no-resume to start over)" if r.step in RESUMABLE else ""),
             )
         )
     if runs.empty:
