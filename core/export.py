@@ -1,6 +1,31 @@
 """Export options: the formats, the orders (SAERL's curriculum, global easy-to-hard, random, as
-ingested), filter expressions, and atomic writes of the manifest. The rows themselves are planned
-in core.steps.export_plan, streamed out of the store and written by core.formats.
+ingested), filter expressions, and where and how an export may write. The rows themselves are
+planned in core.steps.export_plan, streamed out of the store and written by core.formats.
+
+Where an export writes (:func:`check_target`, called by the export step before anything is
+written, so the CLI and the app's Export page both get it):
+
+- never onto the store: the database file, its write-ahead log (``X.duckdb.wal``), or a folder
+  the database lies in (compared as real paths: symlinks, ``./``, relative or absolute);
+- a jsonl or parquet export is one file: an existing file of that name is replaced (the user
+  named it), an existing folder never is;
+- an hf export replaces a folder only when it is empty or holds a previous hf export of ours:
+  exactly the files one writes (``data-00000-of-00001.arrow``, ``dataset_info.json``,
+  ``state.json``, plus the ``cache-*.arrow`` files ``datasets`` adds when a trainer maps it) and a
+  ``state.json`` whose fingerprint is the sha256 of that data file, which is what our writer
+  puts there (``datasets`` itself draws a random one). No extra marker file: the folder stays
+  exactly what ``save_to_disk`` writes;
+- a place that cannot be written (under a file, no permission, a read-only file system) is one
+  line naming the path and the reason.
+
+Temp files (:func:`make_temp`) are named ``.{out name}.{writer's pid}.{8 random}.tmp`` (a folder
+set aside while an hf folder is replaced: ``...old``) beside the output, with the normal modes
+(0666 / 0777 less the umask, not mkstemp's 0600 / 0700). An export that is killed leaves them
+behind; the next export into the same folder removes those whose writer is no longer running
+(or that nothing touched for a day: a pid reused), never a live export's
+(:func:`leftover_temp_files`, :func:`sweep_temp_files`). The manifest is renamed into place
+before the data (core.formats.ExportWriter), and carries the data's sha256, so a kill between
+the two leaves a manifest that visibly does not match its data.
 
 Filters come from the CLI as small expressions, parsed here into typed :class:`Filter` objects;
 the store turns them into parameterised SQL (no user text is ever pasted into SQL).
@@ -14,13 +39,17 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import re
+import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
 import numpy as np
@@ -28,6 +57,8 @@ import numpy as np
 from core.errors import StudioError
 from core.store import Filter
 
+# Where the app's Export page writes (it writes only through path_under(folder, name)).
+DEFAULT_EXPORT_DIR = "data/exports"
 Order = Literal["curriculum", "easy-to-hard", "random", "none"]
 ORDERS = ("curriculum", "easy-to-hard", "random", "none")
 # --format: the layout of each row and the container written by default. jsonl, parquet and hf
@@ -109,9 +140,24 @@ def parse_where(expr: str) -> Filter:
             "or 'COLUMN in A,B,...'"
         )
     col, op, raw = m.group(1), " ".join(m.group(2).split()), m.group(3)
+    parts = [v for v in raw.split(",") if v.strip()] if op in ("in", "not in") else [raw]
+    values = [_value(v) for v in parts]
+    for text, v in zip(parts, values, strict=True):
+        check_finite(v, expr=expr, text=text)
     if op in ("in", "not in"):
-        return Filter(col, op, [_value(v) for v in raw.split(",") if v.strip()])  # type: ignore[arg-type]
-    return Filter(col, "=" if op == "==" else op, _value(raw))  # type: ignore[arg-type]
+        return Filter(col, op, values)  # type: ignore[arg-type]
+    return Filter(col, "=" if op == "==" else op, values[0])  # type: ignore[arg-type]
+
+
+def check_finite(value: float | str, *, expr: str, text: str) -> None:
+    """Refuse nan/inf as a filter value: every comparison with nan is false, so the filter would
+    silently keep or drop everything. Quoted text ('nan') stays text, for a tag of that name."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raw = text.strip()
+        raise StudioError(
+            f"--where {expr!r}: {raw!r} is not a finite number (compare with a number, or quote "
+            f"it, '{raw}', to match text)"
+        )
 
 
 @dataclass(frozen=True)
@@ -221,17 +267,132 @@ def order_index(
     return by_cluster[np.lexsort((sorted_cluster, progress))]
 
 
-def _atomic_path(out: Path) -> tuple[int, Path]:
+# --- files: where an export may write, temp names, modes ----------------------------------------
+STALE_TEMP_S = 24 * 3600  # a temp whose pid looks alive but that nothing touched for a day
+_TEMP_NAME = re.compile(r"^\.(?P<out>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}\.(?:tmp|old)$")
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (/proc/self/status);
+    elsewhere set and restored at once (racy only against another thread creating a file in
+    that instant, acceptable at write time)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """What ``open()`` would give a new file: 0666 less the umask."""
+    return 0o666 & ~umask()
+
+
+def folder_mode() -> int:
+    """What ``mkdir`` would give a new folder: 0777 less the umask."""
+    return 0o777 & ~umask()
+
+
+def temp_prefix(out: Path) -> str:
+    """``.{name}.{pid}.``: a temp of ours names its output and its writer, so a later export can
+    tell a killed writer's leftovers from a live one's."""
+    return f".{out.name}.{os.getpid()}."
+
+
+def make_temp(out: Path, *, folder: bool = False) -> Path:
+    """An empty temp file (or folder) beside ``out``, named by :func:`temp_prefix`, with the
+    mode a plain ``open``/``mkdir`` would give it. Creates ``out``'s parent folders."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    return fd, Path(tmp)
+    if folder:
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out), suffix=".tmp", dir=out.parent))
+        os.chmod(tmp, folder_mode())
+        return tmp
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(out), suffix=".tmp", dir=out.parent)
+    try:
+        os.fchmod(fd, file_mode())
+    finally:
+        os.close(fd)
+    return Path(name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    except (OverflowError, ValueError, OSError):
+        return False
+    with contextlib.suppress(OSError, IndexError):  # a zombie has finished writing for good
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def _last_touched(path: Path) -> float:
+    """The newest mtime of ``path`` and, for a folder, of what it holds (a live hf export
+    writes into a file inside its temp folder)."""
+    times = [path.lstat().st_mtime]
+    if path.is_dir() and not path.is_symlink():
+        with contextlib.suppress(OSError):
+            times += [p.lstat().st_mtime for p in path.iterdir()]
+    return max(times)
+
+
+def leftover_temp_files(folder: Path, *, stale_after_s: float = STALE_TEMP_S) -> list[Path]:
+    """Temp files and folders that killed exports (or rule-set saves) left in ``folder``: names
+    of ours (``.{name}.{pid}.{8 chars}.tmp`` or ``.old``) whose writer is no longer running, or
+    that nothing touched for ``stale_after_s`` seconds (the pid since reused). A live writer's
+    temp is never listed, nor this process's own. Sorted; empty when ``folder`` is missing.
+
+        >>> leftover_temp_files(Path("/nonexistent"))
+        []
+    """
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return []
+    now, mine = time.time(), os.getpid()
+    found = []
+    for path in entries:
+        m = _TEMP_NAME.match(path.name)
+        if m is None or int(m["pid"]) == mine:
+            continue
+        try:
+            stale = now - _last_touched(path) > stale_after_s
+        except OSError:
+            continue  # gone meanwhile
+        if stale or not _alive(int(m["pid"])):
+            found.append(path)
+    return sorted(found)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, a symlink (never what it points to) or a folder tree; missing is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def sweep_temp_files(folder: Path) -> list[Path]:
+    """Remove :func:`leftover_temp_files` of ``folder``; returns what was removed."""
+    found = leftover_temp_files(folder)
+    for path in found:
+        remove_path(path)
+    return found
 
 
 def write_atomic_bytes(out: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``out``."""
-    fd, tmp = _atomic_path(out)
+    """Write to a temp file in the same folder, fsync, then rename over ``out`` (a plain file's
+    mode: 0666 less the umask)."""
+    tmp = make_temp(out)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -239,6 +400,117 @@ def write_atomic_bytes(out: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _real(path: Path | str) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a == b:
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def store_files(store_path: Path) -> list[tuple[Path, str]]:
+    """The store's files an export must never replace, as real paths with what each is: the
+    database and its write-ahead log (DuckDB puts it at the path it was given + ``.wal``, so
+    beside a symlink and beside its target both count)."""
+    given, real = Path(store_path), _real(store_path)
+    return [
+        (real, "the database"),
+        (_real(f"{given}.wal"), "the database's write-ahead log"),
+        (_real(f"{real}.wal"), "the database's write-ahead log"),
+    ]
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_target(out: Path, *, cfg: ExportConfig, store_path: Path | None = None) -> None:
+    """Refuse, before anything is written, an output that would destroy data or cannot be
+    written: the store's files (or a folder holding them), an existing folder for a one-file
+    export, a folder an hf export did not write, a place under a file or without write
+    permission. Each refusal is one line naming ``--out``; see the module doc. The store comes
+    first, so that a complaint about the suffix (:func:`resolve_container`) never hides it."""
+    out = Path(out)
+    if out.name in ("", ".", ".."):
+        raise StudioError(f"--out {out}: name the file or folder to write, not {str(out)!r}")
+    real = _real(out)
+    targets = [(real, "it"), (_real(manifest_path(out)), "its manifest")]
+    for kept, what in store_files(store_path) if store_path is not None else []:
+        for target, whose in targets:
+            if _same(target, kept):
+                raise StudioError(
+                    f"--out {out}: {whose} would replace {what} {store_path}; write the export "
+                    "elsewhere"
+                )
+        if kept.is_relative_to(real):
+            raise StudioError(
+                f"--out {out}: {what} {store_path} lies inside it and an export replaces what "
+                "is there; write the export elsewhere"
+            )
+    container = resolve_container(out, cfg)
+    place = _nearest_existing(real.parent)
+    if not place.is_dir():
+        raise StudioError(f"--out {out}: cannot write there: {place} is a file, not a folder")
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise StudioError(
+            f"--out {out}: cannot write in {place}: no permission, or a read-only file system"
+        )
+    if real.is_dir():
+        if container != "hf":
+            raise StudioError(
+                f"--out {out} is a folder; a {container} export is one file: name a file "
+                "(inside it or elsewhere)"
+            )
+        from core.formats import check_export_folder
+
+        check_export_folder(out)
+
+
+def write_error(out: Path, exc: OSError) -> StudioError:
+    """An OSError while writing an export as one line naming ``--out`` and the reason."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return StudioError(f"--out {out}: cannot write: {exc.strerror or exc}{where}")
+
+
+def path_under(folder: str | Path, name: str) -> Path:
+    """``folder/name`` resolved, for the app's Export page, which writes only under its export
+    folder. ``name`` (spaces around it stripped) may hold subfolders; an empty or absolute name,
+    a ``..`` part, or one that resolves outside ``folder`` (through a symlink) is a one-line
+    StudioError.
+
+        >>> path_under("data/exports", "train.jsonl") == Path("data/exports/train.jsonl").resolve()
+        True
+    """
+    text = name.strip() if isinstance(name, str) else ""
+    if not text:
+        raise StudioError("export name is empty: give a file name such as train.jsonl")
+    if "\x00" in text:
+        raise StudioError(f"export name {name!r}: holds a NUL character")
+    pure = PurePath(text)
+    if pure.is_absolute():
+        raise StudioError(
+            f"export name {name!r}: give a name inside {folder}, not an absolute path"
+        )
+    if ".." in pure.parts:
+        raise StudioError(f"export name {name!r}: '..' is not allowed; give a name inside {folder}")
+    root = Path(folder).resolve()
+    target = (root / pure).resolve()
+    if target == root:
+        raise StudioError(
+            f"export name {name!r} names the folder {folder} itself; give a file name"
+        )
+    if not target.is_relative_to(root):
+        raise StudioError(f"export name {name!r} resolves to {target}, outside {folder}")
+    return target
 
 
 def manifest_path(out: Path) -> Path:

@@ -35,8 +35,7 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -50,9 +49,14 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from core.errors import StudioError
+from core.export import make_temp, remove_path, sweep_temp_files, write_error
 
 LAYOUTS = ("rows", "verl", "trl-prompt", "trl-preference", "trl-messages")
 CONTAINERS = ("jsonl", "parquet", "hf")
+# an hf folder as save_to_disk writes one shard, and what datasets adds when a trainer maps it
+HF_DATA = "data-00000-of-00001.arrow"
+HF_FILES = (HF_DATA, "dataset_info.json", "state.json")
+HF_CACHE_GLOB = "cache-*.arrow"
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
 ROW_GROUP = 65_536  # rows per Parquet row group / Arrow record batch, whatever the chunking
@@ -415,34 +419,44 @@ class Written:
 class ExportWriter:
     """Write chunks of one schema to ``out`` as jsonl, parquet or an hf folder.
 
-    Everything goes to a temporary file or folder beside ``out`` and replaces it only when the
-    context exits without an error (then ``result`` holds the rows, the data file's sha256 and
-    its path); a failure leaves an existing ``out`` as it was. Row groups (Parquet) and record
-    batches (hf) hold ``ROW_GROUP`` rows however the input was chunked, each written from one
-    contiguous table, so the same rows give the same bytes.
+    Everything goes to a temporary file or folder beside ``out`` (named by
+    :func:`core.export.temp_prefix`; leftovers of killed exports there are swept first) and
+    replaces it only when the context exits without an error (then ``result`` holds the rows,
+    the data file's sha256 and its path); a failure leaves an existing ``out`` as it was.
+    ``before_replace`` runs once the data is complete and before it is renamed into place (the
+    export step writes the manifest there, so the data is always the last thing renamed). An
+    existing folder is replaced only if it is an hf export of ours (:func:`not_an_export`).
+    Row groups (Parquet) and record batches (hf) hold ``ROW_GROUP`` rows however the input was
+    chunked, each written from one contiguous table, so the same rows give the same bytes.
     """
 
-    def __init__(self, out: str | Path, container: str, schema: pa.Schema) -> None:
+    def __init__(
+        self,
+        out: str | Path,
+        container: str,
+        schema: pa.Schema,
+        *,
+        before_replace: Callable[[Written], None] | None = None,
+    ) -> None:
         if container not in CONTAINERS:
             raise StudioError(f"unknown container {container!r}: use {', '.join(CONTAINERS)}")
         self.out = Path(out)
         self.container = container
         self.schema = schema.remove_metadata()
+        self.before_replace = before_replace
         self.rows = 0
         self.result: Written | None = None
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
 
     def __enter__(self) -> ExportWriter:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        prefix = f".{self.out.name}."
-        if self.container == "hf":
-            self._tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=self.out.parent))
-            self._data = self._tmp / "data-00000-of-00001.arrow"
-        else:
-            fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=self.out.parent)
-            os.close(fd)
-            self._tmp = self._data = Path(name)
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            sweep_temp_files(self.out.parent)
+            self._tmp = make_temp(self.out, folder=self.container == "hf")
+        except OSError as exc:
+            raise write_error(self.out, exc) from None
+        self._data = self._tmp / HF_DATA if self.container == "hf" else self._tmp
         self._writer: Any = None
         try:
             self._fh = open(self._data, "wb")  # closed in __exit__
@@ -451,7 +465,7 @@ class ExportWriter:
             elif self.container == "hf":
                 self._writer = ipc.new_stream(self._fh, self._hf_schema())
         except BaseException:
-            _remove(self._tmp)
+            remove_path(self._tmp)
             raise
         return self
 
@@ -519,12 +533,19 @@ class ExportWriter:
                     digest.update(block)
             if self.container == "hf":
                 self._hf_metadata(digest.hexdigest())
-            _replace(self._tmp, self.out)
+            written = Written(rows=self.rows, sha256=digest.hexdigest(), path=self.out)
+            _check_replaceable(self.out, self.container)
+            if self.before_replace is not None:
+                self.before_replace(written)
+            try:
+                _replace(self._tmp, self.out)
+            except OSError as exc:
+                raise write_error(self.out, exc) from None
             _fsync_dir(self.out.parent)
-            self.result = Written(rows=self.rows, sha256=digest.hexdigest(), path=self.out)
+            self.result = written
         finally:
             if self.result is None:
-                _remove(self._tmp)
+                remove_path(self._tmp)
 
     def _hf_metadata(self, digest: str) -> None:
         """dataset_info.json and state.json as datasets' save_to_disk writes them (same keys,
@@ -540,7 +561,7 @@ class ExportWriter:
             "license": "",
         }
         state = {
-            "_data_files": [{"filename": self._data.name}],
+            "_data_files": [{"filename": HF_DATA}],
             "_fingerprint": digest[:16],
             "_format_columns": None,
             "_format_kwargs": {},
@@ -624,21 +645,73 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+def _check_replaceable(out: Path, container: str) -> None:
+    """The last guard before the rename: never a folder for a one-file export, and an existing
+    folder only when it is an hf export of ours."""
+    if not out.is_dir():
+        return
+    if container != "hf":
+        raise StudioError(f"{out} is a folder; write the file elsewhere or remove it")
+    check_export_folder(out)
+
+
+def check_export_folder(out: Path) -> None:
+    """A one-line StudioError unless the existing folder ``out`` may be replaced by an hf
+    export (:func:`not_an_export`)."""
+    why = not_an_export(out)
+    if why is not None:
+        raise StudioError(
+            f"--out {out}: an hf export replaces the whole folder, and {why}; pick another "
+            "path or empty that folder"
+        )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def not_an_export(folder: Path) -> str | None:
+    """Why an existing ``folder`` is not an hf export this tool wrote (None when it is one, or
+    empty): it must hold only ``HF_FILES`` (plus ``cache-*.arrow`` files, which datasets adds
+    when a trainer maps the set) and a ``state.json`` whose fingerprint is the data file's
+    sha256, as :class:`ExportWriter` writes it (datasets' own save_to_disk draws a random one)."""
+    names = sorted(p.name for p in folder.iterdir())
+    if not names:
+        return None
+    foreign = [
+        n
+        for n in names
+        if n not in HF_FILES and not (Path(n).match(HF_CACHE_GLOB) and (folder / n).is_file())
+    ]
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        return f"it holds {', '.join(repr(n) for n in foreign[:3])}{more} that no export wrote"
+    missing = [n for n in HF_FILES if not (folder / n).is_file()]
+    if missing:
+        return f"it lacks {missing[0]}, so it is not an export's folder"
+    try:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        fingerprint = state.get("_fingerprint") if isinstance(state, dict) else None
+        matches = fingerprint == _sha256(folder / HF_DATA)[:16]
+    except (OSError, ValueError):
+        matches = False
+    if not matches:
+        return "its state.json does not name its data as an export's does (another writer's)"
+    return None
 
 
 def _replace(tmp: Path, out: Path) -> None:
-    """Move ``tmp`` onto ``out``; an existing folder is moved aside first and removed after."""
-    if tmp.is_dir() and out.exists():
-        aside = out.with_name(f".{out.name}.old")
-        _remove(aside)
+    """Move ``tmp`` onto ``out``; an existing folder (or file, for an hf folder) is first moved
+    aside under the temp's name (``...old``, swept if a kill leaves it) and removed after."""
+    if tmp.is_dir() and os.path.lexists(out):
+        aside = tmp.with_name(tmp.name.removesuffix(".tmp") + ".old")
         os.replace(out, aside)
         os.replace(tmp, out)
-        _remove(aside)
+        remove_path(aside)
     else:
         if out.is_dir():
             raise StudioError(f"{out} is a folder; write the file elsewhere or remove it")

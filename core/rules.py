@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import StudioError
-from core.export import parse_where, write_atomic_bytes
+from core.export import check_finite, parse_where, write_atomic_bytes
 from core.store import Action, Filter, Store, Views, feature_index
 
 RULE_SET_VERSION = 1
@@ -64,6 +64,7 @@ def parse_rule_where(expr: str) -> Filter:
         raise StudioError(
             f"--where {expr!r}: a feature threshold must be a number, got {raw!r}"
         ) from None
+    check_finite(value, expr=expr, text=raw)
     return Filter(column, "=" if op == "==" else op, value)  # type: ignore[arg-type]
 
 
@@ -285,7 +286,8 @@ def rule_set_bytes(rule_set: RuleSet) -> bytes:
 
 
 def save_rule_set(path: str | Path, rule_set: RuleSet) -> Path:
-    """Write a rule set atomically (temp file + rename). Returns the path."""
+    """Write a rule set atomically (temp file + rename), with a plain file's mode (0666 less
+    the umask). Returns the path."""
     path = Path(path)
     write_atomic_bytes(path, rule_set_bytes(rule_set))
     return path

@@ -964,22 +964,27 @@ def export(
     ``record`` also logs the export in the store (the app, which opens the store read-only,
     passes False). ``rule_set`` (name, path, filters: the rule set's own filters, which come
     first in ``filters``) is recorded in the manifest when the filters came from one.
-    ``memory_mb`` caps DuckDB's memory (its sorts spill to disk beyond it)."""
+    ``memory_mb`` caps DuckDB's memory (its sorts spill to disk beyond it).
+
+    Before anything is written, ``out`` is checked (:func:`core.export.check_target`): never
+    the store's files or a folder holding them, never a folder we did not write, never a place
+    that cannot be written. The manifest is renamed into place before the data, so a kill
+    between the two leaves a manifest whose sha256 does not match the data beside it."""
+    from core.export import check_target, write_error
+    from core.formats import Written
+
+    out = Path(out)
+    check_target(out, cfg=cfg, store_path=store.path)
+    layout, container = cfg.layout, resolve_container(out, cfg)
     kind = store.dataset(dataset)["kind"]  # a clear error for an unknown name
     store = store.capped(memory_mb)
     views = store.views(dataset)
-    out = Path(out)
-    layout, container = cfg.layout, resolve_container(out, cfg)
     plan = export_plan(store, dataset=dataset, views=views, filters=filters, ids=ids, cfg=cfg)
     chunks = store.export_chunks(dataset, views=views, plan=plan.table)
     if cfg.batch_size is None:
         chunks = (c.drop_columns(["batch"]) for c in chunks)
     first = next(chunks)
     schema = layout_schema(first.schema, layout, kind=kind)
-    with ExportWriter(out, container, schema) as writer:
-        for chunk in itertools.chain([first], chunks):
-            writer.write(to_layout(chunk, layout, kind=kind, data_source=dataset))
-    written = writer.result
     manifest = export_manifest(
         store,
         dataset=dataset,
@@ -990,21 +995,57 @@ def export(
         views=views,
         rule_set=rule_set,
     )
-    full = {
-        **manifest,
-        "file": out.name,
-        "format": cfg.fmt,
-        "layout": layout,
-        "container": container,
-        "rows": written.rows,
-        "sha256": written.sha256,
-    }
-    write_atomic_bytes(manifest_path(out), manifest_bytes(full))
+    full: dict[str, Any] = {}
+
+    def write_manifest(written: Written) -> None:
+        full.update(
+            manifest,
+            file=out.name,
+            format=cfg.fmt,
+            layout=layout,
+            container=container,
+            rows=written.rows,
+            sha256=written.sha256,
+        )
+        write_atomic_bytes(manifest_path(out), manifest_bytes(full))
+
+    try:
+        with ExportWriter(out, container, schema, before_replace=write_manifest) as writer:
+            for chunk in itertools.chain([first], chunks):
+                writer.write(to_layout(chunk, layout, kind=kind, data_source=dataset))
+    except OSError as exc:
+        raise write_error(out, exc) from None
+    written = writer.result
+    assert written is not None  # the writer raised otherwise
     if record:
         store.record_export(
             dataset=dataset, path=str(out), fmt=cfg.fmt, n_rows=written.rows, manifest=full
         )
     return full
+
+
+def check_ids(store: Store, *, dataset: str, ids: Sequence[str], source: str) -> list[str]:
+    """Check an id list (``--ids FILE``) against the dataset before exporting: no id, or no id
+    the dataset knows, is a one-line error (it would write an empty file without a word); some
+    unknown ids give a warning naming how many and the first few."""
+    listed = list(dict.fromkeys(ids))
+    if not listed:
+        raise StudioError(f"{source} lists no ids (one example id per line)")
+    store.dataset(dataset)  # a clear error for an unknown name
+    wide = store.wide(dataset, views=store.views(dataset), ids=listed, columns=["id"])
+    known = set(wide["id"].to_pylist())
+    unknown = [i for i in listed if i not in known]
+    few = ", ".join(repr(i[:40]) for i in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+    if len(unknown) == len(listed):
+        raise StudioError(
+            f"none of the {len(listed)} ids in {source} are in dataset '{dataset}' ({few})"
+        )
+    if unknown:
+        return [
+            f"{len(unknown)} of the {len(listed)} ids in {source} are not in dataset "
+            f"'{dataset}' and are skipped ({few})"
+        ]
+    return []
 
 
 def export_manifest(
