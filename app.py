@@ -4,7 +4,7 @@ import streamlit as st
 
 from pages.common import init_state
 
-st.set_page_config(page_title="SAERL Studio", layout="wide")
+st.set_page_config(page_title="SAERL Studio", page_icon="🔬", layout="wide")
 init_state()
 nav = st.navigation(
     [

@@ -41,7 +41,8 @@ def _custom(df: pd.DataFrame) -> np.ndarray:
     ids = df["id"].astype(str).tolist()
     prompts = [hover_text(t) for t in df["prompt"].tolist()]
     cluster = df["cluster"].astype("Int64").astype(str).replace("<NA>", "–").tolist()
-    top = [html_text(t) for t in df["top_features"].astype(str).tolist()]
+    # the store joins each point's features with <br> (one a line): escape each, keep the breaks
+    top = ["<br>".join(map(html_text, t.split("<br>"))) for t in df["top_features"].astype(str)]
     return np.column_stack([ids, prompts, cluster, top, [html_text(i) for i in ids]])
 
 

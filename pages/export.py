@@ -1,6 +1,13 @@
 """Export: rules and rule sets, what each removes, order and batches, the format; live counts,
-the exported rows beside the whole dataset, and a preview of the file; write or download."""
+the exported rows beside the whole dataset, and a preview of the file; write or download.
 
+The page writes only inside one export folder (pages.common.export_dir: `--export-dir`,
+$SAERL_EXPORT_DIR or data/exports): its text box takes a file name there, checked by
+core.export.path_under. Any other destination is the browser's: the download buttons. Whoever
+can open the page can then not overwrite the database or any file the app's process may write.
+"""
+
+import re
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -9,11 +16,21 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import StudioError
-from core.export import FORMAT_CONTAINER, FORMAT_LAYOUT, FORMATS, KEEP_ORDER, ORDERS, ExportConfig
+from core.export import (
+    FORMAT_CONTAINER,
+    FORMAT_LAYOUT,
+    FORMATS,
+    KEEP_ORDER,
+    ORDERS,
+    ExportConfig,
+    path_under,
+)
 from core.steps import export
 from core.store import Filter
 from pages.charts import histogram, kept_bars
 from pages.common import (
+    error,
+    export_dir,
     guarded,
     load_clusters,
     load_export_columns,
@@ -26,6 +43,7 @@ from pages.common import (
     store,
 )
 from pages.rules_panel import rule_set_panel
+from ui.text import html_text, md
 
 RULES_DIR = Path("data/rules")
 SUFFIX = {"jsonl": ".jsonl", "parquet": ".parquet", "hf": ""}
@@ -63,7 +81,7 @@ def widget_filters(ctx, ranges: pd.DataFrame, tag_values: pd.DataFrame) -> list[
         for name, part in tag_values.groupby("name", sort=True):
             counts = dict(zip(part["value"], part["n"], strict=True))
             keep_tags = st.multiselect(
-                f"{name} (tag; empty = all)",
+                f"{md(name)} (tag; empty = all)",
                 list(counts),
                 key=f"exp_tag_{name}",
                 format_func=lambda v, c=counts: f"{v} ({c[v]:,})",
@@ -83,7 +101,7 @@ def widget_filters(ctx, ranges: pd.DataFrame, tag_values: pd.DataFrame) -> list[
             if lo == hi:
                 continue
             value = st.slider(
-                f"{row.name} ({row.kind}, {row.n:,} rows)",
+                f"{md(row.name)} ({row.kind}, {row.n:,} rows)",
                 lo,
                 hi,
                 (lo, hi),
@@ -101,7 +119,7 @@ def widget_filters(ctx, ranges: pd.DataFrame, tag_values: pd.DataFrame) -> list[
 
 def export_options(dataset: str, numeric: list[str]) -> tuple[ExportConfig, str]:
     """Order, difficulty column, batches, format and container; returns the config and the
-    default output path."""
+    default file name (inside the export folder)."""
     c1, c2, c3, c4 = st.columns(4)
     order = c1.selectbox("Order", list(ORDERS), key="exp_order", help=ORDER_HELP)
     diff = c2.selectbox(
@@ -160,7 +178,17 @@ def export_options(dataset: str, numeric: list[str]) -> tuple[ExportConfig, str]
         mix=float(mix),
     )
     stem = dataset if FORMAT_LAYOUT[fmt] == "rows" else f"{dataset}.{fmt}"
-    return cfg, f"data/exports/{stem}{SUFFIX[container]}"
+    return cfg, safe_name(stem) + SUFFIX[container]
+
+
+def safe_name(text: str) -> str:
+    """``text`` as a file name: runs of anything but letters, digits, '.', '-', '_' become one
+    '-' (a dataset may be named anything; its default file name must stay in the folder).
+
+        >>> safe_name("../my set")
+        'my-set'
+    """
+    return re.sub(r"[^\w.-]+", "-", text).strip("-.") or "export"
 
 
 def render() -> None:
@@ -184,11 +212,11 @@ def render() -> None:
             ctx, quick, ids=list(sel) if use_sel else None, rules_dir=RULES_DIR
         )
     except StudioError as exc:
-        st.error(str(exc))
+        error(exc)
         return
 
     st.subheader("Order, batches and format")
-    cfg, default_out = export_options(dataset, ranges["name"].astype(str).tolist())
+    cfg, default_name = export_options(dataset, ranges["name"].astype(str).tolist())
     try:
         key_ids = tuple(ids) if ids is not None else None
         # only what the charts read: cluster and the numeric labels and scores
@@ -198,14 +226,14 @@ def render() -> None:
         df = load_export_columns(path, tok, dataset, charted, tuple(filters), key_ids, cfg)
         all_rows = load_export_columns(path, tok, dataset, charted, (), None, None)
     except StudioError as exc:
-        st.error(str(exc))
+        error(exc)
         return
     difficulty = df.attrs.get("difficulty_column")
     m3, m4 = st.columns(2)  # the rows kept and removed are counted by the rules panel above
     if difficulty:
         m3.metric(
             "Difficulty",
-            difficulty,
+            md(difficulty),
             help=f"higher is {df.attrs.get('higher_is')}; orders and bands read this column",
         )
     if "batch" in df.columns and not df.empty:
@@ -239,7 +267,11 @@ def render() -> None:
         hcols = st.columns(3)
         for i, name in enumerate(names[start : start + 3]):
             hcols[i].plotly_chart(
-                histogram(all_rows[name], title=f"{name}: all vs exported", selected=df[name]),
+                histogram(
+                    all_rows[name],
+                    title=html_text(f"{name}: all vs exported"),
+                    selected=df[name],
+                ),
                 width="stretch",
             )
     st.caption(provenance(views))
@@ -248,13 +280,24 @@ def render() -> None:
     try:
         preview = load_layout_preview(path, tok, dataset, tuple(filters), key_ids, cfg)
     except StudioError as exc:
-        st.error(str(exc))
+        error(exc)
         return
     st.caption(f"The first {len(preview)} rows exactly as they will be written.")
     st.dataframe(preview, hide_index=True, width="stretch")
 
     st.subheader("Write")
-    out = st.text_input("Output path", value=default_out, key=f"exp_out_{cfg.fmt}_{cfg.container}")
+    folder = export_dir()
+    typed = st.text_input(
+        "File name",
+        value=default_name,
+        key=f"exp_name_{cfg.fmt}_{cfg.container}",
+        help="a name inside the export folder (subfolders allowed, no '..'); any other place: "
+        "download the file",
+    )
+    st.caption(
+        f"Written inside the export folder {md(Path(folder).resolve())} (the app's "
+        "`--export-dir DIR` or `$SAERL_EXPORT_DIR`); to put the file anywhere else, download it."
+    )
     w1, w2, w3 = st.columns(3)
     rule_info = None if rule_set is None else {"name": rule_set}
     # the button and the downloads write through the same call
@@ -267,16 +310,19 @@ def render() -> None:
         record=False,
         rule_set=rule_info,
     )
-    if w1.button("Write file + manifest", type="primary"):
+    if w1.button("Write file + manifest", type="primary", key="exp_write"):
         try:
+            out = path_under(folder, typed)
             m = write(store(), out=out)
             st.success(
-                f"Wrote {m['rows']:,} rows to {out} and {Path(out).name}.manifest.json "
+                f"Wrote {m['rows']:,} rows to {md(out)} and {md(out.name)}.manifest.json "
                 f"(sha256 {m['sha256'][:12]}…)"
             )
-        except StudioError as exc:
-            st.error(str(exc))
-    name = Path(out).name or dataset
+        except (StudioError, OSError) as exc:
+            error(exc)
+    # the browser saves a download where the user says; the typed name's last part, made safe,
+    # names it (and the temporary file it is built in: never '..' or empty)
+    name = safe_name(Path(typed.strip()).name)
 
     def payload(part: str) -> bytes:
         # into a temporary folder
@@ -286,7 +332,10 @@ def render() -> None:
             return (target if part == "file" else Path(f"{target}.manifest.json")).read_bytes()
 
     if cfg.container == "hf":
-        w2.caption("An hf folder is written to a path; download takes jsonl or parquet.")
+        w2.caption(
+            "An hf folder is only written (into the export folder); downloads take jsonl "
+            "or parquet."
+        )
     else:
         # Deferred: the bytes are built only when a download button is clicked.
         w2.download_button(

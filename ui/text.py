@@ -1,4 +1,4 @@
-"""Every user string that reaches the browser goes through one of these two functions.
+"""Every user string that reaches the browser goes through one of these functions.
 
 Dataset names, label and tag names, ids, prompts, reward-source names and rule-set notes come
 from files we do not control. Streamlit renders markdown (links, images, emoji and colour
@@ -6,9 +6,13 @@ shortcodes, LaTeX) in st.markdown, st.caption, st.info, headings and widget labe
 a subset of HTML (``<a href>``, ``<b>``, ``<br>``) in hover text, legend entries and titles. So:
 
 - :func:`md` for markdown and widget labels: every ASCII punctuation character is
-  backslash-escaped (CommonMark lets any of them be escaped and shows it literally), which also
-  breaks autolinks (``http\\://``), ``:shortcodes:``, ``$math$`` and code spans; newlines become
-  spaces so a name cannot start a heading or a list. Never put its result inside a code span
+  backslash-escaped (CommonMark lets any of them be escaped and shows it literally), which stops
+  links, images, raw HTML, ``$math$``, ``:red[colour]`` directives and code spans; newlines
+  become spaces so a name cannot start a heading or a list. Escapes do not stop what Streamlit's
+  renderer finds in the text after parsing (remark-gfm's bare-URL and e-mail autolinks,
+  remark-emoji's ``:shortcodes:``): there an invisible WORD JOINER (U+2060, :data:`JOINER`) goes
+  after ``http``/``https``/``www`` and ``@``, and after the colon that opens a shortcode, so the
+  text reads the same and matches none of them. Never put its result inside a code span
   (backslashes show there).
 - :func:`code` for a user value (or a command holding one) shown as inline code: a code span
   whose backtick fence is longer than any run of backticks in the text, so the text cannot
@@ -21,8 +25,8 @@ a subset of HTML (``<a href>``, ``<b>``, ``<br>``) in hover text, legend entries
 Where Streamlit shows plain text (dataframe cells, st.text, st.code, the options of a selectbox),
 nothing is escaped: an escape would show there.
 
-    >>> md("[x](http://e.com)")
-    '\\\\[x\\\\]\\\\(http\\\\:\\\\/\\\\/e\\\\.com\\\\)'
+    >>> md("[x](http://e.com)").replace(JOINER, "+")
+    '\\\\[x\\\\]\\\\(http+\\\\:\\\\/\\\\/e\\\\.com\\\\)'
     >>> html_text('<a href="x">id</a>')
     '&lt;a href=&#34;x&#34;&gt;id&lt;/a&gt;'
     >>> code("a`b")
@@ -38,11 +42,14 @@ import string
 _PUNCT = re.compile("([" + re.escape(string.punctuation) + "])")
 _SPACE = re.compile(r"\s+")
 _TICKS = re.compile(r"`+")
+JOINER = "\u2060"  # WORD JOINER: invisible, no break; splits what autolinks and shortcodes match
+_FOUND_IN_TEXT = re.compile(r"(?i)(https?(?=:)|www(?=\.)|@|:(?=[\w+/-]+:))")
 
 
 def md(text: object) -> str:
     """``text`` shown literally inside markdown (one line)."""
-    return _PUNCT.sub(r"\\\1", _SPACE.sub(" ", str(text)))
+    one_line = _SPACE.sub(" ", str(text))
+    return _PUNCT.sub(r"\\\1", _FOUND_IN_TEXT.sub(lambda m: m.group(1) + JOINER, one_line))
 
 
 def html_text(text: object) -> str:
