@@ -6,6 +6,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
+# AppTest's limit for one script run: generous, as a loaded machine is slow, not wrong; the
+# tests assert what the pages show, never how fast
+TIMEOUT_S = 600
 
 pytestmark = pytest.mark.slow
 
@@ -13,7 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def app(pipeline_db, monkeypatch):
     monkeypatch.setenv("SAERL_DB", str(pipeline_db))
-    at = AppTest.from_file(APP, default_timeout=60)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
     at.run()
     return at
 
@@ -63,7 +66,7 @@ def test_export_counts_follow_filters(app):
 
 def test_missing_database_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("SAERL_DB", str(tmp_path / "none.duckdb"))
-    at = AppTest.from_file(APP, default_timeout=30)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
     at.run()
     assert not at.exception
     assert "does not exist" in at.error[0].value
@@ -153,7 +156,7 @@ def test_clusters_page_without_and_with_sweep_and_dedup(app, pipeline_db, tmp_pa
     shutil.copy(pipeline_db, db)
     assert run_cli("cluster", "--dataset", "demo", "--sweep", "2,3,4", "--db", str(db)) == 0
     monkeypatch.setenv("SAERL_DB", str(db))
-    at = AppTest.from_file(APP, default_timeout=60)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
     at.run()
     at.switch_page("pages/clusters.py").run()
     _ok(at)
@@ -207,7 +210,7 @@ REWARDS_PAGE = "pages/rewards.py"
 
 
 def _rewards_page() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
     at.run()
     at.switch_page(REWARDS_PAGE).run()
     return at
