@@ -316,10 +316,10 @@ def _fail_inside(out: Path, container: str) -> bool:
 
 
 def _existing(out: Path, container: str) -> None:
+    """An earlier output at ``out``: for hf, a previous export of ours (the only folder an hf
+    export replaces)."""
     if container == "hf":
-        out.mkdir()
-        (out / "data-00000-of-00001.arrow").write_bytes(b"old data")
-        (out / "keep.txt").write_text("old")
+        _export(out, "prompts", "rows", container, sizes=(2,))
     else:
         out.write_bytes(b"old bytes\n")
 
@@ -359,6 +359,31 @@ def test_an_existing_output_is_replaced(tmp_path, container):
     ds = load_written(out, container, tmp_path.parent / f"{tmp_path.name}-cache")
     assert ds.to_list() == _expected("prompts", "trl-prompt")
     assert written.sha256 == hashlib.sha256(_data_file(out, container).read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"keep.txt": b"old"},  # someone's folder
+        {"data-00000-of-00001.arrow": b"old data", "keep.txt": b"old"},
+        # datasets' own save_to_disk: a random fingerprint, not the sha256 of its data
+        {
+            "data-00000-of-00001.arrow": b"old data",
+            "dataset_info.json": b"{}",
+            "state.json": b'{"_fingerprint": "0123456789abcdef"}',
+        },
+    ],
+)
+def test_an_hf_export_never_replaces_a_folder_it_did_not_write(tmp_path, files):
+    out = tmp_path / "train"
+    out.mkdir()
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    before = _snapshot(tmp_path)
+    with pytest.raises(StudioError, match="an hf export replaces the whole folder") as err:
+        _export(out, "prompts", "rows", "hf")
+    assert "\n" not in str(err.value)
+    assert _snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize("container", ["jsonl", "parquet"])

@@ -36,6 +36,7 @@ from core.rules import (
 )
 from core.store import Filter, Store
 from tests.conftest import run_cli
+from tests.test_app_safety import seen
 
 SAE = {"model": "m", "layer": 3, "hook": "blocks.3.hook_resid_post", "sae": "s", "d_sae": 64}
 
@@ -519,5 +520,5 @@ def test_rule_set_panel_loads_adds_feature_rules_saves_and_explains(pipeline_db,
     # a file that cannot apply: one line, the page goes on without it
     at.selectbox(key="rules_file").select("broken.json").run()
     assert not at.exception
-    assert len(at.error) == 1 and "broken.json: rule 1: where" in at.error[0].value
+    assert len(at.error) == 1 and "broken.json: rule 1: where" in seen(at.error[0].value)
     assert _metric(at, "Kept by the rules") == at.session_state["t_count"]
