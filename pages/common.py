@@ -18,12 +18,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.defaults import DEFAULT_EXPORT_DIR
+from core.defaults import DEFAULT_EXPORT_DIR, DEMO_DB
 from core.errors import StudioError
 from core.store import Store, Views
 from ui.text import md
-
-DEMO_DB = "data/demo.duckdb"
 
 
 def _leave_pages_directory_mode() -> None:

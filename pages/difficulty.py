@@ -73,7 +73,9 @@ def render() -> None:
         dict(zip(summary["cluster"], summary["label"], strict=True)) if not summary.empty else {}
     )
     run = pick_probe_run(
-        ctx, "difficulty", command=f"python -m core difficulty --dataset {dataset} --label LABEL"
+        ctx,
+        "difficulty",
+        command=f"python -m core difficulty --dataset {shlex.quote(dataset)} --label LABEL",
     )
     if run is not None:
         cfg = run["config"]

@@ -212,7 +212,9 @@ def render() -> None:
         return
     dataset, path, tok = ctx.dataset, ctx.path, ctx.tok
     run = pick_probe_run(
-        ctx, "quality", command=f"python -m core quality --dataset {dataset} --label LABEL"
+        ctx,
+        "quality",
+        command=f"python -m core quality --dataset {shlex.quote(dataset)} --label LABEL",
     )
     frame = None
     if run is not None:
