@@ -222,6 +222,21 @@ REWARD_SCHEMA = pa.schema(
 )
 REWARD_STEP = "reward"
 
+# Tables whose rows belong to a run, and tables whose rows belong to a dataset (by name)
+RUN_TABLES = (
+    "features",
+    "feature_stats",
+    "feature_top_tokens",
+    "feature_descriptions",
+    "clusters",
+    "cluster_assignments",
+    "projections",
+    "duplicate_groups",
+    "probe_scores",
+    "reward_scores",
+)
+DATASET_TABLES = ("examples", "labels", "responses", "runs", "exports", "rollouts")
+
 # Columns of the wide example view that are not labels; filters may use these too.
 BASE_COLUMNS = ("id", "idx", "prompt", "answer", "text", "cluster", "x", "y")
 NUMERIC_BASE = ("idx", "cluster", "x", "y")
@@ -634,22 +649,12 @@ class Store:
         record an SAE folder on disk that feature runs of any dataset may read, so they stay
         as its provenance."""
         runs = "SELECT run_id FROM runs WHERE dataset = ? AND step <> 'train-sae'"
-        for table in (
-            "features",
-            "feature_stats",
-            "feature_top_tokens",
-            "feature_descriptions",
-            "clusters",
-            "cluster_assignments",
-            "projections",
-            "duplicate_groups",
-            "probe_scores",
-            "reward_scores",
-        ):
+        for table in RUN_TABLES:
             con.execute(f"DELETE FROM {table} WHERE run_id IN ({runs})", [name])
         con.execute(f"DELETE FROM runs WHERE run_id IN ({runs})", [name])
-        for table in ("labels", "responses", "examples", "exports", "rollouts"):
-            con.execute(f"DELETE FROM {table} WHERE dataset = ?", [name])
+        for table in DATASET_TABLES:
+            if table != "runs":
+                con.execute(f"DELETE FROM {table} WHERE dataset = ?", [name])
         con.execute("DELETE FROM datasets WHERE name = ?", [name])
 
     def dataset(self, name: str) -> dict[str, Any]:
@@ -2049,20 +2054,6 @@ class Store:
             ).df()
 
     # --- health (python -m core doctor) -------------------------------------------------
-    RUN_TABLES = (
-        "features",
-        "feature_stats",
-        "feature_top_tokens",
-        "feature_descriptions",
-        "clusters",
-        "cluster_assignments",
-        "projections",
-        "duplicate_groups",
-        "probe_scores",
-        "reward_scores",
-    )
-    DATASET_TABLES = ("examples", "labels", "responses", "runs", "exports", "rollouts")
-
     def health(self) -> dict[str, Any]:
         """What ``doctor`` checks inside the file, read-only: the schema version, rows whose
         run or dataset is gone (orphans, per table), runs not finished (still running or
@@ -2073,14 +2064,14 @@ class Store:
             out: dict[str, Any] = {"schema_version": version, "orphans": {}}
             if version == 0:
                 return out
-            for table in self.RUN_TABLES:
+            for table in RUN_TABLES:
                 n = con.execute(
                     f"SELECT count(*) FROM {table} t WHERE NOT EXISTS "
                     "(SELECT 1 FROM runs r WHERE r.run_id = t.run_id)"
                 ).fetchall()[0][0]
                 if n:
                     out["orphans"][table] = int(n)
-            for table in self.DATASET_TABLES:
+            for table in DATASET_TABLES:
                 n = con.execute(
                     f"SELECT count(*) FROM {table} t WHERE NOT EXISTS "
                     "(SELECT 1 FROM datasets d WHERE d.name = t.dataset)"
