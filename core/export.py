@@ -54,11 +54,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+# re-exported (written once, in core.defaults): the Export page writes only under it, through
+# path_under(DEFAULT_EXPORT_DIR or its --export-dir, name)
+from core.defaults import DEFAULT_EXPORT_DIR as DEFAULT_EXPORT_DIR
 from core.errors import StudioError
 from core.store import Filter
 
-# Where the app's Export page writes (it writes only through path_under(folder, name)).
-DEFAULT_EXPORT_DIR = "data/exports"
 Order = Literal["curriculum", "easy-to-hard", "random", "none"]
 ORDERS = ("curriculum", "easy-to-hard", "random", "none")
 # --format: the layout of each row and the container written by default. jsonl, parquet and hf
@@ -440,10 +441,9 @@ def check_target(out: Path, *, cfg: ExportConfig, store_path: Path | None = None
     permission. Each refusal is one line naming ``--out``; see the module doc. The store comes
     first, so that a complaint about the suffix (:func:`resolve_container`) never hides it."""
     out = Path(out)
-    if out.name in ("", ".", ".."):
-        raise StudioError(f"--out {out}: name the file or folder to write, not {str(out)!r}")
     real = _real(out)
-    targets = [(real, "it"), (_real(manifest_path(out)), "its manifest")]
+    named = out.name not in ("", ".", "..")
+    targets = [(real, "it")] + ([(_real(manifest_path(out)), "its manifest")] if named else [])
     for kept, what in store_files(store_path) if store_path is not None else []:
         for target, whose in targets:
             if _same(target, kept):
@@ -456,6 +456,8 @@ def check_target(out: Path, *, cfg: ExportConfig, store_path: Path | None = None
                 f"--out {out}: {what} {store_path} lies inside it and an export replaces what "
                 "is there; write the export elsewhere"
             )
+    if not named:
+        raise StudioError(f"--out {out}: name the file or folder to write, not {str(out)!r}")
     container = resolve_container(out, cfg)
     place = _nearest_existing(real.parent)
     if not place.is_dir():
