@@ -279,3 +279,153 @@ def test_path_under_refuses_a_symlink_out(tmp_path: Path) -> None:
     (tmp_path / "exports" / "out").symlink_to(tmp_path)
     with pytest.raises(StudioError, match="outside"):
         path_under(tmp_path / "exports", "out/x.jsonl")
+
+
+# --- more of 1, 2, 6, 9 and 11 -----------------------------------------------------------------
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` (hidden ones too) with a file's bytes."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes() if p.is_file() else None
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize(
+    ("out", "extra"),
+    [
+        ("data/s.duckdb", ["--to", "jsonl"]),  # relative, the store named absolute
+        ("./data/../data/s.duckdb", ["--format", "verl"]),
+        (".", ["--format", "hf"]),  # the working folder holds the store
+        ("data/s", ["--format", "hf"]),  # its manifest, data/s.manifest.json, is the store
+    ],
+)
+def test_the_store_is_found_however_the_path_is_spelled(
+    db: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    out: str,
+    extra: list[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    if out == "data/s":
+        db = db.rename(db.with_name("s.manifest.json"))
+    before = _tree(tmp_path)
+    assert _export(db, out, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "database" in err and "write the export elsewhere" in err, err
+    assert _tree(tmp_path) == before
+
+
+def test_the_step_refuses_the_store_for_the_app_too(db: Path) -> None:
+    with pytest.raises(StudioError, match="would replace the database"):
+        steps.export(Store(db), dataset="d", out=db, cfg=ExportConfig(container="jsonl"))
+
+
+def test_an_hf_export_replaces_only_its_own_folder_and_writes_the_same_bytes(
+    db: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ours"
+    assert _export(db, out, "--format", "hf") == 0
+    first = _tree(out)
+    (out / "cache-0123abcd.arrow").write_bytes(b"what datasets adds when a trainer maps it")
+    assert _export(db, out, "--format", "hf", "--order", "random") == 0
+    assert _export(db, out, "--format", "hf") == 0
+    assert _tree(out) == first  # the cache is gone and the same export gave the same bytes
+    (tmp_path / "empty").mkdir()
+    assert _export(db, tmp_path / "empty", "--format", "hf") == 0
+    (tmp_path / "afile").write_text("a plain file the user named is replaced, as before")
+    assert _export(db, tmp_path / "afile", "--format", "hf") == 0
+    assert (tmp_path / "afile" / "state.json").is_file()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_one_file_export_onto_a_folder_is_refused_before_writing(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    out = tmp_path / f"train.{fmt}"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    before = _tree(tmp_path)
+    assert _export(db, out, "--format", fmt) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a folder" in err and "\n" not in err
+    assert _tree(tmp_path) == before  # no temp file either
+
+
+def _sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+
+
+def test_leftover_temp_files_lists_only_dead_or_stale_writers(tmp_path: Path) -> None:
+    from core.export import sweep_temp_files
+
+    live = _sleeper()
+    try:
+        dead = _sleeper()
+        dead.kill()
+        dead.wait()  # reaped: its pid is gone
+        names = {
+            "dead_file": f".train.jsonl.{dead.pid}.abcd_123.tmp",
+            "dead_folder": f".train.{dead.pid}.k2j4h5g6.tmp",
+            "dead_aside": f".train.{dead.pid}.k2j4h5g6.old",
+            "stale": f".x.parquet.{live.pid}.zzzzzzzz.tmp",
+            "live": f".train.jsonl.{live.pid}.abcdefgh.tmp",
+            "mine": f".train.jsonl.{os.getpid()}.abcdefgh.tmp",
+            "not_ours": f".train.jsonl.{dead.pid}.tmp",
+            "plain": "train.jsonl",
+        }
+        for key, name in names.items():
+            if key == "dead_folder":
+                (tmp_path / name).mkdir()
+                (tmp_path / name / "data-00000-of-00001.arrow").write_bytes(b"partial")
+            else:
+                (tmp_path / name).write_bytes(b"x")
+        day_ago = time.time() - 2 * 24 * 3600
+        os.utime(tmp_path / names["stale"], (day_ago, day_ago))  # a pid since reused
+        swept = ("dead_file", "dead_folder", "dead_aside", "stale")
+        want = sorted(tmp_path / names[k] for k in swept)
+        assert leftover_temp_files(tmp_path) == want
+        assert sweep_temp_files(tmp_path) == want
+        assert {p.name for p in tmp_path.iterdir()} == {names[k] for k in names if k not in swept}
+        assert leftover_temp_files(tmp_path / "missing") == []
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_an_empty_ids_file_and_a_nan_filter_on_the_command_line_are_one_line(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n\n")
+    out = tmp_path / "x.jsonl"
+    assert _export(db, out, "--ids", str(ids)) == 2
+    assert f"--ids {ids} lists no ids" in capsys.readouterr().err
+    for expr in ("difficulty>nan", "difficulty<1e999", "difficulty not in 1,-inf"):
+        assert _export(db, out, "--where", expr) == 2
+        err = capsys.readouterr().err.strip()
+        assert "is not a finite number" in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_a_private_umask_gives_private_files(db: Path, tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        assert _export(db, tmp_path / "t", "--format", "hf") == 0
+        assert _export(db, tmp_path / "t.jsonl") == 0
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "t") == 0o700 and mode(tmp_path / "t" / "state.json") == 0o600
+    assert mode(tmp_path / "t.jsonl") == 0o600 and mode(manifest_path(tmp_path / "t")) == 0o600
+
+
+def test_path_under_strips_spaces_and_refuses_nul(tmp_path: Path) -> None:
+    from core.export import DEFAULT_EXPORT_DIR
+
+    assert DEFAULT_EXPORT_DIR == "data/exports"
+    assert path_under(tmp_path, " v1/train ") == (tmp_path / "v1" / "train").resolve()
+    for name, said in (("   ", "is empty"), ("a\x00b", "NUL")):
+        with pytest.raises(StudioError, match=said):
+            path_under(tmp_path, name)
