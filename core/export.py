@@ -421,10 +421,11 @@ def store_files(store_path: Path) -> list[tuple[Path, str]]:
     database and its write-ahead log (DuckDB puts it at the path it was given + ``.wal``, so
     beside a symlink and beside its target both count)."""
     given, real = Path(store_path), _real(store_path)
+    wal = f"the database's write-ahead log {given}.wal"
     return [
-        (real, "the database"),
-        (_real(f"{given}.wal"), "the database's write-ahead log"),
-        (_real(f"{real}.wal"), "the database's write-ahead log"),
+        (real, f"the database {given}"),
+        (_real(f"{given}.wal"), wal),
+        (_real(f"{real}.wal"), wal),
     ]
 
 
@@ -448,13 +449,12 @@ def check_target(out: Path, *, cfg: ExportConfig, store_path: Path | None = None
         for target, whose in targets:
             if _same(target, kept):
                 raise StudioError(
-                    f"--out {out}: {whose} would replace {what} {store_path}; write the export "
-                    "elsewhere"
+                    f"--out {out}: {whose} would replace {what}; write the export elsewhere"
                 )
         if kept.is_relative_to(real):
             raise StudioError(
-                f"--out {out}: {what} {store_path} lies inside it and an export replaces what "
-                "is there; write the export elsewhere"
+                f"--out {out}: {what} lies inside it and an export replaces what is there; "
+                "write the export elsewhere"
             )
     if not named:
         raise StudioError(f"--out {out}: name the file or folder to write, not {str(out)!r}")
