@@ -62,9 +62,15 @@ def _read_ids(path: str | None) -> list[str] | None:
     if path is None:
         return None
     try:
-        return [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+        return [
+            ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()
+        ]
     except OSError as exc:
         raise StudioError(f"--ids {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise StudioError(
+            f"--ids {path}: not UTF-8 text (byte {exc.start}): one id per line"
+        ) from None
 
 
 def _print_report(report: Any, *, rule_set: Any, path: str, dataset: str, show: int) -> None:
@@ -1051,7 +1057,12 @@ def run(args: argparse.Namespace) -> int:
         views = store.views(args.dataset)
         for warning in check_on_store(store, args.dataset, rule_set, views=views):
             print(f"warning: {warning}", file=sys.stderr)
-        ids = intersect_ids(rule_set.ids(), _read_ids(args.ids))
+        listed = _read_ids(args.ids)
+        if listed is not None:
+            source = f"--ids {args.ids}"
+            for warning in steps.check_ids(store, dataset=args.dataset, ids=listed, source=source):
+                print(f"warning: {warning}", file=sys.stderr)
+        ids = intersect_ids(rule_set.ids(), listed)
         names = rule_set.hit_names()
         if ids is not None and rule_set.ids() is None:
             names.append("selection")

@@ -20,7 +20,6 @@ finding is one line: what is wrong, then what to do. Checks:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Iterable
@@ -31,11 +30,11 @@ from typing import Literal
 from core.defaults import DEFAULT_EXPORT_DIR, DEFAULT_SAE_DIR
 from core.errors import StudioError
 from core.export import leftover_temp_files, manifest_path
+from core.formats import HF_DATA, file_sha256
 from core.sae import leftover_temp_dirs
 from core.store import SCHEMA_VERSION, Store
 
 Level = Literal["ok", "note", "problem"]
-HF_DATA = "data-00000-of-00001.arrow"
 # steps with a --no-resume flag (train-sae takes up its unfinished run when rerun)
 RESUMABLE = ("featurize", "reward")
 
@@ -49,14 +48,6 @@ class Finding:
     def line(self) -> str:
         tag = {"ok": "ok     ", "note": "note   ", "problem": "PROBLEM"}[self.level]
         return f"{tag} {self.what}" + (f": {self.todo}" if self.todo else "")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def data_file(out: Path) -> Path:
@@ -79,7 +70,7 @@ def check_manifest(manifest: Path) -> Finding | None:
             f"manifest {manifest} describes {out}, which is missing",
             "rerun the export (the manifest's command) or remove the manifest",
         )
-    if _sha256(data) != digest:
+    if file_sha256(data) != digest:
         return Finding(
             "problem",
             f"{out} does not match its manifest's sha256 (an export was interrupted between "

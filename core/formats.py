@@ -527,13 +527,10 @@ class ExportWriter:
             self._fh.close()
             if exc_type is not None:
                 return
-            digest = hashlib.sha256()
-            with open(self._data, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
+            digest = file_sha256(self._data)
             if self.container == "hf":
-                self._hf_metadata(digest.hexdigest())
-            written = Written(rows=self.rows, sha256=digest.hexdigest(), path=self.out)
+                self._hf_metadata(digest)
+            written = Written(rows=self.rows, sha256=digest, path=self.out)
             _check_replaceable(self.out, self.container)
             if self.before_replace is not None:
                 self.before_replace(written)
@@ -666,7 +663,8 @@ def check_export_folder(out: Path) -> None:
         )
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (an export's data, for its manifest)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -696,7 +694,7 @@ def not_an_export(folder: Path) -> str | None:
     try:
         state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
         fingerprint = state.get("_fingerprint") if isinstance(state, dict) else None
-        matches = fingerprint == _sha256(folder / HF_DATA)[:16]
+        matches = fingerprint == file_sha256(folder / HF_DATA)[:16]
     except (OSError, ValueError):
         matches = False
     if not matches:

@@ -429,3 +429,17 @@ def test_path_under_strips_spaces_and_refuses_nul(tmp_path: Path) -> None:
     for name, said in (("   ", "is empty"), ("a\x00b", "NUL")):
         with pytest.raises(StudioError, match=said):
             path_under(tmp_path, name)
+
+
+def test_an_ids_file_that_is_not_text_and_rules_with_unknown_ids_are_one_line(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = tmp_path / "ids.bin"
+    ids.write_bytes(b"e1\n\xff\xfe\n")
+    assert _export(db, tmp_path / "x.jsonl", "--ids", str(ids)) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--ids {ids}: not UTF-8 text" in err and "\n" not in err
+    rules = save_rule_set(tmp_path / "r.json", RuleSet(name="r", rules=()))
+    ids.write_text("nope\n")
+    assert run_cli("rules", str(rules), "--dataset", "d", "--db", str(db), "--ids", str(ids)) == 2
+    assert "none of the 1 ids in --ids" in capsys.readouterr().err
