@@ -323,3 +323,14 @@ def rewards_db(
     for features in ("sae", "dense"):
         assert run_cli("reward-probe", "--dataset", "prefs", "--features", features, *d) == 0
     return db
+
+
+# Tests on the session's pipeline stores (a tiny-model pipeline with UMAP, built once per run) are
+# the end-to-end tier: `pytest -m "not slow"` leaves them out.
+SLOW_FIXTURES = ("pipeline_db", "rewards_db")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(name in getattr(item, "fixturenames", ()) for name in SLOW_FIXTURES):
+            item.add_marker(pytest.mark.slow)

@@ -36,24 +36,25 @@ def studio(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _doctor(db: Path, exports: Path, *extra: str) -> tuple[int, list[str]]:
-    code = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "core",
-            "doctor",
-            "--db",
-            str(db),
-            "--export-dir",
-            str(exports),
-            "--sae-dir",
-            str(exports.parent / "saes"),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-    )
-    return code.returncode, code.stdout.splitlines()
+    """Run doctor in this process (the CLI's main), returning its exit code and lines."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(
+            [
+                "doctor",
+                "--db",
+                str(db),
+                "--export-dir",
+                str(exports),
+                "--sae-dir",
+                str(exports.parent / "saes"),
+                *extra,
+            ]
+        )
+    return code, out.getvalue().splitlines()
 
 
 def test_a_healthy_store_passes(studio: tuple[Path, Path]) -> None:
