@@ -2064,17 +2064,11 @@ class Store:
             out: dict[str, Any] = {"schema_version": version, "orphans": {}}
             if version == 0:
                 return out
-            for table in RUN_TABLES:
+            owners = [(t, "runs r WHERE r.run_id = t.run_id") for t in RUN_TABLES]
+            owners += [(t, "datasets d WHERE d.name = t.dataset") for t in DATASET_TABLES]
+            for table, owner in owners:
                 n = con.execute(
-                    f"SELECT count(*) FROM {table} t WHERE NOT EXISTS "
-                    "(SELECT 1 FROM runs r WHERE r.run_id = t.run_id)"
-                ).fetchall()[0][0]
-                if n:
-                    out["orphans"][table] = int(n)
-            for table in DATASET_TABLES:
-                n = con.execute(
-                    f"SELECT count(*) FROM {table} t WHERE NOT EXISTS "
-                    "(SELECT 1 FROM datasets d WHERE d.name = t.dataset)"
+                    f"SELECT count(*) FROM {table} t WHERE NOT EXISTS (SELECT 1 FROM {owner})"
                 ).fetchall()[0][0]
                 if n:
                     out["orphans"][table] = int(n)
