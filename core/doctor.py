@@ -1,15 +1,19 @@
 """``python -m core doctor --db PATH``: check a store and the files it points at, and say what to do.
 
 Read-only (the store is opened read-only, nothing on disk changes) unless ``--sweep`` is given,
-which removes only the temp files and folders of our own killed exports and SAE trainings. Each
-finding is one line: what is wrong, then what to do. Checks:
+which removes only the temp files and folders of our own killed exports and SAE trainings, or
+``upgrade``, which applies the schema's pending migrations first. Each finding is one line: what
+is wrong, then what to do. Checks:
 
 - the file opens and holds our schema (the same one-line errors as every command), its version;
+  a store of an older schema is one finding (its rows are checked once it is upgraded), and the
+  checks on disk below still run;
 - rows whose run or dataset is gone (orphans), datasets whose recorded size differs from their rows;
 - runs not finished (interrupted, or running now in another process): rerun to resume;
 - SAE folders: a train-sae run whose folder is gone, a feature run whose SAE folder is gone;
 - exports: a recorded export whose file is gone, and every manifest (recorded exports and the
-  export folder) whose sha256 does not match its data file (a kill between the two renames);
+  export folder) that cannot be read, names no file beside it, or whose sha256 does not match
+  its data file (a kill between the two renames);
 - leftover temp files of killed exports and SAE trainings beside the store, in the export folder,
   the SAE folder and the folders of recorded exports and SAEs.
 
@@ -21,11 +25,15 @@ finding is one line: what is wrong, then what to do. Checks:
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import duckdb
 
 from core.defaults import DEFAULT_EXPORT_DIR, DEFAULT_SAE_DIR
 from core.errors import StudioError
@@ -37,6 +45,8 @@ from core.store import SCHEMA_VERSION, Store
 Level = Literal["ok", "note", "problem"]
 # steps with a --no-resume flag (train-sae takes up its unfinished run when rerun)
 RESUMABLE = ("featurize", "reward")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_FIX_MANIFEST = "remove it, or rerun the export it describes"
 
 
 @dataclass(frozen=True)
@@ -50,49 +60,120 @@ class Finding:
         return f"{tag} {self.what}" + (f": {self.todo}" if self.todo else "")
 
 
+def default_export_dir(explicit: str | Path | None = None) -> Path:
+    """The export folder doctor checks: ``explicit`` (``--export-dir``), else
+    ``$SAERL_EXPORT_DIR``, else ``data/exports`` -- the rule the app's Export page writes by
+    (pages/common.py ``export_dir``), so doctor looks where the app wrote."""
+    return Path(explicit or os.environ.get("SAERL_EXPORT_DIR") or DEFAULT_EXPORT_DIR)
+
+
 def data_file(out: Path) -> Path:
     """The file an export's sha256 is of: the file itself, or an hf folder's arrow file."""
     return out / HF_DATA if out.is_dir() else out
 
 
 def check_manifest(manifest: Path) -> Finding | None:
-    """A problem when the data named by ``manifest`` is missing or does not match its sha256."""
+    """A problem when ``manifest`` is malformed, or the data it names is missing or does not
+    match its sha256; None when it matches."""
+    return _check_manifest(manifest)[0]
+
+
+def _check_manifest(manifest: Path) -> tuple[Finding | None, int]:
+    """:func:`check_manifest` and how many bytes of data it hashed (0 unless it matched)."""
+    meta = _read_manifest(manifest)
+    if isinstance(meta, Finding):
+        return meta, 0
+    out = manifest.with_name(meta[0])
     try:
-        meta = json.loads(manifest.read_text(encoding="utf-8"))
-        name, digest = str(meta["file"]), str(meta["sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return Finding("problem", f"manifest {manifest} cannot be read", "remove it or re-export")
-    out = manifest.with_name(name)
-    data = data_file(out)
-    if not data.is_file():
+        data = data_file(out)
+        size = data.stat().st_size if data.is_file() else None
+        if size is None:
+            return Finding(
+                "problem",
+                f"manifest {manifest} describes {out}, which is missing",
+                "rerun the export (the manifest's command) or remove the manifest",
+            ), 0
+        matches = file_sha256(data) == meta[1]
+    except OSError as exc:
         return Finding(
-            "problem",
-            f"manifest {manifest} describes {out}, which is missing",
-            "rerun the export (the manifest's command) or remove the manifest",
-        )
-    if file_sha256(data) != digest:
+            "problem", f"{out} cannot be read ({_reason(exc)})", "check its permissions"
+        ), 0
+    if not matches:
         return Finding(
             "problem",
             f"{out} does not match its manifest's sha256 (an export was interrupted between "
             "writing the manifest and the data, or the file was changed)",
             "rerun the export (the manifest's command)",
-        )
-    return None
+        ), 0
+    return None, size
 
 
-def _store_findings(store: Store, health: dict) -> list[Finding]:
-    out: list[Finding] = []
-    version = health["schema_version"]
-    if version < SCHEMA_VERSION:
-        out.append(
-            Finding(
-                "note",
-                f"schema version {version}, older than this tool's {SCHEMA_VERSION}",
-                "any writing command (e.g. ingest) upgrades it; the app reads it as it is",
-            )
-        )
-    else:
-        out.append(Finding("ok", f"schema version {version}"))
+def _read_manifest(manifest: Path) -> tuple[str, str] | Finding:
+    """(data file name, sha256) of a manifest, or the one finding that says which part of it
+    is wrong: not readable, not UTF-8, not JSON, not an object, or a field missing or bad."""
+
+    def bad(why: str) -> Finding:
+        return Finding("problem", f"manifest {manifest} {why}", _FIX_MANIFEST)
+
+    try:
+        raw = manifest.read_bytes()
+    except OSError as exc:
+        return bad(f"cannot be read ({_reason(exc)})")
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return bad(f"is not UTF-8 text (byte {exc.start})")
+    except json.JSONDecodeError as exc:
+        return bad(f"is not valid JSON (line {exc.lineno}: {exc.msg})")
+    except (ValueError, RecursionError):  # an integer too long to convert, nesting too deep
+        return bad("is not valid JSON as Python reads it")
+    if not isinstance(meta, dict):
+        return bad("is not a JSON object")
+    for key in ("file", "sha256"):
+        if key not in meta:
+            return bad(f"has no field {key!r}")
+    name, digest = meta["file"], meta["sha256"]
+    if not _is_file_name(name):
+        return bad(f"field 'file' must be a file name beside it, got {_short(name)}")
+    if not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
+        return bad(f"field 'sha256' must be a hex digest, got {_short(digest)}")
+    return name, digest
+
+
+def _is_file_name(name: Any) -> bool:
+    """A name the export wrote beside its manifest (``out.name``): no folder part."""
+    seps = {"/", "\0", os.sep, *([os.altsep] if os.altsep else [])}
+    return isinstance(name, str) and name not in ("", ".", "..") and not seps & set(name)
+
+
+def _short(value: Any, width: int = 40) -> str:
+    s = repr(value)
+    return s if len(s) <= width else s[: width - 3] + "..."
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def _size(n: int) -> str:
+    return f"{n:,} bytes" if n < 1_000_000 else f"{n / 1e6:,.1f} MB"
+
+
+def _exists(path: Path) -> bool:
+    """Whether ``path`` exists; one we may not look at counts as there (nothing to report)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return True
+
+
+def _rows(health: dict[str, Any] | None, key: str) -> list[Any]:
+    """The rows (named tuples) of one health table; none when the store was not checked."""
+    return [] if health is None else list(health[key].itertuples())
+
+
+def _store_findings(health: dict[str, Any]) -> list[Finding]:
+    out: list[Finding] = [Finding("ok", f"schema version {health['schema_version']}")]
     orphans = health["orphans"]
     if orphans:
         listed = ", ".join(f"{t} {n:,}" for t, n in sorted(orphans.items()))
@@ -128,7 +209,7 @@ def _store_findings(store: Store, health: dict) -> list[Finding]:
     if runs.empty:
         out.append(Finding("ok", "every run finished"))
     for r in health["sae_runs"].itertuples():
-        if r.path and not Path(r.path).exists():
+        if r.path and not _exists(Path(r.path)):
             out.append(
                 Finding(
                     "note",
@@ -138,7 +219,7 @@ def _store_findings(store: Store, health: dict) -> list[Finding]:
             )
     for r in health["feature_runs"].itertuples():
         sae = str(r.sae or "")
-        if sae.startswith("/") and not Path(sae).exists():
+        if sae.startswith("/") and not _exists(Path(sae)):
             out.append(
                 Finding(
                     "note",
@@ -149,12 +230,12 @@ def _store_findings(store: Store, health: dict) -> list[Finding]:
     return out
 
 
-def _export_findings(health: dict, export_dir: Path) -> list[Finding]:
+def _export_findings(health: dict[str, Any] | None, export_dir: Path) -> list[Finding]:
     out: list[Finding] = []
     manifests: dict[Path, None] = {}
-    for r in health["exports"].itertuples():
+    for r in _rows(health, "exports"):
         path = Path(r.path)
-        if not path.exists():
+        if not _exists(path):
             out.append(
                 Finding(
                     "note",
@@ -162,23 +243,33 @@ def _export_findings(health: dict, export_dir: Path) -> list[Finding]:
                     "nothing to do unless you need it: rerun its manifest's command",
                 )
             )
-        elif manifest_path(path).is_file():
-            manifests[manifest_path(path)] = None
+        elif path.name and manifest_path(path).is_file():
+            manifests[manifest_path(path).absolute()] = None
     if export_dir.is_dir():
         for m in sorted(export_dir.glob("*.manifest.json")):
-            manifests[m] = None
-    bad = [f for m in manifests if (f := check_manifest(m)) is not None]
+            manifests[m.absolute()] = None
+    checked = [_check_manifest(m) for m in manifests]
+    bad = [f for f, _ in checked if f is not None]
     out += bad
     if manifests and not bad:
-        out.append(Finding("ok", f"{len(manifests)} export manifests match their data"))
+        hashed = sum(n for _, n in checked)
+        out.append(
+            Finding(
+                "ok",
+                f"{len(manifests)} export manifests match their data (sha256 of "
+                f"{len(checked)} file{'s' if len(checked) != 1 else ''}, {_size(hashed)})",
+            )
+        )
     return out
 
 
-def _temp_folders(store: Store, health: dict, export_dir: Path, sae_dir: Path) -> list[Path]:
+def _temp_folders(
+    store: Store, health: dict[str, Any] | None, export_dir: Path, sae_dir: Path
+) -> list[Path]:
     folders = {store.path.parent, export_dir, sae_dir}
-    for r in health["exports"].itertuples():
+    for r in _rows(health, "exports"):
         folders.add(Path(r.path).parent)
-    for r in health["sae_runs"].itertuples():
+    for r in _rows(health, "sae_runs"):
         if r.path:
             folders.add(Path(r.path).parent)
     return sorted(f for f in folders if f.is_dir())
@@ -196,24 +287,53 @@ def leftovers(folders: Iterable[Path]) -> list[Path]:
 def diagnose(
     db: str | Path,
     *,
-    export_dir: str | Path = DEFAULT_EXPORT_DIR,
+    export_dir: str | Path | None = None,
     sae_dir: str | Path = DEFAULT_SAE_DIR,
     sweep: bool = False,
+    upgrade: bool = False,
 ) -> list[Finding]:
     """Every finding on the store at ``db``, in the order of the module doc. A file that does
-    not open is one problem finding (the same words every command uses). ``sweep`` removes the
-    leftover temp files it finds (and says so)."""
+    not open is one problem finding (the same words every command uses). ``export_dir`` None
+    is the app's export folder (:func:`default_export_dir`). ``sweep`` removes the leftover temp
+    files it finds (and says so); ``upgrade`` migrates an older schema before checking."""
     store = Store(db)
     if not store.path.exists():
         return [Finding("problem", f"database {store.path} does not exist", "check --db")]
+    upgraded: int | None = None
     try:
         store.check_readable()
-        health = store.health()
+        version = store.schema_version()
+        if upgrade and version < SCHEMA_VERSION:
+            upgraded, version = version, store.migrate()
+        # the health queries read every table of the current schema; an older one lacks some
+        health = store.health() if version >= SCHEMA_VERSION else None
     except StudioError as exc:
         return [Finding("problem", str(exc))]
-    export_dir, sae_dir = Path(export_dir), Path(sae_dir)
+    except duckdb.Error as exc:  # tables of ours that do not read as their migrations made them
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return [
+            Finding(
+                "problem",
+                f"database {store.path} opens, but its tables cannot be checked ({first})",
+                "restore it from a backup or rebuild the store",
+            )
+        ]
+    export_dir, sae_dir = default_export_dir(export_dir), Path(sae_dir)
     findings = [Finding("ok", f"database {store.path} opens")]
-    findings += _store_findings(store, health)
+    if upgraded is not None:
+        findings.append(Finding("note", f"upgraded the schema from version {upgraded}"))
+    if health is None:
+        findings.append(
+            Finding(
+                "problem",
+                f"schema version {version} is older than this tool's {SCHEMA_VERSION}, so the "
+                "rows inside were not checked",
+                "run any command that writes to it (e.g. python -m core ingest FILE --dataset "
+                f"NAME --db {db}) to upgrade it in place, then doctor again",
+            )
+        )
+    else:
+        findings += _store_findings(health)
     findings += _export_findings(health, export_dir)
     stale = leftovers(_temp_folders(store, health, export_dir, sae_dir))
     for p in stale:
