@@ -57,6 +57,29 @@ def _table(df: Any) -> str:
     return df.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–")
 
 
+def _print_export(m: dict[str, Any], *, out: str) -> None:
+    """What an export wrote, and what it left out and why, one line each."""
+    print(f"wrote {m['rows']} rows to {out} (manifest {out}.manifest.json)")
+    lengths = m.get("lengths")
+    if lengths and lengths["dropped"]:
+        print(
+            f"dropped {lengths['dropped']} of {lengths['rows_checked']} rows longer than "
+            f"{lengths['max_length']} tokens ({lengths['measured']}); their ids are in the "
+            "manifest's lengths.dropped_ids",
+            file=sys.stderr,
+        )
+    if m.get("responses") and m["responses"]["kept"] == "chosen":
+        print(f"note: {m['responses']['why']}", file=sys.stderr)
+    reward = (m.get("train") or {}).get("reward_function")
+    if reward:
+        print(f"reward function for verl: {reward['path']} ({reward['name']})")
+    train = m.get("train")
+    if train and "overrides" in train:
+        print(f"train: {train['command']}")
+    elif train:
+        print(f"train with {train['trainer']}: the manifest's train.snippet")
+
+
 def _read_ids(path: str | None) -> list[str] | None:
     """The ids listed in a file, one per line (None without a file)."""
     if path is None:
@@ -618,7 +641,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="the container (default: the output's suffix, else the format's own)",
     )
     sp.add_argument(
-        "--out", required=True, help="output file; the manifest goes to OUT.manifest.json"
+        "--responses",
+        choices=["chosen", "all"],
+        default="chosen",
+        help="trl-messages of a responses dataset (SFT): the chosen responses only, or all of "
+        "them, rejected ones included (default chosen)",
+    )
+    sp.add_argument(
+        "--tokenizer",
+        metavar="PATH_OR_ID",
+        help="with --max-length: the trainer's tokenizer; rows longer than --max-length tokens "
+        "as the trainer measures them are dropped before ordering and batching (so batches "
+        "stay whole) and listed in the manifest",
+    )
+    sp.add_argument(
+        "--max-length",
+        type=int,
+        metavar="N",
+        help="the trainer's max_length (verl: data.max_prompt_length); needs --tokenizer",
+    )
+    sp.add_argument(
+        "--out",
+        required=True,
+        help="output file (an hf folder for --to hf); beside it: OUT.manifest.json, for verl "
+        "OUT.reward.py (the reward function), with --ids OUT.ids.txt",
     )
     sp.add_argument(
         "--memory-mb",
@@ -1103,7 +1149,7 @@ def run(args: argparse.Namespace) -> int:
             ids = intersect_ids(rule_set.ids(), ids)
             recorded = {
                 "name": rule_set.name,
-                "path": args.rules,
+                "path": str(Path(args.rules).absolute()),
                 "filters": [f.describe() for f in rule_set.filters()],
                 "rules": rule_set.to_dict(),
             }
@@ -1121,11 +1167,14 @@ def run(args: argparse.Namespace) -> int:
                 difficulty_column=args.difficulty_column,
                 batch_size=args.batch_size,
                 mix=args.mix,
+                responses=args.responses,
+                tokenizer=args.tokenizer,
+                max_length=args.max_length,
             ),
             rule_set=recorded,
             memory_mb=args.memory_mb,
         )
-        print(f"wrote {m['rows']} rows to {args.out} (manifest {args.out}.manifest.json)")
+        _print_export(m, out=args.out)
     elif args.command == "demo":
         if args.if_missing and Path(args.db).exists():
             print(f"{args.db} exists; skipping the demo build")

@@ -54,6 +54,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from core import answers
+
 # re-exported (written once, in core.defaults): the Export page writes only under it, through
 # path_under(DEFAULT_EXPORT_DIR or its --export-dir, name)
 from core.defaults import DEFAULT_EXPORT_DIR as DEFAULT_EXPORT_DIR
@@ -84,6 +86,9 @@ FORMAT_CONTAINER = {
     "trl-messages": "jsonl",
 }
 FORMATS = tuple(FORMAT_LAYOUT)
+RESPONSE_CHOICES = ("chosen", "all")
+# what verl's RLHFDataset reads (verl/utils/dataset/rl_dataset.py: .parquet, .json, .jsonl)
+VERL_CONTAINERS = ("parquet", "jsonl")
 Format = str
 
 # How to make each trainer read the file in its written order (they shuffle by default), by
@@ -150,6 +155,27 @@ def parse_where(expr: str) -> Filter:
     return Filter(col, "=" if op == "==" else op, values[0])  # type: ignore[arg-type]
 
 
+def where_text(f: Filter) -> str:
+    """The ``where`` expression that parses back to ``f``'s condition (without the action).
+
+    >>> where_text(Filter("cluster", "in", [3.0, 5.0], action="drop"))
+    'cluster in 3,5'
+    """
+    if f.op in ("in", "not in"):
+        parts = [value_text(v) for v in f.value]
+        if any("," in p for p in parts):
+            raise StudioError(f"rule {f.describe()!r}: a value with a comma cannot be saved")
+        return f"{f.column} {f.op} {','.join(parts)}"
+    return f"{f.column}{f.op}{value_text(f.value)}"
+
+
+def value_text(v: Any) -> str:
+    """A filter value as written in a where expression: whole numbers without ``.0``."""
+    if isinstance(v, float):
+        return str(int(v)) if v.is_integer() else repr(v)
+    return str(v)
+
+
 def check_finite(value: float | str, *, expr: str, text: str) -> None:
     """Refuse nan/inf as a filter value: every comparison with nan is false, so the filter would
     silently keep or drop everything. Quoted text ('nan') stays text, for a tag of that name."""
@@ -172,6 +198,12 @@ class ExportConfig:
     difficulty_column: str | None = None  # None: "difficulty", a difficulty probe, a pass rate
     batch_size: int | None = None  # cluster-first batches of this size (core.batching)
     mix: float = 0.2  # share of each batch from other clusters (SAERL's moderate mixing)
+    # a responses dataset in trl-messages (SFT): the chosen responses only, or all of them
+    responses: Literal["chosen", "all"] = "chosen"
+    # drop the rows the trainer would drop or cut as too long, before ordering and batching:
+    # their length in tokens of this tokenizer (a path or hub id), as the trainer measures it
+    tokenizer: str | None = None
+    max_length: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -184,16 +216,42 @@ class ExportConfig:
             raise StudioError(f"unknown format {self.fmt!r}: use {', '.join(FORMATS)}")
         if self.container is not None and self.container not in ("jsonl", "parquet", "hf"):
             raise StudioError(f"unknown container {self.container!r}: use jsonl, parquet or hf")
+        if (self.tokenizer is None) != (self.max_length is None):
+            raise StudioError("--tokenizer and --max-length go together: give both or neither")
+        if self.max_length is not None and FORMAT_LAYOUT.get(self.fmt) == "rows":
+            raise StudioError(
+                f"--max-length measures rows as a trainer does; --format {self.fmt} has no "
+                "trainer (use verl or a trl-* format)"
+            )
+        if self.max_length is not None and self.max_length < 1:
+            raise StudioError(f"--max-length must be at least 1, got {self.max_length}")
+        if self.responses not in RESPONSE_CHOICES:
+            raise StudioError(
+                f"unknown --responses {self.responses!r}: use {', '.join(RESPONSE_CHOICES)}"
+            )
 
     @property
     def layout(self) -> str:
         return FORMAT_LAYOUT[self.fmt]
 
 
+def layout_filters(kind: str, cfg: ExportConfig) -> list[Filter]:
+    """Filters the layout itself adds to the user's: SFT (trl-messages) on a responses dataset
+    trains on the chosen responses unless ``cfg.responses`` is "all" (a rejected response is
+    what the model should not say).
+
+        >>> layout_filters("responses", ExportConfig(fmt="trl-messages"))
+        [Filter(column='is_chosen', op='=', value=1.0, action='keep')]
+    """
+    if kind == "responses" and cfg.layout == "trl-messages" and cfg.responses == "chosen":
+        return [Filter("is_chosen", "=", 1.0)]
+    return []
+
+
 def resolve_container(out: Path, cfg: ExportConfig) -> str:
     """Where the rows go: ``cfg.container`` (--to) if set; else the format itself for jsonl,
     parquet and hf; else the output's suffix (.jsonl/.json, .parquet, none = an hf folder).
-    A suffix that contradicts the format is an error, and verl reads Parquet only.
+    A suffix that contradicts the format is an error, and verl reads no hf folder.
 
         >>> resolve_container(Path("x.parquet"), ExportConfig(fmt="trl-prompt"))
         'parquet'
@@ -212,10 +270,10 @@ def resolve_container(out: Path, cfg: ExportConfig) -> str:
             )
     else:
         container = container_for(out, None)
-    if cfg.layout == "verl" and container != "parquet":
+    if cfg.layout == "verl" and container not in VERL_CONTAINERS:
         raise StudioError(
-            f"--out {out}: verl's RLHFDataset reads .parquet files (not JSON Lines named .jsonl "
-            "or save_to_disk folders); use a .parquet path"
+            f"--out {out}: verl's RLHFDataset reads .parquet, .json and .jsonl files, not "
+            "save_to_disk folders; use a .parquet or .jsonl path"
         )
     return container
 
@@ -515,8 +573,210 @@ def path_under(folder: str | Path, name: str) -> Path:
     return target
 
 
+# what an export writes beside its data OUT, as OUT + suffix
+SIDE_SUFFIX = {"manifest": ".manifest.json", "reward": ".reward.py", "ids": ".ids.txt"}
+REWARD_FUNCTION = "compute_score"  # core.answers' verl entry point
+# the folder `python -m core` runs in (the one holding core/): the manifest's command runs there
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def side_path(out: Path, part: str) -> Path:
+    return out.with_name(out.name + SIDE_SUFFIX[part])
+
+
 def manifest_path(out: Path) -> Path:
-    return out.with_name(out.name + ".manifest.json")
+    return side_path(out, "manifest")
+
+
+def side_files(out: Path, *, layout: str, with_ids: bool) -> dict[str, Path]:
+    """The files an export writes beside its data, besides the manifest: verl's reward function
+    (``OUT.reward.py``), and the id list its command reads back (``OUT.ids.txt``)."""
+    sides = {"reward": side_path(out, "reward")} if layout == "verl" else {}
+    if with_ids:
+        sides["ids"] = side_path(out, "ids")
+    return sides
+
+
+def reward_function_bytes() -> bytes:
+    """The reward function a verl export carries: :mod:`core.answers` verbatim (self-contained,
+    so verl imports it without the studio), whose ``compute_score`` is the studio's verifier."""
+    return Path(answers.__file__).read_bytes()
+
+
+def export_command(
+    *,
+    store_path: Path,
+    dataset: str,
+    out: Path,
+    cfg: ExportConfig,
+    filters: Sequence[Filter] = (),
+    rules: str | None = None,
+    ids_file: Path | None = None,
+) -> list[str]:
+    """The CLI call that writes this export again, byte for byte: every option that changes a
+    byte, the database, rule set and ids file by absolute path (run from :data:`PROJECT_ROOT`).
+
+        >>> export_command(store_path=Path("/s.duckdb"), dataset="d", out=Path("/o.jsonl"),
+        ...                cfg=ExportConfig(order="random", seed=3))[4:]
+        ['--db', '/s.duckdb', '--dataset', 'd', '--order', 'random', '--seed', '3', '--format', 'jsonl', '--out', '/o.jsonl']
+    """
+    argv = ["python", "-m", "core", "export", "--db", str(store_path), "--dataset", dataset]
+    if rules:
+        argv += ["--rules", str(Path(rules).absolute())]
+    for f in filters:
+        argv += ["--drop" if f.action == "drop" else "--where", where_text(f)]
+    if ids_file is not None:
+        argv += ["--ids", str(ids_file)]
+    argv += ["--order", cfg.order, "--seed", str(cfg.seed), "--format", cfg.fmt]
+    if cfg.container:
+        argv += ["--to", cfg.container]
+    if cfg.difficulty_column:
+        argv += ["--difficulty-column", cfg.difficulty_column]
+    if cfg.batch_size is not None:
+        argv += ["--batch-size", str(cfg.batch_size), "--mix", repr(cfg.mix)]
+    if cfg.responses != "chosen":
+        argv += ["--responses", cfg.responses]
+    if cfg.tokenizer is not None:
+        argv += ["--tokenizer", cfg.tokenizer, "--max-length", str(cfg.max_length)]
+    return [*argv, "--out", str(out)]
+
+
+# The trainer versions the recipes below were checked against (tests/e2e/test_trainers.py).
+VERL_VERSION = "0.9.1"
+TRL_VERSION = "1.16.0"
+# TRL's trainer classes and config classes per layout
+TRL_TRAINERS = {
+    "trl-prompt": (("GRPOTrainer", "GRPOConfig"), ("RLOOTrainer", "RLOOConfig")),
+    "trl-preference": (("DPOTrainer", "DPOConfig"), ("RewardTrainer", "RewardConfig")),
+    "trl-messages": (("SFTTrainer", "SFTConfig"),),
+}
+# verl modes that re-batch what the sampler gives, so a step no longer sees one export batch
+VERL_REBATCHING = (
+    "algorithm.filter_groups.enable=True (DAPO's dynamic sampling: drops groups whose rewards "
+    "are all equal and refills from later batches), data.gen_batch_size different from "
+    "data.train_batch_size, and async / partial-rollout trainers (they mix steps) do not keep "
+    "one export batch per step; the order of prompts still holds"
+)
+
+
+def _load_call(container: str, out: Path) -> str:
+    if container == "hf":
+        return f"datasets.load_from_disk({str(out)!r})"
+    kind = "json" if container == "jsonl" else "parquet"
+    return f"datasets.load_dataset({kind!r}, data_files={str(out)!r}, split='train')"
+
+
+def train_recipe(
+    cfg: ExportConfig,
+    *,
+    kind: str,
+    out: Path,
+    container: str,
+    n_rows: int,
+    reward_file: Path | None = None,
+) -> dict[str, Any] | None:
+    """How to train on this export so the trainer reads it in its written order and batches:
+    for verl, the overrides and a command that starts a GRPO run with the reward function
+    beside the data; for TRL, each trainer's config fields and a snippet. None for the plain
+    row formats (no trainer)."""
+    layout = cfg.layout
+    batch = cfg.batch_size
+    if layout == "verl":
+        overrides = [
+            f"data.train_files={out}",
+            f"data.val_files={out}",
+            "data.shuffle=False",
+            f"data.train_batch_size={batch or 'B'}",
+            f"reward.custom_reward_function.path={reward_file}",
+            f"reward.custom_reward_function.name={REWARD_FUNCTION}",
+        ]
+        if cfg.max_length is not None:
+            overrides += [f"data.max_prompt_length={cfg.max_length}"]
+        overrides += ["data.filter_overlong_prompts=False"]
+        command = " ".join(
+            [
+                "python -m verl.trainer.main_ppo algorithm.adv_estimator=grpo",
+                *overrides,
+                "actor_rollout_ref.model.path=MODEL",
+                "actor_rollout_ref.rollout.n=4",
+                "trainer.n_gpus_per_node=1 trainer.nnodes=1 trainer.logger=console",
+            ]
+        )
+        return {
+            "trainer": f"verl {VERL_VERSION} (python -m verl.trainer.main_ppo)",
+            "reward_function": {
+                "path": str(reward_file),
+                "name": REWARD_FUNCTION,
+                "scores": "the studio's verifier: reasoning-gym's score_answer when "
+                "extra_info.task is one of its tasks (with extra_info.metadata), else the "
+                "normalised match against reward_model.ground_truth",
+            },
+            "overrides": overrides,
+            "command": command,
+            "batches": "each training step reads one export batch"
+            if batch
+            else "no --batch-size: set data.train_batch_size to your batch",
+            "rebatching": VERL_REBATCHING,
+            "last_batch": f"{n_rows % batch} rows of an incomplete last batch are dropped "
+            "(verl's dataloader drop_last)"
+            if batch and n_rows % batch
+            else None,
+        }
+    if layout not in TRL_TRAINERS:
+        return None
+    b = batch or "B"
+    if layout == "trl-prompt":
+        config: dict[str, Any] = {
+            "shuffle_dataset": False,
+            "num_generations": "G",
+            "generation_batch_size": f"{b} * G",
+            "per_device_train_batch_size": "P, with P * devices * steps_per_generation == "
+            f"generation_batch_size ({b} * G)",
+            "remove_unused_columns": False,
+        }
+        note = (
+            f"a generation batch is generation_batch_size // num_generations = {b} consecutive "
+            "prompts: one export batch"
+        )
+    else:
+        config = {
+            "train_sampling_strategy": "sequential",
+            "per_device_train_batch_size": b,
+            "gradient_accumulation_steps": 1,
+        }
+        if cfg.max_length is not None:
+            config["max_length"] = cfg.max_length
+        if layout == "trl-messages":
+            config |= {"packing": False, "shuffle_dataset": False}
+        unit = "(chosen, rejected) pair rows" if layout == "trl-preference" else "rows"
+        note = (
+            f"a step reads per_device_train_batch_size x devices x gradient_accumulation_steps "
+            f"= {b} consecutive {unit}: one export batch (one device shown)"
+        )
+    trainers = TRL_TRAINERS[layout]
+    trainer, config_class = trainers[0]
+    fields = ", ".join(
+        f"{k}={v!r}" if not isinstance(v, str) or k == "train_sampling_strategy" else f"{k}={v}"
+        for k, v in config.items()
+    )
+    model_arg = "model='MODEL'"
+    snippet = "\n".join(
+        [
+            "import datasets",
+            f"from trl import {config_class}, {trainer}",
+            f"train = {_load_call(container, out)}",
+            f"args = {config_class}(output_dir='run', {fields})",
+            f"{trainer}({model_arg}, args=args, train_dataset=train).train()",
+        ]
+    )
+    return {
+        "trainer": f"TRL {TRL_VERSION}: " + " or ".join(t for t, _ in trainers),
+        "load": _load_call(container, out),
+        "config": config,
+        "batches": note if batch else "no --batch-size: the order holds, batches are yours",
+        "snippet": snippet,
+        "command": f"python - <<'EOF'\n{snippet}\nEOF",
+    }
 
 
 def manifest_bytes(manifest: dict[str, Any]) -> bytes:

@@ -204,15 +204,6 @@ def _column(chunk: pa.Table, name: str) -> pa.Array:
     return chunk.column(name).combine_chunks()
 
 
-def _numeric(chunk: pa.Table) -> list[str]:
-    skip = {"cluster", "batch", *INTERNAL}
-    return [
-        f.name
-        for f in chunk.schema
-        if f.name not in skip and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
-    ]
-
-
 def _beside(chunk: pa.Table, *, layout: str, drop: tuple[str, ...]) -> dict[str, pa.Array]:
     """The columns a trainer layout keeps beside its own (ids, cluster, labels, tags...)."""
     names = [name for name in chunk.column_names if name not in (*INTERNAL, *drop)]
@@ -245,13 +236,25 @@ def _verl(chunk: pa.Table, kind: str, data_source: str) -> pa.Table:
     )
     if "batch" in names:
         info["batch"] = _column(chunk, "batch").cast(pa.int64())
-    for name in _numeric(chunk):
-        if name in info:
+    # what a reward function may need: every label and score (as float), every tag (task
+    # among them) and every field kept in extra (JSON text, e.g. reasoning-gym's metadata)
+    skip = {"id", "cluster", "batch", "prompt", "answer", *INTERNAL, *RESPONSES}
+    for field in chunk.schema:
+        if field.name in skip:
+            continue
+        if field.name in info:
             raise StudioError(
-                f"--format verl: the column {name!r} would overwrite extra_info.{name}; "
-                "rename it (ingest --map)"
+                f"--format verl: the column {field.name!r} would overwrite "
+                f"extra_info.{field.name}; rename it (ingest --map)"
             )
-        info[name] = _column(chunk, name).cast(pa.float64())
+        numeric = pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
+        info[field.name] = _column(chunk, field.name).cast(
+            pa.float64()
+            if numeric
+            else field.type
+            if pa.types.is_boolean(field.type)
+            else pa.string()
+        )
     return pa.table(
         {
             "data_source": pa.repeat(pa.scalar(data_source, pa.string()), n),
@@ -267,16 +270,28 @@ def _verl(chunk: pa.Table, kind: str, data_source: str) -> pa.Table:
 
 
 def _preference(chunk: pa.Table) -> pa.Table:
+    """One row per (chosen, rejected) pair. With a ``rejected_idx`` column (the export planned
+    and batched the pair rows), each row is the pair it names; without one, each prompt's row
+    expands into one row per rejected response, in order."""
     rejected = _column(chunk, "rejected")
     counts = pc.fill_null(pc.list_value_length(rejected), 0).to_numpy(zero_copy_only=False)
     counts = counts.astype(np.int64)
-    rows = np.repeat(np.arange(chunk.num_rows), counts)
-    which = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-    base = chunk.take(pa.array(rows, pa.int64()))
+    starts = np.cumsum(counts) - counts
+    if "rejected_idx" in chunk.column_names:
+        which = _column(chunk, "rejected_idx").to_numpy(zero_copy_only=False).astype(np.int64)
+        if ((which < 0) | (which >= counts)).any():
+            raise StudioError("export plan names a rejected response the prompt does not have")
+        base = chunk.drop_columns(["rejected_idx"])
+        picked = pc.list_flatten(rejected).take(pa.array(starts + which, pa.int64()))
+    else:
+        rows = np.repeat(np.arange(chunk.num_rows), counts)
+        which = np.arange(len(rows)) - np.repeat(starts, counts)
+        base = chunk.take(pa.array(rows, pa.int64()))
+        picked = pc.list_flatten(rejected)
     out = {
         "prompt": _messages("user", _column(base, "prompt")),
         "chosen": _messages("assistant", _column(base, "chosen")),
-        "rejected": _messages("assistant", pc.list_flatten(rejected)),
+        "rejected": _messages("assistant", picked),
         "rejected_idx": pa.array(which, pa.int64()),
     }
     out.update(_beside(base, layout="trl-preference", drop=("prompt", *RESPONSES)))

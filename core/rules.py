@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import StudioError
-from core.export import check_finite, parse_where, write_atomic_bytes
+from core.export import check_finite, parse_where, value_text, where_text, write_atomic_bytes
 from core.store import Action, Filter, Store, Views, feature_index
 
 RULE_SET_VERSION = 1
@@ -66,26 +66,6 @@ def parse_rule_where(expr: str) -> Filter:
         ) from None
     check_finite(value, expr=expr, text=raw)
     return Filter(column, "=" if op == "==" else op, value)  # type: ignore[arg-type]
-
-
-def where_text(f: Filter) -> str:
-    """The ``where`` expression that parses back to ``f``'s condition (without the action).
-
-    >>> where_text(Filter("cluster", "in", [3.0, 5.0], action="drop"))
-    'cluster in 3,5'
-    """
-    if f.op in ("in", "not in"):
-        parts = [_text(v) for v in f.value]
-        if any("," in p for p in parts):
-            raise StudioError(f"rule {f.describe()!r}: a value with a comma cannot be saved")
-        return f"{f.column} {f.op} {','.join(parts)}"
-    return f"{f.column}{f.op}{_text(f.value)}"
-
-
-def _text(v: Any) -> str:
-    if isinstance(v, float):
-        return str(int(v)) if v.is_integer() else repr(v)
-    return str(v)
 
 
 @dataclass(frozen=True)
@@ -403,11 +383,11 @@ def hit_names(filters: Sequence[Filter], *, selection: bool = False) -> list[str
 def _short(f: Filter) -> str:
     """``Filter.describe`` with whole numbers written without ``.0`` and long lists cut."""
     if f.op in ("in", "not in"):
-        values = [_text(v) for v in f.value]
+        values = [value_text(v) for v in f.value]
         shown = ",".join(values[:5]) + (f",… ({len(values)} values)" if len(values) > 5 else "")
         text = f"{f.column} {f.op} {shown}"
     else:
-        text = f"{f.column}{f.op}{_text(f.value)}"
+        text = f"{f.column}{f.op}{value_text(f.value)}"
     return f"drop {text}" if f.action == "drop" else text
 
 

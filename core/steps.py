@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import queue
+import shlex
 import shutil
 import sys
 import threading
@@ -45,18 +46,24 @@ from core.clustering import (
 from core.errors import StudioError
 from core.export import (
     KEEP_ORDER,
+    PROJECT_ROOT,
     ExportConfig,
     describe_filters,
+    export_command,
+    layout_filters,
     manifest_bytes,
     manifest_path,
     order_index,
     resolve_container,
+    reward_function_bytes,
+    side_files,
+    train_recipe,
     write_atomic_bytes,
 )
 from core.formats import ExportWriter, layout_schema, to_layout
 from core.ingest import Kind, read_dataset
 from core.projection import ProjectConfig, umap_2d
-from core.rules import band_counts, difficulty_column, difficulty_scores, where_text
+from core.rules import band_counts, difficulty_column, difficulty_scores
 from core.store import RESPONSES_SUFFIX, Filter, Store, Views
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -819,6 +826,7 @@ class ExportPlan:
     difficulty_column: str | None
     higher_is: str | None
     cross_cluster_share: float | None
+    lengths: dict[str, Any] | None = None  # the --max-length check: what it measured and dropped
 
 
 def export_plan(
@@ -843,12 +851,37 @@ def export_plan(
             f"--difficulty-column (labels: {', '.join(labels) or 'none'})"
         )
     cols = ["idx", "cluster"] + ([column] if column else [])
+    kind = store.dataset(dataset)["kind"]
+    filters = [*filters, *layout_filters(kind, cfg)]
     narrow = store.wide(dataset, views=views, filters=filters, ids=ids, columns=cols)
-    n = narrow.num_rows
-    idx = narrow["idx"].to_numpy(zero_copy_only=False)
+    idx = narrow["idx"].to_numpy(zero_copy_only=False).astype(np.int64)
     cluster = narrow["cluster"].to_numpy(zero_copy_only=False).astype(np.float64)
     cluster = np.where(np.isnan(cluster), -1, cluster).astype(np.int64)
     diff = narrow[column].to_numpy(zero_copy_only=False).astype(np.float64) if column else None
+    pair = None
+    if cfg.layout == "trl-preference":
+        # the trainer's rows are (chosen, rejected) pairs: order and batch those, so a batch
+        # of --batch-size is a batch of the trainer's rows (a prompt without a rejected
+        # response gives none)
+        counts = store.rejected_counts(dataset)
+        per_idx = np.zeros(int(idx.max(initial=-1)) + 1, dtype=np.int64)
+        known = counts["idx"].to_numpy(zero_copy_only=False).astype(np.int64)
+        known_n = counts["n_rejected"].to_numpy(zero_copy_only=False).astype(np.int64)
+        inside = known < len(per_idx)
+        per_idx[known[inside]] = known_n[inside]
+        reps = per_idx[idx]
+        pair = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
+        idx, cluster = np.repeat(idx, reps), np.repeat(cluster, reps)
+        diff = None if diff is None else np.repeat(diff, reps)
+    lengths = None
+    if cfg.max_length is not None:
+        keep, lengths = _length_check(
+            store, dataset=dataset, views=views, kind=kind, idx=idx, pair=pair, cfg=cfg
+        )
+        idx, cluster = idx[keep], cluster[keep]
+        diff = None if diff is None else diff[keep]
+        pair = None if pair is None else pair[keep]
+    n = len(idx)
     order = order_index(
         n,
         order=cfg.order,
@@ -879,6 +912,8 @@ def export_plan(
             "batch": pa.array(batch, pa.int64()) if batch is not None else pa.nulls(n, pa.int64()),
         }
     )
+    if pair is not None:
+        table = table.append_column("rejected_idx", pa.array(pair[order], pa.int64()))
     return ExportPlan(
         table=table,
         cluster=cluster[order],
@@ -886,7 +921,58 @@ def export_plan(
         difficulty_column=column,
         higher_is=higher_is,
         cross_cluster_share=share,
+        lengths=lengths,
     )
+
+
+def _length_check(
+    store: Store,
+    *,
+    dataset: str,
+    views: Views,
+    kind: str,
+    idx: np.ndarray,
+    pair: np.ndarray | None,
+    cfg: ExportConfig,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Which planned rows (``idx``, with ``pair`` for pair rows) fit ``cfg.max_length`` tokens
+    as the layout's trainer measures them (:func:`core.lengths.trainer_lengths` with
+    ``cfg.tokenizer``), and what the manifest reports: the rule, the longest row, and the ids
+    of the rows dropped (a pair row as ``ID#rejected_idx``). Reads the rows' text chunk by
+    chunk, in ingest order, before anything is ordered or batched, so batches stay whole."""
+    from core.lengths import LENGTH_RULE, load_tokenizer, trainer_lengths
+
+    tokenizer = load_tokenizer(cfg.tokenizer or "")
+    n = len(idx)
+    probe = pa.table(
+        {
+            "idx": pa.array(idx, pa.int64()),
+            "position": pa.array(np.arange(n, dtype=np.int64)),
+            "batch": pa.nulls(n, pa.int64()),
+        }
+    )
+    if pair is not None:
+        probe = probe.append_column("rejected_idx", pa.array(pair, pa.int64()))
+    measured, names = [], []
+    for chunk in store.export_chunks(dataset, views=views, plan=probe, chunk_rows=4096):
+        rows = to_layout(chunk, cfg.layout, kind=kind, data_source=dataset)
+        measured.append(trainer_lengths(tokenizer, rows, layout=cfg.layout))
+        ids = chunk["id"].to_pylist()
+        if pair is not None:
+            ids = [f"{i}#{j}" for i, j in zip(ids, chunk["rejected_idx"].to_pylist(), strict=True)]
+        names.extend(ids)
+    length = np.concatenate(measured) if measured else np.zeros(0, np.int64)
+    keep = length <= int(cfg.max_length or 0)
+    dropped = [names[i] for i in np.flatnonzero(~keep)]
+    return keep, {
+        "tokenizer": cfg.tokenizer,
+        "max_length": cfg.max_length,
+        "measured": LENGTH_RULE[cfg.layout],
+        "rows_checked": n,
+        "longest": int(length.max()) if n else 0,
+        "dropped": len(dropped),
+        "dropped_ids": dropped,
+    }
 
 
 def export_rows(
@@ -966,16 +1052,21 @@ def export(
     first in ``filters``) is recorded in the manifest when the filters came from one.
     ``memory_mb`` caps DuckDB's memory (its sorts spill to disk beyond it).
 
-    Before anything is written, ``out`` is checked (:func:`core.export.check_target`): never
-    the store's files or a folder holding them, never a folder we did not write, never a place
-    that cannot be written. The manifest is renamed into place before the data, so a kill
-    between the two leaves a manifest whose sha256 does not match the data beside it."""
+    Beside the data (``OUT``): ``OUT.manifest.json``; for verl, ``OUT.reward.py`` (the studio's
+    verifier as verl's ``compute_score``, :mod:`core.answers`); with ``ids``, ``OUT.ids.txt``
+    (what the manifest's command reads back). Before anything is written, ``out`` is checked
+    (:func:`core.export.check_target`): never the store's files or a folder holding them,
+    never a folder we did not write, never a place that cannot be written. The side files are
+    renamed into place before the data, so a kill between the two leaves a manifest whose
+    sha256 does not match the data beside it."""
     from core.export import check_target, write_error
     from core.formats import Written
 
-    out = Path(out)
-    check_target(out, cfg=cfg, store_path=store.path)
-    layout, container = cfg.layout, resolve_container(out, cfg)
+    given = Path(out)
+    check_target(given, cfg=cfg, store_path=store.path)
+    # the manifest, its command and the store's record name the export by its absolute path
+    out = given.absolute()
+    layout, container = cfg.layout, resolve_container(given, cfg)
     kind = store.dataset(dataset)["kind"]  # a clear error for an unknown name
     store = store.capped(memory_mb)
     views = store.views(dataset)
@@ -985,6 +1076,7 @@ def export(
         chunks = (c.drop_columns(["batch"]) for c in chunks)
     first = next(chunks)
     schema = layout_schema(first.schema, layout, kind=kind)
+    sides = side_files(out, layout=layout, with_ids=ids is not None)
     manifest = export_manifest(
         store,
         dataset=dataset,
@@ -994,10 +1086,18 @@ def export(
         cfg=cfg,
         views=views,
         rule_set=rule_set,
+        out=out,
+        sides=sides,
     )
     full: dict[str, Any] = {}
 
-    def write_manifest(written: Written) -> None:
+    def write_sides(written: Written) -> None:
+        if "ids" in sides:
+            write_atomic_bytes(
+                sides["ids"], "".join(f"{i}\n" for i in sorted(set(ids or ()))).encode()
+            )
+        if "reward" in sides:
+            write_atomic_bytes(sides["reward"], reward_function_bytes())
         full.update(
             manifest,
             file=out.name,
@@ -1010,11 +1110,11 @@ def export(
         write_atomic_bytes(manifest_path(out), manifest_bytes(full))
 
     try:
-        with ExportWriter(out, container, schema, before_replace=write_manifest) as writer:
+        with ExportWriter(out, container, schema, before_replace=write_sides) as writer:
             for chunk in itertools.chain([first], chunks):
                 writer.write(to_layout(chunk, layout, kind=kind, data_source=dataset))
     except OSError as exc:
-        raise write_error(out, exc) from None
+        raise write_error(given, exc) from None
     written = writer.result
     assert written is not None  # the writer raised otherwise
     if record:
@@ -1057,28 +1157,26 @@ def export_manifest(
     ids: Sequence[str] | None,
     cfg: ExportConfig,
     views: Views,
+    out: Path,
+    sides: dict[str, Path],
     rule_set: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything needed to rebuild the file: rules, order, seed, batches, runs, counts per
-    cluster and per difficulty band, versions, and the command."""
+    cluster and per difficulty band, versions, the command that writes the same bytes again,
+    and how to train on it (``train``: the trainer's settings that keep the order and the
+    batches, and a command or snippet that starts a run)."""
     feature_run = store.run(views.feature_run)["config"] if views.feature_run else None
-    command = ["python -m core export", f"--dataset {dataset}"]
-    if rule_set is not None and rule_set.get("path"):
-        command.append(f"--rules {rule_set['path']}")
+    kind = store.dataset(dataset)["kind"]
     n_from_rules = len(rule_set.get("filters", ())) if rule_set else 0
-    command += [
-        f"--{'drop' if f.action == 'drop' else 'where'} '{where_text(f)}'"
-        for f in filters[n_from_rules:]
-    ]
-    if ids is not None:
-        command.append("--ids IDS.txt")  # IDS.txt: selection.ids below, one per line
-    command += [f"--order {cfg.order}", f"--seed {cfg.seed}", f"--format {cfg.fmt}"]
-    if cfg.container:
-        command.append(f"--to {cfg.container}")
-    if cfg.difficulty_column:
-        command.append(f"--difficulty-column {cfg.difficulty_column}")
-    if cfg.batch_size is not None:
-        command += [f"--batch-size {cfg.batch_size}", f"--mix {cfg.mix}"]
+    command = export_command(
+        store_path=Path(store.path).absolute(),
+        dataset=dataset,
+        out=out,
+        cfg=cfg,
+        filters=filters[n_from_rules:],
+        rules=rule_set.get("path") if rule_set else None,
+        ids_file=sides.get("ids"),
+    )
     values, sizes = np.unique(plan.cluster, return_counts=True)
     bands = None
     if plan.difficulty is not None and plan.difficulty_column is not None:
@@ -1089,11 +1187,23 @@ def export_manifest(
             reference=np.asarray(edges_from, dtype=np.float64),
             higher_is=plan.higher_is or "harder",
         )
+    added = layout_filters(kind, cfg)
+    n_rows = int(plan.table.num_rows)
+    pairs = "rejected_idx" in plan.table.column_names
     return {
         "dataset": dataset,
         "total_rows": store.dataset(dataset)["n_examples"],
         "rule_set": rule_set,
-        "filters": describe_filters(filters),
+        "filters": describe_filters([*filters, *added]),
+        "responses": None
+        if kind != "responses" or cfg.layout != "trl-messages"
+        else {
+            "kept": cfg.responses,
+            "why": "SFT trains on chosen responses by default (--responses all keeps the "
+            "rejected ones too)"
+            if cfg.responses == "chosen"
+            else "every response, chosen and rejected (--responses all)",
+        },
         "selection": None if ids is None else {"n_ids": len(ids), "ids": sorted(ids)},
         "order": cfg.order,
         "seed": cfg.seed,
@@ -1104,24 +1214,37 @@ def export_manifest(
         if cfg.batch_size is None
         else {
             "batch_size": cfg.batch_size,
+            "unit": "(chosen, rejected) pair rows" if pairs else "rows",
+            "n_batches": -(-n_rows // cfg.batch_size),
             "mix": cfg.mix,
             "measured_cross_cluster_share": round(float(plan.cross_cluster_share or 0), 4),
         },
+        "lengths": plan.lengths,
         "keep_the_order": KEEP_ORDER.get(cfg.layout, KEEP_ORDER["rows"]),
+        "train": train_recipe(
+            cfg,
+            kind=kind,
+            out=out,
+            container=resolve_container(out, cfg),
+            n_rows=n_rows,
+            reward_file=sides.get("reward"),
+        ),
         "feature_run": {"run_id": views.feature_run, **(feature_run or {})},
         "cluster_run": views.cluster_run,
         "projection_run": views.projection_run,
         "dedup_run": views.dedup_run,
         "score_runs": dict(views.score_runs),
         "counts": {
-            # per example; a preference prompt writes one row per (chosen, rejected) pair
-            "examples": int(plan.table.num_rows),
+            # examples written; a preference prompt writes one row per (chosen, rejected) pair
+            "examples": int(np.unique(plan.table["idx"].to_numpy()).size) if pairs else n_rows,
+            "rows": n_rows,
             # -1: rows without a cluster
             "per_cluster": {str(c): int(k) for c, k in zip(values, sizes, strict=True)},
             "per_difficulty_band": bands,
         },
         "versions": versions(),
-        "command": " ".join(command),
+        "command": shlex.join(command),
+        "run_from": str(PROJECT_ROOT),
     }
 
 

@@ -632,6 +632,17 @@ class Store:
                 params=[dataset],
             ).to_arrow_table()
 
+    def rejected_counts(self, dataset: str) -> pa.Table:
+        """idx, n_rejected of a preference set's examples (ingest order): how many (chosen,
+        rejected) pair rows each prompt gives (0 for a prompt without a rejected response)."""
+        with self.connect() as con:
+            return con.sql(
+                "SELECT e.idx, count(r.example_id)::BIGINT AS n_rejected FROM examples e "
+                "LEFT JOIN responses r ON r.dataset = e.dataset AND r.example_id = e.id "
+                "AND r.role = 'rejected' WHERE e.dataset = ? GROUP BY e.idx ORDER BY e.idx",
+                params=[dataset],
+            ).to_arrow_table()
+
     def _free_name(self, con: duckdb.DuckDBPyConnection, name: str, *, replace: bool) -> None:
         """Make room for a new dataset ``name`` inside a transaction: an existing one is an error,
         or with ``replace`` deleted with everything computed from it."""
@@ -1980,8 +1991,9 @@ class Store:
     ) -> Iterator[pa.Table]:
         """The rows of an export in written order, as Arrow chunks of ``chunk_rows``.
 
-        ``plan`` is (idx int64, position int64, batch int64 or null): which examples go out and
-        where. Columns: id, idx, prompt, answer, cluster, (dup_group, is_duplicate), scores,
+        ``plan`` is (idx int64, position int64, batch int64 or null[, rejected_idx int64]):
+        which examples go out and where; with ``rejected_idx`` (trl-preference), an example
+        appears once per planned pair row. Columns: id, idx, prompt, answer, cluster, (dup_group, is_duplicate), scores,
         labels, tags, every field kept only in ``extra`` (JSON text, e.g. a chat's messages),
         for preference data ``chosen`` and ``rejected`` (a list), for a responses dataset
         ``response``, then position and batch.
@@ -2022,6 +2034,8 @@ class Store:
                 )
                 jparams = [dataset]
             cols += ["p.position", "p.batch"]
+            if "rejected_idx" in plan.column_names:  # one row per planned (chosen, rejected) pair
+                cols += ["p.rejected_idx"]
             sql = (
                 f"SELECT {', '.join(cols)} FROM ({inner}) w JOIN _plan p ON p.idx = w.idx "
                 f"{join} ORDER BY p.position"

@@ -1,28 +1,16 @@
 """Verifier rewards: score a response against a prompt's ground truth, without a model.
 
-Two checkers, chosen per row:
+The checker itself (answer extraction, reasoning-gym's ``score_answer`` where the task is one of
+its tasks, else the normalised match) is :mod:`core.answers`, a self-contained file that every
+verl export also carries as its reward function; this module applies it to a dataset's responses
+and stores the scores as a reward run.
 
-- ``reasoning-gym``: when the row's task names a reasoning-gym dataset, the final answer is
-  extracted from the response and scored by that task's own ``score_answer`` (the checker the
-  task's authors wrote: exact, numeric, set or list comparisons depending on the task).
-- ``match``: otherwise, the extracted final answer is compared with the ground truth after
-  normalisation (case, spaces, surrounding ``$``, trailing period, thousands separators); two
-  numbers are equal when they are equal as numbers.
-
-The final answer is the content of the last ``\\boxed{...}``, else of ``<answer>...</answer>``,
-else what follows the last "answer is" / "answer:", else the last non-empty line (its hedged
-part, "I think it might be X, but ...", when it has one).
-
-    >>> extract_answer("Let me think.\\nSo the answer is 12.")
-    '12'
-    >>> match_score("Final answer: \\\\boxed{1,000}", "1000")
+    >>> verify(["The answer is 1,000."], ["1000"])[0].score
     1.0
 """
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,114 +18,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-_BOXED = re.compile(r"\\boxed\{")
-_TAGGED = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_SAYS = re.compile(r"(?:answer\s+is|answer\s*:)\s*(.+)", re.IGNORECASE)
-_HEDGED_TAIL = re.compile(r",\s*but\b.*$", re.IGNORECASE)
-_HEDGED = re.compile(
-    r"(?:might be|may be|probably|i think it is|i believe it is)\s+(.+?)(?:,\s*but\b.*)?[.!]?$",
-    re.IGNORECASE,
-)
+from core.answers import extract_answer, match_score, normalise, reasoning_gym_score, score_answer
 
-
-def _last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...}, braces balanced."""
-    starts = [m.end() for m in _BOXED.finditer(text)]
-    if not starts:
-        return None
-    i, depth = starts[-1], 1
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j]
-    return None
-
-
-def extract_answer(text: str | None) -> str | None:
-    """The final answer a response states (see the module doc), or None for an empty one."""
-    if not text or not text.strip():
-        return None
-    boxed = _last_boxed(text)
-    if boxed is not None:
-        return boxed.strip()
-    tagged = _TAGGED.findall(text)
-    if tagged:
-        return tagged[-1].strip()
-    says = _SAYS.findall(text)
-    if says:
-        ans = _HEDGED_TAIL.sub("", says[-1].strip().splitlines()[0])
-        return ans.strip().rstrip(".").strip()
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    if not lines:
-        return None
-    hedged = _HEDGED.search(lines[-1])
-    return (hedged.group(1) if hedged else lines[-1]).rstrip(".").strip()
-
-
-def normalise(text: str) -> str:
-    """Lower case, single spaces, no surrounding ``$`` or trailing period, no thousands commas."""
-    t = " ".join(str(text).strip().lower().split())
-    t = t.rstrip(".").strip().strip("$").strip().rstrip(".").strip()
-    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", t):
-        t = t.replace(",", "")
-    return t
-
-
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def match_score(response: str | None, truth: str | None) -> float:
-    """1.0 when the response's final answer equals the ground truth after normalisation (or as
-    numbers), else 0.0; 0.0 when either is missing."""
-    ans = extract_answer(response)
-    if ans is None or truth is None:
-        return 0.0
-    a, t = normalise(ans), normalise(truth)
-    if a == t:
-        return 1.0
-    na, nt = _number(a), _number(t)
-    return (
-        1.0 if na is not None and nt is not None and abs(na - nt) <= 1e-9 * max(1, abs(nt)) else 0.0
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _rg_dataset(task: str) -> Any | None:
-    """One small instance of a reasoning-gym task (its score_answer), None if unknown."""
-    try:
-        import reasoning_gym
-        from reasoning_gym.factory import DATASETS
-    except ImportError:  # pragma: no cover - reasoning-gym is in requirements
-        return None
-    if task not in DATASETS:
-        return None
-    return reasoning_gym.create_dataset(task, size=1, seed=0)
-
-
-def reasoning_gym_score(
-    task: str, response: str | None, truth: str | None, *, metadata: dict[str, Any] | None = None
-) -> float | None:
-    """The task's own ``score_answer`` on the response's final answer (``metadata``: the task
-    entry's, which many checkers read); None when ``task`` is not a reasoning-gym task or its
-    checker fails without the metadata it needs."""
-    ds = _rg_dataset(task)
-    if ds is None:
-        return None
-    ans = extract_answer(response)
-    if ans is None or truth is None:
-        return 0.0
-    entry = {"answer": truth, "metadata": metadata or {}}
-    try:
-        return float(ds.score_answer(ans, entry))
-    except Exception:  # the checker needs metadata this row lacks: no verdict from it
-        return None
+__all__ = [
+    "Verdict",
+    "extract_answer",
+    "match_score",
+    "normalise",
+    "reasoning_gym_score",
+    "verify",
+    "verify_dataset",
+]
 
 
 @dataclass(frozen=True)
@@ -162,11 +53,8 @@ def verify(
     for i, (resp, truth) in enumerate(zip(responses, truths, strict=True)):
         task = tasks[i] if tasks is not None else None
         meta = metadata[i] if metadata is not None else None
-        score = reasoning_gym_score(task, resp, truth, metadata=meta) if task else None
-        if score is not None:
-            out.append(Verdict(score, f"reasoning-gym:{task}", extract_answer(resp)))
-        else:
-            out.append(Verdict(match_score(resp, truth), "match", extract_answer(resp)))
+        score, method = score_answer(resp, truth, task=task, metadata=meta)
+        out.append(Verdict(score, method, extract_answer(resp)))
     return out
 
 

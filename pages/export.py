@@ -22,9 +22,11 @@ from core.export import (
     FORMATS,
     KEEP_ORDER,
     ORDERS,
+    VERL_CONTAINERS,
     ExportConfig,
     path_under,
 )
+from core.formats import CONTAINERS
 from core.steps import export
 from core.store import Filter
 from pages.charts import histogram, kept_bars
@@ -159,8 +161,7 @@ def export_options(dataset: str, numeric: list[str]) -> tuple[ExportConfig, str]
         help="jsonl / parquet / hf: every column; verl: verl's RL Parquet; trl-prompt: "
         "GRPO/RLOO prompts; trl-preference: DPO / reward-model pairs; trl-messages: SFT chats",
     )
-    # verl's RLHFDataset reads .parquet files only
-    containers = ["parquet"] if FORMAT_LAYOUT[fmt] == "verl" else ["jsonl", "parquet", "hf"]
+    containers = list(VERL_CONTAINERS if FORMAT_LAYOUT[fmt] == "verl" else CONTAINERS)
     container = f3.selectbox(
         "Container",
         containers,

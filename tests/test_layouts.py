@@ -183,7 +183,11 @@ def _expected(kind: str, layout: str) -> list[dict[str, Any]]:
                 row["messages"] = json.loads(row["messages"])
             out.append(row)
         elif layout == "verl":
-            info = {k: r[k] for k in ("id", "cluster", "batch", "difficulty", "quality_proxy")}
+            # the fixed keys, then every label, score, tag and extra field (what a reward
+            # function may need: reasoning-gym's task and metadata)
+            info = {k: r[k] for k in ("id", "cluster", "batch")}
+            info |= {k: v for k, v in r.items() if k not in (*info, *INTERNAL, *RESPONSES)}
+            info = {k: v for k, v in info.items() if k not in ("prompt", "answer")}
             out.append(
                 {
                     "data_source": "demo",
