@@ -44,6 +44,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import tempfile
 import time
@@ -92,35 +93,36 @@ VERL_CONTAINERS = ("parquet", "jsonl")
 Format = str
 
 # How to make each trainer read the file in its written order (they shuffle by default), by
-# layout. Checked against the trainers' source: verl's create_rl_sampler (verl/trainer/main_ppo.py:
-# a SequentialSampler when data.shuffle is false and no data.sampler class is set); TRL's
-# GRPOTrainer/RLOOTrainer._get_train_sampler (a RepeatSampler with shuffle=args.shuffle_dataset,
-# batch_size = generation_batch_size // num_generations unique prompts); DPO/Reward/SFT trainers
-# keep transformers' Trainer._get_train_sampler, which reads args.train_sampling_strategy.
+# layout; the exact settings per trainer are in the manifest's ``train`` (:func:`train_recipe`).
+# Checked against the trainers' source (verl 0.9.1, TRL 1.16, transformers 5.23) and run by
+# tests/e2e/test_trainers.py: verl's create_rl_sampler (verl/trainer/ppo/utils.py: a
+# SequentialSampler when data.shuffle is false) under a StatefulDataLoader of
+# data.train_batch_size with drop_last; TRL's GRPOTrainer/RLOOTrainer RepeatSampler
+# (shuffle=args.shuffle_dataset, generation_batch_size // num_generations prompts a chunk, an
+# incomplete last chunk dropped); DPO/Reward/SFT keep transformers' Trainer sampler, which reads
+# args.train_sampling_strategy.
 _TRL_SEQUENTIAL = (
-    "train_sampling_strategy='sequential' in the trainer's config (transformers >= 5.2's "
-    "TrainingArguments; DPOTrainer, RewardTrainer and SFTTrainer use the Trainer's sampler; on "
-    "older transformers, subclass and return a SequentialSampler from _get_train_sampler); "
-    "per_device_train_batch_size x devices x gradient_accumulation_steps equal to the batch size "
-    "above"
+    "train_sampling_strategy='sequential' (transformers >= 5.2's TrainingArguments: DPOTrainer, "
+    "RewardTrainer and SFTTrainer use the Trainer's sampler) and per_device_train_batch_size x "
+    "devices x gradient_accumulation_steps equal to the batch size above"
 )
 KEEP_ORDER = {
     "rows": "read the file sequentially (no shuffling sampler); a batch is a run of consecutive "
     "rows with the same batch number",
-    "verl": "data.shuffle=False with data.sampler.class_path unset (verl then uses a "
-    "SequentialSampler), data.train_batch_size equal to the batch size above, "
-    "data.gen_batch_size unset, data.train_max_samples=-1, and data.filter_overlong_prompts=False "
-    "or prompts within max_prompt_length (a dropped row shifts every later batch); the last "
-    "incomplete batch is dropped. verl reads .parquet (or .json) "
-    "files and picks the reward function by data_source (the dataset name here): point "
-    "custom_reward_function.path at yours",
-    "trl-prompt": "GRPOConfig/RLOOConfig(shuffle_dataset=False); a generation batch holds "
-    "generation_batch_size // num_generations consecutive prompts, so make that equal to the "
-    "batch size above (generation_batch_size = per_device_train_batch_size x devices x "
-    "steps_per_generation); an incomplete last generation batch is dropped; keep "
-    "remove_unused_columns=False (the default) so reward functions get the other columns",
-    "trl-preference": _TRL_SEQUENTIAL + "; each prompt gives one row per rejected response, so "
-    "a prompt batch becomes that many pair rows",
+    "verl": "data.shuffle=False (verl then uses a SequentialSampler) and data.train_batch_size "
+    "equal to the batch size above, so each step takes one export batch (verl orders the rows "
+    "inside a step by length: the batch's members are kept, not their order within it); leave "
+    "data.gen_batch_size, data.train_max_samples and algorithm.filter_groups (DAPO) unset and "
+    "data.filter_overlong_prompts=False (a dropped row shifts every later batch: use "
+    "--tokenizer/--max-length instead); the last incomplete batch is dropped. Point "
+    "reward.custom_reward_function.path at OUT.reward.py (the studio's verifier)",
+    "trl-prompt": "GRPOConfig/RLOOConfig(shuffle_dataset=False) and generation_batch_size = "
+    "batch size x num_generations: a generation batch is then generation_batch_size // "
+    "num_generations consecutive prompts, one export batch (an incomplete last one is "
+    "dropped); keep remove_unused_columns=False (the default) so reward functions get the "
+    "other columns",
+    "trl-preference": _TRL_SEQUENTIAL + "; the batch size counts (chosen, rejected) pair rows, "
+    "the trainer's rows",
     "trl-messages": _TRL_SEQUENTIAL + "; SFTConfig(shuffle_dataset=False, packing=False) "
     "(packing regroups sequences by length)",
 }
@@ -644,6 +646,7 @@ def export_command(
 # The trainer versions the recipes below were checked against (tests/e2e/test_trainers.py).
 VERL_VERSION = "0.9.1"
 TRL_VERSION = "1.16.0"
+GRPO_GENERATIONS = 4  # completions per prompt in the GRPO recipe (any number works: it scales)
 # TRL's trainer classes and config classes per layout
 TRL_TRAINERS = {
     "trl-prompt": (("GRPOTrainer", "GRPOConfig"), ("RLOOTrainer", "RLOOConfig")),
@@ -687,23 +690,29 @@ def train_recipe(
             f"data.val_files={out}",
             "data.shuffle=False",
             f"data.train_batch_size={batch or 'B'}",
+            "data.filter_overlong_prompts=False",
             f"reward.custom_reward_function.path={reward_file}",
             f"reward.custom_reward_function.name={REWARD_FUNCTION}",
         ]
         if cfg.max_length is not None:
-            overrides += [f"data.max_prompt_length={cfg.max_length}"]
-        overrides += ["data.filter_overlong_prompts=False"]
+            overrides.insert(4, f"data.max_prompt_length={cfg.max_length}")
         command = " ".join(
             [
-                "python -m verl.trainer.main_ppo algorithm.adv_estimator=grpo",
-                *overrides,
-                "actor_rollout_ref.model.path=MODEL",
+                "python3 -m verl.trainer.main_ppo algorithm.adv_estimator=grpo",
+                *(shlex.quote(o) for o in overrides),
+                "data.max_response_length=1024",
+                "actor_rollout_ref.model.path=MODEL actor_rollout_ref.rollout.name=vllm",
                 "actor_rollout_ref.rollout.n=4",
-                "trainer.n_gpus_per_node=1 trainer.nnodes=1 trainer.logger=console",
+                f"actor_rollout_ref.actor.ppo_mini_batch_size={batch or 'B'}",
+                "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+                "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+                "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4",
+                "trainer.n_gpus_per_node=1 trainer.nnodes=1 'trainer.logger=[\"console\"]'",
+                "trainer.total_epochs=1",
             ]
         )
         return {
-            "trainer": f"verl {VERL_VERSION} (python -m verl.trainer.main_ppo)",
+            "trainer": f"verl {VERL_VERSION} (python3 -m verl.trainer.main_ppo)",
             "reward_function": {
                 "path": str(reward_file),
                 "name": REWARD_FUNCTION,
@@ -713,7 +722,10 @@ def train_recipe(
             },
             "overrides": overrides,
             "command": command,
-            "batches": "each training step reads one export batch"
+            "placeholders": "MODEL: the model's path or hub id; the rollout, micro-batch and "
+            "GPU settings are an example for one GPU",
+            "batches": "each training step takes one export batch (its members; verl orders "
+            "them by length within the step)"
             if batch
             else "no --batch-size: set data.train_batch_size to your batch",
             "rebatching": VERL_REBATCHING,
@@ -726,17 +738,17 @@ def train_recipe(
         return None
     b = batch or "B"
     if layout == "trl-prompt":
+        # one device: per_device_train_batch_size x steps_per_generation == generation_batch_size
         config: dict[str, Any] = {
             "shuffle_dataset": False,
-            "num_generations": "G",
-            "generation_batch_size": f"{b} * G",
-            "per_device_train_batch_size": "P, with P * devices * steps_per_generation == "
-            f"generation_batch_size ({b} * G)",
+            "num_generations": GRPO_GENERATIONS,
+            "generation_batch_size": batch * GRPO_GENERATIONS if batch else "B * G",
+            "per_device_train_batch_size": GRPO_GENERATIONS,
             "remove_unused_columns": False,
         }
         note = (
             f"a generation batch is generation_batch_size // num_generations = {b} consecutive "
-            "prompts: one export batch"
+            "prompts: one export batch (one device shown; with more, keep generation_batch_size)"
         )
     else:
         config = {
@@ -755,10 +767,7 @@ def train_recipe(
         )
     trainers = TRL_TRAINERS[layout]
     trainer, config_class = trainers[0]
-    fields = ", ".join(
-        f"{k}={v!r}" if not isinstance(v, str) or k == "train_sampling_strategy" else f"{k}={v}"
-        for k, v in config.items()
-    )
+    fields = ", ".join(f"{k}={v!r}" for k, v in config.items())
     model_arg = "model='MODEL'"
     snippet = "\n".join(
         [

@@ -5,17 +5,20 @@ shifts every later batch off the export's batch boundaries. The export measures 
 its trainer will (the same chat template calls) and drops those over the limit before it orders
 and batches, so every batch reaches the trainer whole; the manifest lists what was dropped.
 
-What each layout's trainer compares with its limit (checked against verl 0.9.1 and TRL 1.16):
+What each layout's trainer does with long rows (verl 0.9.1, TRL 1.16: tests/e2e checks them):
 
 - ``verl``: the prompt with the chat template and its generation prompt, against
-  ``data.max_prompt_length`` (``RLHFDataset`` with ``data.filter_overlong_prompts=True`` drops
-  longer prompts; without it, rollout fails on them).
-- ``trl-prompt``: the same prompt tokens (GRPOTrainer / RLOOTrainer tokenize the prompt so).
+  ``data.max_prompt_length``; ``data.filter_overlong_prompts=True`` drops longer prompts (and
+  shifts every later batch), without it they reach the rollout.
+- ``trl-prompt``: the same prompt tokens; GRPOTrainer/RLOOTrainer neither cut nor drop them.
 - ``trl-preference``: the longer of prompt + chosen and prompt + rejected with the chat template,
-  against ``max_length`` (RewardTrainer drops longer pairs; DPOTrainer cuts them, and drops those
-  whose prompt alone fills ``max_length``).
-- ``trl-messages``: the whole conversation with the chat template, against ``max_length``
-  (SFTTrainer cuts longer conversations, mid-answer).
+  against ``max_length``: RewardTrainer drops such pairs; DPOTrainer cuts them (and drops the
+  pairs whose prompt alone fills ``max_length``).
+- ``trl-messages``: the whole conversation with the chat template, against ``max_length``:
+  SFTTrainer cuts longer conversations (mid-answer) and drops none.
+
+``--max-length N`` drops every row whose length is over N: exactly the rows RewardTrainer and
+verl's filter drop, and the rows DPO and SFT would cut, so what trains is what was exported.
 
     >>> sorted(LENGTH_RULE)
     ['trl-messages', 'trl-preference', 'trl-prompt', 'verl']

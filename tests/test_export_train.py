@@ -86,6 +86,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rg.write_text("".join(json.dumps(r) + "\n" for r in _rg_rows()))
     assert run_cli("ingest", str(rg), "--dataset", "rg", "--kind", "prompts", *d) == 0
     _add_clusters(db, "prefs")
+    _add_clusters(db, "prefs.responses")
     _add_clusters(db, "rg", k=2)
     return db
 
@@ -208,7 +209,7 @@ def test_verl_export_carries_a_reward_function_that_scores_like_the_verifier(
     assert f"reward.custom_reward_function.path={reward}" in train["overrides"]
     assert "reward.custom_reward_function.name=compute_score" in train["overrides"]
     assert {"data.shuffle=False", "data.train_batch_size=4"} <= set(train["overrides"])
-    assert train["command"].startswith("python -m verl.trainer.main_ppo ")
+    assert train["command"].startswith("python3 -m verl.trainer.main_ppo ")
     rows = (
         pq.read_table(out).to_pylist()
         if suffix == ".parquet"
@@ -267,3 +268,84 @@ def test_the_manifest_hashes_every_file_beside_the_data(db: Path, tmp_path: Path
     out = tmp_path / "rl.parquet"
     manifest = _export(db, "rg", out, "--format", "verl")
     assert hashlib.sha256(out.read_bytes()).hexdigest() == manifest["sha256"]
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MiniLM's tokenizer with the test chat template, saved to a folder (a trainer's)."""
+    from tests.conftest import CHAT_TEMPLATE, _copy_tokenizer
+
+    folder = tmp_path_factory.mktemp("chat-tok")
+    tok = _copy_tokenizer(folder)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _chat_len(tok: Any, messages: list[dict[str, str]], *, generation: bool = False) -> int:
+    out = tok.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=generation, return_dict=True
+    )
+    return len(out["input_ids"])
+
+
+@pytest.mark.parametrize(
+    ("dataset", "fmt"),
+    [("prefs", "trl-preference"), ("rg", "verl"), ("rg", "trl-prompt"),
+     ("prefs.responses", "trl-messages")],
+)  # fmt: skip
+def test_max_length_drops_what_the_trainer_would_before_batching(
+    db: Path, tmp_path: Path, chat_tokenizer: Path, dataset: str, fmt: str
+) -> None:
+    """Rows over --max-length tokens (measured one by one here, as the trainer tokenizes them)
+    are left out and listed; what remains is batched whole; the command repeats the flags."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(chat_tokenizer))
+    suffix = ".parquet" if fmt == "verl" else ".jsonl"
+    full = _export(db, dataset, tmp_path / f"all{suffix}", "--format", fmt)
+    rows = (pq.read_table(tmp_path / f"all{suffix}").to_pylist() if fmt == "verl"
+            else _jsonl(tmp_path / f"all{suffix}"))  # fmt: skip
+
+    def length(r: dict[str, Any]) -> int:
+        if fmt in ("verl", "trl-prompt"):
+            return _chat_len(tok, r["prompt"], generation=True)
+        if fmt == "trl-messages":
+            return _chat_len(tok, r["messages"])
+        return max(_chat_len(tok, r["prompt"] + r["chosen"]),
+                   _chat_len(tok, r["prompt"] + r["rejected"]))  # fmt: skip
+
+    distinct = sorted({length(r) for r in rows})
+    limit = distinct[(len(distinct) - 1) // 2]  # some rows are longer, some are not
+    key = (lambda r: r["extra_info"]["id"]) if fmt == "verl" else (lambda r: r["id"])
+    if fmt == "trl-preference":
+        key = lambda r: f"{r['id']}#{r['rejected_idx']}"  # noqa: E731
+    over = sorted(key(r) for r in rows if length(r) > limit)
+    assert 0 < len(over) < len(rows)
+    out = tmp_path / f"cut{suffix}"
+    args = ["--format", fmt, "--tokenizer", str(chat_tokenizer), "--max-length", str(limit)]
+    manifest = _export(db, dataset, out, *args, "--batch-size", "4")
+    assert sorted(manifest["lengths"]["dropped_ids"]) == over
+    assert manifest["lengths"]["rows_checked"] == full["rows"] == len(rows)
+    assert manifest["rows"] == len(rows) - len(over)
+    kept = pq.read_table(out).to_pylist() if fmt == "verl" else _jsonl(out)
+    assert all(length(r) <= limit for r in kept)
+    batches = [r["extra_info"]["batch"] if fmt == "verl" else r["batch"] for r in kept]
+    sizes = pd.Series(batches).value_counts().sort_index().tolist()
+    assert sizes[:-1] == [4] * (len(sizes) - 1)
+    assert f"--max-length {limit}" in manifest["command"]
+
+
+def test_max_length_needs_a_trainer_format_and_a_chat_template(
+    db: Path, tmp_path: Path, tiny_bert_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["export", "--db", str(db), "--dataset", "rg", "--out", str(tmp_path / "x.jsonl")]
+    assert run_cli(*base, "--max-length", "9", "--tokenizer", "t") == 2
+    assert "--format jsonl has no trainer" in capsys.readouterr().err
+    assert run_cli(*base, "--format", "trl-prompt", "--max-length", "9") == 2
+    assert "--tokenizer and --max-length go together" in capsys.readouterr().err
+    args = ["--format", "trl-prompt", "--max-length", "9", "--tokenizer", str(tiny_bert_dir)]
+    assert run_cli(*base, *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no chat template" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.jsonl").exists()
