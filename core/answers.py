@@ -18,7 +18,9 @@ else what follows the last "answer is" / "answer:", else the last non-empty line
 part, "I think it might be X, but ...", when it has one).
 
 In verl (``reward.custom_reward_function.path=<out>.reward.py``, name ``compute_score``), the
-export's ``extra_info`` carries what this needs: ``task`` and ``metadata`` (JSON text).
+export's ``extra_info`` carries what this needs: ``task`` and ``metadata`` (JSON text). In TRL's
+GRPOTrainer / RLOOTrainer (a trl-prompt export), ``verifier_reward`` reads the same fields from
+the columns beside the prompt.
 
     >>> extract_answer("Let me think.\\nSo the answer is 12.")
     '12'
@@ -190,3 +192,28 @@ def compute_score(
         metadata=_metadata(info.get("metadata")),
     )
     return float(score)
+
+
+def verifier_reward(
+    completions: list[Any],
+    answer: list[str | None] | None = None,
+    task: list[str | None] | None = None,
+    metadata: list[Any] | None = None,
+    **_: Any,
+) -> list[float]:
+    """TRL's reward function form (``GRPOTrainer(reward_funcs=verifier_reward)``, RLOO too):
+    one score per completion, from the dataset's ``answer``, ``task`` and ``metadata`` columns,
+    which the trainer passes as lists beside the completions (a conversational completion is a
+    list of messages: its last message is scored)."""
+    scores = []
+    for i, completion in enumerate(completions):
+        text = completion[-1]["content"] if isinstance(completion, list) else completion
+        row_task = task[i] if task is not None else None
+        score, _method = score_answer(
+            text,
+            answer[i] if answer is not None else None,
+            task=row_task if isinstance(row_task, str) and row_task else None,
+            metadata=_metadata(metadata[i] if metadata is not None else None),
+        )
+        scores.append(float(score))
+    return scores

@@ -72,7 +72,7 @@ def _print_export(m: dict[str, Any], *, out: str) -> None:
         print(f"note: {m['responses']['why']}", file=sys.stderr)
     reward = (m.get("train") or {}).get("reward_function")
     if reward:
-        print(f"reward function for verl: {reward['path']} ({reward['name']})")
+        print(f"reward function: {reward['path']} ({reward['name']})")
     train = m.get("train")
     if train and "overrides" in train:
         print(f"train: {train['command']}")

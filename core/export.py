@@ -578,6 +578,9 @@ def path_under(folder: str | Path, name: str) -> Path:
 # what an export writes beside its data OUT, as OUT + suffix
 SIDE_SUFFIX = {"manifest": ".manifest.json", "reward": ".reward.py", "ids": ".ids.txt"}
 REWARD_FUNCTION = "compute_score"  # core.answers' verl entry point
+TRL_REWARD_FUNCTION = "verifier_reward"  # core.answers' TRL (GRPO/RLOO reward_funcs) entry point
+# the layouts whose trainers score rollouts with a reward function: the export writes one
+REWARD_LAYOUTS = ("verl", "trl-prompt")
 # the folder `python -m core` runs in (the one holding core/): the manifest's command runs there
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -593,7 +596,7 @@ def manifest_path(out: Path) -> Path:
 def side_files(out: Path, *, layout: str, with_ids: bool) -> dict[str, Path]:
     """The files an export writes beside its data, besides the manifest: verl's reward function
     (``OUT.reward.py``), and the id list its command reads back (``OUT.ids.txt``)."""
-    sides = {"reward": side_path(out, "reward")} if layout == "verl" else {}
+    sides = {"reward": side_path(out, "reward")} if layout in REWARD_LAYOUTS else {}
     if with_ids:
         sides["ids"] = side_path(out, "ids")
     return sides
@@ -768,23 +771,39 @@ def train_recipe(
     trainers = TRL_TRAINERS[layout]
     trainer, config_class = trainers[0]
     fields = ", ".join(f"{k}={v!r}" for k, v in config.items())
-    model_arg = "model='MODEL'"
-    snippet = "\n".join(
-        [
-            "import datasets",
-            f"from trl import {config_class}, {trainer}",
-            f"train = {_load_call(container, out)}",
-            f"args = {config_class}(output_dir='run', {fields})",
-            f"{trainer}({model_arg}, args=args, train_dataset=train).train()",
+    lines = ["import datasets", f"from trl import {config_class}, {trainer}"]
+    args = "model='MODEL', args=args, train_dataset=train"
+    recipe: dict[str, Any] = {}
+    if reward_file is not None:  # GRPO/RLOO score rollouts with the studio's verifier
+        lines = [
+            "import importlib.util",
+            *lines,
+            f"spec = importlib.util.spec_from_file_location('reward', {str(reward_file)!r})",
+            "reward = importlib.util.module_from_spec(spec)",
+            "spec.loader.exec_module(reward)",
         ]
-    )
+        args = f"model='MODEL', reward_funcs=reward.{TRL_REWARD_FUNCTION}, args=args, train_dataset=train"
+        recipe["reward_function"] = {
+            "path": str(reward_file),
+            "name": TRL_REWARD_FUNCTION,
+            "scores": "the studio's verifier on each completion, from the answer, task and "
+            "metadata columns beside the prompt",
+        }
+    lines += [
+        f"train = {_load_call(container, out)}",
+        f"args = {config_class}(output_dir='run', {fields})",
+        f"{trainer}({args}).train()",
+    ]
+    snippet = "\n".join(lines)
     return {
         "trainer": f"TRL {TRL_VERSION}: " + " or ".join(t for t, _ in trainers),
+        **recipe,
         "load": _load_call(container, out),
         "config": config,
         "batches": note if batch else "no --batch-size: the order holds, batches are yours",
         "snippet": snippet,
         "command": f"python - <<'EOF'\n{snippet}\nEOF",
+        "placeholders": "MODEL: the model's path or hub id",
     }
 
 

@@ -1027,7 +1027,8 @@ def export_columns(
         return wide.drop(columns="idx")
     plan = export_plan(store, dataset=dataset, views=views, filters=filters, ids=ids, cfg=cfg)
     order = plan.table.to_pandas()
-    df = order.merge(wide, on="idx", how="left").drop(columns=["idx", "position"])
+    df = order.merge(wide, on="idx", how="left")
+    df = df.drop(columns=[c for c in ("idx", "position", "rejected_idx") if c in df.columns])
     if plan.table["batch"].null_count == len(df):
         df = df.drop(columns=["batch"])
     return _with_plan_attrs(df.reset_index(drop=True), plan)
@@ -1052,8 +1053,9 @@ def export(
     first in ``filters``) is recorded in the manifest when the filters came from one.
     ``memory_mb`` caps DuckDB's memory (its sorts spill to disk beyond it).
 
-    Beside the data (``OUT``): ``OUT.manifest.json``; for verl, ``OUT.reward.py`` (the studio's
-    verifier as verl's ``compute_score``, :mod:`core.answers`); with ``ids``, ``OUT.ids.txt``
+    Beside the data (``OUT``): ``OUT.manifest.json``; for verl and trl-prompt, ``OUT.reward.py``
+    (the studio's verifier as verl's ``compute_score`` and TRL's ``verifier_reward``,
+    :mod:`core.answers`); with ``ids``, ``OUT.ids.txt``
     (what the manifest's command reads back). Before anything is written, ``out`` is checked
     (:func:`core.export.check_target`): never the store's files or a folder holding them,
     never a folder we did not write, never a place that cannot be written. The side files are

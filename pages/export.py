@@ -22,9 +22,11 @@ from core.export import (
     FORMATS,
     KEEP_ORDER,
     ORDERS,
+    REWARD_LAYOUTS,
     VERL_CONTAINERS,
     ExportConfig,
     path_under,
+    side_path,
 )
 from core.formats import CONTAINERS
 from core.steps import export
@@ -35,6 +37,7 @@ from pages.common import (
     export_dir,
     guarded,
     load_clusters,
+    load_datasets,
     load_export_columns,
     load_label_ranges,
     load_layout_preview,
@@ -119,7 +122,7 @@ def widget_filters(ctx, ranges: pd.DataFrame, tag_values: pd.DataFrame) -> list[
     return filters
 
 
-def export_options(dataset: str, numeric: list[str]) -> tuple[ExportConfig, str]:
+def export_options(dataset: str, kind: str, numeric: list[str]) -> tuple[ExportConfig, str]:
     """Order, difficulty column, batches, format and container; returns the config and the
     default file name (inside the export folder)."""
     c1, c2, c3, c4 = st.columns(4)
@@ -169,6 +172,15 @@ def export_options(dataset: str, numeric: list[str]) -> tuple[ExportConfig, str]
         key=f"exp_container_{fmt}",
         help="hf: a folder `datasets.load_from_disk` opens",
     )
+    responses = "chosen"
+    if kind == "responses" and FORMAT_LAYOUT[fmt] == "trl-messages":
+        every = st.checkbox(
+            "Rejected responses too",
+            key="exp_all_responses",
+            help="SFT trains on the chosen responses by default: a rejected response is what "
+            "the model should not say (the CLI's --responses all)",
+        )
+        responses = "all" if every else "chosen"
     cfg = ExportConfig(
         order=order,  # type: ignore[arg-type]
         fmt=fmt,
@@ -177,9 +189,26 @@ def export_options(dataset: str, numeric: list[str]) -> tuple[ExportConfig, str]
         difficulty_column=None if diff == "(auto)" else diff,
         batch_size=batch_size or None,
         mix=float(mix),
+        responses=responses,  # type: ignore[arg-type]
     )
     stem = dataset if FORMAT_LAYOUT[fmt] == "rows" else f"{dataset}.{fmt}"
     return cfg, safe_name(stem) + SUFFIX[container]
+
+
+def show_train(m: dict) -> None:
+    """How to train on a written export: the manifest's ``train`` recipe (verl's command with
+    its overrides, or TRL's config and snippet), with what the export left out."""
+    train = m.get("train")
+    if m.get("responses") and m["responses"]["kept"] == "chosen":
+        st.info(md(m["responses"]["why"]))
+    if not train:
+        return
+    st.markdown(f"**Train on it** with {md(train['trainer'])}: {md(train['batches'])}.")
+    st.code(train["command"] if "overrides" in train else train["snippet"], language="bash"
+            if "overrides" in train else "python")  # fmt: skip
+    for key in ("placeholders", "rebatching", "last_batch"):
+        if train.get(key):
+            st.caption(md(f"{key.replace('_', ' ')}: {train[key]}"))
 
 
 def safe_name(text: str) -> str:
@@ -217,7 +246,8 @@ def render() -> None:
         return
 
     st.subheader("Order, batches and format")
-    cfg, default_name = export_options(dataset, ranges["name"].astype(str).tolist())
+    kind = str(load_datasets(path, tok).set_index("name").at[dataset, "kind"])
+    cfg, default_name = export_options(dataset, kind, ranges["name"].astype(str).tolist())
     try:
         key_ids = tuple(ids) if ids is not None else None
         # only what the charts read: cluster and the numeric labels and scores
@@ -319,6 +349,7 @@ def render() -> None:
                 f"Wrote {m['rows']:,} rows to {md(out)} and {md(out.name)}.manifest.json "
                 f"(sha256 {m['sha256'][:12]}…)"
             )
+            show_train(m)
         except (StudioError, OSError) as exc:
             error(exc)
     # the browser saves a download where the user says; the typed name's last part, made safe,
@@ -330,7 +361,7 @@ def render() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / name
             write(store(), out=target)
-            return (target if part == "file" else Path(f"{target}.manifest.json")).read_bytes()
+            return (target if part == "file" else side_path(target, part)).read_bytes()
 
     if cfg.container == "hf":
         w2.caption(
@@ -348,6 +379,16 @@ def render() -> None:
         file_name=name + ".manifest.json",
         on_click="ignore",
     )
+    if cfg.layout in REWARD_LAYOUTS:
+        w3.download_button(
+            "Download reward function",
+            lambda: payload("reward"),
+            file_name=name + ".reward.py",
+            on_click="ignore",
+            help="the studio's verifier (reasoning-gym's checker where the task is one, else "
+            "the normalised match): compute_score for verl's reward.custom_reward_function, "
+            "verifier_reward for TRL's reward_funcs",
+        )
     st.caption(
         "Row order is the training order and trainers shuffle by default. To keep it: "
         f"{KEEP_ORDER[cfg.layout]}. The manifest records this and the batch size."

@@ -349,3 +349,30 @@ def test_max_length_needs_a_trainer_format_and_a_chat_template(
     err = capsys.readouterr().err.strip()
     assert "has no chat template" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_trl_prompt_export_carries_the_verifier_as_a_grpo_reward_function(
+    db: Path, tmp_path: Path
+) -> None:
+    """GRPO hands reward functions the completions and the columns beside the prompt as lists:
+    verifier_reward from OUT.reward.py scores them as the studio's verifier does."""
+    out = tmp_path / "grpo.jsonl"
+    manifest = _export(db, "rg", out, "--format", "trl-prompt", "--batch-size", "4")
+    reward = Path(f"{out}.reward.py")
+    assert manifest["train"]["reward_function"]["path"] == str(reward)
+    assert "reward_funcs=reward.verifier_reward" in manifest["train"]["snippet"]
+    rows = _jsonl(out)
+    fn = _load_reward_file(reward).verifier_reward
+    truth = {r["id"]: r for r in _rg_rows()}
+    said = [f"The answer is ({truth[r['id']]['answer']})" for r in rows]
+    completions = [[{"role": "assistant", "content": text}] for text in said]
+    columns = {k: [r[k] for r in rows] for k in ("answer", "task", "metadata")}
+    got = fn(completions=completions, prompts=[r["prompt"] for r in rows], **columns)
+    want = verify(
+        said,
+        [truth[r["id"]]["answer"] for r in rows],
+        tasks=[truth[r["id"]]["task"] for r in rows],
+        metadata=[truth[r["id"]]["metadata"] for r in rows],
+    )
+    assert got == [v.score for v in want]
+    assert 0 < sum(got) < len(got)  # countdown's bracketed answers pass, chain_sum's do not
