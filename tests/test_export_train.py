@@ -376,3 +376,32 @@ def test_trl_prompt_export_carries_the_verifier_as_a_grpo_reward_function(
     )
     assert got == [v.score for v in want]
     assert 0 < sum(got) < len(got)  # countdown's bracketed answers pass, chain_sum's do not
+
+
+README_EXAMPLES = {
+    "verl": "data/exports/mine.parquet",
+    "trl-prompt": "data/exports/mine.grpo.jsonl",
+    "trl-preference": "data/exports/prefs.dpo.jsonl",
+    "trl-messages": "data/exports/prefs.sft.jsonl",
+}
+
+
+@pytest.mark.parametrize("fmt", list(README_EXAMPLES))
+def test_readme_train_commands_are_what_the_manifest_gives(fmt: str) -> None:
+    """README's "Train on it" shows, verbatim, the recipe a --batch-size 16 export's manifest
+    holds (tests/e2e runs those recipes with the real trainers)."""
+    from core.export import REWARD_LAYOUTS, ExportConfig, side_path, train_recipe
+
+    out = Path(README_EXAMPLES[fmt])
+    recipe = train_recipe(
+        ExportConfig(fmt=fmt, batch_size=16),
+        kind="prompts",
+        out=out,
+        container="parquet" if out.suffix == ".parquet" else "jsonl",
+        n_rows=160,
+        reward_file=side_path(out, "reward") if fmt in REWARD_LAYOUTS else None,
+    )
+    assert recipe is not None
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    shown = recipe["command"] if fmt == "verl" else recipe["snippet"]
+    assert shown in readme
