@@ -504,7 +504,8 @@ def check_target(out: Path, *, cfg: ExportConfig, store_path: Path | None = None
     out = Path(out)
     real = _real(out)
     named = out.name not in ("", ".", "..")
-    targets = [(real, "it")] + ([(_real(manifest_path(out)), "its manifest")] if named else [])
+    sides = [(_real(side_path(out, p)), f"its {p} file") for p in SIDE_SUFFIX] if named else []
+    targets = [(real, "it"), *sides]
     for kept, what in store_files(store_path) if store_path is not None else []:
         for target, whose in targets:
             if _same(target, kept):

@@ -297,6 +297,8 @@ def _tree(root: Path) -> dict[str, bytes | None]:
         ("./data/../data/s.duckdb", ["--format", "verl"]),
         (".", ["--format", "hf"]),  # the working folder holds the store
         ("data/s", ["--format", "hf"]),  # its manifest, data/s.manifest.json, is the store
+        # its reward function, data/s.parquet.reward.py, is the store
+        ("data/s.parquet", ["--format", "verl"]),
     ],
 )
 def test_the_store_is_found_however_the_path_is_spelled(
@@ -310,6 +312,8 @@ def test_the_store_is_found_however_the_path_is_spelled(
     monkeypatch.chdir(tmp_path)
     if out == "data/s":
         db = db.rename(db.with_name("s.manifest.json"))
+    if out == "data/s.parquet":
+        db = db.rename(db.with_name("s.parquet.reward.py"))
     before = _tree(tmp_path)
     assert _export(db, out, *extra) == 2
     err = capsys.readouterr().err.strip()
