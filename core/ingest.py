@@ -41,6 +41,8 @@ Field rules (``mapping`` renames: our field -> the file's column):
 - JSON: an object with a key twice is an error (Python's parser would keep the last silently);
   so are a lone surrogate escape (``"\\ud800"``, which no UTF-8 file or database can hold),
   values nested deeper than :data:`MAX_NESTING` and integers longer than Python converts.
+  JSON text in a cell (CSV ``messages`` and ``rejected`` cells, a ``messages`` string in any
+  format) is held to the same rules, the error naming the row and the field.
 
 Warnings (:attr:`IngestTables.warnings`, one line each, the data is still read): preference rows
 whose rejected response equals the chosen one (kept: some sets carry ties on purpose), and chats
@@ -66,6 +68,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.errors import StudioError
+from core.formats import INTERNAL as EXPORT_INTERNAL
+from core.formats import RESPONSES as EXPORT_RESPONSES
+from core.store import BASE_COLUMNS, DEDUP_COLUMNS, FEATURE_PREFIX
 
 Kind = Literal["prompts", "preferences", "chats"]
 
@@ -125,30 +130,37 @@ _TURNS = "a non-empty (JSON) list of {role, content}"
 
 # Column names the store and its exports already use, so a label, tag or extra field of that
 # name would be hidden, dropped or clash (lowercase: DuckDB ignores case in column names).
-# Sources: core.store BASE_COLUMNS and DEDUP_COLUMNS (the wide view), the wide view's own tags
-# and extra, Store.export_chunks' export rows (chosen, rejected, response, position, batch) and
-# core.formats' INTERNAL/RESPONSES (messages) and trl-preference's rejected_idx, and
-# Store.map_points (top_features, example_id). tests/test_ingest.py checks that every column
-# the store and export_chunks add is listed. core.formats' TRAINER_NAMES are not here: they
-# clash only with one trainer layout, which refuses them itself in one line.
+# Read from the constants that define them: core.store's BASE_COLUMNS and DEDUP_COLUMNS (the
+# wide view), core.formats' INTERNAL (idx, position) and RESPONSES (chosen, rejected, messages,
+# response). The rest have no constant yet, each written in one place: the wide view's own
+# ``tags`` and ``extra`` (the examples table), Store.export_chunks' ``batch``, trl-preference's
+# ``rejected_idx`` (core.formats) and Store.map_points' ``top_features`` and ``example_id``.
+# tests/test_ingest.py checks that every column the store and export_chunks add is listed.
+# core.formats' TRAINER_NAMES are not here: they clash only with one trainer layout, which
+# refuses them itself in one line.
+_UNNAMED_COLUMNS = ("tags", "extra", "batch", "rejected_idx", "top_features", "example_id")
 RESERVED_COLUMNS = frozenset(
-    {
-        *("id", "idx", "prompt", "answer", "text", "cluster", "x", "y"),
-        *("dup_group", "is_duplicate", "tags", "extra"),
-        *("chosen", "rejected", "response", "messages", "position", "batch", "rejected_idx"),
-        *("top_features", "example_id"),
-    }
+    n.lower()
+    for n in (*BASE_COLUMNS, *DEDUP_COLUMNS, *EXPORT_INTERNAL, *EXPORT_RESPONSES, *_UNNAMED_COLUMNS)
 )
 # What Store.write_responses_dataset adds to each row of a preference set it derives from.
 RESERVED_FOR_KIND: dict[str, frozenset[str]] = {
     "preferences": frozenset({"role", "response_of", "response_idx", "is_chosen"}),
 }
-# A filter reads ``feature:N`` as SAE feature N (core.store.FEATURE_PREFIX).
-RESERVED_PREFIXES = ("feature:",)
+# A filter reads ``feature:N`` as SAE feature N.
+RESERVED_PREFIXES = (FEATURE_PREFIX,)
 # Deeper JSON would meet Python's recursion limit somewhere downstream (export, the pages).
 MAX_NESTING = 100
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A JSON escape of a UTF-16 surrogate (U+D800..U+DFFF): the first, cheap test for a lone one
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+# Each surrogate escape where an escape starts (after an even run of backslashes, so not the
+# text "\\ud800"): a high one followed by a low one is a pair, one character, as the parser
+# reads it; any other (group 1) is lone
+_SURROGATE_UNIT = re.compile(
+    r"(?<!\\)(?:\\\\)*\\u(?:[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    r"|([dD][89a-fA-F][0-9a-fA-F]{2}))"
+)
 
 
 @dataclass(frozen=True)
@@ -436,22 +448,37 @@ def _read_jsonl(name: str, text: str) -> _Source:
     """One JSON object a line; blank lines are skipped, lines counted as in an editor."""
     records: list[dict[str, Any]] = []
     lines: list[int] = []
+    parse, suspects = _parse, _suspects
+    # most files hold no surrogate escape at all: then no line needs that test
+    escapes = _SURROGATE_ESCAPE.search(text) is not None
     for lineno, raw in enumerate(text.split("\n"), 1):
         if not raw or raw.isspace():
             continue
-        # a JSON array in a .jsonl file fails on its first line: say what it probably is
-        hint = (
-            "; a JSON array? name the file .json" if not records and raw.lstrip()[:1] == "[" else ""
-        )
-        rec = _parse_json(name, raw, first_line=lineno, record_depth=1, hint=hint)
-        if not isinstance(rec, dict):
+        try:
+            rec = parse(raw)
+        except _PARSE_FAILURES as exc:
+            where = f"{name} line {lineno}"
+            hint = _array_hint(records, raw)
+            raise _json_error(
+                exc, raw, where=lambda _, w=where: w, record_depth=1, hint=hint
+            ) from None
+        if type(rec) is not dict:
+            hint = _array_hint(records, raw)
             raise StudioError(
                 f"{name} line {lineno}: expected a JSON object, got {_tname(rec)}{hint}"
             )
-        _check_record(name, rec, line=lambda lineno=lineno: lineno, **_suspects(raw))
+        surrogates, deep = suspects(raw, escapes=escapes)
+        if surrogates or deep:
+            where = f"{name} line {lineno}"
+            _check_fields(lambda w=where: w, rec, surrogates=surrogates, deep=deep)
         records.append(rec)
         lines.append(lineno)
     return _records_source(name, records, lambda i: f"line {lines[i]}")
+
+
+def _array_hint(records: list[Any], raw: str) -> str:
+    """A JSON array in a .jsonl file fails on its first line: say what it probably is."""
+    return "; a JSON array? name the file .json" if not records and raw.lstrip()[:1] == "[" else ""
 
 
 def _read_json(name: str, text: str) -> _Source:
@@ -461,17 +488,38 @@ def _read_json(name: str, text: str) -> _Source:
     # JSON Lines in a .json file fail on the second object: say what it probably is
     hint = "; one object a line? name the file .jsonl" if text.lstrip()[:1] == "{" else ""
     depth = 3 if text.lstrip()[:1] == "{" else 2  # where a record's own keys sit
-    doc = _parse_json(name, text, first_line=1, record_depth=depth, hint=hint)
+    doc = _parse_json(
+        text,
+        where=lambda pos: f"{name} line {1 + text.count(chr(10), 0, pos)}",
+        record_depth=depth,
+        hint=hint,
+    )
     if isinstance(doc, dict) and isinstance(doc.get("data"), list):
         doc = doc["data"]
     if not isinstance(doc, list):
         raise StudioError(f'{name}: expected a list of records or {{"data": [...]}}')
-    suspects = _suspects(text)
+    # One parse of the whole file (a record at a time would cost more than every check); then
+    # the checks on the records that may need them: a lone surrogate escape anywhere in the
+    # file (rare: such a file is refused) has every record looked at, as before; the nesting
+    # walk looks only at list and object values, a record of scalars costs a few type tests.
+    surrogates = _lone_surrogate_escape(text, 0, len(text))
+    nesting = _nesting
     for i, rec in enumerate(doc):
-        if not isinstance(rec, dict):
+        if type(rec) is not dict:
             line = _json_record_line(text, i)
             raise StudioError(f"{name} line {line}: expected a JSON object, got {_tname(rec)}")
-        _check_record(name, rec, line=lambda i=i: _json_record_line(text, i), **suspects)
+        deep = False
+        for v in rec.values():
+            if (type(v) is list or type(v) is dict) and nesting(v) >= MAX_NESTING:
+                deep = True
+                break
+        if surrogates or deep:
+            _check_fields(
+                lambda i=i: f"{name} line {_json_record_line(text, i)}",
+                rec,
+                surrogates=surrogates,
+                deep=True,
+            )
     return _records_source(name, doc, lambda i: f"line {_json_record_line(text, i)}")
 
 
@@ -496,76 +544,145 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-_DECODE = json.JSONDecoder(object_pairs_hook=_unique_pairs).decode
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_pairs)
+_DECODE, _SCAN = _DECODER.decode, _DECODER.scan_once
+# What the parser raises on text ingest refuses: malformed JSON (JSONDecodeError, a ValueError),
+# an integer longer than Python converts (ValueError), nesting past the interpreter's recursion
+# limit, a key twice in one object
+_PARSE_FAILURES = (ValueError, RecursionError, _DuplicateKey)
+_NOT_JSON = object()  # what _json_cell returns for a cell that is not JSON at all
 
 
-def _parse_json(name: str, text: str, *, first_line: int, record_depth: int, hint: str) -> Any:
-    """``text`` (a JSONL line that is line ``first_line``, or a whole JSON file) parsed; every
-    failure is one line naming the file, the line and, where the parser gives none, the
-    record's field (``record_depth``: how many containers enclose a record's keys)."""
+def _parse(text: str) -> Any:
+    """``_DECODE(text)``, quicker where ``text`` is exactly one JSON value (a JSONL line, a
+    cell): the scanner itself, as ``decode`` calls it, without ``decode``'s whitespace
+    handling; text with whitespace around its value, or no value first, goes to ``decode``."""
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        return _DECODE(text)
+    return value if end == len(text) else _DECODE(text)
+
+
+def _parse_json(text: str, *, where: Callable[[int], str], record_depth: int, hint: str) -> Any:
+    """``text`` (a whole JSON file) parsed; every failure is one line (:func:`_json_error`)."""
     try:
         return _DECODE(text)
-    except json.JSONDecodeError as e:
-        line = first_line + e.lineno - 1
-        raise StudioError(
-            f"{name} line {line}: malformed JSON: {e.msg} (column {e.colno}){hint}"
-        ) from None
-    except _DuplicateKey as e:
-        pos, field = _locate(text, problem="duplicate", record_depth=record_depth)
-        inside = f" inside field {_show(field)}" if field not in (None, e.key) else ""
-        line = first_line + text.count("\n", 0, pos)
-        raise StudioError(
-            f"{name} line {line}: key {_show(e.key)} appears twice in one object{inside}; "
+    except _PARSE_FAILURES as exc:
+        raise _json_error(exc, text, where=where, record_depth=record_depth, hint=hint) from None
+
+
+def _json_error(
+    exc: BaseException,
+    text: str,
+    *,
+    where: Callable[[int], str],
+    record_depth: int,
+    hint: str = "",
+    cell: str | None = None,
+) -> StudioError:
+    """The one-line error for the parser's failure ``exc`` on ``text`` (a JSONL line, a whole
+    JSON file or a cell's JSON): ``where(offset)`` names the file and the line or row; the
+    field is ``cell`` (the field whose value ``text`` is), else the record's field a token scan
+    finds where the parser names none (``record_depth``: how many containers enclose a
+    record's keys)."""
+
+    def locate(problem: str) -> tuple[int, str | None]:
+        if cell is not None:
+            return 0, cell
+        return _locate(text, problem=problem, record_depth=record_depth)
+
+    if isinstance(exc, json.JSONDecodeError):
+        return StudioError(
+            f"{where(exc.pos)}: malformed JSON: {exc.msg} (column {exc.colno}){hint}"
+        )
+    if isinstance(exc, _DuplicateKey):
+        pos, field = locate("duplicate")
+        shown = field is not None and (cell is not None or field != exc.key)
+        inside = f" inside field {_show(field)}" if shown else ""
+        return StudioError(
+            f"{where(pos)}: key {_show(exc.key)} appears twice in one object{inside}; "
             "JSON keeps only one of them, so remove or rename the other"
-        ) from None
-    except RecursionError:
-        pos, field = _locate(text, problem="deep", record_depth=record_depth)
-        raise StudioError(
-            f"{name} line {first_line + text.count(chr(10), 0, pos)}: {_field(field)} is nested "
-            f"more than {MAX_NESTING} deep"
-        ) from None
-    except ValueError:  # an integer literal longer than Python converts (sys.int_info)
-        pos, field = _locate(text, problem="long", record_depth=record_depth)
-        raise StudioError(
-            f"{name} line {first_line + text.count(chr(10), 0, pos)}: {_field(field)} holds an "
-            f"integer of more than {sys.get_int_max_str_digits()} digits"
-        ) from None
+        )
+    if isinstance(exc, RecursionError):
+        pos, field = locate("deep")
+        return StudioError(f"{where(pos)}: {_field(field)} is nested more than {MAX_NESTING} deep")
+    # a ValueError: an integer literal longer than Python converts (sys.int_info)
+    pos, field = locate("long")
+    return StudioError(
+        f"{where(pos)}: {_field(field)} holds an integer of more than "
+        f"{sys.get_int_max_str_digits()} digits"
+    )
+
+
+def _json_cell(src: _Source, i: int, field: str, text: str) -> Any:
+    """The JSON in a cell (a CSV cell, or text where a list was expected) held to the rules a
+    JSON record is (see the module doc), one line naming the file, the row and ``field`` when
+    it breaks one; :data:`_NOT_JSON` when the text is not JSON at all."""
+    try:
+        value = _parse(text)
+    except json.JSONDecodeError:
+        return _NOT_JSON
+    except _PARSE_FAILURES as exc:
+        where = f"{src.name} {src.locate(i)}"
+        raise _json_error(exc, text, where=lambda _: where, record_depth=0, cell=field) from None
+    surrogates, deep = _suspects(text)
+    if surrogates or deep:
+        where = f"{src.name} {src.locate(i)}"
+        _check_fields(lambda: where, {field: value}, surrogates=surrogates, deep=deep)
+    return value
 
 
 def _field(name: str | None) -> str:
     return "a value" if name is None else f"field {_show(name)}"
 
 
-def _suspects(raw: str) -> dict[str, bool]:
-    """Whether JSON text may hold a lone surrogate (it has such an escape) or deep nesting (it
-    has that many brackets): cheap tests, so most records skip :func:`_check_record`'s walks."""
-    return {
-        "surrogates": _SURROGATE_ESCAPE.search(raw) is not None,
-        "deep": raw.count("[") + raw.count("{") > MAX_NESTING,
-    }
+def _suspects(
+    text: str, start: int = 0, end: int | None = None, *, escapes: bool = True
+) -> tuple[bool, bool]:
+    """(may hold a lone surrogate, may nest past MAX_NESTING) for the JSON in
+    ``text[start:end]``: cheap tests that never miss, so most records skip
+    :func:`_check_fields`'s walks. A lone surrogate needs a surrogate escape that is not half of
+    an escaped pair (a pair, e.g. an emoji written by ``ensure_ascii``, is one character); deep
+    nesting needs that many brackets. ``escapes=False``: the caller knows the text holds no
+    surrogate escape (a file searched once, for a test on each of its lines).
+
+        >>> _suspects(r'{"a": "\\ud83d\\ude00", "b": [1]}')
+        (False, False)
+    """
+    end = len(text) if end is None else end
+    surrogates = escapes and _lone_surrogate_escape(text, start, end)
+    return surrogates, text.count("[", start, end) + text.count("{", start, end) > MAX_NESTING
 
 
-def _check_record(
-    name: str, rec: dict[str, Any], *, line: Callable[[], int], surrogates: bool, deep: bool
+def _lone_surrogate_escape(text: str, start: int, end: int) -> bool:
+    """Whether JSON ``text[start:end]`` has a surrogate escape that is not half of a pair."""
+    return _SURROGATE_ESCAPE.search(text, start, end) is not None and any(
+        m.group(1) for m in _SURROGATE_UNIT.finditer(text, start, end)
+    )
+
+
+def _check_fields(
+    where: Callable[[], str], fields: dict[str, Any], *, surrogates: bool, deep: bool
 ) -> None:
-    """What the parser accepts but nothing after it can hold: a lone surrogate or nesting
-    deeper than MAX_NESTING (looked for only where :func:`_suspects` says they may be).
-    ``line`` finds the record's line, only on error."""
+    """What the parser accepts but nothing after it can hold, in a record's (or a cell's)
+    ``fields``: a lone surrogate or nesting deeper than MAX_NESTING, looked for only where a
+    cheap test (:func:`_suspects`) says they may be. ``where`` names the file and line or row,
+    only on error."""
     if surrogates:
-        for key, value in rec.items():
+        for key, value in fields.items():
             bad = _lone_surrogate(key) or _lone_surrogate(value)
             if bad is not None:
                 raise StudioError(
-                    f"{name} line {line()}: field {_show(key)} holds a lone surrogate "
+                    f"{where()}: field {_show(key)} holds a lone surrogate "
                     f"{bad!r} (an escape that is half of a UTF-16 pair, not a character); "
                     "fix or drop it"
                 )
     if deep:
-        for key, value in rec.items():
+        for key, value in fields.items():
             if _nesting(value) >= MAX_NESTING:  # the record itself is one more level
                 raise StudioError(
-                    f"{name} line {line()}: field {_show(key)} is nested more than "
-                    f"{MAX_NESTING} deep"
+                    f"{where()}: field {_show(key)} is nested more than {MAX_NESTING} deep"
                 )
 
 
@@ -588,18 +705,18 @@ def _lone_surrogate(value: Any) -> str | None:
 
 
 def _nesting(value: Any) -> int:
-    """How many lists/objects enclose ``value``'s deepest part (0 for a scalar); iterative,
-    so any depth the parser accepted is measured without recursion."""
-    deepest = 0
-    todo = [(value, 1)]
-    while todo:
-        v, d = todo.pop()
-        items = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
-        if items is None:
-            continue
-        deepest = max(deepest, d)
-        todo.extend((c, d + 1) for c in items if isinstance(c, dict | list))
-    return deepest
+    """How many lists/objects enclose ``value``'s deepest part (0 for a scalar); a level at a
+    time, so any depth the parser accepted is measured without recursion."""
+    deepest, level = 0, [value]
+    while True:
+        level = [v for v in level if type(v) is list or type(v) is dict]
+        if not level:
+            return deepest
+        deepest += 1
+        below: list[Any] = []
+        for v in level:
+            below += v.values() if type(v) is dict else v
+        level = below
 
 
 _TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}:]|-?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?')
@@ -861,8 +978,8 @@ def _check_rejected(src: _Source, values: list[Any]) -> list[list[str]]:
         if v is None:
             raise src.error(i, "missing required field 'rejected'")
         if isinstance(v, str) and not src.typed and v.lstrip().startswith("["):
-            parsed = _json_list_or_none(v)  # CSV: a JSON list of strings is the list
-            if parsed is not None and all(isinstance(r, str) for r in parsed):
+            parsed = _json_cell(src, i, "rejected", v)  # CSV: a JSON list of strings is the list
+            if isinstance(parsed, list) and all(isinstance(r, str) for r in parsed):
                 v = parsed
         items = [v] if isinstance(v, str) else v
         if not isinstance(items, list) or not items:
@@ -884,8 +1001,8 @@ def _check_messages(src: _Source, values: list[Any]) -> list[list[tuple[str, str
         if v is None:
             raise src.error(i, "missing required field 'messages'")
         if isinstance(v, str):
-            parsed = _json_list_or_none(v)
-            if parsed is None:
+            parsed = _json_cell(src, i, "messages", v)
+            if not isinstance(parsed, list):
                 raise src.error(i, f"field 'messages' must be {_TURNS}, got text that is not one")
             v = parsed
         if not isinstance(v, list) or not v:
@@ -1065,9 +1182,12 @@ def _responses_table(ids: list[str], chosen: list[str], rejected: list[list[str]
 
 
 def _json_list_or_none(text: str) -> list[Any] | None:
+    """The JSON list in ``text``, else None: for core.rollouts, which reads a CSV cell that
+    is no list (or JSON deeper or longer than Python parses) as text. Ingest's fields use
+    :func:`_json_cell`, which holds the JSON to the rules a record is."""
     try:
         v = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return None
     return v if isinstance(v, list) else None
 

@@ -297,6 +297,8 @@ def _sizes(store: Store) -> tuple[int, ...]:
 _names = itertools.count()
 
 
+_DEEP = "[" * 100_000 + "]" * 100_000  # deeper than Python's parser goes
+_TOO_DEEP = "[" * 100 + "]" * 100  # parses, but deeper than ingest keeps
 # The inputs issue 12 reported, tried in every format on every run before the generated ones.
 KNOWN = [
     ("prompts", [{"prompt": "caf\ud800"}]),  # a lone surrogate
@@ -304,6 +306,14 @@ KNOWN = [
     ("prompts", [{"prompt": "q", "Cluster": 1, "X": "t"}]),  # built-in names, other case
     ("prompts", [{"prompt": "q", "Score": 1, "score": 2}]),  # twins but for case
     ("chats", [{"messages": [{"role": "user", "content": "q"}], "": 1}]),  # an empty name
+    # JSON text in a cell (every writer keeps a string as it is): a lone surrogate escape,
+    # nesting past the limit (and past the parser's), a key twice; and a rejected list in CSV
+    ("chats", [{"messages": '[{"role": "user", "content": "q\\ud800"}]'}]),
+    ("chats", [{"messages": '[{"role": "user", "content": "q", "x": ' + _DEEP + "}]"}]),
+    ("chats", [{"messages": '[{"role": "user", "content": "q", "x": ' + _TOO_DEEP + "}]"}]),
+    ("chats", [{"messages": '[{"role": "user", "content": "q", "role": "user"}]'}]),
+    ("preferences", [{"prompt": "q", "chosen": "a", "rejected": '["b\\udfff"]'}]),
+    ("preferences", [{"prompt": "q", "chosen": "a", "rejected": '["b", ' + _DEEP + "]"}]),
 ]
 
 

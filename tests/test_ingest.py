@@ -775,6 +775,118 @@ def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
     assert error_of(doc).startswith("data.json line 4: key 't' appears twice")
 
 
+# JSON inside a cell (a CSV cell, a Parquet string, a JSONL string where a list was expected) is
+# held to the same rules as a JSON record: one line naming the file, the row and the field
+DEEP = "[" * 100_000 + "]" * 100_000
+TOO_DEEP = "[" * 100 + "]" * 100  # parses, but nests past the limit
+CELLS = [
+    ('[{"role": "user", "content": "hi \\ud800"}]', "holds a lone surrogate '\\ud800'"),
+    ('[{"role": "user", "content": "hi", "x": ' + DEEP + "}]", "is nested more than 100 deep"),
+    ('[{"role": "user", "content": "hi", "x": ' + TOO_DEEP + "}]", "is nested more than 100 deep"),
+    ('[{"role": "user", "content": "hi", "role": "assistant"}]', "key 'role' appears twice"),
+    ('[{"role": "user", "content": "hi", "n": ' + "9" * 5000 + "}]", "integer of more than 4300"),
+]
+
+
+@pytest.mark.parametrize(
+    ("cell", "needle"), CELLS, ids=["surrogate", "deep", "deep100", "dup", "long"]
+)
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_json_in_a_messages_cell_is_checked_like_a_record(
+    tmp_path: Path, suffix: str, cell: str, needle: str
+) -> None:
+    ok = json.dumps([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
+    path = write_records(tmp_path / f"data{suffix}", [{"messages": ok}, {"messages": cell}])
+    where = {".csv": "line 3", ".parquet": "row 2", ".jsonl": "line 2"}[suffix]
+    msg = error_of(path, kind="chats")
+    assert msg.startswith(f"data{suffix} {where}: "), msg
+    assert "field 'messages'" in msg and needle in msg, msg
+
+
+@pytest.mark.parametrize(
+    ("cell", "needle"), CELLS, ids=["surrogate", "deep", "deep100", "dup", "long"]
+)
+def test_json_in_a_rejected_cell_is_checked_like_a_record(
+    tmp_path: Path, cell: str, needle: str
+) -> None:
+    # a list holding an object: checked, then kept as text (not a list of strings)
+    rows = [
+        {"prompt": "p", "chosen": "a", "rejected": '["b", "c"]'},
+        {"prompt": "p", "chosen": "a", "rejected": cell},
+    ]
+    path = write_csv(tmp_path / "data.csv", rows)
+    msg = error_of(path, kind="preferences")
+    assert msg.startswith("data.csv line 3: "), msg
+    assert "field 'rejected'" in msg and needle in msg, msg
+
+
+def test_cells_that_are_not_json_or_hold_good_json_read_as_before(tmp_path: Path) -> None:
+    rows = [
+        {"prompt": "p", "chosen": "a", "rejected": "[not json"},  # text that starts with [
+        {"prompt": "p", "chosen": "a", "rejected": '["b", "smile \\ud83d\\ude00"]'},
+        {"prompt": "p", "chosen": "a", "rejected": '["b", {"k": 1}]'},  # not all text: the text
+    ]
+    t = read_dataset(write_csv(tmp_path / "data.csv", rows), kind="preferences")
+    got = [r["text"] for r in t.responses.to_pylist() if r["role"] == "rejected"]
+    assert got == ["[not json", "b", "smile \U0001f600", '["b", {"k": 1}]']
+    msgs = json.dumps([{"role": "user", "content": "\\ud83d\\ude00 x"}])  # an escaped pair
+    t = read_dataset(write_csv(tmp_path / "c.csv", [{"messages": msgs}]), kind="chats")
+    assert t.examples.column("prompt").to_pylist() == ["\\ud83d\\ude00 x"]
+
+
+def test_the_surrogate_pretest_flags_lone_ones_only() -> None:
+    from core.ingest import _suspects
+
+    assert _suspects('{"a": "\\ud83d\\ude00"}') == (False, False)  # a pair is one character
+    assert _suspects('{"a": "\\ud800"}')[0]
+    assert _suspects('{"a": "\\udc00\\ud800"}')[0]  # low then high: two lone ones
+    assert _suspects('{"a": "\\ud800\\ud83d\\ude00"}')[0]
+    assert not _suspects('{"a": "\\\\ud800"}')[0]  # an escaped backslash, then text
+    assert _suspects('{"a": "\\\\\\ud800"}')[0]  # an escaped backslash, then an escape
+    # an escaped backslash then "ud800" is text, so the escape after it is a lone low surrogate
+    assert _suspects('{"a": "\\\\ud800\\udc00"}')[0]
+    text = '[{"a": 1}, {"b": "\\ud800"}]'
+    assert _suspects(text, 0, 10) == (False, False) and _suspects(text, 11, len(text))[0]
+    assert _suspects("[" * 101) == (False, True) and _suspects("[" * 100) == (False, False)
+
+
+def test_a_json_array_checks_each_record_and_names_its_line(tmp_path: Path) -> None:
+    """The .json reader reads record by record: the checks look at the records that may need
+    them, and every error is the one the whole-document parse gives."""
+    doc = tmp_path / "data.json"
+    recs: list[Any] = [{"prompt": f"p{i}", "xs": [[1]] * 60} for i in range(3)]  # 62 brackets each
+
+    def body(recs: list[Any]) -> str:
+        return "[\n" + ",\n".join(json.dumps(r) for r in recs) + "\n]"
+
+    bad = [recs[0], {**recs[1], "prompt": "p1 \ud800"}, recs[2]]
+    doc.write_text(body(recs), "utf-8")
+    assert read_dataset(doc, kind="prompts").n == 3
+    doc.write_text(body(bad), "utf-8")
+    assert error_of(doc).startswith("data.json line 3: field 'prompt' holds a lone surrogate")
+    # a parse error after a record with a check error: the parse error, as before
+    doc.write_text(body(bad).replace('"p2"', '"p2",,'), "utf-8")
+    assert error_of(doc).startswith("data.json line 4: malformed JSON: ")
+    # a record that is no object before a record with a check error: that one first
+    doc.write_text(body([[recs[0]], *bad[1:]]), "utf-8")
+    assert error_of(doc) == "data.json line 2: expected a JSON object, got list"
+    good = body(recs)
+    for wrapped, line in (
+        ('{"data": ' + good + "}", 3),
+        ('{"v": 1,\n"data": ' + good + ', "w": [2]}', 4),
+    ):
+        doc.write_text(wrapped, "utf-8")
+        assert read_dataset(doc, kind="prompts").n == 3
+        doc.write_text(wrapped.replace('"p1"', '"p1 \\ud800"'), "utf-8")
+        assert error_of(doc).startswith(f"data.json line {line}: field 'prompt' holds a lone")
+    doc.write_text('{"data": ' + good + ', "data": []}', "utf-8")
+    assert "key 'data' appears twice" in error_of(doc)
+    for odd in ("[]", "{}", '{"data": 1}', '{"data": [1], "x": }', "[1,]", "[1] x"):
+        doc.write_text(odd, "utf-8")
+        with pytest.raises(StudioError):
+            read_dataset(doc, kind="prompts")
+
+
 # --- files that are almost what was meant ------------------------------------------------------
 
 
