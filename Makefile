@@ -3,6 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TRAINERS := $(VENV)/.trainers
 DB ?= data/demo.duckdb
 PORT ?= 8501
 export HF_HUB_OFFLINE := 1
@@ -15,6 +16,12 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
+
+# verl and TRL for tests/e2e (the exports checked with the real trainers); not needed to run the app
+$(TRAINERS): requirements-trainers.txt requirements-verl.txt | $(STAMP)
+	$(BIN)/pip install --quiet -r requirements-trainers.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements-verl.txt
+	touch $(TRAINERS)
 
 $(DB): | $(STAMP)
 	$(BIN)/python -m core demo --db $(DB)
@@ -33,7 +40,7 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/pyright --level error
 
-test: lint types
+test: lint types $(TRAINERS)
 	$(BIN)/pytest -q
 
 bench: $(STAMP)

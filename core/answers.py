@@ -133,7 +133,8 @@ def reasoning_gym_score(
 ) -> float | None:
     """The task's own ``score_answer`` on the response's final answer (``metadata``: the task
     entry's, which many checkers read); None when ``task`` is not a reasoning-gym task or its
-    checker fails without the metadata it needs."""
+    checker cannot judge this row: it fails, or scores the ground truth itself below 1 (it
+    needs metadata the row lacks)."""
     ds = _rg_dataset(task)
     if ds is None:
         return None
@@ -142,6 +143,10 @@ def reasoning_gym_score(
         return 0.0
     entry = {"answer": truth, "metadata": metadata or {}}
     try:
+        # a checker that does not give the ground truth itself full marks lacks what it needs
+        # (many return a small score instead of raising when the metadata is missing)
+        if float(ds.score_answer(truth, entry)) < 1.0:
+            return None
         return float(ds.score_answer(ans, entry))
     except Exception:  # the checker needs metadata this row lacks: no verdict from it
         return None

@@ -1168,7 +1168,10 @@ def run(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 mix=args.mix,
                 responses=args.responses,
-                tokenizer=args.tokenizer,
+                # a local folder by absolute path, so the manifest's command runs anywhere
+                tokenizer=str(Path(args.tokenizer).absolute())
+                if args.tokenizer and Path(args.tokenizer).exists()
+                else args.tokenizer,
                 max_length=args.max_length,
             ),
             rule_set=recorded,

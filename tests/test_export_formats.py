@@ -33,7 +33,7 @@ def test_every_format_loads_and_reproduces(pipeline_db, tmp_path, fmt):
     assert sum(manifest["counts"]["per_cluster"].values()) == manifest["rows"]
     assert sum(manifest["counts"]["per_difficulty_band"].values()) == manifest["rows"]
     assert manifest["layout"] == FORMAT_LAYOUT[fmt]
-    assert "--drop 'is_duplicate=1'" in manifest["command"]
+    assert "--drop is_duplicate=1" in manifest["command"]
     layout = manifest["layout"]
     if layout in ("verl", "trl-prompt"):
         assert ds[0]["prompt"][0]["role"] == "user" and ds[0]["prompt"][0]["content"]

@@ -405,3 +405,13 @@ def test_readme_train_commands_are_what_the_manifest_gives(fmt: str) -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     shown = recipe["command"] if fmt == "verl" else recipe["snippet"]
     assert shown in readme
+
+
+def test_the_recipes_name_the_trainer_versions_ci_installs() -> None:
+    """core.export's VERL_VERSION / TRL_VERSION are the pins tests/e2e runs against."""
+    from core.export import TRL_VERSION, VERL_VERSION
+
+    root = Path(__file__).parent.parent
+    assert f"verl=={VERL_VERSION}" in (root / "requirements-verl.txt").read_text().splitlines()
+    pins = (root / "requirements-trainers.txt").read_text().splitlines()
+    assert f"trl=={TRL_VERSION}" in pins

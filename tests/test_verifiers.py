@@ -129,3 +129,19 @@ def test_judge_compares_reward_sources(tmp_path, capsys):
     assert "inv: " in out and "pairwise accuracy 0.000" in out
     assert "inv vs verifier" in out and "pair agreement 0.000" in out
     assert run_cli("judge", "--db", str(db), "--dataset", "p", "--names", "nope") == 2
+
+
+def test_a_checker_that_cannot_judge_without_metadata_falls_back_to_the_match():
+    """fraction_simplification's score_answer needs the entry's metadata and returns 0.01
+    (no error) without it: the right answer must still score 1 through the match."""
+    import reasoning_gym
+
+    entry = reasoning_gym.create_dataset("fraction_simplification", size=1, seed=0)[0]
+    said = f"The answer is {entry['answer']}."
+    assert reasoning_gym_score("fraction_simplification", said, entry["answer"]) is None
+    with_meta = reasoning_gym_score(
+        "fraction_simplification", said, entry["answer"], metadata=entry["metadata"]
+    )
+    assert with_meta == 1.0
+    verdict = verify([said], [entry["answer"]], tasks=["fraction_simplification"])[0]
+    assert (verdict.score, verdict.method) == (1.0, "match")

@@ -15,7 +15,7 @@ Each test exports from a small store through the CLI, configures the trainer fro
   so the trainer keeps every exported row.
 
 Marked ``trainers`` and ``slow``; skipped (with the install line) without verl / trl. Install:
-``pip install -r requirements-trainers.txt && pip install --no-deps verl==0.9.1``.
+``pip install -r requirements-trainers.txt && pip install --no-deps -r requirements-verl.txt``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from typing import Any
 
 import pytest
 
-INSTALL = "pip install -r requirements-trainers.txt && pip install --no-deps verl==0.9.1"
+INSTALL = (
+    "pip install -r requirements-trainers.txt && pip install --no-deps -r requirements-verl.txt"
+)
 needs_verl = pytest.mark.skipif(
     importlib.util.find_spec("verl") is None, reason=f"verl is not installed ({INSTALL})"
 )
@@ -222,18 +224,8 @@ def _verl_score(manager: Any, tokenizer: Any, row: dict[str, Any], response: str
     return manager.loop.run_until_complete(manager.run_single(data))["reward_score"]
 
 
-# A reasoning-gym checker swallows a missing-metadata error (fraction_simplification's
-# score_answer: bare except -> 0.01), so core/answers.py's fallback to the match checker never runs
-# for a row with a task but no metadata (the demo prompts): a right answer scores 0.01.
-NO_METADATA = pytest.mark.xfail(
-    strict=True,
-    reason="core/answers.py: reasoning-gym checkers return 0.01 without the task metadata "
-    "instead of failing, so a right answer to a demo prompt scores 0.01",
-)
-
-
 @needs_verl
-@pytest.mark.parametrize("dataset", [pytest.param("demo", marks=NO_METADATA), "prefs"])
+@pytest.mark.parametrize("dataset", ["demo", "prefs"])  # without and with task metadata
 def test_verl_scores_with_the_exports_reward_file(
     trainer_store, tiny_trainer_lm, tmp_path, dataset
 ):
