@@ -340,7 +340,7 @@ def test_grpo_generation_batch_is_one_export_batch(trainer_store, tiny_trainer_l
     """GRPOConfig(**manifest train.config): each generation batch is one export batch in file
     order (each prompt num_generations times), as the dataloader yields it and as the reward
     function is called in a training step."""
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig, GRPOTrainer  # pyright: ignore[reportPrivateImportUsage]
 
     out = tmp_path / "prompts.jsonl"
     manifest = _export(trainer_store, "demo", "trl-prompt", out)
@@ -361,11 +361,13 @@ def test_grpo_generation_batch_is_one_export_batch(trainer_store, tiny_trainer_l
         args=args,
         train_dataset=_load_json(out, tmp_path),
     )
-    gens = args.num_generations
-    assert args.generation_batch_size // gens == BATCH
+    gens, generation = args.num_generations, args.generation_batch_size
+    assert gens is not None and generation is not None  # resolved by GRPOConfig
+    assert generation // gens == BATCH
     batches = _export_batches([r["batch"] for r in rows])
     # RepeatSampler: a generation batch is repeated num_iterations x steps_per_generation times
     # (the trainer reuses one generation for that many steps)
+    assert args.steps_per_generation is not None
     repeat = args.num_iterations * args.steps_per_generation
     loader = iter(trainer.get_train_dataloader())
     for j in range(2 * repeat):
@@ -387,7 +389,7 @@ def _preference_trainer(
     tokenizer = transformers.AutoTokenizer.from_pretrained(model)
     settings = {**config, **CPU, "max_steps": 2, **extra}
     if kind == "dpo":
-        from trl import DPOConfig, DPOTrainer
+        from trl import DPOConfig, DPOTrainer  # pyright: ignore[reportPrivateImportUsage]
 
         return DPOTrainer(
             model=str(model),
@@ -395,7 +397,7 @@ def _preference_trainer(
             train_dataset=train,
             processing_class=tokenizer,
         )
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardConfig, RewardTrainer  # pyright: ignore[reportPrivateImportUsage]
 
     scorer = transformers.AutoModelForSequenceClassification.from_pretrained(model, num_labels=1)
     return RewardTrainer(
@@ -482,7 +484,7 @@ def test_sft_steps_are_export_batches(trainer_store, tiny_trainer_lm, tmp_path, 
     """SFTTrainer with the manifest's config trains on the export's batches in file order; a
     responses set's export holds only the chosen responses (the default)."""
     import transformers
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig, SFTTrainer  # pyright: ignore[reportPrivateImportUsage]
 
     out = tmp_path / "sft.jsonl"
     manifest = _export(trainer_store, dataset, "trl-messages", out)
@@ -499,6 +501,7 @@ def test_sft_steps_are_export_batches(trainer_store, tiny_trainer_lm, tmp_path, 
         train_dataset=_load_json(out, tmp_path),
         processing_class=transformers.AutoTokenizer.from_pretrained(tiny_trainer_lm),
     )
+    assert trainer.train_dataset is not None
     assert trainer.train_dataset["id"] == [r["id"] for r in rows]
     seen = _record(trainer, ("id", "batch"))
     trainer.train()
