@@ -659,10 +659,13 @@ TRL_TRAINERS = {
 }
 # verl modes that re-batch what the sampler gives, so a step no longer sees one export batch
 VERL_REBATCHING = (
-    "algorithm.filter_groups.enable=True (DAPO's dynamic sampling: drops groups whose rewards "
-    "are all equal and refills from later batches), data.gen_batch_size different from "
-    "data.train_batch_size, and async / partial-rollout trainers (they mix steps) do not keep "
-    "one export batch per step; the order of prompts still holds"
+    "these re-batch, so a step no longer takes one export batch (the order of prompts still "
+    "holds): algorithm.filter_groups.enable=True (DAPO's dynamic sampling drops groups whose "
+    "rewards are all equal and refills from later prompts), "
+    "trainer.v1.sampler.sync_refill_failed_groups=True, "
+    "trainer.v1.trainer_mode=colocate_async|separate_async (async rollouts mix steps), "
+    "data.gen_batch_size different from data.train_batch_size, data.train_max_samples > 0 and "
+    "data.filter_overlong_prompts=True"
 )
 
 
