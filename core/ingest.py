@@ -202,6 +202,9 @@ class _Source:
     locate: Callable[[int], str]  # record index -> "line 7" / "row 7"
     typed: bool  # False for CSV, whose cells are all text
     warnings: list[str] = field(default_factory=list)  # what reading the file had to assume
+    # False when the file's text holds no surrogate escape anywhere: no JSON cell of it can
+    # hold a lone surrogate (see _json_cell)
+    escapes: bool = True
 
     def error(self, i: int, message: str) -> StudioError:
         return StudioError(f"{self.name} {self.locate(i)}: {message}")
@@ -426,11 +429,16 @@ def _load(path: Path) -> _Source:
             raise StudioError(f"{name}: not a readable Parquet file: {_one_line(e)}") from None
         return _arrow_source(name, table)
     text = _decode(path)
+    # most files hold no surrogate escape at all: then no record or cell needs that test
+    escapes = _SURROGATE_ESCAPE.search(text) is not None
     if fmt == "jsonl":
-        return _read_jsonl(name, text)
-    if fmt == "json":
-        return _read_json(name, text)
-    return _read_csv(name, text, delimiter="\t" if fmt == "tsv" else ",")
+        src = _read_jsonl(name, text, escapes=escapes)
+    elif fmt == "json":
+        src = _read_json(name, text)
+    else:
+        src = _read_csv(name, text, delimiter="\t" if fmt == "tsv" else ",")
+    src.escapes = escapes
+    return src
 
 
 def _decode(path: Path) -> str:
@@ -444,13 +452,12 @@ def _decode(path: Path) -> str:
     return text.removeprefix("\ufeff")
 
 
-def _read_jsonl(name: str, text: str) -> _Source:
-    """One JSON object a line; blank lines are skipped, lines counted as in an editor."""
+def _read_jsonl(name: str, text: str, *, escapes: bool = True) -> _Source:
+    """One JSON object a line; blank lines are skipped, lines counted as in an editor.
+    ``escapes=False``: ``text`` holds no surrogate escape, so no line needs that test."""
     records: list[dict[str, Any]] = []
     lines: list[int] = []
     parse, suspects = _parse, _suspects
-    # most files hold no surrogate escape at all: then no line needs that test
-    escapes = _SURROGATE_ESCAPE.search(text) is not None
     for lineno, raw in enumerate(text.split("\n"), 1):
         if not raw or raw.isspace():
             continue
@@ -626,7 +633,7 @@ def _json_cell(src: _Source, i: int, field: str, text: str) -> Any:
     except _PARSE_FAILURES as exc:
         where = f"{src.name} {src.locate(i)}"
         raise _json_error(exc, text, where=lambda _: where, record_depth=0, cell=field) from None
-    surrogates, deep = _suspects(text)
+    surrogates, deep = _suspects(text, escapes=src.escapes)
     if surrogates or deep:
         where = f"{src.name} {src.locate(i)}"
         _check_fields(lambda: where, {field: value}, surrogates=surrogates, deep=deep)
