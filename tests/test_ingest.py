@@ -834,6 +834,16 @@ def test_cells_that_are_not_json_or_hold_good_json_read_as_before(tmp_path: Path
     assert t.examples.column("prompt").to_pylist() == ["\\ud83d\\ude00 x"]
 
 
+def test_the_lenient_list_reader_never_raises() -> None:
+    """core.rollouts reads a CSV cell that is no JSON list as text: JSON nested past the
+    parser or with an integer past Python's digit limit is such a cell, not a traceback."""
+    from core.ingest import _json_list_or_none
+
+    assert _json_list_or_none(DEEP) is None
+    assert _json_list_or_none("[" + "9" * 5000 + "]") is None
+    assert _json_list_or_none("[1, true]") == [1, True]
+
+
 def test_the_surrogate_pretest_flags_lone_ones_only() -> None:
     from core.ingest import _suspects
 
