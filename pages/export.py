@@ -204,8 +204,12 @@ def show_train(m: dict) -> None:
     if not train:
         return
     st.markdown(f"**Train on it** with {md(train['trainer'])}: {md(train['batches'])}.")
-    st.code(train["command"] if "overrides" in train else train["snippet"], language="bash"
-            if "overrides" in train else "python")  # fmt: skip
+    verl = "overrides" in train
+    st.code(
+        train["command"] if verl else train["snippet"],
+        language="bash" if verl else "python",
+        wrap_lines=True,
+    )
     for key in ("placeholders", "rebatching", "last_batch"):
         if train.get(key):
             st.caption(md(f"{key.replace('_', ' ')}: {train[key]}"))
