@@ -245,6 +245,40 @@ def load_written(out: Path, container: str, cache: Path) -> Any:
     return ds
 
 
+def hand_clusters(db: Path, dataset: str, *, k: int = 3) -> None:
+    """Clusters without a model, through the Store API: a finished (empty) feature run and a
+    cluster run on it with example i (ingest order) in cluster i % k, so an export can build
+    cluster-first batches (--batch-size)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from core.store import Store
+
+    store = Store(db)
+    rows = store.wide(dataset, views=store.views(dataset), columns=["id", "idx"]).to_pydict()
+    run, _ = store.start_run(step="featurize", dataset=dataset, config={}, versions={})
+    store.finish_run(run, summary={})
+    store.add_cluster_run(
+        dataset=dataset,
+        feature_run=run,
+        config={},
+        versions={},
+        summary={},
+        assignments=pa.table(
+            {"example_id": rows["id"], "cluster": [i % k for i in rows["idx"]]},
+            schema=pa.schema([("example_id", pa.string()), ("cluster", pa.int32())]),
+        ),
+        clusters=pd.DataFrame(
+            {
+                "cluster": list(range(k)),
+                "size": [sum(i % k == c for i in rows["idx"]) for c in range(k)],
+                "label": "",
+                "top_features": "[]",
+            }
+        ),
+    )
+
+
 def run_cli(*argv: str) -> int:
     from core.cli import main
 

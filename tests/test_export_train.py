@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import reasoning_gym
@@ -24,32 +23,9 @@ from core import answers
 from core.demo_data import write_demo_preferences
 from core.store import Store
 from core.verifiers import verify
-from tests.conftest import run_cli
+from tests.conftest import hand_clusters, run_cli
 
 PREFS = 30
-
-
-def _add_clusters(db: Path, dataset: str, k: int = 3) -> None:
-    """A cluster run written through the Store API (no model needed): example i in cluster i % k."""
-    store = Store(db)
-    ids = store.wide(dataset, views=store.views(dataset), columns=["id", "idx"]).to_pydict()
-    # an (empty) feature run for the clusters to hang on, as Store.views finds them
-    fr, _ = store.start_run(step="featurize", dataset=dataset, config={}, versions={})
-    store.finish_run(fr, summary={})
-    store.add_cluster_run(
-        dataset=dataset,
-        feature_run=fr,
-        config={},
-        versions={},
-        summary={},
-        assignments=pa.table(
-            {"example_id": ids["id"], "cluster": [i % k for i in ids["idx"]]},
-            schema=pa.schema([("example_id", pa.string()), ("cluster", pa.int32())]),
-        ),
-        clusters=pd.DataFrame(
-            {"cluster": list(range(k)), "size": [1] * k, "label": "", "top_features": "[]"}
-        ),
-    )
 
 
 def _rg_rows(n_per_task: int = 6) -> list[dict[str, Any]]:
@@ -85,9 +61,9 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rg = folder / "rg.jsonl"
     rg.write_text("".join(json.dumps(r) + "\n" for r in _rg_rows()))
     assert run_cli("ingest", str(rg), "--dataset", "rg", "--kind", "prompts", *d) == 0
-    _add_clusters(db, "prefs")
-    _add_clusters(db, "prefs.responses")
-    _add_clusters(db, "rg", k=2)
+    hand_clusters(db, "prefs")
+    hand_clusters(db, "prefs.responses")
+    hand_clusters(db, "rg", k=2)
     return db
 
 

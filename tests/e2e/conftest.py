@@ -6,8 +6,8 @@ verl's reward manager hands the reward function exactly the text the test wrote.
 downloaded. These tests need requirements-trainers.txt (verl 0.9.1 installed with --no-deps, trl
 1.16.0) and are skipped without it.
 
-This file does not import ``tests.conftest``: the verl wheel installs a top-level ``tests``
-package into site-packages, which shadows this project's ``tests`` namespace package.
+The verl wheel also installs a top-level ``tests`` package into site-packages; this project's
+``tests/__init__.py`` makes ``tests.conftest`` ours all the same.
 """
 
 from __future__ import annotations
@@ -17,11 +17,8 @@ from pathlib import Path
 
 import pytest
 
-# The chat template of tests/conftest.py (CHAT_TEMPLATE), written here for the reason above.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
+from tests.conftest import CHAT_TEMPLATE, hand_clusters
+
 DEMO_PROMPTS = 26  # prompts (26 = 6 batches of 4 and 2 left over: the last batch is incomplete)
 DEMO_PREFS = 14  # preference prompts, 1-3 rejected responses each
 DEMO_CHATS = 14
@@ -83,44 +80,6 @@ def _save_tiny_lm(folder: Path, corpus: list[str]) -> None:
     transformers.LlamaForCausalLM(config).save_pretrained(folder)
 
 
-def _fake_clusters(db: Path, dataset: str) -> None:
-    """A finished featurize run and a cluster run (example i in cluster i % N_CLUSTERS) through
-    the Store API, so --batch-size can build cluster-first batches without a model."""
-    import pandas as pd
-    import pyarrow as pa
-
-    from core.store import Store
-
-    store = Store(db)
-    with store.connect() as con:
-        ids = [
-            r[0]
-            for r in con.execute(
-                "SELECT id FROM examples WHERE dataset = ? ORDER BY idx", [dataset]
-            ).fetchall()
-        ]
-    run = store.record_run(step="featurize", dataset=dataset, config={}, versions={}, summary={})
-    store.add_cluster_run(
-        dataset=dataset,
-        feature_run=run,
-        config={},
-        versions={},
-        summary={},
-        assignments=pa.table(
-            {"example_id": ids, "cluster": [i % N_CLUSTERS for i in range(len(ids))]},
-            schema=pa.schema([("example_id", pa.string()), ("cluster", pa.int32())]),
-        ),
-        clusters=pd.DataFrame(
-            {
-                "cluster": list(range(N_CLUSTERS)),
-                "size": [len(ids[c::N_CLUSTERS]) for c in range(N_CLUSTERS)],
-                "label": "",
-                "top_features": "[]",
-            }
-        ),
-    )
-
-
 @pytest.fixture(scope="session")
 def trainer_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store with the demo's prompts ('demo'), preferences ('prefs'), their responses
@@ -143,7 +102,7 @@ def trainer_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert main(["ingest", str(path), "--db", str(db), "--dataset", name, "--kind", kind]) == 0
     assert main(["responses", "--dataset", "prefs", "--db", str(db)]) == 0
     for name in ("demo", "prefs", "chats", "prefs.responses"):
-        _fake_clusters(db, name)
+        hand_clusters(db, name, k=N_CLUSTERS)
     return db
 
 
