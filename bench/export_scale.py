@@ -69,8 +69,9 @@ WORDS = np.array(
 )
 
 
-def build(path: Path, n: int, seed: int = 0) -> None:
-    """A synthetic store of n examples with everything an export reads."""
+def build(path: Path, n: int, seed: int = 0, *, responses: pa.Table | None = None) -> None:
+    """A synthetic store of n examples with everything an export reads; with ``responses``
+    (example_id, response_idx, role, text), a preference set."""
     rng = np.random.default_rng(seed)
     path.unlink(missing_ok=True)
     s = Store(path)
@@ -108,11 +109,11 @@ def build(path: Path, n: int, seed: int = 0) -> None:
     )
     s.write_dataset(
         name="big",
-        kind="prompts",
+        kind="prompts" if responses is None else "preferences",
         source="synthetic",
         examples=examples,
         labels=labels,
-        responses=empty,
+        responses=empty if responses is None else responses,
     )
     fr, _ = s.start_run(
         step="featurize", dataset="big", config={"d_sae": 4096, "sae": "synthetic"}, versions={}
