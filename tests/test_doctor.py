@@ -213,6 +213,10 @@ def test_a_recorded_export_or_sae_folder_that_is_gone_is_a_finding(
     assert f"export of 'd' to {hf} (" in text and ") is gone" in text
     assert f"train-sae run {run_id} ('d') wrote {sae}, which is gone" in text
     assert f"feature run {fr} ('d') read the SAE {sae}, which is gone" in text
+    # a recorded path with no name (an hf export to '.') has no manifest beside it to check
+    store.record_export(dataset="d", path=".", fmt="hf", n_rows=1, manifest={})
+    code, lines = _doctor(db, exports)
+    assert code == 0, lines
 
 
 def test_the_export_folder_defaults_to_the_apps(
