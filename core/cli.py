@@ -720,8 +720,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--export-dir",
-        default=DEFAULT_EXPORT_DIR,
-        help="the app's export folder, whose manifests are checked too",
+        help="the app's export folder, whose manifests are checked too (default: "
+        f"$SAERL_EXPORT_DIR, else {DEFAULT_EXPORT_DIR})",
     )
     sp.add_argument(
         "--sae-dir",

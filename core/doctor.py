@@ -35,7 +35,8 @@ from typing import Any, Literal
 
 import duckdb
 
-from core.defaults import DEFAULT_EXPORT_DIR, DEFAULT_SAE_DIR
+from core.defaults import DEFAULT_SAE_DIR
+from core.defaults import export_dir as default_export_dir
 from core.errors import StudioError
 from core.export import leftover_temp_files, manifest_path
 from core.formats import HF_DATA, file_sha256
@@ -58,13 +59,6 @@ class Finding:
     def line(self) -> str:
         tag = {"ok": "ok     ", "note": "note   ", "problem": "PROBLEM"}[self.level]
         return f"{tag} {self.what}" + (f": {self.todo}" if self.todo else "")
-
-
-def default_export_dir(explicit: str | Path | None = None) -> Path:
-    """The export folder doctor checks: ``explicit`` (``--export-dir``), else
-    ``$SAERL_EXPORT_DIR``, else ``data/exports`` -- the rule the app's Export page writes by
-    (pages/common.py ``export_dir``), so doctor looks where the app wrote."""
-    return Path(explicit or os.environ.get("SAERL_EXPORT_DIR") or DEFAULT_EXPORT_DIR)
 
 
 def data_file(out: Path) -> Path:
@@ -294,7 +288,7 @@ def diagnose(
 ) -> list[Finding]:
     """Every finding on the store at ``db``, in the order of the module doc. A file that does
     not open is one problem finding (the same words every command uses). ``export_dir`` None
-    is the app's export folder (:func:`default_export_dir`). ``sweep`` removes the leftover temp
+    is the app's export folder (:func:`core.defaults.export_dir`). ``sweep`` removes the leftover temp
     files it finds (and says so); ``upgrade`` migrates an older schema before checking."""
     store = Store(db)
     if not store.path.exists():

@@ -2080,7 +2080,10 @@ class Store:
                 return out
             owners = [(t, "runs r WHERE r.run_id = t.run_id") for t in RUN_TABLES]
             owners += [(t, "datasets d WHERE d.name = t.dataset") for t in DATASET_TABLES]
+            present = set(_table_names(con))  # an older schema lacks the newer tables
             for table, owner in owners:
+                if table not in present:
+                    continue
                 n = con.execute(
                     f"SELECT count(*) FROM {table} t WHERE NOT EXISTS (SELECT 1 FROM {owner})"
                 ).fetchall()[0][0]
@@ -2104,9 +2107,7 @@ class Store:
                 "FROM runs WHERE step = 'featurize' ORDER BY run_id"
             ).df()
             out["exports"] = con.execute(
-                "SELECT dataset, path, format, json_extract_string(manifest, '$.sha256') AS sha256, "
-                "json_extract_string(manifest, '$.container') AS container, created_at "
-                "FROM exports ORDER BY created_at"
+                "SELECT dataset, path, created_at FROM exports ORDER BY created_at"
             ).df()
         return out
 

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.defaults import DEFAULT_EXPORT_DIR, DEMO_DB
+from core.defaults import DEMO_DB
+from core.defaults import export_dir as default_export_dir
 from core.errors import StudioError
 from core.store import Store, Views
 from ui.text import md
@@ -66,7 +67,7 @@ def export_dir() -> str:
     --export-dir DIR`, else $SAERL_EXPORT_DIR, else core.defaults.DEFAULT_EXPORT_DIR. Anything
     else a user wants goes through the page's download buttons, so a visitor of the page cannot
     write anywhere the app's process may."""
-    return _app_args().export_dir or os.environ.get("SAERL_EXPORT_DIR") or DEFAULT_EXPORT_DIR
+    return str(default_export_dir(_app_args().export_dir))
 
 
 def init_state() -> None:

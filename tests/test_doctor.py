@@ -223,8 +223,9 @@ def test_the_export_folder_defaults_to_the_apps(
     studio: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without --export-dir doctor checks the folder the app writes to: $SAERL_EXPORT_DIR, else
-    data/exports (pages/common.py's rule)."""
-    from core.doctor import default_export_dir, diagnose
+    data/exports (core.defaults.export_dir, the app's rule too), from the CLI as well."""
+    from core.defaults import export_dir as default_export_dir
+    from core.doctor import diagnose
 
     db, _ = studio
     app = db.parent / "app_exports"
@@ -236,6 +237,7 @@ def test_the_export_folder_defaults_to_the_apps(
     assert default_export_dir(None) == app and default_export_dir("x") == Path("x")
     whats = [f.what for f in diagnose(db) if f.level == "problem"]
     assert whats == [f"manifest {stray} describes {app / 'gone.jsonl'}, which is missing"]
+    assert main(["doctor", "--db", str(db)]) == 1  # the CLI's default is the same folder
     monkeypatch.delenv("SAERL_EXPORT_DIR")
     assert default_export_dir(None) == Path("data/exports")
     assert not [f for f in diagnose(db) if f.level == "problem"]
@@ -253,3 +255,17 @@ def test_upgrade_migrates_an_older_schema_then_checks_it(tmp_path: Path) -> None
     assert f"ok      schema version {SCHEMA_VERSION}" in lines
     assert not [f for f in findings if f.level == "problem"], lines
     assert Store(db).schema_version() == SCHEMA_VERSION
+
+
+def test_store_health_reads_an_older_schema_without_its_newer_tables(tmp_path: Path) -> None:
+    """Store.health on a store of the first migrations checks the tables it has and skips the
+    ones later migrations add (no CatalogException)."""
+    from core.store import DATASET_TABLES, MIGRATIONS, RUN_TABLES
+
+    db = tmp_path / "old.duckdb"
+    _old_store(db, MIGRATIONS[:2])
+    with duckdb.connect(str(db)) as con:
+        present = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    assert not {*RUN_TABLES, *DATASET_TABLES} <= present  # some tables are newer
+    health = Store(db).health()
+    assert health["schema_version"] == 2 and health["orphans"] == {}
