@@ -953,23 +953,26 @@ def _length_check(
     )
     if pair is not None:
         probe = probe.append_column("rejected_idx", pa.array(pair, pa.int64()))
-    measured, names = [], []
+    limit = int(cfg.max_length or 0)
+    fits, dropped, longest = [], [], 0
     for chunk in store.export_chunks(dataset, views=views, plan=probe, chunk_rows=4096):
         rows = to_layout(chunk, cfg.layout, kind=kind, data_source=dataset)
-        measured.append(trainer_lengths(tokenizer, rows, layout=cfg.layout))
-        ids = chunk["id"].to_pylist()
+        length = trainer_lengths(tokenizer, rows, layout=cfg.layout)
+        fits.append(length <= limit)
+        longest = max(longest, int(length.max(initial=0)))
+        over = pa.array(np.flatnonzero(length > limit), pa.int64())
+        ids = chunk["id"].take(over).to_pylist()
         if pair is not None:
-            ids = [f"{i}#{j}" for i, j in zip(ids, chunk["rejected_idx"].to_pylist(), strict=True)]
-        names.extend(ids)
-    length = np.concatenate(measured) if measured else np.zeros(0, np.int64)
-    keep = length <= int(cfg.max_length or 0)
-    dropped = [names[i] for i in np.flatnonzero(~keep)]
+            which = chunk["rejected_idx"].take(over).to_pylist()
+            ids = [f"{i}#{j}" for i, j in zip(ids, which, strict=True)]
+        dropped += ids
+    keep = np.concatenate(fits) if fits else np.zeros(0, bool)
     return keep, {
         "tokenizer": cfg.tokenizer,
         "max_length": cfg.max_length,
         "measured": LENGTH_RULE[cfg.layout],
         "rows_checked": n,
-        "longest": int(length.max()) if n else 0,
+        "longest": longest,
         "dropped": len(dropped),
         "dropped_ids": dropped,
     }
