@@ -1993,7 +1993,8 @@ class Store:
 
         ``plan`` is (idx int64, position int64, batch int64 or null[, rejected_idx int64]):
         which examples go out and where; with ``rejected_idx`` (trl-preference), an example
-        appears once per planned pair row. Columns: id, idx, prompt, answer, cluster, (dup_group, is_duplicate), scores,
+        appears once per planned pair row, ``rejected`` is that pair's rejected response (text,
+        not the list). Columns: id, idx, prompt, answer, cluster, (dup_group, is_duplicate), scores,
         labels, tags, every field kept only in ``extra`` (JSON text, e.g. a chat's messages),
         for preference data ``chosen`` and ``rejected`` (a list), for a responses dataset
         ``response``, then position and batch.
@@ -2023,7 +2024,20 @@ class Store:
             join, jparams = "", []
             if kind == "responses":  # the response is the example's text
                 cols += ["w.text AS response"]
-            if kind == "preferences":
+            pairs = "rejected_idx" in plan.column_names
+            if kind == "preferences" and pairs:
+                # one planned (chosen, rejected) pair a row: rejected_idx j is response j + 1
+                # (ingest numbers the chosen response 0, the rejected ones 1..k), joined row by
+                # row, so no prompt's list of responses is built or repeated per pair
+                cols += ["rc.text AS chosen", "rr.text AS rejected"]
+                join = (
+                    "LEFT JOIN responses rc ON rc.dataset = ? AND rc.example_id = w.id "
+                    "AND rc.role = 'chosen' "
+                    "LEFT JOIN responses rr ON rr.dataset = ? AND rr.example_id = w.id "
+                    "AND rr.role = 'rejected' AND rr.response_idx = p.rejected_idx + 1"
+                )
+                jparams = [dataset, dataset]
+            elif kind == "preferences":
                 cols += ["r.chosen", "r.rejected"]
                 join = (
                     "LEFT JOIN (SELECT example_id, "
@@ -2034,7 +2048,7 @@ class Store:
                 )
                 jparams = [dataset]
             cols += ["p.position", "p.batch"]
-            if "rejected_idx" in plan.column_names:  # one row per planned (chosen, rejected) pair
+            if pairs:
                 cols += ["p.rejected_idx"]
             sql = (
                 f"SELECT {', '.join(cols)} FROM ({inner}) w JOIN _plan p ON p.idx = w.idx "
