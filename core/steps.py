@@ -1076,12 +1076,8 @@ def export(
     store = store.capped(memory_mb)
     views = store.views(dataset)
     plan = export_plan(store, dataset=dataset, views=views, filters=filters, ids=ids, cfg=cfg)
-    chunks = store.export_chunks(dataset, views=views, plan=plan.table)
-    if cfg.batch_size is None:
-        chunks = (c.drop_columns(["batch"]) for c in chunks)
-    first = next(chunks)
-    schema = layout_schema(first.schema, layout, kind=kind)
     sides = side_files(out, layout=layout, with_ids=ids is not None)
+    # before the rows stream: its queries then never run beside the open stream's spill
     manifest = export_manifest(
         store,
         dataset=dataset,
@@ -1094,6 +1090,11 @@ def export(
         out=out,
         sides=sides,
     )
+    chunks = store.export_chunks(dataset, views=views, plan=plan.table)
+    if cfg.batch_size is None:
+        chunks = (c.drop_columns(["batch"]) for c in chunks)
+    first = next(chunks)
+    schema = layout_schema(first.schema, layout, kind=kind)
     full: dict[str, Any] = {}
 
     def write_sides(written: Written) -> None:

@@ -435,8 +435,12 @@ class Store:
                 con.execute(f"SET memory_limit = '{int(self.memory_limit_mb)}MB'")
                 # spill beyond the cap (a read-only connection sets no spill folder by itself);
                 # every query that needs an order says ORDER BY
-                spill = Path(tempfile.gettempdir()) / "saerl-duckdb-spill"
-                con.execute("SET temp_directory = ?", [str(spill)])
+                spill = str(Path(tempfile.gettempdir()) / "saerl-duckdb-spill")
+                # connections to one file share a database instance, and DuckDB refuses to
+                # switch its spill folder once another open connection has spilled there
+                current = con.execute("SELECT current_setting('temp_directory')").fetchone()
+                if current is None or current[0] != spill:
+                    con.execute("SET temp_directory = ?", [spill])
                 con.execute("SET preserve_insertion_order = false")
             yield con
         except duckdb.CatalogException as exc:
