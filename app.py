@@ -2,10 +2,9 @@
 
 import streamlit as st
 
-from pages.common import init_state
+from ui.common import page_setup
 
-st.set_page_config(page_title="SAERL Studio", page_icon="🔬", layout="wide")
-init_state()
+page_setup()
 nav = st.navigation(
     [
         st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),

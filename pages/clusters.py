@@ -7,8 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from core.signals import clustering_table
-from pages.charts import map_figure, sweep_figure
-from pages.common import (
+from ui.charts import map_figure, sweep_figure
+from ui.common import (
     guarded,
     load_cluster_examples,
     load_cluster_summary,
@@ -16,6 +16,7 @@ from pages.common import (
     load_map,
     load_run,
     open_dataset,
+    page_setup,
     provenance,
 )
 from ui.text import code, md
@@ -170,4 +171,5 @@ def render() -> None:
                 )
 
 
+page_setup()
 render()

@@ -8,15 +8,16 @@ import pandas as pd
 import streamlit as st
 
 from core.signals import score_source
-from pages.charts import cluster_box, proxy_scatter, score_histogram, share_bars
-from pages.common import (
+from ui.charts import cluster_box, proxy_scatter, score_histogram, share_bars
+from ui.common import (
     guarded,
     load_cluster_summary,
     load_probe_frame,
     load_rollout_view,
     open_dataset,
+    page_setup,
 )
-from pages.evidence import pick_probe_run, show_evidence, weights_table
+from ui.evidence import pick_probe_run, show_evidence, weights_table
 from ui.text import html_text, md
 
 
@@ -145,4 +146,5 @@ def render() -> None:
     _rollouts(dataset, path, tok, labels)
 
 
+page_setup()
 render()

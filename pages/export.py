@@ -1,7 +1,7 @@
 """Export: rules and rule sets, what each removes, order and batches, the format; live counts,
 the exported rows beside the whole dataset, and a preview of the file; write or download.
 
-The page writes only inside one export folder (pages.common.export_dir: `--export-dir`,
+The page writes only inside one export folder (ui.common.export_dir: `--export-dir`,
 $SAERL_EXPORT_DIR or data/exports): its text box takes a file name there, checked by
 core.export.path_under. Any other destination is the browser's: the download buttons. Whoever
 can open the page can then not overwrite the database or any file the app's process may write.
@@ -31,8 +31,8 @@ from core.export import (
 from core.formats import CONTAINERS
 from core.steps import export
 from core.store import Filter
-from pages.charts import histogram, kept_bars
-from pages.common import (
+from ui.charts import histogram, kept_bars
+from ui.common import (
     error,
     export_dir,
     guarded,
@@ -43,11 +43,12 @@ from pages.common import (
     load_layout_preview,
     load_tag_values,
     open_dataset,
+    page_setup,
     provenance,
     selection,
     store,
 )
-from pages.rules_panel import rule_set_panel
+from ui.rules_panel import rule_set_panel
 from ui.text import html_text, md
 
 RULES_DIR = Path("data/rules")
@@ -399,4 +400,5 @@ def render() -> None:
     )
 
 
+page_setup()
 render()

@@ -7,8 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from core.feature_info import highlight_html, marks_for, snippet_html
-from pages.charts import activation_histogram
-from pages.common import (
+from ui.charts import activation_histogram
+from ui.common import (
     db_path,
     guarded,
     load_example,
@@ -21,6 +21,7 @@ from pages.common import (
     open_dataset,
     open_example,
     open_feature,
+    page_setup,
     selection,
     set_open_example,
     set_open_feature,
@@ -306,4 +307,5 @@ def render() -> None:
         _example_panel(dataset, run_id)
 
 
+page_setup()
 render()

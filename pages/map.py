@@ -5,12 +5,13 @@ from shlex import quote
 import pandas as pd
 import streamlit as st
 
-from pages.charts import map_figure
-from pages.common import (
+from ui.charts import map_figure
+from ui.common import (
     guarded,
     load_clusters,
     load_map,
     open_dataset,
+    page_setup,
     provenance,
     selection,
     set_open_example,
@@ -123,4 +124,5 @@ def render() -> None:
             )
 
 
+page_setup()
 render()

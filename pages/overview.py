@@ -2,7 +2,15 @@
 
 import streamlit as st
 
-from pages.common import db_path, guarded, load_datasets, load_feature_runs, load_runs, token
+from ui.common import (
+    db_path,
+    guarded,
+    load_datasets,
+    load_feature_runs,
+    load_runs,
+    page_setup,
+    token,
+)
 
 
 def render() -> None:
@@ -51,4 +59,5 @@ def render() -> None:
         st.dataframe(show, hide_index=True, width="stretch")
 
 
+page_setup()
 render()

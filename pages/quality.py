@@ -14,17 +14,18 @@ import streamlit as st
 
 from core.errors import StudioError
 from core.signals import bad_value, probe, score_source, threshold_report
-from pages.charts import score_histogram
-from pages.common import (
+from ui.charts import score_histogram
+from ui.common import (
     guarded,
     load_example_search,
     load_label_names,
     load_probe_frame,
     open_dataset,
+    page_setup,
     store,
     token,
 )
-from pages.evidence import pick_probe_run, show_evidence, weights_table
+from ui.evidence import pick_probe_run, show_evidence, weights_table
 from ui.text import html_text, md
 
 MARK = "quality_mark"  # the label the app's marks are stored under (1 good, 0 bad)
@@ -241,4 +242,5 @@ def render() -> None:
     _marks(dataset, path, tok, frame)
 
 
+page_setup()
 render()

@@ -14,7 +14,7 @@ import streamlit as st
 from core.errors import StudioError
 from core.rewards import RESPONSE_CLUSTER
 from core.store import RESPONSES_SUFFIX
-from pages.charts import (
+from ui.charts import (
     accuracy_bars,
     margin_figure,
     pairs_map,
@@ -22,7 +22,7 @@ from pages.charts import (
     reward_scatter,
     signed_bars,
 )
-from pages.common import (
+from ui.common import (
     DATASET,
     db_path,
     error,
@@ -43,6 +43,7 @@ from pages.common import (
     load_reward_frame,
     load_reward_sources,
     load_views,
+    page_setup,
     provenance,
     token,
 )
@@ -748,4 +749,5 @@ def render() -> None:
     _calibration(path, tok, dataset, kind, sources)
 
 
+page_setup()
 render()

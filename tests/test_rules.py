@@ -449,8 +449,8 @@ def _panel_script(db: str, rules_dir: str) -> None:
     import streamlit as st
 
     from core.store import Filter, Store
-    from pages.common import PageContext
-    from pages.rules_panel import rule_set_panel
+    from ui.common import PageContext
+    from ui.rules_panel import rule_set_panel
 
     s = Store(db)
     ctx = PageContext("demo", db, s.version_token(), s.views("demo"))

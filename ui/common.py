@@ -24,21 +24,6 @@ from core.errors import StudioError
 from core.store import Store, Views
 from ui.text import md
 
-
-def _leave_pages_directory_mode() -> None:
-    """Streamlit runs the first session of a fresh server in its old pages/-folder mode when a
-    pages/ folder exists (it learns of st.navigation only once app.py has run), so a first visit
-    to /map would run pages/map.py without app.py. Switch that mode off and rerun: app.py then
-    routes the same URL through st.navigation."""
-    from streamlit.runtime.pages_manager import PagesManager
-    from streamlit.runtime.scriptrunner import get_script_run_ctx
-
-    if PagesManager.uses_pages_directory and get_script_run_ctx() is not None:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
-_leave_pages_directory_mode()
 T = TypeVar("T")
 
 # Session-state keys, all in one place.
@@ -68,6 +53,14 @@ def export_dir() -> str:
     else a user wants goes through the page's download buttons, so a visitor of the page cannot
     write anywhere the app's process may."""
     return str(default_export_dir(_app_args().export_dir))
+
+
+def page_setup() -> None:
+    """What every page needs before it draws, set by app.py and again by each page: a page
+    also runs on its own (Streamlit's pages-folder mode runs pages/x.py without app.py on a
+    fresh server's first session), so none may rely on app.py having run."""
+    st.set_page_config(page_title="SAERL Studio", page_icon="🔬", layout="wide")
+    init_state()
 
 
 def init_state() -> None:

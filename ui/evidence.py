@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from core.signals import evidence_table
-from pages.common import PageContext, load_probe_runs
+from ui.common import PageContext, load_probe_runs
 from ui.text import code, md
 
 

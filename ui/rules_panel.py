@@ -29,7 +29,7 @@ from core.rules import (
     save_rule_set,
 )
 from core.store import Filter, Store, Views
-from pages.common import PageContext, error, load_clusters, load_feature_table, load_run
+from ui.common import PageContext, error, load_clusters, load_feature_table, load_run
 from ui.text import code, md
 
 # The panel's one piece of session state: {dataset: [feature rules added in the editor]}.
