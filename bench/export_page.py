@@ -28,7 +28,8 @@ COMMON = """
 import json, sys, time
 from core import steps
 from core.export import ExportConfig
-from core.store import Filter, Store
+from core.filters import Filter
+from core.store import Store
 store = Store(sys.argv[1])
 cfg = ExportConfig(order="curriculum", batch_size=256)
 where = [Filter("difficulty_proxy", "<=", 4.5)]

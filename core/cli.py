@@ -1127,7 +1127,8 @@ def run(args: argparse.Namespace) -> int:
         )
     elif args.command == "export":
         from core.export import ExportConfig
-        from core.rules import check_on_store, intersect_ids, load_rule_set, parse_rule_where
+        from core.filters import parse_rule_where
+        from core.rules import check_on_store, intersect_ids, load_rule_set
 
         filters = [parse_rule_where(w) for w in args.where]
         filters += [replace(parse_rule_where(w), action="drop") for w in args.drop]

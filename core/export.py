@@ -27,21 +27,13 @@ behind; the next export into the same folder removes those whose writer is no lo
 before the data (core.formats.ExportWriter), and carries the data's sha256, so a kill between
 the two leaves a manifest that visibly does not match its data.
 
-Filters come from the CLI as small expressions, parsed here into typed :class:`Filter` objects;
-the store turns them into parameterised SQL (no user text is ever pasted into SQL).
-
-Example:
-    >>> parse_where("difficulty<=3")
-    Filter(column='difficulty', op='<=', value=3.0, action='keep')
-    >>> parse_where("cluster in 1,4")
-    Filter(column='cluster', op='in', value=[1.0, 4.0], action='keep')
+Filters (``--where``, ``--drop``, rule sets) are the filter language of :mod:`core.filters`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import shlex
@@ -61,7 +53,7 @@ from core import answers
 # path_under(DEFAULT_EXPORT_DIR or its --export-dir, name)
 from core.defaults import DEFAULT_EXPORT_DIR as DEFAULT_EXPORT_DIR
 from core.errors import StudioError
-from core.store import Filter
+from core.filters import Filter, where_text
 
 Order = Literal["curriculum", "easy-to-hard", "random", "none"]
 ORDERS = ("curriculum", "easy-to-hard", "random", "none")
@@ -126,67 +118,6 @@ KEEP_ORDER = {
     "trl-messages": _TRL_SEQUENTIAL + "; SFTConfig(shuffle_dataset=False, packing=False) "
     "(packing regroups sequences by length)",
 }
-
-_WHERE = re.compile(
-    r"^\s*([A-Za-z_][\w.\-]*)\s*(<=|>=|!=|==|=|<|>|\s+not\s+in\s+|\s+in\s+)\s*(.+?)\s*$"
-)
-
-
-def _value(text: str) -> float | str:
-    try:
-        return float(text)
-    except ValueError:
-        return text.strip().strip("'\"")
-
-
-def parse_where(expr: str) -> Filter:
-    """``col<op>value`` with op one of < <= > >= = != , or ``col in a,b`` / ``col not in a,b``."""
-    m = _WHERE.match(expr)
-    if not m:
-        raise StudioError(
-            f"--where {expr!r}: expected COLUMN<op>VALUE (op: < <= > >= = !=) "
-            "or 'COLUMN in A,B,...'"
-        )
-    col, op, raw = m.group(1), " ".join(m.group(2).split()), m.group(3)
-    parts = [v for v in raw.split(",") if v.strip()] if op in ("in", "not in") else [raw]
-    values = [_value(v) for v in parts]
-    for text, v in zip(parts, values, strict=True):
-        check_finite(v, expr=expr, text=text)
-    if op in ("in", "not in"):
-        return Filter(col, op, values)  # type: ignore[arg-type]
-    return Filter(col, "=" if op == "==" else op, values[0])  # type: ignore[arg-type]
-
-
-def where_text(f: Filter) -> str:
-    """The ``where`` expression that parses back to ``f``'s condition (without the action).
-
-    >>> where_text(Filter("cluster", "in", [3.0, 5.0], action="drop"))
-    'cluster in 3,5'
-    """
-    if f.op in ("in", "not in"):
-        parts = [value_text(v) for v in f.value]
-        if any("," in p for p in parts):
-            raise StudioError(f"rule {f.describe()!r}: a value with a comma cannot be saved")
-        return f"{f.column} {f.op} {','.join(parts)}"
-    return f"{f.column}{f.op}{value_text(f.value)}"
-
-
-def value_text(v: Any) -> str:
-    """A filter value as written in a where expression: whole numbers without ``.0``."""
-    if isinstance(v, float):
-        return str(int(v)) if v.is_integer() else repr(v)
-    return str(v)
-
-
-def check_finite(value: float | str, *, expr: str, text: str) -> None:
-    """Refuse nan/inf as a filter value: every comparison with nan is false, so the filter would
-    silently keep or drop everything. Quoted text ('nan') stays text, for a tag of that name."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raw = text.strip()
-        raise StudioError(
-            f"--where {expr!r}: {raw!r} is not a finite number (compare with a number, or quote "
-            f"it, '{raw}', to match text)"
-        )
 
 
 @dataclass(frozen=True)

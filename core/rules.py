@@ -30,42 +30,17 @@ import numpy as np
 import pandas as pd
 
 from core.errors import StudioError
-from core.export import check_finite, parse_where, value_text, where_text, write_atomic_bytes
-from core.store import Action, Filter, Store, Views, feature_index
+from core.export import write_atomic_bytes
+from core.filters import Action, Filter, feature_index, parse_rule_where, value_text, where_text
+from core.store import Store, Views
 
 RULE_SET_VERSION = 1
 # What names the SAE a feature index refers to: the feature run's config (+ d_sae, its size).
 IDENTITY_KEYS = ("model", "layer", "hook", "sae", "d_sae")
 NO_VALUE = "no value"
 SELECTION = "selection"
-_FEATURE_WHERE = re.compile(r"^\s*feature:(\S*?)\s*(<=|>=|!=|==|=|<|>)\s*(.+?)\s*$")
 _RULE_KEYS = {"action", "where", "ids", "note"}
 _SET_KEYS = {"name", "description", "rules", "feature_run", "version"}
-
-
-def parse_rule_where(expr: str) -> Filter:
-    """:func:`core.export.parse_where`, plus ``feature:N<op>T`` (N a feature index, T a number).
-
-    >>> parse_rule_where("feature:12 > 0.5")
-    Filter(column='feature:12', op='>', value=0.5, action='keep')
-    """
-    m = _FEATURE_WHERE.match(expr)
-    if m is None:
-        if expr.strip().startswith("feature:"):
-            raise StudioError(
-                f"--where {expr!r}: a feature rule is feature:N<op>T (op: < <= > >= = !=)"
-            )
-        return parse_where(expr)
-    column, op, raw = f"feature:{m.group(1)}", m.group(2), m.group(3)
-    feature_index(column)  # feature:N with N a whole number
-    try:
-        value = float(raw)
-    except ValueError:
-        raise StudioError(
-            f"--where {expr!r}: a feature threshold must be a number, got {raw!r}"
-        ) from None
-    check_finite(value, expr=expr, text=raw)
-    return Filter(column, "=" if op == "==" else op, value)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -60,11 +60,12 @@ from core.export import (
     train_recipe,
     write_atomic_bytes,
 )
+from core.filters import Filter
 from core.formats import ExportWriter, layout_schema, to_layout
 from core.ingest import Kind, read_dataset
 from core.projection import ProjectConfig, umap_2d
 from core.rules import band_counts, difficulty_column, difficulty_scores
-from core.store import RESPONSES_SUFFIX, Filter, Store, Views
+from core.store import RESPONSES_SUFFIX, Store, Views
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _PACKAGES = (

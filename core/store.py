@@ -31,12 +31,13 @@ import pandas as pd
 import pyarrow as pa
 
 from core.errors import StudioError
+from core.filters import LIST_OPS, OPERATORS, Filter, feature_index
 
 Kind = Literal["prompts", "preferences", "chats", "responses"]
 # A responses dataset is derived from a preference set (see Store.write_responses_dataset): one
 # example per response, named "<dataset>.responses"
 RESPONSES_SUFFIX = ".responses"
-Op = Literal["<", "<=", ">", ">=", "=", "!=", "in", "not in"]
+
 
 DDL_V1 = """
 CREATE TABLE datasets (
@@ -253,52 +254,6 @@ def quote_ident(name: str) -> str:
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys, so equal configs compare equal as strings."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-Action = Literal["keep", "drop"]
-# A filter column ``feature:N`` is the example's pooled activation of SAE feature N in the view's
-# feature run: 0 where N is not among the example's stored top-k features.
-FEATURE_PREFIX = "feature:"
-
-
-@dataclass(frozen=True)
-class Filter:
-    """One rule on the wide example view: ``column op value``, and what to do with the rows.
-
-    ``value`` is a number, a string, or for ``in``/``not in`` a list of them. ``action`` "keep"
-    keeps the rows where the condition holds (a row whose value is NULL is removed); "drop"
-    removes the rows where it holds (a NULL value keeps the row).
-
-        >>> Filter("cluster", "in", [3, 5], action="drop").describe()
-        'drop cluster in 3,5'
-    """
-
-    column: str
-    op: Op
-    value: Any
-    action: Action = "keep"
-
-    def __post_init__(self) -> None:
-        if self.action not in ("keep", "drop"):
-            raise StudioError(f"filter on {self.column!r}: action must be keep or drop")
-
-    def describe(self) -> str:
-        if self.op in ("in", "not in"):
-            text = f"{self.column} {self.op} {','.join(str(v) for v in self.value)}"
-        else:
-            text = f"{self.column}{self.op}{self.value}"
-        return f"drop {text}" if self.action == "drop" else text
-
-
-def feature_index(column: str) -> int | None:
-    """``"feature:12"`` -> 12; None for a column that is not a feature (a StudioError when it
-    starts with ``feature:`` but is not followed by a whole number)."""
-    if not column.startswith(FEATURE_PREFIX):
-        return None
-    rest = column[len(FEATURE_PREFIX) :]
-    if not (rest.isascii() and rest.isdigit()):
-        raise StudioError(f"column {column!r}: expected feature:N with N a feature index")
-    return int(rest)
 
 
 @dataclass(frozen=True)
@@ -2205,19 +2160,17 @@ class _WideSource:
             )
         numeric = is_feature or f.column in self.numeric
         col, params = self.expr(f.column)
-        if f.op in ("in", "not in"):
+        if f.op not in OPERATORS:
+            raise StudioError(f"filter {f.describe()!r}: unknown operator {f.op!r}")
+        template = OPERATORS[f.op][0]
+        if f.op in LIST_OPS:
             values = [_filter_value(f, v, numeric=numeric) for v in f.value]
             if not values:
                 raise StudioError(f"filter {f.describe()!r}: empty list")
             cast = "DOUBLE" if numeric else "VARCHAR"
-            neg = "NOT " if f.op == "not in" else ""
-            return f"{neg}list_contains(CAST(? AS {cast}[]), CAST({col} AS {cast}))", [
-                values,
-                *params,
-            ]
-        if f.op not in ("<", "<=", ">", ">=", "=", "!="):
-            raise StudioError(f"filter {f.describe()!r}: unknown operator {f.op!r}")
-        return f"{col} {f.op} ?", [*params, _filter_value(f, f.value, numeric=numeric)]
+            # the list's placeholder comes before the column's own parameters
+            return template.format(col=col, cast=cast), [values, *params]
+        return template.format(col=col), [*params, _filter_value(f, f.value, numeric=numeric)]
 
 
 def _filter_value(f: Filter, value: Any, *, numeric: bool) -> Any:

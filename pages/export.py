@@ -28,9 +28,9 @@ from core.export import (
     path_under,
     side_path,
 )
+from core.filters import Filter
 from core.formats import CONTAINERS
 from core.steps import export
-from core.store import Filter
 from ui.charts import histogram, kept_bars
 from ui.common import (
     error,

@@ -8,10 +8,9 @@ from core.errors import StudioError
 from core.export import (
     ExportConfig,
     order_index,
-    parse_where,
     write_atomic_bytes,
 )
-from core.store import Filter
+from core.filters import Filter, parse_where
 
 
 @pytest.mark.parametrize(

@@ -108,7 +108,8 @@ def test_the_app_reads_only_what_it_charts(pipeline_db):
 
     from core import steps
     from core.export import ExportConfig
-    from core.store import Filter, Store
+    from core.filters import Filter
+    from core.store import Store
 
     store = Store(pipeline_db)
     cfg = ExportConfig(order="curriculum", batch_size=16)

@@ -18,8 +18,9 @@ import pytest
 from core import steps
 from core.doctor import check_manifest
 from core.errors import StudioError
-from core.export import ExportConfig, leftover_temp_files, manifest_path, parse_where, path_under
-from core.rules import RuleSet, parse_rule_where, save_rule_set
+from core.export import ExportConfig, leftover_temp_files, manifest_path, path_under
+from core.filters import parse_rule_where, parse_where
+from core.rules import RuleSet, save_rule_set
 from core.store import Store
 from tests.conftest import run_cli
 

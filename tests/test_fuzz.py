@@ -35,10 +35,9 @@ from hypothesis import strategies as st
 
 from core import steps
 from core.errors import StudioError
-from core.export import parse_where
+from core.filters import Filter, parse_rule_where, parse_where
 from core.formats import to_layout
-from core.rules import parse_rule_where
-from core.store import Filter, Store, Views
+from core.store import Store, Views
 
 settings.register_profile(
     "studio-fuzz",

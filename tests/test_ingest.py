@@ -638,13 +638,14 @@ def test_reserved_names_cover_every_column_the_store_adds(tmp_path: Path) -> Non
     and so is every column a derived responses dataset adds."""
     from core import formats
     from core import store as store_mod
+    from core.filters import FEATURE_PREFIX
     from core.ingest import RESERVED_COLUMNS, RESERVED_FOR_KIND, RESERVED_PREFIXES
     from core.store import Store
 
     listed = {*store_mod.BASE_COLUMNS, *store_mod.DEDUP_COLUMNS, *formats.INTERNAL}
     listed |= set(formats.RESPONSES)
     assert {n.lower() for n in listed} <= RESERVED_COLUMNS
-    assert store_mod.FEATURE_PREFIX in RESERVED_PREFIXES
+    assert FEATURE_PREFIX in RESERVED_PREFIXES
     assert all(n == n.lower() for n in RESERVED_COLUMNS)
 
     store = Store(tmp_path / "s.duckdb")

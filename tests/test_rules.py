@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from core.errors import StudioError
+from core.filters import Filter, parse_rule_where, where_text
 from core.rules import (
     NO_VALUE,
     Rule,
@@ -26,15 +27,13 @@ from core.rules import (
     hit_names,
     intersect_ids,
     load_rule_set,
-    parse_rule_where,
     removal_report,
     removed_view,
     rule_set_bytes,
     rule_set_path,
     save_rule_set,
-    where_text,
 )
-from core.store import Filter, Store
+from core.store import Store
 from tests.conftest import run_cli
 from tests.test_app_safety import seen
 
@@ -448,7 +447,8 @@ def _panel_script(db: str, rules_dir: str) -> None:
 
     import streamlit as st
 
-    from core.store import Filter, Store
+    from core.filters import Filter
+    from core.store import Store
     from ui.common import PageContext
     from ui.rules_panel import rule_set_panel
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from core.errors import StudioError
+from core.filters import Filter
 from core.signals import (
     SCORE_SOURCE,
     class_line,
@@ -19,7 +20,7 @@ from core.signals import (
     probe,
     threshold_report,
 )
-from core.store import Filter, Store
+from core.store import Store
 from tests.conftest import PIPELINE_ROWS, run_cli
 
 pytestmark = pytest.mark.slow

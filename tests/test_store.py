@@ -11,7 +11,8 @@ import pytest
 
 from core import store as store_mod
 from core.errors import StudioError
-from core.store import Filter, Store, Views
+from core.filters import Filter
+from core.store import Store, Views
 
 
 def _tables(n: int = 5) -> dict[str, pa.Table]:

@@ -383,7 +383,7 @@ def load_cluster_examples(
     path: str, tok: tuple[float, float], dataset: str, cluster: int
 ) -> pd.DataFrame:
     """The examples of one cluster (wide view, without text/extra/tags)."""
-    from core.store import Filter
+    from core.filters import Filter
 
     s = Store(path, lock_timeout_s=5.0)
     wide = s.wide(dataset, views=s.views(dataset), filters=[Filter("cluster", "=", cluster)])
@@ -419,7 +419,7 @@ def load_rollout_view(
     path: str, tok: tuple[float, float], dataset: str
 ) -> tuple[dict | None, pd.DataFrame]:
     """(the latest rollouts run, the wide rows of the zero-signal prompts)."""
-    from core.store import Filter
+    from core.filters import Filter
 
     s = Store(path, lock_timeout_s=5.0)
     rid = s.latest_run(dataset=dataset, step="rollouts")

@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import StudioError
+from core.filters import Filter
 from core.rules import (
     RemovalReport,
     Rule,
@@ -28,7 +29,7 @@ from core.rules import (
     rule_set_path,
     save_rule_set,
 )
-from core.store import Filter, Store, Views
+from core.store import Store, Views
 from ui.common import PageContext, error, load_clusters, load_feature_table, load_run
 from ui.text import code, md
 
