@@ -26,9 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.defaults import DEFAULT_MIX
 from core.errors import StudioError
-
-DEFAULT_MIX = 0.2
 
 
 @dataclass(frozen=True)

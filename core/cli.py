@@ -14,7 +14,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from core.defaults import DEFAULT_DB, DEFAULT_EXPORT_DIR, DEFAULT_SAE_DIR, DEMO_DB
+from core.defaults import (
+    DEFAULT_DB,
+    DEFAULT_EXPORT_DIR,
+    DEFAULT_MIX,
+    DEFAULT_SAE_DIR,
+    DEFAULT_TOP_K,
+    DEMO_DB,
+)
 from core.errors import StudioError
 
 # core.export's ORDERS and FORMATS, spelled out so `--help` does not import pandas
@@ -302,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also store the mean-pooled hidden state of the layer (d_model floats per example) "
         "as the dense baseline the probes and clustering are compared against",
     )
-    sp.add_argument("--top-k", type=int, default=64, help="features kept per example")
+    sp.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="features kept per example")
     sp.add_argument("--batch-size", type=int, default=32, help="examples per model forward")
     sp.add_argument("--chunk-size", type=int, default=512, help="examples per commit")
     sp.add_argument(
@@ -617,9 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--mix",
         type=float,
-        default=0.2,
+        default=DEFAULT_MIX,
         help="share of each batch from other clusters: 0 = pure-cluster batches, 1 = a plain "
-        "shuffle (default 0.2, SAERL's moderate mixing)",
+        f"shuffle (default {DEFAULT_MIX}, SAERL's moderate mixing)",
     )
     sp.add_argument(
         "--difficulty-column",

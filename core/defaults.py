@@ -11,6 +11,10 @@ DEMO_DB = "data/demo.duckdb"
 DEFAULT_EXPORT_DIR = "data/exports"
 # train-sae writes here when --out is not given.
 DEFAULT_SAE_DIR = "data/saes"
+# Share of each export batch taken from other clusters (SAERL's moderate mixing).
+DEFAULT_MIX = 0.2
+# SAE features kept per example by featurize.
+DEFAULT_TOP_K = 64
 
 
 def export_dir(explicit: str | Path | None = None) -> Path:

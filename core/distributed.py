@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core.defaults import DEFAULT_TOP_K
 from core.errors import StudioError
 from core.store import Store
 
@@ -452,7 +453,7 @@ def featurize_ray(
     pool_over: str = "prompt",
     chat_template: bool = False,
     dense: bool = False,
-    top_k: int = 64,
+    top_k: int = DEFAULT_TOP_K,
     batch_size: int = 32,
     max_length: int | None = None,
     dtype: str = "auto",

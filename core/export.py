@@ -52,6 +52,7 @@ from core import answers
 # re-exported (written once, in core.defaults): the Export page writes only under it, through
 # path_under(DEFAULT_EXPORT_DIR or its --export-dir, name)
 from core.defaults import DEFAULT_EXPORT_DIR as DEFAULT_EXPORT_DIR
+from core.defaults import DEFAULT_MIX
 from core.errors import StudioError
 from core.filters import Filter, where_text
 
@@ -130,7 +131,7 @@ class ExportConfig:
     seed: int = 0
     difficulty_column: str | None = None  # None: "difficulty", a difficulty probe, a pass rate
     batch_size: int | None = None  # cluster-first batches of this size (core.batching)
-    mix: float = 0.2  # share of each batch from other clusters (SAERL's moderate mixing)
+    mix: float = DEFAULT_MIX  # share of each batch from other clusters (SAERL's moderate mixing)
     # a responses dataset in trl-messages (SFT): the chosen responses only, or all of them
     responses: Literal["chosen", "all"] = "chosen"
     # drop the rows the trainer would drop or cut as too long, before ordering and batching:

@@ -26,6 +26,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 import torch
 
+from core.defaults import DEFAULT_TOP_K
 from core.errors import StudioError
 from core.models import (
     POOL_OVER,
@@ -72,7 +73,7 @@ class FeatureConfig:
 
     layer: int
     pooling: Pooling = "mean"
-    top_k: int = 64
+    top_k: int = DEFAULT_TOP_K
     batch_size: int = 32
     max_length: int | None = None
     pool_over: PoolOver = "prompt"

@@ -43,6 +43,7 @@ from core.clustering import (
     sweep_edge_note,
     sweep_k,
 )
+from core.defaults import DEFAULT_TOP_K
 from core.errors import StudioError
 from core.export import (
     KEEP_ORDER,
@@ -500,7 +501,7 @@ def featurize(
     pool_over: str = "prompt",
     chat_template: bool = False,
     dense: bool = False,
-    top_k: int = 64,
+    top_k: int = DEFAULT_TOP_K,
     batch_size: int = 32,
     max_length: int | None = None,
     chunk_size: int = 512,

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.defaults import DEFAULT_MIX
 from core.errors import StudioError
 from core.export import (
     FORMAT_CONTAINER,
@@ -152,11 +153,12 @@ def export_options(dataset: str, kind: str, numeric: list[str]) -> tuple[ExportC
         "Mixing ratio",
         0.0,
         1.0,
-        0.2,
+        DEFAULT_MIX,
         step=0.05,
         key="exp_mix",
         disabled=batch_size == 0,
-        help="0 = pure-cluster batches, 1 = a plain shuffle; 0.2 is SAERL's moderate mixing",
+        help=f"0 = pure-cluster batches, 1 = a plain shuffle; {DEFAULT_MIX} is SAERL's "
+        "moderate mixing",
     )
     fmt = f2.selectbox(
         "Format",
