@@ -271,29 +271,18 @@ def _verl(chunk: pa.Table, kind: str, data_source: str) -> pa.Table:
 
 def _preference(chunk: pa.Table) -> pa.Table:
     """One row per (chosen, rejected) pair. With a ``rejected_idx`` column (the export planned
-    and batched the pair rows), each row is the pair it names (``rejected`` its text, as the
-    store joins it, or the prompt's list to pick from); without one, each prompt's row expands
-    into one row per rejected response, in order."""
+    and batched the pair rows, :meth:`core.store.Store.export_chunks`), each row already is the
+    pair it names and ``rejected`` its text; without one, each prompt's row (``rejected`` a list)
+    expands into one row per rejected response, in order."""
     rejected = _column(chunk, "rejected")
-    if pa.types.is_list(rejected.type):
-        counts = pc.fill_null(pc.list_value_length(rejected), 0).to_numpy(zero_copy_only=False)
-    else:
-        counts = np.ones(chunk.num_rows, np.int64)
-    counts = counts.astype(np.int64)
-    starts = np.cumsum(counts) - counts
-    if "rejected_idx" in chunk.column_names and not pa.types.is_list(rejected.type):
-        # the store joined each planned pair's rejected response already
+    if "rejected_idx" in chunk.column_names:
         which = _column(chunk, "rejected_idx").to_numpy(zero_copy_only=False).astype(np.int64)
         base, picked = chunk.drop_columns(["rejected_idx"]), rejected
-    elif "rejected_idx" in chunk.column_names:
-        which = _column(chunk, "rejected_idx").to_numpy(zero_copy_only=False).astype(np.int64)
-        if ((which < 0) | (which >= counts)).any():
-            raise StudioError("export plan names a rejected response the prompt does not have")
-        base = chunk.drop_columns(["rejected_idx"])
-        picked = pc.list_flatten(rejected).take(pa.array(starts + which, pa.int64()))
     else:
+        counts = pc.fill_null(pc.list_value_length(rejected), 0).to_numpy(zero_copy_only=False)
+        counts = counts.astype(np.int64)
         rows = np.repeat(np.arange(chunk.num_rows), counts)
-        which = np.arange(len(rows)) - np.repeat(starts, counts)
+        which = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
         base = chunk.take(pa.array(rows, pa.int64()))
         picked = pc.list_flatten(rejected)
     out = {
