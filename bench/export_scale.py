@@ -178,12 +178,15 @@ def build(path: Path, n: int, seed: int = 0, *, responses: pa.Table | None = Non
 
 # peak memory: VmHWM (reset at exec; ru_maxrss would carry the forking parent's peak)
 HWM = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024"
+# the command after imports: wall seconds, CPU seconds of the process, peak memory
 RUN = """
-import json, sys, time
+import json, os, sys, time
 from core.cli import main
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), os.times()
 rc = main(sys.argv[1:])
+c1 = os.times()
 print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t0,
+                  "cpu_s": (c1.user - c0.user) + (c1.system - c0.system),
                   "peak_rss_mb": HWM}))
 """
 

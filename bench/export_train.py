@@ -33,19 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from export_scale import OUT, build, timed  # noqa: E402
-
-# the command after imports: wall, CPU of the process, peak memory
-RUN = """
-import json, os, sys, time
-from core.cli import main
-t0, c0 = time.perf_counter(), os.times()
-rc = main(sys.argv[1:])
-c1 = os.times()
-print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t0,
-                  "cpu_s": (c1.user - c0.user) + (c1.system - c0.system),
-                  "peak_rss_mb": HWM}))
-"""
+from export_scale import OUT, RUN, build, timed  # noqa: E402
 
 
 def build_prefs(path: Path, n: int, seed: int = 0) -> None:
