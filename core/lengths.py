@@ -26,6 +26,7 @@ verl's filter drop, and the rows DPO and SFT would cut, so what trains is what w
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,8 @@ _PROMPT = (
     "prompt tokens with the chat template and its generation prompt "
     "(apply_chat_template(prompt, add_generation_prompt=True))"
 )
+# what a tokenizer folder holds (transformers reads one of them)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 LENGTH_RULE = {
     "verl": _PROMPT + ", as verl's filter_overlong_prompts compares with data.max_prompt_length",
     "trl-prompt": _PROMPT + ", as GRPOTrainer/RLOOTrainer tokenize prompts",
@@ -51,6 +54,13 @@ def load_tokenizer(source: str) -> Any:
     """The trainer's tokenizer from a local folder or hub id, or a one-line error naming it."""
     from transformers import AutoTokenizer
 
+    path = Path(source).expanduser()
+    if source.startswith(("/", ".", "~")) and not path.exists():
+        raise StudioError(f"--tokenizer {source}: no such folder")
+    if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise StudioError(
+            f"--tokenizer {source}: the folder holds no tokenizer ({' or '.join(TOKENIZER_FILES)})"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:

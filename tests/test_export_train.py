@@ -324,6 +324,14 @@ def test_max_length_needs_a_trainer_format_and_a_chat_template(
     assert run_cli(*base, *args) == 2
     err = capsys.readouterr().err.strip()
     assert "has no chat template" in err and len(err.splitlines()) == 1
+    missing, empty = tmp_path / "no-such-tok", tmp_path / "empty"
+    empty.mkdir()
+    for source, says in ((missing, "no such folder"), (empty, "holds no tokenizer")):
+        argv = ["--format", "trl-prompt", "--max-length", "9", "--tokenizer", str(source)]
+        assert run_cli(*base, *argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: --tokenizer {source}: ") and says in err, err
+        assert len(err.splitlines()) == 1
     assert not (tmp_path / "x.jsonl").exists()
 
 
