@@ -26,7 +26,7 @@ from bench.export_scale import OUT, build, timed
 
 COMMON = """
 import json, sys, time
-from core import steps
+from core.steps.export import export_columns, export_rows
 from core.export import ExportConfig
 from core.filters import Filter
 from core.store import Store
@@ -39,17 +39,17 @@ t0 = time.perf_counter()
 OLD = (
     COMMON
     + """
-a, _ = steps.export_rows(store, dataset="big", filters=where, cfg=cfg)
-b, _ = steps.export_rows(store, dataset="big", cfg=ExportConfig())
+a, _ = export_rows(store, dataset="big", filters=where, cfg=cfg)
+b, _ = export_rows(store, dataset="big", cfg=ExportConfig())
 print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mb": HWM, "exported": len(a)}))
 """
 )
 NEW = (
     COMMON
     + """
-a = steps.export_columns(store, dataset="big", columns=cols, filters=where, cfg=cfg)
-b = steps.export_columns(store, dataset="big", columns=cols)
-c, _ = steps.export_rows(store, dataset="big", filters=where, cfg=cfg, limit=100)
+a = export_columns(store, dataset="big", columns=cols, filters=where, cfg=cfg)
+b = export_columns(store, dataset="big", columns=cols)
+c, _ = export_rows(store, dataset="big", filters=where, cfg=cfg, limit=100)
 print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mb": HWM, "exported": len(a)}))
 """
 )

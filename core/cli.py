@@ -746,12 +746,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch one parsed command. Imports are local so `--help` stays fast."""
-    from core import steps
+    from core.steps.demo import build_demo
+    from core.steps.export import check_ids, export
+    from core.steps.featurize import featurize, train_sae
+    from core.steps.ingest import ingest
+    from core.steps.rewards import (
+        disagreement_probe,
+        preference_shift,
+        responses_dataset,
+        reward_probe,
+    )
+    from core.steps.space import cluster, dedup, project
     from core.store import Store
 
     store = Store(args.db)
     if args.command == "doctor":
-        from core.doctor import diagnose
+        from core.steps.doctor import diagnose
 
         findings = diagnose(
             args.db, export_dir=args.export_dir, sae_dir=args.sae_dir, sweep=args.sweep
@@ -762,7 +772,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{problems} problem{'s' if problems != 1 else ''} found in {args.db}")
         return 1 if problems else 0
     if args.command == "ingest":
-        n = steps.ingest(
+        n = ingest(
             store,
             args.path,
             dataset=args.dataset,
@@ -782,7 +792,7 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-        s = steps.train_sae(
+        s = train_sae(
             store,
             dataset=args.dataset,
             model=args.model,
@@ -829,7 +839,7 @@ def run(args: argparse.Namespace) -> int:
             "resume": not args.no_resume,
         }
         if args.ray:
-            from core.distributed import featurize_ray
+            from core.steps.featurize_ray import featurize_ray
 
             run_id = featurize_ray(
                 store,
@@ -841,9 +851,7 @@ def run(args: argparse.Namespace) -> int:
             )
             engine = f"ray, {store.run(run_id)['summary'].get('workers')} workers"
         else:
-            run_id = steps.featurize(
-                store, **common, device=args.device, chunk_size=args.chunk_size
-            )
+            run_id = featurize(store, **common, device=args.device, chunk_size=args.chunk_size)
             engine = "{device} {dtype}".format(**store.run(run_id)["summary"])
         run = store.run(run_id)
         s = run["summary"]
@@ -856,7 +864,7 @@ def run(args: argparse.Namespace) -> int:
         from core.clustering import ClusterConfig, parse_sweep
 
         sweep = parse_sweep(args.sweep) if args.sweep else None
-        run_id = steps.cluster(
+        run_id = cluster(
             store,
             dataset=args.dataset,
             cfg=ClusterConfig(k=args.k, seed=args.seed, sweep=sweep),
@@ -875,7 +883,8 @@ def run(args: argparse.Namespace) -> int:
 
             print(_table(clustering_table(summary["baselines"])))
     elif args.command in ("difficulty", "quality"):
-        from core.signals import class_line, evidence_table, probe, score_source
+        from core.signals import class_line, evidence_table, score_source
+        from core.steps.probes import probe
 
         run_id = probe(
             store,
@@ -917,7 +926,7 @@ def run(args: argparse.Namespace) -> int:
             print(line)
         print(_table(evidence_table(s)))
     elif args.command == "rollouts":
-        from core.signals import ingest_rollouts
+        from core.steps.ingest import ingest_rollouts
 
         try:
             ks = [int(k) for k in _names(args.k)]
@@ -939,7 +948,7 @@ def run(args: argparse.Namespace) -> int:
             "fail); labels n_rollouts, pass_rate, pass_at_k, zero_signal"
         )
     elif args.command == "reward":
-        from core.reward_models import score_rewards
+        from core.steps.rewards import score_rewards
 
         run_id = score_rewards(
             store,
@@ -967,7 +976,7 @@ def run(args: argparse.Namespace) -> int:
             f"{s['max']:.4f}; {s['device']} {s['dtype']}"
         )
     elif args.command == "import-rewards":
-        from core.reward_models import import_rewards
+        from core.steps.rewards import import_rewards
 
         run_id = import_rewards(
             store, args.path, dataset=args.dataset, name=args.name, column=args.column
@@ -975,7 +984,8 @@ def run(args: argparse.Namespace) -> int:
         n = store.run(run_id)["summary"]["n_scores"]
         print(f"reward run {run_id} '{args.name}': imported {n} scores from {args.path}")
     elif args.command == "judge":
-        from core.reward_models import judge, judge_report
+        from core.reward_models import judge_report
+        from core.steps.judge import judge
 
         names = _names(args.names) or None
         by = [c for item in args.by or () for c in _names(item)]
@@ -1002,7 +1012,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print("\n".join(judge_report(judged)))
     elif args.command == "verify":
-        from core.verifiers import verify_dataset
+        from core.steps.rewards import verify_dataset
 
         run_id = verify_dataset(store, dataset=args.dataset, name=args.name)
         s = store.run(run_id)["summary"]
@@ -1011,14 +1021,14 @@ def run(args: argparse.Namespace) -> int:
             f"{s['mean']:.3f} ({', '.join(f'{k}: {v}' for k, v in s['by_method'].items())})"
         )
     elif args.command == "responses":
-        name = steps.responses_dataset(store, dataset=args.dataset, replace=args.replace)
+        name = responses_dataset(store, dataset=args.dataset, replace=args.replace)
         n = store.dataset(name)["n_examples"]
         print(
             f"dataset '{name}': {n} responses of '{args.dataset}' (featurize it with "
             "--pool-over response)"
         )
     elif args.command == "reward-probe":
-        run_id = steps.reward_probe(
+        run_id = reward_probe(
             store,
             dataset=args.dataset,
             features=args.features,
@@ -1049,7 +1059,7 @@ def run(args: argparse.Namespace) -> int:
                 f"  {'f' if c['features'] == 'sae' else 'dim '}{w['feature']}: {w['weight']:+.4f}{label}"
             )
     elif args.command == "preference-features":
-        shift = steps.preference_shift(
+        shift = preference_shift(
             store, dataset=args.dataset, feature_run=args.feature_run, top=args.top
         )
         print(
@@ -1063,9 +1073,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{f'{r.n_pos}/{r.n_neg}':>15}{r.sign_p:>9.2g}{r.sign_q:>8.2g}  {r.label}"
             )
     elif args.command == "disagree":
-        d = steps.disagreement_probe(
-            store, dataset=args.dataset, a=args.a, b=args.b, seed=args.seed
-        )
+        d = disagreement_probe(store, dataset=args.dataset, a=args.a, b=args.b, seed=args.seed)
         r2 = d.metrics.get("r2")
         rho = d.metrics.get("spearman")
         print(
@@ -1084,7 +1092,7 @@ def run(args: argparse.Namespace) -> int:
         for w in d.weights.head(args.top).itertuples():
             print(f"  f{w.feature_id}: {w.weight:+.4f}  {w.label}")
     elif args.command == "dedup":
-        run_id = steps.dedup(
+        run_id = dedup(
             store, dataset=args.dataset, threshold=args.threshold, feature_run=args.feature_run
         )
         s = store.run(run_id)["summary"]
@@ -1095,7 +1103,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "project":
         from core.projection import ProjectConfig
 
-        run_id = steps.project(
+        run_id = project(
             store,
             dataset=args.dataset,
             cfg=ProjectConfig(n_neighbors=args.n_neighbors, min_dist=args.min_dist, seed=args.seed),
@@ -1103,7 +1111,8 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"projection run {run_id}: {store.run(run_id)['summary']['n']} points")
     elif args.command == "rules":
-        from core.rules import check_on_store, intersect_ids, load_rule_set, removed_view
+        from core.rules import intersect_ids, load_rule_set
+        from core.steps.rules import check_on_store, removed_view
 
         rule_set = load_rule_set(args.path)
         store.dataset(args.dataset)
@@ -1113,7 +1122,7 @@ def run(args: argparse.Namespace) -> int:
         listed = _read_ids(args.ids)
         if listed is not None:
             source = f"--ids {args.ids}"
-            for warning in steps.check_ids(store, dataset=args.dataset, ids=listed, source=source):
+            for warning in check_ids(store, dataset=args.dataset, ids=listed, source=source):
                 print(f"warning: {warning}", file=sys.stderr)
         ids = intersect_ids(rule_set.ids(), listed)
         names = rule_set.hit_names()
@@ -1135,14 +1144,15 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "export":
         from core.export import ExportConfig
         from core.filters import parse_rule_where
-        from core.rules import check_on_store, intersect_ids, load_rule_set
+        from core.rules import intersect_ids, load_rule_set
+        from core.steps.rules import check_on_store
 
         filters = [parse_rule_where(w) for w in args.where]
         filters += [replace(parse_rule_where(w), action="drop") for w in args.drop]
         ids = _read_ids(args.ids)
         if ids is not None:
             source = f"--ids {args.ids}"
-            for warning in steps.check_ids(store, dataset=args.dataset, ids=ids, source=source):
+            for warning in check_ids(store, dataset=args.dataset, ids=ids, source=source):
                 print(f"warning: {warning}", file=sys.stderr)
         recorded = None
         if args.rules:
@@ -1161,7 +1171,7 @@ def run(args: argparse.Namespace) -> int:
                 "filters": [f.describe() for f in rule_set.filters()],
                 "rules": rule_set.to_dict(),
             }
-        m = steps.export(
+        m = export(
             store,
             dataset=args.dataset,
             out=args.out,
@@ -1190,10 +1200,10 @@ def run(args: argparse.Namespace) -> int:
         if args.if_missing and Path(args.db).exists():
             print(f"{args.db} exists; skipping the demo build")
             return 0
-        path = steps.build_demo(args.db, n=args.n, seed=args.seed)
+        path = build_demo(args.db, n=args.n, seed=args.seed)
         print(f"built the demo database {path}")
     elif args.command == "import-descriptions":
-        from core.feature_info import import_descriptions
+        from core.steps.ingest import import_descriptions
 
         n = import_descriptions(store, run_id=args.run, dataset=args.dataset, path=args.path)
         print(f"imported {n} feature descriptions from {args.path}")

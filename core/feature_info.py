@@ -24,7 +24,6 @@ import pandas as pd
 
 from core.clustering import feature_names
 from core.errors import StudioError
-from core.store import Store
 
 INDEX_KEYS = ("index", "feature", "featureIndex", "feature_index", "feature_id")
 TEXT_KEYS = ("description", "explanation")
@@ -98,34 +97,6 @@ def read_descriptions(path: str | Path) -> dict[int, str]:
             except json.JSONDecodeError as err:
                 raise StudioError(f"{path} line {n}: malformed JSON ({err.msg})") from err
     return parse_descriptions(data, source=str(path))
-
-
-def import_descriptions(
-    store: Store, *, run_id: int | None, dataset: str | None, path: str | Path
-) -> int:
-    """Store the descriptions in ``path`` for a feature run (``run_id``, else the dataset's latest
-    feature run), replacing earlier ones. Everything is checked before anything is written:
-    indices must lie inside the SAE's width when the run records it. Returns how many."""
-    descriptions = read_descriptions(path)
-    if run_id is None:
-        if dataset is None:
-            raise StudioError("name a feature run (--run) or a dataset (--dataset)")
-        store.dataset(dataset)
-        run_id = store.latest_run(dataset=dataset, step="featurize")
-        if run_id is None:
-            raise StudioError(f"dataset '{dataset}' has no finished feature run: featurize first")
-    run = store.run(run_id)
-    if run["step"] != "featurize":
-        raise StudioError(f"run {run_id} is a {run['step']} run, not a feature run")
-    d_sae = run["summary"].get("d_sae")
-    if d_sae:
-        bad = sorted(f for f in descriptions if not 0 <= f < int(d_sae))
-        if bad:
-            raise StudioError(
-                f"{path}: feature index {bad[0]} is outside the SAE of run {run_id} "
-                f"(d_sae={d_sae}); is this export for another SAE?"
-            )
-    return store.write_descriptions(run_id, descriptions, source=Path(path).name)
 
 
 def _index(value: Any, *, where: str) -> int:

@@ -122,7 +122,7 @@ _SUFFIXES = {
     ".csv": "csv",
     ".tsv": "tsv",
 }
-_NUMBER = re.compile(
+NUMBER_TEXT = re.compile(
     r"\s*[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|nan|inf|infinity)\s*",
     re.IGNORECASE,
 )
@@ -194,7 +194,7 @@ class IngestTables:
 
 
 @dataclass
-class _Source:
+class Source:
     """A file read into columns (file order) with a way to name a record's position."""
 
     name: str
@@ -218,7 +218,7 @@ def read_dataset(
     if kind not in CANONICAL:
         raise StudioError(f"unknown data kind {kind!r} (expected prompts, preferences or chats)")
     path = Path(path)
-    src = _load(path)
+    src = load_source(path)
     fields, declared = _resolve_fields(src, kind=kind, mapping=mapping or {})
     for need in REQUIRED[kind]:
         if need not in fields:
@@ -289,7 +289,7 @@ class _Canonical:
     rejected: list[list[str]] = field(default_factory=list)
 
 
-def _parse_canonical(src: _Source, *, kind: str, columns: dict[str, list[Any]]) -> _Canonical:
+def _parse_canonical(src: Source, *, kind: str, columns: dict[str, list[Any]]) -> _Canonical:
     """Validate the kind's canonical fields and derive prompt, answer and featurized text."""
     if kind == "chats":
         turns = _check_messages(src, columns["messages"])
@@ -310,7 +310,7 @@ def _parse_canonical(src: _Source, *, kind: str, columns: dict[str, list[Any]]) 
 
 
 def _labels_and_tags(
-    src: _Source, *, used: set[str], declared: dict[str, str]
+    src: Source, *, used: set[str], declared: dict[str, str]
 ) -> tuple[dict[str, list[float | None]], dict[str, list[str | None]], list[str]]:
     """Sort the non-canonical columns into numeric labels, string tags and the names of those
     kept only in ``extra`` (lists, objects) (see module doc)."""
@@ -332,7 +332,7 @@ def _labels_and_tags(
 
 
 def _check_names(
-    src: _Source, *, kind: str, named: list[tuple[str, str]], declared: dict[str, str]
+    src: Source, *, kind: str, named: list[tuple[str, str]], declared: dict[str, str]
 ) -> None:
     """Each (what, name) a column of the store and its exports will carry: one line on the
     first name that is empty, holds a control character, is built in or repeats another but
@@ -367,7 +367,7 @@ def _check_names(
         seen[key] = (what, name)
 
 
-def _warnings(src: _Source, *, kind: str, ids: list[str], parsed: _Canonical) -> tuple[str, ...]:
+def _warnings(src: Source, *, kind: str, ids: list[str], parsed: _Canonical) -> tuple[str, ...]:
     """Rows that are valid but probably not what the user meant (see the module doc), after
     what reading the file had to assume."""
     out = list(src.warnings)
@@ -403,14 +403,14 @@ def _count(rows: list[int], n: int) -> str:
 
 
 def _first_ids(rows: list[int], ids: list[str], k: int = 3) -> str:
-    shown = ", ".join(_show(ids[i]) for i in rows[:k])
+    shown = ", ".join(show_value(ids[i]) for i in rows[:k])
     return f"first ids: {shown}" + (", ..." if len(rows) > k else "")
 
 
 # --- reading -----------------------------------------------------------------------------------
 
 
-def _load(path: Path) -> _Source:
+def load_source(path: Path) -> Source:
     """Dispatch on the file type; every reader returns columns in file order."""
     name = path.name
     if path.is_dir():
@@ -453,7 +453,7 @@ def _decode(path: Path) -> str:
     return text.removeprefix("\ufeff")
 
 
-def _read_jsonl(name: str, text: str, *, escapes: bool = True) -> _Source:
+def _read_jsonl(name: str, text: str, *, escapes: bool = True) -> Source:
     """One JSON object a line; blank lines are skipped, lines counted as in an editor.
     ``escapes=False``: ``text`` holds no surrogate escape, so no line needs that test."""
     records: list[dict[str, Any]] = []
@@ -473,7 +473,7 @@ def _read_jsonl(name: str, text: str, *, escapes: bool = True) -> _Source:
         if type(rec) is not dict:
             hint = _array_hint(records, raw)
             raise StudioError(
-                f"{name} line {lineno}: expected a JSON object, got {_tname(rec)}{hint}"
+                f"{name} line {lineno}: expected a JSON object, got {type_name(rec)}{hint}"
             )
         surrogates, deep = suspects(raw, escapes=escapes)
         if surrogates or deep:
@@ -489,7 +489,7 @@ def _array_hint(records: list[Any], raw: str) -> str:
     return "; a JSON array? name the file .json" if not records and raw.lstrip()[:1] == "[" else ""
 
 
-def _read_json(name: str, text: str) -> _Source:
+def _read_json(name: str, text: str) -> Source:
     """A JSON list of records or ``{"data": [...]}``; record lines are found only on error."""
     if not text.strip():
         raise StudioError(f"{name}: no records")
@@ -515,7 +515,7 @@ def _read_json(name: str, text: str) -> _Source:
     for i, rec in enumerate(doc):
         if type(rec) is not dict:
             line = _json_record_line(text, i)
-            raise StudioError(f"{name} line {line}: expected a JSON object, got {_tname(rec)}")
+            raise StudioError(f"{name} line {line}: expected a JSON object, got {type_name(rec)}")
         deep = False
         for v in rec.values():
             if (type(v) is list or type(v) is dict) and nesting(v) >= MAX_NESTING:
@@ -607,9 +607,9 @@ def _json_error(
     if isinstance(exc, _DuplicateKey):
         pos, field = locate("duplicate")
         shown = field is not None and (cell is not None or field != exc.key)
-        inside = f" inside field {_show(field)}" if shown else ""
+        inside = f" inside field {show_value(field)}" if shown else ""
         return StudioError(
-            f"{where(pos)}: key {_show(exc.key)} appears twice in one object{inside}; "
+            f"{where(pos)}: key {show_value(exc.key)} appears twice in one object{inside}; "
             "JSON keeps only one of them, so remove or rename the other"
         )
     if isinstance(exc, RecursionError):
@@ -623,7 +623,7 @@ def _json_error(
     )
 
 
-def _json_cell(src: _Source, i: int, field: str, text: str) -> Any:
+def _json_cell(src: Source, i: int, field: str, text: str) -> Any:
     """The JSON in a cell (a CSV cell, or text where a list was expected) held to the rules a
     JSON record is (see the module doc), one line naming the file, the row and ``field`` when
     it breaks one; :data:`_NOT_JSON` when the text is not JSON at all."""
@@ -642,7 +642,7 @@ def _json_cell(src: _Source, i: int, field: str, text: str) -> Any:
 
 
 def _field(name: str | None) -> str:
-    return "a value" if name is None else f"field {_show(name)}"
+    return "a value" if name is None else f"field {show_value(name)}"
 
 
 def _suspects(
@@ -682,7 +682,7 @@ def _check_fields(
             bad = _lone_surrogate(key) or _lone_surrogate(value)
             if bad is not None:
                 raise StudioError(
-                    f"{where()}: field {_show(key)} holds a lone surrogate "
+                    f"{where()}: field {show_value(key)} holds a lone surrogate "
                     f"{bad!r} (an escape that is half of a UTF-16 pair, not a character); "
                     "fix or drop it"
                 )
@@ -690,7 +690,7 @@ def _check_fields(
         for key, value in fields.items():
             if _nesting(value) >= MAX_NESTING:  # the record itself is one more level
                 raise StudioError(
-                    f"{where()}: field {_show(key)} is nested more than {MAX_NESTING} deep"
+                    f"{where()}: field {show_value(key)} is nested more than {MAX_NESTING} deep"
                 )
 
 
@@ -793,7 +793,7 @@ def _json_record_line(text: str, index: int) -> int:
     return text.count("\n", 0, skip(pos)) + 1
 
 
-def _read_csv(name: str, text: str, *, delimiter: str) -> _Source:
+def _read_csv(name: str, text: str, *, delimiter: str) -> Source:
     """Header + rows; a record's line is where it starts (quoted cells may span lines)."""
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header: list[str] | None = None
@@ -828,7 +828,7 @@ def _read_csv(name: str, text: str, *, delimiter: str) -> _Source:
     if header is None or not rows:
         raise StudioError(f"{name}: no records")
     columns = {h: [r[j] or None for r in rows] for j, h in enumerate(header)}
-    src = _Source(name, columns, len(rows), lambda i: f"line {starts[i]}", typed=False)
+    src = Source(name, columns, len(rows), lambda i: f"line {starts[i]}", typed=False)
     if unnamed:
         src.warnings.append(
             f"{name}: {len(unnamed)} header cells are empty; those columns are read as "
@@ -837,7 +837,7 @@ def _read_csv(name: str, text: str, *, delimiter: str) -> _Source:
     return src
 
 
-def _read_saved_dataset(path: Path) -> _Source:
+def _read_saved_dataset(path: Path) -> Source:
     """A ``datasets`` ``save_to_disk`` folder: a Dataset, or a DatasetDict with one split."""
     name = path.name
     markers = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -871,7 +871,7 @@ def _read_saved_dataset(path: Path) -> _Source:
     return _arrow_source(name, ds.with_format("arrow")[:])
 
 
-def _arrow_source(name: str, table: pa.Table) -> _Source:
+def _arrow_source(name: str, table: pa.Table) -> Source:
     if table.num_rows == 0:
         raise StudioError(f"{name}: no records")
     if len(set(table.column_names)) != table.num_columns:
@@ -880,7 +880,7 @@ def _arrow_source(name: str, table: pa.Table) -> _Source:
     for f in table.schema:
         if 1 + _type_nesting(f.type) > MAX_NESTING:  # the record is one level
             raise StudioError(
-                f"{name}: field {_show(f.name)} is nested more than {MAX_NESTING} deep"
+                f"{name}: field {show_value(f.name)} is nested more than {MAX_NESTING} deep"
             )
         column = table.column(f.name)
         try:
@@ -888,9 +888,9 @@ def _arrow_source(name: str, table: pa.Table) -> _Source:
         except UnicodeDecodeError:  # Parquet does not check that its strings are UTF-8
             row = next(i for i in range(len(column)) if not _decodes(column, i))
             raise StudioError(
-                f"{name} row {row + 1}: field {_show(f.name)} is not valid UTF-8 text"
+                f"{name} row {row + 1}: field {show_value(f.name)} is not valid UTF-8 text"
             ) from None
-    return _Source(name, columns, table.num_rows, lambda i: f"row {i + 1}", typed=True)
+    return Source(name, columns, table.num_rows, lambda i: f"row {i + 1}", typed=True)
 
 
 def _type_nesting(t: pa.DataType) -> int:
@@ -913,19 +913,19 @@ def _decodes(column: pa.ChunkedArray, i: int) -> bool:
 
 def _records_source(
     name: str, records: list[dict[str, Any]], locate: Callable[[int], str]
-) -> _Source:
+) -> Source:
     if not records:
         raise StudioError(f"{name}: no records")
     keys = dict.fromkeys(k for rec in records for k in rec)
     columns = {k: [rec.get(k) for rec in records] for k in keys}
-    return _Source(name, columns, len(records), locate, typed=True)
+    return Source(name, columns, len(records), locate, typed=True)
 
 
 # --- fields ------------------------------------------------------------------------------------
 
 
 def _resolve_fields(
-    src: _Source, *, kind: str, mapping: dict[str, str]
+    src: Source, *, kind: str, mapping: dict[str, str]
 ) -> tuple[dict[str, str], dict[str, str]]:
     """(canonical field -> column present in the file, declared label name -> column)."""
     canonical = CANONICAL[kind]
@@ -954,19 +954,21 @@ def _resolve_fields(
     return found, declared
 
 
-def _check_text(src: _Source, name: str, values: list[Any]) -> list[str]:
+def _check_text(src: Source, name: str, values: list[Any]) -> list[str]:
     """A required string field: present, a string, not blank."""
     for i, v in enumerate(values):
         if type(v) is not str:
             if v is None:
                 raise src.error(i, f"missing required field {name!r}")
-            raise src.error(i, f"field {name!r} must be a string, got {_tname(v)} {_show(v)}")
+            raise src.error(
+                i, f"field {name!r} must be a string, got {type_name(v)} {show_value(v)}"
+            )
         if not v or v.isspace():
             raise src.error(i, f"field {name!r} is empty")
     return values
 
 
-def _check_answers(src: _Source, values: list[Any]) -> list[str | None]:
+def _check_answers(src: Source, values: list[Any]) -> list[str | None]:
     """Optional answers: text, or a number written as text."""
     out: list[str | None] = []
     for i, v in enumerate(values):
@@ -975,11 +977,11 @@ def _check_answers(src: _Source, values: list[Any]) -> list[str | None]:
         elif type(v) in (int, float):
             out.append(str(v))
         else:
-            raise src.error(i, f"field 'answer' must be a string or number, got {_tname(v)}")
+            raise src.error(i, f"field 'answer' must be a string or number, got {type_name(v)}")
     return out
 
 
-def _check_rejected(src: _Source, values: list[Any]) -> list[list[str]]:
+def _check_rejected(src: Source, values: list[Any]) -> list[list[str]]:
     """Each row: one rejected string or a non-empty list of them (CSV: a JSON list string)."""
     out: list[list[str]] = []
     for i, v in enumerate(values):
@@ -991,18 +993,18 @@ def _check_rejected(src: _Source, values: list[Any]) -> list[list[str]]:
                 v = parsed
         items = [v] if isinstance(v, str) else v
         if not isinstance(items, list) or not items:
-            what = "an empty list" if isinstance(items, list) else _tname(v)
+            what = "an empty list" if isinstance(items, list) else type_name(v)
             expected = "a string or a non-empty list of strings"
             raise src.error(i, f"field 'rejected' must be {expected}, got {what}")
         for k, r in enumerate(items):
             if not isinstance(r, str) or not r.strip():
-                got = "a blank string" if isinstance(r, str) else _tname(r)
+                got = "a blank string" if isinstance(r, str) else type_name(r)
                 raise src.error(i, f"field 'rejected' item {k + 1} must be non-empty, got {got}")
         out.append(items)
     return out
 
 
-def _check_messages(src: _Source, values: list[Any]) -> list[list[tuple[str, str]]]:
+def _check_messages(src: Source, values: list[Any]) -> list[list[tuple[str, str]]]:
     """Each row: a non-empty list of {role, content} (content null reads as empty)."""
     out: list[list[tuple[str, str]]] = []
     for i, v in enumerate(values):
@@ -1014,7 +1016,7 @@ def _check_messages(src: _Source, values: list[Any]) -> list[list[tuple[str, str
                 raise src.error(i, f"field 'messages' must be {_TURNS}, got text that is not one")
             v = parsed
         if not isinstance(v, list) or not v:
-            got = "an empty list" if isinstance(v, list) else _tname(v)
+            got = "an empty list" if isinstance(v, list) else type_name(v)
             raise src.error(i, f"field 'messages' must be {_TURNS}, got {got}")
         turns = []
         for k, m in enumerate(v):
@@ -1022,29 +1024,33 @@ def _check_messages(src: _Source, values: list[Any]) -> list[list[tuple[str, str
             content = m.get("content") if isinstance(m, dict) else None
             if not isinstance(role, str) or not role or not isinstance(content, str | None):
                 turn = f"field 'messages' turn {k + 1}"
-                raise src.error(i, f"{turn} must be {{role: text, content: text}}, got {_show(m)}")
+                raise src.error(
+                    i, f"{turn} must be {{role: text, content: text}}, got {show_value(m)}"
+                )
             turns.append((role, content or ""))
         out.append(turns)
     return out
 
 
-def _last_user(src: _Source, i: int, turns: list[tuple[str, str]]) -> str:
+def _last_user(src: Source, i: int, turns: list[tuple[str, str]]) -> str:
     for role, content in reversed(turns):
         if role == "user" and content.strip():
             return content
     raise src.error(i, "field 'messages' has no non-empty 'user' turn")
 
 
-def _check_feedback(src: _Source, values: list[Any]) -> list[float | None]:
+def _check_feedback(src: Source, values: list[Any]) -> list[float | None]:
     """Chats' feedback: an integer 1..5 or null."""
     out = _label_values(src, "feedback", values)
     for i, v in enumerate(out):
         if v is not None and (v != int(v) or not 1 <= v <= 5):
-            raise src.error(i, f"field 'feedback' must be an integer 1..5, got {_show(values[i])}")
+            raise src.error(
+                i, f"field 'feedback' must be an integer 1..5, got {show_value(values[i])}"
+            )
     return out
 
 
-def _check_ids(src: _Source, values: list[Any]) -> list[str]:
+def _check_ids(src: Source, values: list[Any]) -> list[str]:
     """The file's own ids as strings: present, non-blank, unique."""
     ids: list[str] = []
     first: dict[str, int] = {}
@@ -1057,12 +1063,12 @@ def _check_ids(src: _Source, values: list[Any]) -> list[str]:
         elif v is None:
             raise src.error(i, "field 'id' is empty")
         else:
-            raise src.error(i, f"field 'id' must be a string or integer, got {_tname(v)}")
+            raise src.error(i, f"field 'id' must be a string or integer, got {type_name(v)}")
         if not s.strip():
             raise src.error(i, "field 'id' is empty")
         j = first.setdefault(s, i)
         if j != i:
-            raise src.error(i, f"duplicate id {_show(s)} (first at {src.locate(j)})")
+            raise src.error(i, f"duplicate id {show_value(s)} (first at {src.locate(j)})")
         ids.append(s)
     return ids
 
@@ -1086,10 +1092,12 @@ def _hash_ids(rows: Iterable[dict[str, Any]]) -> list[str]:
 def _is_number(v: Any, typed: bool) -> bool:
     if typed:
         return type(v) in (int, float, bool)
-    return isinstance(v, str) and (_NUMBER.fullmatch(v) is not None or v.strip().lower() in _BOOLS)
+    return isinstance(v, str) and (
+        NUMBER_TEXT.fullmatch(v) is not None or v.strip().lower() in _BOOLS
+    )
 
 
-def _column_class(src: _Source, column: str, values: list[Any], *, must_be_label: bool) -> str:
+def _column_class(src: Source, column: str, values: list[Any], *, must_be_label: bool) -> str:
     """'label', 'tag', 'nested' (kept only in extra) or 'empty'; mixed numbers/text is an error."""
     first_number = first_other = None
     nested = False
@@ -1107,7 +1115,7 @@ def _column_class(src: _Source, column: str, values: list[Any], *, must_be_label
             break
     if first_other is not None and (must_be_label or (src.typed and first_number is not None)):
         as_on = f" (as on {src.locate(first_number)})" if first_number is not None else ""
-        got = _show(values[first_other])
+        got = show_value(values[first_other])
         raise src.error(first_other, f"field {column!r} must be a number{as_on}, got {got}")
     if first_number is not None and first_other is None:
         return "label"
@@ -1116,7 +1124,7 @@ def _column_class(src: _Source, column: str, values: list[Any], *, must_be_label
     return "nested" if nested else "tag"
 
 
-def _label_values(src: _Source, column: str, values: list[Any]) -> list[float | None]:
+def _label_values(src: Source, column: str, values: list[Any]) -> list[float | None]:
     """Numbers (or CSV number text) as finite floats; null stays None."""
     out: list[float | None] = []
     for i, v in enumerate(values):
@@ -1124,13 +1132,13 @@ def _label_values(src: _Source, column: str, values: list[Any]) -> list[float | 
             out.append(None)
             continue
         if not _is_number(v, src.typed):
-            raise src.error(i, f"field {column!r} must be a number, got {_show(v)}")
+            raise src.error(i, f"field {column!r} must be a number, got {show_value(v)}")
         try:
             x = float(_BOOLS.get(v.strip().lower(), v) if isinstance(v, str) else v)
         except OverflowError:
             x = math.inf
         if not math.isfinite(x):
-            raise src.error(i, f"field {column!r} must be a finite number, got {_show(v)}")
+            raise src.error(i, f"field {column!r} must be a finite number, got {show_value(v)}")
         out.append(x)
     return out
 
@@ -1189,7 +1197,7 @@ def _responses_table(ids: list[str], chosen: list[str], rejected: list[list[str]
 # --- small helpers -----------------------------------------------------------------------------
 
 
-def _json_list_or_none(text: str) -> list[Any] | None:
+def json_list_or_none(text: str) -> list[Any] | None:
     """The JSON list in ``text``, else None: for core.rollouts, which reads a CSV cell that
     is no list (or JSON deeper or longer than Python parses) as text. Ingest's fields use
     :func:`_json_cell`, which holds the JSON to the rules a record is."""
@@ -1200,13 +1208,13 @@ def _json_list_or_none(text: str) -> list[Any] | None:
     return v if isinstance(v, list) else None
 
 
-def _tname(v: Any) -> str:
+def type_name(v: Any) -> str:
     return {dict: "object", list: "list", str: "text", bool: "boolean"}.get(
         type(v), type(v).__name__
     )
 
 
-def _show(v: Any, width: int = 40) -> str:
+def show_value(v: Any, width: int = 40) -> str:
     """A value for a one-line message: repr, shortened."""
     s = repr(v)
     return s if len(s) <= width else s[: width - 3] + "..."

@@ -68,7 +68,7 @@ def _text_config(model: nn.Module) -> Any:
     return get_text() if callable(get_text) else config
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     """True when ``name`` can only be a filesystem path, never a hub id like ``org/model``."""
     return (
         name.startswith(("/", ".", "~"))
@@ -182,7 +182,7 @@ def load_model(
         if not (path / "config.json").is_file():
             raise StudioError(f"model folder '{name_or_path}' has no config.json")
         check_weight_files(path)
-    elif _looks_like_path(name_or_path):
+    elif looks_like_path(name_or_path):
         raise StudioError(f"model path '{name_or_path}' does not exist")
     source = str(path) if is_local else name_or_path
 
@@ -191,7 +191,7 @@ def load_model(
     hf_logging.disable_progress_bar()
     try:
         config = AutoConfig.from_pretrained(source)
-        _fuse_activation(config)
+        fuse_activation(config)
         model = AutoModel.from_pretrained(source, config=config, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as exc:  # hub errors (gated, not found, offline) are OSErrors too
@@ -233,7 +233,7 @@ def load_model(
     )
 
 
-def _fuse_activation(config: Any) -> None:
+def fuse_activation(config: Any) -> None:
     """GPT-2's ``gelu_new`` is the tanh-approximate GELU written as four separate ops; torch's
     own ``gelu(approximate="tanh")`` computes the same function in one kernel (~20% of a GPT-2
     forward on CPU). Only the activation's implementation changes, not the model."""

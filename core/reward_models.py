@@ -25,33 +25,30 @@ one (a chat's own earlier turns instead of the single user turn), else a plain t
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import string
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
 from core.errors import StudioError
+from core.ingest import load_source
 from core.models import (
-    _fuse_activation,
-    _looks_like_path,
+    fuse_activation,
     hub_error_message,
     iter_length_batches,
-    resolve_device,
-    resolve_dtype,
+    looks_like_path,
 )
-from core.rewards import RESPONSE_CLUSTER
-from core.store import RESPONSES_SUFFIX, REWARD_SCHEMA, Store
+from core.rewards import coral_reward, scalar_reward
+from core.rollouts import RecordReader
+from core.store import REWARD_SCHEMA
 
 Head = Literal["scalar", "ordinal"]
 HEADS = ("scalar", "ordinal")
@@ -119,7 +116,6 @@ def check_head(
 def reward_from_logits(logits: np.ndarray | torch.Tensor, head: str) -> np.ndarray:
     """Rewards [n] (float64) from a batch of logits [n, num_labels]: the one logit (scalar), or
     ``1 + sum_k sigmoid(logit_k)`` (ordinal CORAL, in [1, K] with K = num_labels + 1)."""
-    from core.rewards import coral_reward, scalar_reward
 
     x = torch.as_tensor(logits).detach().to("cpu", torch.float64).numpy()
     if x.ndim != 2:
@@ -169,7 +165,7 @@ def load_reward_model(
             raise StudioError(f"model path '{name}' is a file, not a model folder")
         if not (path / "config.json").is_file():
             raise StudioError(f"model folder '{name}' has no config.json")
-    elif _looks_like_path(name):
+    elif looks_like_path(name):
         raise StudioError(f"model path '{name}' does not exist")
     source = str(path) if is_local else name
     try:
@@ -187,7 +183,7 @@ def load_reward_model(
                 name=f"model '{name}'",
                 problem_type=getattr(config, "problem_type", None),
             )
-            _fuse_activation(config)
+            fuse_activation(config)
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 source, config=config, dtype=dtype or torch.float32, output_loading_info=True
             )
@@ -307,57 +303,6 @@ class Candidates:
     n_skipped: int = 0  # chats whose last turn is not the assistant's
 
 
-def reward_candidates(store: Store, dataset: str) -> Candidates:
-    """Every response of a preference set (0 = chosen, 1.. = rejected), or the last assistant
-    turn of each chat (response_idx -1, the turns before it as context). A prompt dataset has
-    no responses to score: an error."""
-    kind = store.dataset(dataset)["kind"]
-    if kind == "prompts":
-        raise StudioError(
-            f"dataset '{dataset}' holds prompts only: a reward model scores responses, so it "
-            "needs a preference set (chosen/rejected) or chats; an 'answer' field is a reference "
-            "answer, checked by the verifier rather than scored"
-        )
-    tbl = store.reward_candidates(dataset)
-    keys: list[tuple[str, int]] = []
-    contexts: list[list[dict[str, str]]] = []
-    responses: list[str] = []
-    skipped = 0
-    cols = tbl.to_pydict()
-    for eid, ridx, prompt, response, messages in zip(
-        cols["example_id"],
-        cols["response_idx"],
-        cols["prompt"],
-        cols["response"],
-        cols["messages"],
-        strict=True,
-    ):
-        if kind == "preferences":
-            context = [{"role": "user", "content": str(prompt)}]
-        elif messages is None:
-            raise StudioError(
-                f"dataset '{dataset}': chat '{eid}' has no stored turns (ingested by an older "
-                "version); ingest the file again with --replace"
-            )
-        else:
-            turns = [
-                {"role": str(m["role"]), "content": str(m["content"])} for m in json.loads(messages)
-            ]
-            if not turns or turns[-1]["role"] != "assistant":
-                skipped += 1
-                continue
-            context, response = turns[:-1], turns[-1]["content"]
-        keys.append((str(eid), int(ridx)))
-        contexts.append(context)
-        responses.append(str(response))
-    if not keys:
-        raise StudioError(
-            f"dataset '{dataset}' ({kind}) has no response to score"
-            + (f": none of its {skipped} chats ends with an assistant turn" if skipped else "")
-        )
-    return Candidates(keys, contexts, responses, n_skipped=skipped)
-
-
 # --- scoring ---------------------------------------------------------------------------------
 @dataclass
 class Encoded:
@@ -442,159 +387,8 @@ def _model_label(model: str) -> str:
     return str(path.resolve()) if path.exists() else model
 
 
-def _read_chat_template(chat_template: str) -> str:
-    """Jinja text, or the text of the file it names."""
-    path = Path(chat_template).expanduser()
-    if "{" not in chat_template and path.is_file():
-        return path.read_text(encoding="utf-8")
-    if "{" not in chat_template:
-        raise StudioError(
-            f"--chat-template {chat_template!r}: no such file, and not a Jinja template"
-        )
-    return chat_template
-
-
 def _warn(message: str) -> None:
     tqdm.write(f"warning: {message}", file=sys.stderr)
-
-
-def score_rewards(
-    store: Store,
-    *,
-    dataset: str,
-    model: str,
-    head: Head,
-    name: str | None = None,
-    batch_size: int = 16,
-    max_length: int | None = None,
-    template: str | None = None,
-    chat_template: str | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
-    resume: bool = True,
-    chunk_size: int = 512,
-    progress: Callable[[int], None] | None = None,
-    warn: Callable[[str], None] = _warn,
-) -> int:
-    """Score every response of a dataset with a reward model; returns the run id.
-
-    ``template``: None (the chat template when the tokenizer has one, else
-    :data:`DEFAULT_TEMPLATE`), ``"chat"``, or a plain template with ``{prompt}`` and
-    ``{response}``; ``chat_template`` (Jinja text or a file) replaces the tokenizer's.
-    ``max_length`` defaults to the model's context (:data:`FALLBACK_MAX_LENGTH` when it states
-    none); longer texts are truncated, counted and flagged. Commits every ``chunk_size``
-    responses on a writer thread; rerunning the same command after an interruption continues
-    with the responses not yet stored. ``progress(n)`` is called after each batch.
-    """
-    from core.steps import _ChunkWriter, versions
-
-    if head not in HEADS:
-        raise StudioError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
-    for what, value in (("batch size", batch_size), ("chunk size", chunk_size)):
-        if value < 1:
-            raise StudioError(f"{what} must be at least 1, got {value}")
-    if max_length is not None and max_length < 1:
-        raise StudioError(f"--max-length must be at least 1, got {max_length}")
-    if template is not None and template != CHAT:
-        check_template(template)
-    name = (name if name is not None else default_reward_name(model)).strip()
-    if not name:
-        raise StudioError("--name must be a non-empty name")
-    cands = reward_candidates(store, dataset)  # before the (slow) model load
-    dev = resolve_device(device)
-    rm = load_reward_model(model, head=head, device=dev, dtype=resolve_dtype(dtype, device=dev))
-    custom = _read_chat_template(chat_template) if chat_template is not None else None
-    if custom is not None:
-        rm.tokenizer.chat_template = custom
-    tpl = resolve_template(rm.tokenizer, template)
-    length = max_length or rm.context or FALLBACK_MAX_LENGTH
-    if rm.context is not None:
-        length = min(length, rm.context)  # longer inputs would crash the position embeddings
-    model_dtype = str(next(rm.model.parameters()).dtype).removeprefix("torch.")
-    config: dict[str, Any] = {
-        "name": name,
-        "model": _model_label(model),
-        "head": head,
-        "K": rm.k,
-        "template": tpl,
-        "max_length": length,
-        "dtype": model_dtype,
-    }
-    if custom is not None:
-        config["chat_template"] = custom
-    run_id, resumed = store.start_reward_run(
-        dataset=dataset, config=config, versions=versions(), resume=resume
-    )
-    done = store.done_reward_keys(run_id) if resumed else set()
-    todo = [i for i, key in enumerate(cands.keys) if key not in done]
-    source = f"model: {config['model']}"
-    t0 = time.perf_counter()
-
-    def commit(chunk: pa.Table) -> None:
-        store.write_reward_chunk(run_id, chunk, source=source)
-
-    n = len(cands.keys)
-    writer = _ChunkWriter(commit)
-    try:
-        with tqdm(total=n, initial=n - len(todo), desc=f"reward {name}", unit="resp") as bar:
-
-            def step(k: int) -> None:
-                bar.update(k)
-                if progress is not None:
-                    progress(k)
-
-            for start in range(0, len(todo), chunk_size):
-                part = todo[start : start + chunk_size]
-                texts = [
-                    render(rm.tokenizer, cands.contexts[i], cands.responses[i], template=tpl)
-                    for i in part
-                ]
-                values, logits, truncated = score_texts(
-                    rm,
-                    texts,
-                    chat=tpl == CHAT,
-                    max_length=length,
-                    batch_size=batch_size,
-                    progress=step,
-                )
-                writer.put(
-                    pa.table(
-                        {
-                            "example_id": pa.array([cands.keys[i][0] for i in part], pa.string()),
-                            "response_idx": pa.array([cands.keys[i][1] for i in part], pa.int32()),
-                            "value": pa.array(values, pa.float64()),
-                            "logits": pa.array(
-                                list(logits) if head == "ordinal" else [None] * len(part),
-                                pa.list_(pa.float32()),
-                            ),
-                            "truncated": pa.array(truncated, pa.bool_()),
-                        },
-                        schema=REWARD_SCHEMA,
-                    )
-                )
-    finally:
-        writer.close()
-    totals = store.reward_totals(run_id)
-    if totals["n_truncated"]:
-        warn(
-            f"{totals['n_truncated']} of {totals['n_scores']} texts were longer than {length} "
-            "tokens and were truncated before scoring"
-        )
-    if cands.n_skipped:
-        warn(f"{cands.n_skipped} chats do not end with an assistant turn and were not scored")
-    store.finish_reward_run(
-        run_id,
-        summary={
-            **totals,
-            "n_skipped": cands.n_skipped,
-            "resumed": resumed,
-            "seconds_this_session": round(time.perf_counter() - t0, 1),
-            "scored_this_session": len(todo),
-            "device": dev,
-            "dtype": model_dtype,
-        },
-    )
-    return run_id
 
 
 # --- imported scores --------------------------------------------------------------------------
@@ -604,10 +398,8 @@ def read_reward_file(path: str | Path, *, column: str = "score") -> tuple[pa.Tab
     and the score ``column``. Returns (``REWARD_SCHEMA`` rows in file order, each row's place
     in the file, "line 7" / "row 7"). Any problem is a one-line StudioError naming the file,
     the line and the field; duplicates are errors."""
-    from core.ingest import _load
-    from core.rollouts import _Reader
 
-    src = _load(Path(path))
+    src = load_source(Path(path))
     id_col = "example_id" if "example_id" in src.columns else "id"
     for need in (id_col, column):
         if need not in src.columns:
@@ -615,7 +407,7 @@ def read_reward_file(path: str | Path, *, column: str = "score") -> tuple[pa.Tab
             what = "the id ('example_id' or 'id')" if need == id_col else "the score"
             raise src.error(0, f"field {need!r} is missing: no {what} (fields: {fields})")
     has_idx = "response_idx" in src.columns
-    reader = _Reader(src, threshold=None)
+    reader = RecordReader(src, threshold=None)
     ids: list[str] = []
     idxs: list[int] = []
     values: list[float] = []
@@ -658,54 +450,6 @@ def read_reward_file(path: str | Path, *, column: str = "score") -> tuple[pa.Tab
     return table, [src.locate(i) for i in range(src.n)]
 
 
-def import_rewards(
-    store: Store, path: str | Path, *, dataset: str, name: str, column: str = "score"
-) -> int:
-    """Read a file of precomputed scores (:func:`read_reward_file`) and store it as a finished
-    reward run named ``name`` (source ``imported: FILE``). An id or (id, response_idx) the
-    dataset does not hold is an error naming its line, and nothing is stored. Returns the
-    run id."""
-    from core.steps import versions
-
-    if not name or not name.strip():
-        raise StudioError("--name must be a non-empty name")
-    kind = store.dataset(dataset)["kind"]
-    table, where = read_reward_file(path, column=column)
-    file = Path(path).name
-    idx = table.column("response_idx").to_pylist()
-    if kind == "preferences" and -1 in idx:
-        at = where[idx.index(-1)]
-        raise StudioError(
-            f"{file} {at}: field 'response_idx' is missing or -1: dataset '{dataset}' holds "
-            "preference sets, so each score names its response (0 = chosen, 1.. = rejected)"
-        )
-    unknown = store.unknown_reward_keys(dataset, table)
-    if unknown.num_rows:
-        bad = set(
-            zip(
-                unknown.column("example_id").to_pylist(),
-                unknown.column("response_idx").to_pylist(),
-                strict=True,
-            )
-        )
-        keys = list(zip(table.column("example_id").to_pylist(), idx, strict=True))
-        i = next(i for i, key in enumerate(keys) if key in bad)
-        eid, ridx = keys[i]
-        what = f"example {eid!r}" if ridx == -1 else f"response {ridx} of example {eid!r}"
-        raise StudioError(
-            f"{file} {where[i]}: dataset '{dataset}' has no {what} ({unknown.num_rows} unknown "
-            "in the file); nothing stored"
-        )
-    return store.import_reward_scores(
-        dataset=dataset,
-        name=name.strip(),
-        path=str(path),
-        scores=table,
-        versions=versions(),
-        column=column,
-    )
-
-
 # --- judging -----------------------------------------------------------------------------------
 # The responses a per-example feedback label is matched to: a chat's scored response (-1) or a
 # preference set's chosen response (0). A rating stored on the example describes the response
@@ -715,229 +459,6 @@ NO_LOGITS = (
     "no logits (a scalar head, imported scores, the verifier or a probe): calibration needs an "
     "ordinal (CORAL) reward model's K-1 logits"
 )
-
-
-def _missing(value: Any) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-
-
-def _plain(value: Any) -> Any:
-    """A frame cell as plain Python for JSON: numpy scalars unwrapped, NaN/NA as None."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    return None if _missing(value) else value
-
-
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return [
-        {str(k): _plain(v) for k, v in row.items()}
-        for row in frame.astype(object).to_dict("records")
-    ]
-
-
-def category_values(store: Store, *, dataset: str, columns: Sequence[str]) -> pd.DataFrame:
-    """One row per example of ``dataset`` (index ``example_id``), one column per name in
-    ``columns``: a numeric label, a string tag, or ``cluster`` (the latest cluster run's
-    assignment). A name that is none of these is a one-line error listing what exists.
-    ``response_cluster`` is per response, not per example: it is skipped here (see
-    :func:`response_clusters`)."""
-    from core.store import Views
-
-    labels, tags = store.label_names(dataset), store.tag_names(dataset)
-    cluster_run = store.latest_run(dataset=dataset, step="cluster")
-    columns = [c for c in columns if c != RESPONSE_CLUSTER]
-    for col in columns:
-        if col == "cluster" and cluster_run is None:
-            raise StudioError(
-                f"--by cluster: dataset '{dataset}' has no cluster run yet (run `python -m core "
-                f"cluster --dataset {dataset}`); labels: {', '.join(labels) or 'none'}; tags: "
-                f"{', '.join(tags) or 'none'}"
-            )
-        if col != "cluster" and col not in labels and col not in tags:
-            resp = dataset + RESPONSES_SUFFIX
-            has_resp = store.has_dataset(resp) and store.latest_run(dataset=resp, step="cluster")
-            raise StudioError(
-                f"--by {col}: dataset '{dataset}' has no label, tag or cluster of that name; "
-                f"labels: {', '.join(labels) or 'none'}; tags: {', '.join(tags) or 'none'}; "
-                f"cluster: {'yes' if cluster_run is not None else 'none (no cluster run)'}; "
-                f"{RESPONSE_CLUSTER}: {'yes' if has_resp else 'none (no clustered responses)'}"
-            )
-    cols = list(dict.fromkeys(columns))
-    views = Views(None, cluster_run, None)
-    wide = store.wide(dataset, views=views, columns=["id", *cols]).to_pandas()
-    return wide.set_index("id").rename_axis("example_id")[cols]
-
-
-def response_clusters(store: Store, *, dataset: str) -> pd.Series:
-    """Each response's cluster, indexed by (example_id, response_idx), from the latest cluster
-    run of the preference set's responses dataset (``python -m core responses``)."""
-    from core.store import Views
-
-    resp = dataset + RESPONSES_SUFFIX
-    run = store.latest_run(dataset=resp, step="cluster") if store.has_dataset(resp) else None
-    if run is None:
-        raise StudioError(
-            f"--by {RESPONSE_CLUSTER}: '{resp}' has no cluster run (run `python -m core "
-            f"responses --dataset {dataset}`, featurize and cluster '{resp}')"
-        )
-    keys = store.response_keys(resp).to_pandas()
-    wide = store.wide(resp, views=Views(None, run, None), columns=["id", "cluster"]).to_pandas()
-    keys = keys.merge(wide, on="id", how="left")
-    return keys.set_index(["example_id", "response_idx"])["cluster"]
-
-
-def _has_logits(frame: pd.DataFrame) -> bool:
-    """Whether every stored score of a reward run has its logits (an ordinal head's)."""
-    return bool(len(frame)) and not bool(frame["logits"].isna().any())
-
-
-def _calibrate(
-    frame: pd.DataFrame, labels: pd.Series, *, name: str, label: str, n_bins: int
-) -> dict[str, Any]:
-    """Calibration of one reward source's stored scores (a ``reward_scores`` frame) against
-    ``labels`` (example_id -> value, unlabelled examples left out)."""
-    from core import rewards
-
-    if not _has_logits(frame):
-        raise StudioError(f"reward '{name}' has {NO_LOGITS}")
-    matched = frame[frame["response_idx"].isin(CALIBRATION_RESPONSES)]
-    value = matched["example_id"].map(labels)
-    n_unlabelled = int(value.isna().sum())
-    matched, value = matched[value.notna()], value[value.notna()]
-    if matched.empty:
-        raise StudioError(
-            f"reward '{name}': no scored response carries the label '{label}' (only a chat's "
-            "response or a preference set's chosen response is matched to its example's label)"
-        )
-    cal = rewards.ordinal_calibration(
-        np.stack([np.asarray(z, dtype=np.float64) for z in matched["logits"]]),
-        value.to_numpy(np.float64),
-        ids=matched["example_id"].tolist(),
-        n_bins=n_bins,
-    )
-    out = cal.to_dict()
-    out.update(
-        label=label,
-        n_unlabelled=n_unlabelled,
-        n_other_responses=len(frame) - len(matched) - n_unlabelled,
-    )
-    return out
-
-
-def _label_series(store: Store, dataset: str, label: str) -> pd.Series:
-    names = store.label_names(dataset)
-    if label not in names:
-        raise StudioError(
-            f"dataset '{dataset}' has no label '{label}'; labels: {', '.join(names) or 'none'}"
-        )
-    tbl = store.labels(dataset, label).to_pandas().dropna(subset=["value"])
-    return tbl.set_index("example_id")["value"]
-
-
-def calibration(
-    store: Store, *, dataset: str, name: str, label: str, n_bins: int = 10
-) -> dict[str, Any]:
-    """How well the ordinal reward run ``name`` is calibrated against the feedback label
-    ``label`` (integers 1..K, WildReward's ratings): top-label ``ece``, the reliability
-    ``table`` (one dict per confidence bin), ``n``, ``k``, ``label_counts``,
-    ``predicted_counts``, ``accuracy`` (the most likely class is the label), ``mean_label``,
-    ``mean_reward``; ``n_unlabelled`` (matched responses without the label) and
-    ``n_other_responses`` (not matched, see below).
-
-    The label belongs to an example, so each example contributes one response: its chat
-    response (response_idx -1) or its chosen response (0); rejected responses are left out.
-    A run without logits (a scalar head, imported scores) is refused, and so is a label
-    outside 1..K (naming the example), in one line each."""
-    frames = store.reward_frames(dataset, [name])
-    labels = _label_series(store, dataset, label)
-    out = _calibrate(frames[name], labels, name=name, label=label, n_bins=n_bins)
-    return {"name": name, "run_id": store.reward_runs(dataset)[name], **out}
-
-
-def judge(
-    store: Store,
-    *,
-    dataset: str,
-    names: Sequence[str] | None = None,
-    by: Sequence[str] = (),
-    side: str = "example",
-    margins: Sequence[float] | None = None,
-    calibration_label: str | None = None,
-    n_bins: int = 10,
-) -> dict[str, Any]:
-    """Every named reward source of a preference set judged on it (pairwise accuracy and
-    StoryRMB 1-of-N, with chance and 95% intervals) and every two sources compared
-    (Spearman, Kendall, pair agreement, best-of-n agreement): what `python -m core judge`
-    prints.
-
-    Optional, per source (``sources[name]``): ``by[column]``, the accuracies per value of each
-    column in ``by`` (a label, a tag, ``cluster`` or ``response_cluster``; core.rewards.accuracy_by with ``side``,
-    rows with ``value``); ``margins``, the margin curve (core.rewards.margin_curve);
-    ``calibration``, the calibration against ``calibration_label`` (:func:`calibration`), or
-    ``{"skipped": why}`` for a source without logits. Plain data throughout (NaN as None)."""
-    from core import rewards
-
-    kind = store.dataset(dataset)["kind"]  # an unknown dataset: one line naming the known
-    frames = store.reward_frames(dataset, names)
-    runs = store.reward_runs(dataset)
-    names = list(frames)
-    if (by or margins is not None) and kind != "preferences":
-        what = "--by" if by else "--margins"
-        raise StudioError(
-            f"{what}: dataset '{dataset}' holds {kind}; accuracy per category and by margin "
-            "need a preference set (a chosen and rejected responses)"
-        )
-    if not frames:
-        raise StudioError(
-            f"dataset '{dataset}' has no reward scores to judge: score it first with "
-            "`reward`, `verify`, `import-rewards` or `reward-probe`"
-        )
-    values = category_values(store, dataset=dataset, columns=by) if by else None
-    per_response = (
-        response_clusters(store, dataset=dataset) if RESPONSE_CLUSTER in (by or ()) else None
-    )
-    labels = (
-        _label_series(store, dataset, calibration_label) if calibration_label is not None else None
-    )
-    out: dict[str, Any] = {"dataset": dataset, "sources": {}, "agreement": {}}
-    if by:
-        out["by_side"] = side
-    for n, f in frames.items():
-        row: dict[str, Any] = {"run_id": runs[n], "n_scores": len(f)}
-        if kind == "preferences":
-            row["pairwise"] = rewards.pairwise_accuracy(f).to_dict()
-            row["one_of_n"] = rewards.one_of_n_accuracy(f).to_dict()
-        if values is not None:
-            base = f[["example_id", "response_idx", "role", "score"]]
-            row["by"] = {}
-            for col in by:
-                if col == RESPONSE_CLUSTER:
-                    assert per_response is not None
-                    at = pd.MultiIndex.from_frame(base[["example_id", "response_idx"]])
-                    value = per_response.reindex(at).to_numpy()
-                else:
-                    value = base["example_id"].map(values[col]).to_numpy()
-                g = base.assign(value=value)
-                table = rewards.accuracy_by(g, by="value", side=side)  # type: ignore[arg-type]
-                row["by"][col] = _records(table)
-        if margins is not None:
-            row["margins"] = _records(rewards.margin_curve(f, margins=margins))
-        if labels is not None:
-            assert calibration_label is not None
-            if not _has_logits(f):
-                row["calibration"] = {"skipped": NO_LOGITS}
-            else:
-                row["calibration"] = _calibrate(
-                    f, labels, name=n, label=calibration_label, n_bins=n_bins
-                )
-        out["sources"][n] = row
-    # chats: one response per example, no chosen/rejected roles to pair by
-    keep = ["example_id", "response_idx", "score", *(["role"] if kind == "preferences" else [])]
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            agree = rewards.agreement(frames[a][keep], frames[b][keep])
-            out["agreement"][f"{a} vs {b}"] = asdict(agree)
-    return out
 
 
 def _num(value: Any) -> str:

@@ -41,7 +41,15 @@ import numpy as np
 import pyarrow as pa
 
 from core.errors import StudioError
-from core.ingest import _NUMBER, LABELS_SCHEMA, _json_list_or_none, _load, _show, _Source, _tname
+from core.ingest import (
+    LABELS_SCHEMA,
+    NUMBER_TEXT,
+    Source,
+    json_list_or_none,
+    load_source,
+    show_value,
+    type_name,
+)
 
 ROLLOUTS_SCHEMA = pa.schema(
     [
@@ -79,7 +87,7 @@ def read_rollouts(
         raise StudioError(f"rollouts: threshold must be a finite number, got {threshold!r}")
     if not id_field:
         raise StudioError("rollouts: the id field name is empty")
-    src = _load(Path(path))
+    src = load_source(Path(path))
     id_col = id_field
     if id_col not in src.columns and id_field == "id" and "example_id" in src.columns:
         id_col = "example_id"
@@ -89,7 +97,7 @@ def read_rollouts(
             0, f"field {id_field!r} is missing (fields: {fields}; say which one is the id)"
         )
     index_col = _index_column(src)
-    reader = _Reader(src, threshold=threshold)
+    reader = RecordReader(src, threshold=threshold)
 
     ids: list[str] = []
     idxs: list[int] = []
@@ -112,7 +120,7 @@ def read_rollouts(
                 where = f"first at {src.locate(j)}"
                 raise src.error(
                     i,
-                    f"field {index_col or field!r}: duplicate rollout (id {_show(ex)}, "
+                    f"field {index_col or field!r}: duplicate rollout (id {show_value(ex)}, "
                     f"sample {start + k}; {where})",
                 )
             ids.append(ex)
@@ -236,7 +244,7 @@ def _per_prompt(rollouts: pa.Table) -> tuple[list[str], np.ndarray, np.ndarray]:
     return ids, n, c
 
 
-def _index_column(src: _Source) -> str | None:
+def _index_column(src: Source) -> str | None:
     """``sample_idx``, else ``sample`` unless all of its values are text (then it is taken for
     the response and ignored)."""
     if "sample_idx" in src.columns:
@@ -252,10 +260,10 @@ def _is_int_text(v: str) -> bool:
     return bool(s) and set(s) <= _INT_TEXT
 
 
-class _Reader:
+class RecordReader:
     """Typed access to one record's fields, raising errors that name file, line and field."""
 
-    def __init__(self, src: _Source, *, threshold: float | None) -> None:
+    def __init__(self, src: Source, *, threshold: float | None) -> None:
         self.src = src
         self.threshold = threshold
 
@@ -270,15 +278,15 @@ class _Reader:
             return s.lower() == "true"
         if _is_int_text(s):
             return int(s)
-        if _NUMBER.fullmatch(s):
+        if NUMBER_TEXT.fullmatch(s):
             return float(s)
         if s.startswith("["):
-            parsed = _json_list_or_none(s)
+            parsed = json_list_or_none(s)
             return v if parsed is None else parsed
         return v
 
     def fail(self, i: int, where: str, expected: str, v: Any) -> StudioError:
-        return self.src.error(i, f"{where}: expected {expected}, got {_show(v)}")
+        return self.src.error(i, f"{where}: expected {expected}, got {show_value(v)}")
 
     def id(self, i: int, field: str) -> str:
         v = self.src.columns[field][i]
@@ -320,7 +328,9 @@ class _Reader:
             return float(v) >= self.threshold
         if v in (0, 1):
             return bool(v)
-        raise self.src.error(i, f"{where}: {_show(v)} is not 0 or 1; give a threshold to score it")
+        raise self.src.error(
+            i, f"{where}: {show_value(v)} is not 0 or 1; give a threshold to score it"
+        )
 
     def outcome(self, i: int) -> tuple[list[bool], str]:
         """The record's rollouts as pass/fail, and the field they came from."""
@@ -334,7 +344,7 @@ class _Reader:
         if field in ("passes", "rewards"):
             v = self.value(i, field)
             if not isinstance(v, list) or not v:
-                got = "an empty list" if isinstance(v, list) else f"{_tname(v)} {_show(v)}"
+                got = "an empty list" if isinstance(v, list) else f"{type_name(v)} {show_value(v)}"
                 raise self.src.error(i, f"field {field!r}: expected a non-empty list, got {got}")
             read = self.passed if field == "passes" else self.score
             return [read(i, f"field {field!r} item {k + 1}", x) for k, x in enumerate(v)], field

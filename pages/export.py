@@ -31,7 +31,7 @@ from core.export import (
 )
 from core.filters import Filter
 from core.formats import CONTAINERS
-from core.steps import export
+from core.steps.export import export
 from ui.charts import histogram, kept_bars
 from ui.common import (
     error,

@@ -13,7 +13,8 @@ import pyarrow as pa
 import streamlit as st
 
 from core.errors import StudioError
-from core.signals import bad_value, probe, score_source, threshold_report
+from core.signals import bad_value, score_source, threshold_report
+from core.steps.probes import probe
 from ui.charts import score_histogram
 from ui.common import (
     guarded,

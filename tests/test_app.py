@@ -434,7 +434,7 @@ def rewards_copy(rewards_db, tmp_path_factory):
 
 
 def test_rewards_page_says_what_is_missing_and_calibrates(rewards_copy, monkeypatch):
-    from core.reward_models import calibration
+    from core.steps.judge import calibration
     from core.store import Store
 
     monkeypatch.setenv("SAERL_DB", str(rewards_copy))

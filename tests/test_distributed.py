@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core.distributed import (
+from core.errors import StudioError
+from core.steps.featurize_ray import (
     _frame_to_ipc,
     _Loader,
     block_key,
@@ -24,7 +25,6 @@ from core.distributed import (
     merge_token_stats,
     plan_workers,
 )
-from core.errors import StudioError
 from core.store import Store
 from tests.conftest import run_cli
 
@@ -74,7 +74,7 @@ def test_length_sorted_blocks_put_similar_lengths_together():
 
 
 def test_without_ray_the_error_says_how_to_install_it(tmp_path, monkeypatch):
-    from core.distributed import featurize_ray
+    from core.steps.featurize_ray import featurize_ray
 
     db = _ingested(tmp_path)
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
@@ -138,8 +138,8 @@ def _by_example(store: Store, run_id: int) -> dict[str, dict[int, float]]:
 @pytest.mark.slow
 def test_ray_featurize_equals_single_process(tmp_path, tiny_bert_dir, tiny_sae_dir):
     pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt")
-    from core import steps
-    from core.distributed import featurize_ray
+    from core.steps.featurize import featurize
+    from core.steps.featurize_ray import featurize_ray
 
     single_db = _ingested(tmp_path)
     ray_db = tmp_path / "ray.duckdb"
@@ -153,7 +153,7 @@ def test_ray_featurize_equals_single_process(tmp_path, tiny_bert_dir, tiny_sae_d
         "dense": True,  # the dense column must survive the Parquet shards and the bulk load
     }
     single, on_ray = Store(single_db), Store(ray_db)
-    single_run = steps.featurize(single, **options)
+    single_run = featurize(single, **options)
     t0 = time.perf_counter()
     # chunk_rows below the dataset size: several commits, each with the merged stats so far
     ray_run = featurize_ray(

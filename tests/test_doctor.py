@@ -225,7 +225,7 @@ def test_the_export_folder_defaults_to_the_apps(
     """Without --export-dir doctor checks the folder the app writes to: $SAERL_EXPORT_DIR, else
     data/exports (core.defaults.export_dir, the app's rule too), from the CLI as well."""
     from core.defaults import export_dir as default_export_dir
-    from core.doctor import diagnose
+    from core.steps.doctor import diagnose
 
     db, _ = studio
     app = db.parent / "app_exports"
@@ -244,7 +244,7 @@ def test_the_export_folder_defaults_to_the_apps(
 
 
 def test_upgrade_migrates_an_older_schema_then_checks_it(tmp_path: Path) -> None:
-    from core.doctor import diagnose
+    from core.steps.doctor import diagnose
     from core.store import MIGRATIONS, SCHEMA_VERSION
 
     db = tmp_path / "old.duckdb"

@@ -106,17 +106,17 @@ def test_the_app_reads_only_what_it_charts(pipeline_db):
     text, the same as the full export rows; export_rows(limit=) reads only the first rows."""
     from pandas.testing import assert_frame_equal
 
-    from core import steps
     from core.export import ExportConfig
     from core.filters import Filter
+    from core.steps.export import export_columns, export_rows
     from core.store import Store
 
     store = Store(pipeline_db)
     cfg = ExportConfig(order="curriculum", batch_size=16)
     drop = [Filter("is_duplicate", "=", 1, action="drop")]
-    full, _ = steps.export_rows(store, dataset="demo", filters=drop, cfg=cfg)
+    full, _ = export_rows(store, dataset="demo", filters=drop, cfg=cfg)
     cols = ["cluster", "difficulty", "quality"]
-    narrow = steps.export_columns(store, dataset="demo", columns=cols, filters=drop, cfg=cfg)
+    narrow = export_columns(store, dataset="demo", columns=cols, filters=drop, cfg=cfg)
     assert list(narrow.columns) == ["batch", *cols]
     assert_frame_equal(
         narrow[["batch", *cols]].reset_index(drop=True),
@@ -125,7 +125,7 @@ def test_the_app_reads_only_what_it_charts(pipeline_db):
     )
     assert narrow.attrs["difficulty_column"] == full.attrs["difficulty_column"]
     assert narrow.attrs["cross_cluster_share"] == full.attrs["cross_cluster_share"]
-    every = steps.export_columns(store, dataset="demo", columns=cols)
+    every = export_columns(store, dataset="demo", columns=cols)
     assert len(every) == PIPELINE_ROWS and "batch" not in every.columns
-    head, _ = steps.export_rows(store, dataset="demo", filters=drop, cfg=cfg, limit=7)
+    head, _ = export_rows(store, dataset="demo", filters=drop, cfg=cfg, limit=7)
     assert head["id"].tolist() == full["id"].head(7).tolist()

@@ -15,12 +15,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from core import steps
-from core.doctor import check_manifest
 from core.errors import StudioError
 from core.export import ExportConfig, leftover_temp_files, manifest_path, path_under
 from core.filters import parse_rule_where, parse_where
 from core.rules import RuleSet, save_rule_set
+from core.steps.doctor import check_manifest
+from core.steps.export import export
 from core.store import Store
 from tests.conftest import run_cli
 
@@ -138,7 +138,7 @@ def test_the_manifest_is_renamed_before_the_data(db: Path, tmp_path: Path) -> No
     try:
         formats._replace = crash_after_manifest
         with pytest.raises(KeyboardInterrupt):
-            steps.export(
+            export(
                 Store(db),
                 dataset="d",
                 out=out,
@@ -324,7 +324,7 @@ def test_the_store_is_found_however_the_path_is_spelled(
 
 def test_the_step_refuses_the_store_for_the_app_too(db: Path) -> None:
     with pytest.raises(StudioError, match="would replace the database"):
-        steps.export(Store(db), dataset="d", out=db, cfg=ExportConfig(container="jsonl"))
+        export(Store(db), dataset="d", out=db, cfg=ExportConfig(container="jsonl"))
 
 
 def test_an_hf_export_replaces_only_its_own_folder_and_writes_the_same_bytes(

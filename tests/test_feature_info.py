@@ -8,7 +8,6 @@ import pytest
 from core.errors import StudioError
 from core.feature_info import (
     highlight_html,
-    import_descriptions,
     marks_for,
     parse_descriptions,
     read_descriptions,
@@ -17,6 +16,7 @@ from core.feature_info import (
     token_spans,
     with_labels,
 )
+from core.steps.ingest import import_descriptions
 from core.store import Store
 from tests.test_store import _feature_run, _tables
 

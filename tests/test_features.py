@@ -21,7 +21,6 @@ from core.features import (
     FEATURE_SCHEMA,
     FeatureConfig,
     TokenStats,
-    dense_from_sparse,
     encode_tokens,
     featurize_batches,
     pool,
@@ -31,6 +30,7 @@ from core.features import (
     truncation_warning,
 )
 from core.models import full_forward_activations, tokenize_batch
+from core.sparse_features import dense_from_sparse
 from core.store import Store
 from tests.conftest import run_cli
 
@@ -578,7 +578,8 @@ def test_an_interrupted_run_of_the_old_default_resumes_with_its_max_length(
 ) -> None:
     """A run interrupted before the default changed recorded max_length 256: the same command
     with --max-length 256 continues it; without, the user is told how to continue it."""
-    from core.steps import feature_run_config, versions
+    from core.steps.base import versions
+    from core.steps.featurize import feature_run_config
 
     db = _ingest(tmp_path, ["alpha beta", "gamma delta", LONG])
     store = Store(db)
@@ -617,7 +618,8 @@ def test_featurize_warns_about_an_sae_whose_run_is_not_finished(
     import shutil
 
     from core.sae import TRAINING_INFO_FILENAME
-    from core.steps import unrecorded_sae_warning, versions
+    from core.steps.base import versions
+    from core.steps.featurize import unrecorded_sae_warning
 
     store = Store(tmp_path / "s.duckdb")
     folder = tmp_path / "sae"

@@ -33,10 +33,10 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from core import steps
 from core.errors import StudioError
 from core.filters import Filter, parse_rule_where, parse_where
 from core.formats import to_layout
+from core.steps.ingest import ingest
 from core.store import Store, Views
 
 settings.register_profile(
@@ -342,7 +342,7 @@ def test_ingest_reads_the_file_or_says_why_in_one_line(
     name = f"d{next(_names)}"
     before = _sizes(store)
     try:
-        n = steps.ingest(store, path, dataset=name, kind=kind)  # type: ignore[arg-type]
+        n = ingest(store, path, dataset=name, kind=kind)  # type: ignore[arg-type]
     except StudioError as e:
         msg = str(e)
         event(f"refused: {_gist(msg)}")
@@ -380,7 +380,7 @@ def test_a_tag_with_a_non_ascii_name_reads_back(fuzz_store: tuple[Store, Path]) 
     store, root = fuzz_store
     folder = Path(tempfile.mkdtemp(dir=root))
     path = write_jsonl(folder, [{"prompt": "p", "catégorie": "algèbre"}], ascii_only=False)
-    steps.ingest(store, path, dataset="unicode_tag", kind="prompts")
+    ingest(store, path, dataset="unicode_tag", kind="prompts")
     wide = store.wide("unicode_tag", views=store.views("unicode_tag")).to_pylist()
     assert wide[0]["catégorie"] == "algèbre"
 
@@ -459,7 +459,7 @@ def filter_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, Views
     ]
     path = write_jsonl(folder, recs, ascii_only=True)
     store = Store(folder / "f.duckdb")
-    steps.ingest(store, path, dataset="d", kind="prompts")
+    ingest(store, path, dataset="d", kind="prompts")
     return store, store.views("d")
 
 

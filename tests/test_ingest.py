@@ -617,17 +617,18 @@ def test_csv_header_names_are_checked_too(tmp_path: Path) -> None:
 def test_a_label_read_under_another_name_escapes_the_clash(tmp_path: Path) -> None:
     """The error's remedy works: --map gives the label a free name, and every column of the
     export (the label under its new name, the file's column as an extra field) is there."""
-    from core import steps
     from core.export import ExportConfig
+    from core.steps.export import export
+    from core.steps.ingest import ingest
     from core.store import Store
 
     path = write_jsonl(tmp_path / "data.jsonl", [{"prompt": "p", "Cluster": 3, "idx": [1]}])
     assert "'idx'" in error_of(path, mapping={"level": "Cluster"})
     path = write_jsonl(tmp_path / "data.jsonl", [{"prompt": "p", "Cluster": 3}])
     store = Store(tmp_path / "s.duckdb")
-    steps.ingest(store, path, dataset="d", kind="prompts", mapping={"level": "Cluster"})
+    ingest(store, path, dataset="d", kind="prompts", mapping={"level": "Cluster"})
     out = tmp_path / "out.jsonl"
-    steps.export(store, dataset="d", out=out, cfg=ExportConfig(fmt="jsonl"))
+    export(store, dataset="d", out=out, cfg=ExportConfig(fmt="jsonl"))
     (row,) = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert row["level"] == 3.0 and row["Cluster"] == "3" and row["cluster"] is None
 
@@ -838,11 +839,11 @@ def test_cells_that_are_not_json_or_hold_good_json_read_as_before(tmp_path: Path
 def test_the_lenient_list_reader_never_raises() -> None:
     """core.rollouts reads a CSV cell that is no JSON list as text: JSON nested past the
     parser or with an integer past Python's digit limit is such a cell, not a traceback."""
-    from core.ingest import _json_list_or_none
+    from core.ingest import json_list_or_none
 
-    assert _json_list_or_none(DEEP) is None
-    assert _json_list_or_none("[" + "9" * 5000 + "]") is None
-    assert _json_list_or_none("[1, true]") == [1, True]
+    assert json_list_or_none(DEEP) is None
+    assert json_list_or_none("[" + "9" * 5000 + "]") is None
+    assert json_list_or_none("[1, true]") == [1, True]
 
 
 def test_the_surrogate_pretest_flags_lone_ones_only() -> None:

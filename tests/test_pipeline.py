@@ -96,14 +96,14 @@ def test_dense_run_resumes_and_equals_an_uninterrupted_one(
 ):
     import shutil
 
-    from core import steps
+    from core.steps.featurize import featurize
 
     db = _copy(pipeline_db, tmp_path)
     clean = tmp_path / "clean.duckdb"
     shutil.copy(pipeline_db, clean)
     plain_run = Store(db).latest_run(dataset="demo", step="featurize")
     with pytest.raises(_Interrupted):
-        steps.featurize(
+        featurize(
             _StopAfter(db, n=2),
             dataset="demo",
             model=str(tiny_bert_dir),

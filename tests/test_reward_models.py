@@ -21,9 +21,9 @@ from core.reward_models import (
     load_reward_model,
     render,
     reward_from_logits,
-    score_rewards,
     score_texts,
 )
+from core.steps.rewards import score_rewards
 from core.store import Store
 from tests.conftest import CHAT_TEMPLATE, TINY_D_MODEL, _copy_tokenizer, run_cli
 
@@ -544,7 +544,7 @@ def test_bad_reward_files_name_the_line_and_store_nothing(
 
 
 def test_bad_csv_and_unknown_file_type(db: Path, tmp_path: Path) -> None:
-    from core.reward_models import import_rewards
+    from core.steps.rewards import import_rewards
 
     csv = tmp_path / "s.csv"
     csv.write_text("example_id,response_idx,score\npref-00001,0,1.5\npref-00001,1,nan\n")
@@ -780,7 +780,7 @@ def _ece_by_hand(logits: np.ndarray, labels: np.ndarray, n_bins: int) -> float:
 def test_calibration_of_an_ordinal_rm_against_feedback(
     db: Path, tmp_path: Path, ordinal_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from core.reward_models import calibration
+    from core.steps.judge import calibration
 
     feedback = [None, 1, 2, 3, 4, 4, 3, 2, 1, 2, 3, 4]
     rated = _write_rated_chats(tmp_path / "rated.jsonl", feedback)
@@ -845,7 +845,7 @@ def test_calibration_of_an_ordinal_rm_against_feedback(
 def test_calibration_of_a_preference_set_matches_the_chosen_response(
     db: Path, ordinal_dir: Path
 ) -> None:
-    from core.reward_models import calibration
+    from core.steps.judge import calibration
 
     store = Store(db)
     rid = score_rewards(store, dataset="prefs", model=str(ordinal_dir), head="ordinal", name="w")

@@ -12,9 +12,18 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from core import rewards, steps
+from core import rewards
 from core.errors import StudioError
 from core.export import ExportConfig
+from core.steps.export import export
+from core.steps.rewards import (
+    disagreement_probe,
+    preference_shift,
+    responses_dataset,
+    reward_frame,
+    reward_probe,
+    reward_sources,
+)
 from core.store import Store
 from tests.conftest import PREF_ROWS, run_cli
 
@@ -51,16 +60,16 @@ def test_responses_dataset_refuses_other_kinds_and_existing_names(
     shutil.copy(rewards_db, db)
     store = Store(db)
     with pytest.raises(StudioError, match="'demo' is prompts: a responses dataset is derived"):
-        steps.responses_dataset(store, dataset="demo")
+        responses_dataset(store, dataset="demo")
     with pytest.raises(StudioError, match=r"already exists .* --replace"):
-        steps.responses_dataset(store, dataset="prefs")
+        responses_dataset(store, dataset="prefs")
     before = store.dataset("prefs.responses")["n_examples"]
-    assert steps.responses_dataset(store, dataset="prefs", replace=True) == "prefs.responses"
+    assert responses_dataset(store, dataset="prefs", replace=True) == "prefs.responses"
     assert store.dataset("prefs.responses")["n_examples"] == before
     # replacing dropped the old runs of the derived dataset with it
     assert store.latest_run(dataset="prefs.responses", step="featurize") is None
     with pytest.raises(StudioError, match="finished feature run: run featurize first"):
-        steps.reward_probe(store, dataset="prefs")
+        reward_probe(store, dataset="prefs")
 
 
 def test_reward_probe_scores_are_out_of_fold(rewards_db: Path) -> None:
@@ -139,7 +148,7 @@ def test_reward_probe_learns_a_planted_feature(tmp_path: Path, capsys) -> None:
     assert run_cli("ingest", str(prefs), "--dataset", "p", "--kind", "preferences", "--db", db) == 0
     store = Store(db)
     with pytest.raises(StudioError, match="no responses dataset: run `python -m core responses"):
-        steps.reward_probe(store, dataset="p")
+        reward_probe(store, dataset="p")
     assert run_cli("responses", "--dataset", "p", "--db", db) == 0
     fr = _planted_feature_run(store, "p.responses")
     capsys.readouterr()
@@ -151,9 +160,9 @@ def test_reward_probe_learns_a_planted_feature(tmp_path: Path, capsys) -> None:
     best = scores.loc[scores.groupby("example_id")["score"].idxmax(), "response_idx"]
     assert (best == 0).all()  # every prompt's chosen response scores highest
     with pytest.raises(StudioError, match="has no dense baseline: featurize it with --dense"):
-        steps.reward_probe(store, dataset="p", features="dense")
+        reward_probe(store, dataset="p", features="dense")
     # the shift ranks the planted feature first, fired in every chosen and no rejected response
-    shift = steps.preference_shift(store, dataset="p")
+    shift = preference_shift(store, dataset="p")
     top = shift.iloc[0]
     assert (top["feature_id"], top["fire_chosen"], top["fire_rejected"], top["label"]) == (
         7,
@@ -173,18 +182,18 @@ def _scores_of(store: Store, dataset: str, name: str) -> pd.DataFrame:
 
 def test_reward_probe_refuses_a_prompt_set(rewards_db: Path) -> None:
     with pytest.raises(StudioError, match=r"'demo' is prompts: reward probes .* preference set"):
-        steps.reward_probe(Store(rewards_db), dataset="demo")
+        reward_probe(Store(rewards_db), dataset="demo")
 
 
 def test_preference_shift_on_the_rewards_store(rewards_db: Path) -> None:
-    shift = steps.preference_shift(Store(rewards_db), dataset="prefs", top=10)
+    shift = preference_shift(Store(rewards_db), dataset="prefs", top=10)
     assert len(shift) == 10 and list(shift.columns[:3]) == ["feature_id", "label", "mean_chosen"]
     assert bool(shift["label"].map(len).gt(0).any())
 
 
 def test_disagreement_probe(rewards_db: Path, capsys) -> None:
     store = Store(rewards_db)
-    d = steps.disagreement_probe(store, dataset="prefs", a="verifier", b="bt-probe-sae")
+    d = disagreement_probe(store, dataset="prefs", a="verifier", b="bt-probe-sae")
     gaps = d.table["rank_diff"].abs().to_numpy()
     assert (np.diff(gaps) <= 1e-12).all() and len(d.table) == len(_scores(store, "verifier"))
     assert bool(d.table["response"].notna().all())
@@ -197,9 +206,9 @@ def test_disagreement_probe(rewards_db: Path, capsys) -> None:
         assert f in set(d.weights["feature_id"])
         assert bool((top["activation"] > 0).all()) and bool((np.diff(top["activation"]) <= 0).all())
     with pytest.raises(StudioError, match="pick two different reward sources"):
-        steps.disagreement_probe(store, dataset="prefs", a="verifier", b="verifier")
+        disagreement_probe(store, dataset="prefs", a="verifier", b="verifier")
     with pytest.raises(StudioError, match="no reward scores named 'nope'; it has: bt-probe-dense"):
-        steps.disagreement_probe(store, dataset="prefs", a="verifier", b="nope")
+        disagreement_probe(store, dataset="prefs", a="verifier", b="nope")
     db = ("--db", str(rewards_db))
     assert (
         run_cli("disagree", "--dataset", "prefs", "--a", "verifier", "--b", "bt-probe-sae", *db)
@@ -212,29 +221,29 @@ def test_disagreement_probe(rewards_db: Path, capsys) -> None:
 
 def test_reward_frame(rewards_db: Path) -> None:
     store = Store(rewards_db)
-    frame = steps.reward_frame(store, dataset="prefs")
+    frame = reward_frame(store, dataset="prefs")
     cands = store.reward_candidates("prefs").to_pandas()
     assert len(frame) == len(cands)
     for name in ("verifier", "bt-probe-sae", "bt-probe-dense"):
         assert bool(frame[f"score:{name}"].notna().all())
     assert frame[["cluster", "x", "y"]].notna().all().all()
     assert int(frame["cluster"].nunique()) == 3 and bool(frame["cluster_label"].notna().all())
-    sources = steps.reward_sources(store, dataset="prefs")
+    sources = reward_sources(store, dataset="prefs")
     assert sources["verifier"]["kind"] == "verifier"
     assert sources["bt-probe-sae"]["kind"] == "bt-probe"
     assert sources["verifier"]["source"].startswith("verifier:")
     # a prompt set has no candidates; its frame is empty but has the columns
-    empty = steps.reward_frame(store, dataset="demo")
+    empty = reward_frame(store, dataset="demo")
     assert empty.empty and {"cluster", "x", "y"} <= set(empty.columns)
 
 
 def test_judge_by_response_cluster(rewards_db: Path, capsys) -> None:
-    from core.reward_models import judge
+    from core.steps.judge import judge
 
     store = Store(rewards_db)
     judged = judge(store, dataset="prefs", by=["response_cluster"], side="chosen")
     rows = judged["sources"]["verifier"]["by"]["response_cluster"]
-    frame = steps.reward_frame(store, dataset="prefs")
+    frame = reward_frame(store, dataset="prefs")
     chosen = frame[frame["role"].eq("chosen")]
     want = chosen["cluster"].value_counts().sort_index()
     assert [r["value"] for r in rows] == want.index.tolist()
@@ -277,7 +286,7 @@ def test_a_responses_dataset_exports_its_responses(rewards_db: Path, tmp_path: P
         StudioError,
         match=r"kind preferences; this one is responses \(use trl-messages or trl-prompt\)",
     ):
-        steps.export(
+        export(
             Store(copy),
             dataset="prefs.responses",
             out=tmp_path / "x.jsonl",

@@ -28,11 +28,11 @@ from core.rules import (
     intersect_ids,
     load_rule_set,
     removal_report,
-    removed_view,
     rule_set_bytes,
     rule_set_path,
     save_rule_set,
 )
+from core.steps.rules import removed_view
 from core.store import Store
 from tests.conftest import run_cli
 from tests.test_app_safety import seen

@@ -17,9 +17,9 @@ from core.signals import (
     class_line,
     clustering_table,
     evidence_table,
-    probe,
     threshold_report,
 )
+from core.steps.probes import probe
 from core.store import Store
 from tests.conftest import PIPELINE_ROWS, run_cli
 

@@ -262,7 +262,7 @@ def load_export_columns(
 ) -> pd.DataFrame:
     """core.steps.export_columns: the charted columns of the exported rows in written order
     (``cfg`` None: of every row), no text."""
-    from core.steps import export_columns
+    from core.steps.export import export_columns
 
     return export_columns(
         Store(path, lock_timeout_s=5.0),
@@ -288,7 +288,7 @@ def load_layout_preview(
     import pyarrow as pa
 
     from core.formats import to_layout
-    from core.steps import export_rows
+    from core.steps.export import export_rows
 
     s = Store(path, lock_timeout_s=5.0)
     rows, _ = export_rows(
@@ -448,7 +448,7 @@ def load_reward_datasets(path: str, tok: tuple[float, float]) -> pd.DataFrame:
 @st.cache_data(show_spinner=False, max_entries=32)
 def load_reward_sources(path: str, tok: tuple[float, float], dataset: str) -> dict[str, dict]:
     """core.steps.reward_sources: name -> run_id, kind, source (as stored), config, summary."""
-    from core.steps import reward_sources
+    from core.steps.rewards import reward_sources
 
     return reward_sources(Store(path, lock_timeout_s=5.0), dataset=dataset)
 
@@ -457,7 +457,7 @@ def load_reward_sources(path: str, tok: tuple[float, float], dataset: str) -> di
 def load_reward_frame(path: str, tok: tuple[float, float], dataset: str) -> pd.DataFrame:
     """core.steps.reward_frame: one row per scored candidate, ``score:<name>`` per source, and
     the response's cluster, cluster_label, x, y on the responses map (NaN without one)."""
-    from core.steps import reward_frame
+    from core.steps.rewards import reward_frame
 
     return reward_frame(Store(path, lock_timeout_s=5.0), dataset=dataset)
 
@@ -518,7 +518,7 @@ def load_reward_accuracy(path: str, tok: tuple[float, float], dataset: str, name
 @st.cache_data(show_spinner=False, max_entries=32)
 def load_reward_categories(path: str, tok: tuple[float, float], dataset: str) -> list[str]:
     """The tags and labels of a dataset with few enough values (2..50) to judge per value."""
-    from core.reward_models import category_values
+    from core.steps.judge import category_values
 
     s = Store(path, lock_timeout_s=5.0)
     names = s.tag_names(dataset) + s.label_names(dataset)
@@ -536,8 +536,8 @@ def load_accuracy_by(
     ``example``) or by ``response_cluster``, each response's cluster on the responses map (side
     ``chosen`` / ``rejected``), as `python -m core judge --by` reads them. The group column is
     ``value``."""
-    from core.reward_models import category_values, response_clusters
     from core.rewards import RESPONSE_CLUSTER, accuracy_by
+    from core.steps.judge import category_values, response_clusters
 
     s = Store(path, lock_timeout_s=5.0)
     scores = load_reward_scores(path, tok, dataset, name)
@@ -603,7 +603,7 @@ def load_preference_shift(
 ) -> pd.DataFrame:
     """core.steps.preference_shift: the ``top`` SAE features (both ways) by mean chosen-minus-
     rejected activation over every (chosen, rejected) pair, with labels."""
-    from core.steps import preference_shift
+    from core.steps.rewards import preference_shift
 
     return preference_shift(Store(path, lock_timeout_s=5.0), dataset=dataset, top=top)
 
@@ -613,7 +613,7 @@ def load_disagreement_probe(
     path: str, tok: tuple[float, float], dataset: str, a: str, b: str
 ) -> Any:
     """core.steps.disagreement_probe of sources a and b (a DisagreementProbe)."""
-    from core.steps import disagreement_probe
+    from core.steps.rewards import disagreement_probe
 
     return disagreement_probe(Store(path, lock_timeout_s=5.0), dataset=dataset, a=a, b=b)
 
@@ -623,7 +623,7 @@ def load_reward_calibration(
     path: str, tok: tuple[float, float], dataset: str, name: str, label: str, n_bins: int = 10
 ) -> dict[str, Any]:
     """core.reward_models.calibration of an ordinal reward source against a feedback label."""
-    from core.reward_models import calibration
+    from core.steps.judge import calibration
 
     return calibration(
         Store(path, lock_timeout_s=5.0), dataset=dataset, name=name, label=label, n_bins=n_bins

@@ -18,17 +18,16 @@ from core.rules import (
     RemovalReport,
     Rule,
     RuleSet,
-    check_on_store,
     feature_identity,
     hit_names,
     intersect_ids,
     load_rule_set,
     parse_rule_set,
-    removed_view,
     rule_set_bytes,
     rule_set_path,
     save_rule_set,
 )
+from core.steps.rules import check_on_store, removed_view
 from core.store import Store, Views
 from ui.common import PageContext, error, load_clusters, load_feature_table, load_run
 from ui.text import code, md

@@ -37,6 +37,32 @@ import pyarrow.parquet as pq
 
 from core.defaults import DEFAULT_TOP_K
 from core.errors import StudioError
+from core.features import (
+    DENSE_FEATURE_SCHEMA,
+    FEATURE_SCHEMA,
+    FeatureConfig,
+    TokenStats,
+    check_at_least_one,
+    featurize_batches,
+    truncation_warning,
+)
+from core.models import (
+    check_chat_template,
+    context_length,
+    default_max_length,
+    load_model,
+    resolve_dtype,
+    resolve_layer,
+)
+from core.sae import check_sae_matches, load_sae, sae_info, transfer_warning
+from core.steps.base import model_label, resolve_model, versions
+from core.steps.featurize import (
+    check_sae_source,
+    example_pairs,
+    feature_run_config,
+    other_length_run,
+    unrecorded_sae_warning,
+)
 from core.store import Store
 
 RAY_MISSING = "featurize --ray needs Ray: pip install -r requirements-ray.txt"
@@ -134,9 +160,6 @@ def _load(spec: _ActorSpec) -> tuple[Any, Any, int]:
     """The model and SAE on this worker's device, checked against each other, and the layer."""
     import torch
 
-    from core.models import check_chat_template, load_model, resolve_dtype, resolve_layer
-    from core.sae import check_sae_matches, load_sae
-
     torch.set_num_threads(spec.threads)
     device = "cuda" if spec.use_gpu and torch.cuda.is_available() else "cpu"
     lm = load_model(spec.model, device=device, dtype=resolve_dtype(spec.dtype, device=device))
@@ -159,8 +182,6 @@ def _probe(spec: _ActorSpec) -> dict[str, Any]:
     None), the max length (the one asked for, else the model's default) and the model's
     context; raises the same StudioError a single-process run would.
     """
-    from core.models import context_length, default_max_length
-    from core.sae import sae_info, transfer_warning
 
     lm, sae, layer = _load(spec)
     return {
@@ -184,7 +205,6 @@ class Featurizer:
     """
 
     def __init__(self, spec: _ActorSpec) -> None:
-        from core.features import DENSE_FEATURE_SCHEMA, FEATURE_SCHEMA, FeatureConfig
 
         self.lm, self.sae, _ = _load(spec)
         self.cfg = FeatureConfig(**spec.feature_config)
@@ -192,7 +212,6 @@ class Featurizer:
         self.d_sae = int(self.sae.cfg.d_sae)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from core.features import TokenStats, featurize_batches
 
         ids = [str(i) for i in batch.column("id").to_pylist()]
         extra: dict[str, Any] = {}
@@ -477,17 +496,6 @@ def featurize_ray(
     removed. Resumes an interrupted run with the same config, whichever engine ran it, and
     loads shards a finished pipeline of an interrupted attempt left behind.
     """
-    from core.features import FeatureConfig, check_at_least_one, truncation_warning
-    from core.steps import (
-        _model_label,
-        check_sae_source,
-        example_pairs,
-        feature_run_config,
-        other_length_run,
-        resolve_model,
-        unrecorded_sae_warning,
-        versions,
-    )
 
     say = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     sae_name = check_sae_source(sae_path, sae_release)
@@ -519,7 +527,7 @@ def featurize_ray(
         )
         spec = _ActorSpec(
             model=resolve_model(model),
-            model_label=_model_label(model),
+            model_label=model_label(model),
             sae_path=sae_name if sae_path is not None else None,
             sae_release=sae_release,
             sae_k=sae_k,

@@ -1,0 +1,141 @@
+"""The import boundaries of core/ and ui/ (and the pages), read from the code's AST.
+
+- no import circle between project modules;
+- no import of another module's private (``_name``) names;
+- no function-level import of a project module outside core/cli.py (which keeps ``--help`` fast);
+- ``Store`` is named only in core/steps, core/store, the CLI and the UI's loaders: the pure modules
+  below the steps never see a store, and a page reads the store only through a loader.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("core", "ui", "pages")
+LAZY_IMPORTS_ALLOWED = {"core.cli"}
+STORE_ALLOWED = ("core.steps", "core.store", "core.cli", "ui.loaders")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            out[name] = path
+    out["app"] = ROOT / "app.py"
+    return out
+
+
+MODULES = _modules()
+
+
+def _resolve(module: str, name: str | None = None) -> str | None:
+    """The project module an import names (``from core.steps import x`` where x is a module
+    names core.steps.x), or None for third-party imports."""
+    if name and f"{module}.{name}" in MODULES:
+        return f"{module}.{name}"
+    return module if module in MODULES else None
+
+
+def _imports(path: Path) -> Iterator[tuple[ast.stmt, bool, str, str | None]]:
+    """(node, at module level, imported project module, imported name) for each import."""
+    tree = ast.parse(path.read_text(), str(path))
+    top = {id(n) for n in tree.body}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if (mod := _resolve(a.name)) is not None:
+                    yield node, id(node) in top, mod, None
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for a in node.names:
+                if (mod := _resolve(node.module, a.name)) is not None:
+                    yield node, id(node) in top, mod, a.name
+
+
+def _graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {m: set() for m in MODULES}
+    for mod, path in MODULES.items():
+        for _, _, target, _ in _imports(path):
+            if target != mod:
+                graph[mod].add(target)
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circle() -> None:
+    assert _circles(_graph()) == []
+
+
+def test_no_private_name_crosses_a_module() -> None:
+    bad = [
+        f"{mod}:{node.lineno} imports {target}.{name}"
+        for mod, path in MODULES.items()
+        for node, _, target, name in _imports(path)
+        if name and name.startswith("_") and not name.startswith("__") and target != mod
+    ]
+    assert bad == []
+
+
+def test_project_modules_are_imported_at_module_level() -> None:
+    bad = [
+        f"{mod}:{node.lineno} imports {target} inside a function"
+        for mod, path in MODULES.items()
+        if mod not in LAZY_IMPORTS_ALLOWED
+        for node, at_top, target, _ in _imports(path)
+        if not at_top
+    ]
+    assert bad == []
+
+
+def test_store_stays_in_the_steps_the_store_and_the_loaders() -> None:
+    bad = [
+        f"{mod}:{node.lineno} imports Store"
+        for mod, path in MODULES.items()
+        if not any(mod == a or mod.startswith(a + ".") for a in STORE_ALLOWED)
+        for node, _, target, name in _imports(path)
+        if target.startswith("core.store") and name == "Store"
+    ]
+    assert bad == []
+
+
+def test_the_checker_sees_a_circle_and_a_private_import() -> None:
+    """The checks can fail: a planted circle is found."""
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
