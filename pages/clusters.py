@@ -8,16 +8,13 @@ import streamlit as st
 
 from core.signals import clustering_table
 from ui.charts import map_figure, sweep_figure
-from ui.common import (
-    guarded,
+from ui.common import guarded, open_dataset, page_setup, provenance
+from ui.loaders import (
     load_cluster_examples,
     load_cluster_summary,
     load_duplicate_groups,
     load_map,
     load_run,
-    open_dataset,
-    page_setup,
-    provenance,
 )
 from ui.text import code, md
 

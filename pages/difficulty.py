@@ -9,15 +9,9 @@ import streamlit as st
 
 from core.signals import score_source
 from ui.charts import cluster_box, proxy_scatter, score_histogram, share_bars
-from ui.common import (
-    guarded,
-    load_cluster_summary,
-    load_probe_frame,
-    load_rollout_view,
-    open_dataset,
-    page_setup,
-)
+from ui.common import guarded, open_dataset, page_setup
 from ui.evidence import pick_probe_run, show_evidence, weights_table
+from ui.loaders import load_cluster_summary, load_probe_frame, load_rollout_view
 from ui.text import html_text, md
 
 

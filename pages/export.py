@@ -31,25 +31,19 @@ from core.export import (
 )
 from core.filters import Filter
 from core.formats import CONTAINERS
-from core.steps.export import export
 from ui.charts import histogram, kept_bars
-from ui.common import (
-    error,
-    export_dir,
-    guarded,
+from ui.common import error, guarded, open_dataset, page_setup, provenance
+from ui.loaders import (
     load_clusters,
     load_datasets,
     load_export_columns,
     load_label_ranges,
     load_layout_preview,
     load_tag_values,
-    open_dataset,
-    page_setup,
-    provenance,
-    selection,
-    store,
+    write_export,
 )
 from ui.rules_panel import rule_set_panel
+from ui.state import export_dir, selection
 from ui.text import html_text, md
 
 RULES_DIR = Path("data/rules")
@@ -340,7 +334,7 @@ def render() -> None:
     rule_info = None if rule_set is None else {"name": rule_set}
     # the button and the downloads write through the same call
     write = partial(
-        export,
+        write_export,
         dataset=dataset,
         filters=filters,
         ids=ids,
@@ -351,7 +345,7 @@ def render() -> None:
     if w1.button("Write file + manifest", type="primary", key="exp_write"):
         try:
             out = path_under(folder, typed)
-            m = write(store(), out=out)
+            m = write(out)
             st.success(
                 f"Wrote {m['rows']:,} rows to {md(out)} and {md(out.name)}.manifest.json "
                 f"(sha256 {m['sha256'][:12]}…)"
@@ -367,7 +361,7 @@ def render() -> None:
         # into a temporary folder
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / name
-            write(store(), out=target)
+            write(target)
             return (target if part == "file" else side_path(target, part)).read_bytes()
 
     if cfg.container == "hf":

@@ -8,9 +8,8 @@ import streamlit as st
 
 from core.feature_info import highlight_html, marks_for, snippet_html
 from ui.charts import activation_histogram
-from ui.common import (
-    db_path,
-    guarded,
+from ui.common import guarded, open_dataset, page_setup
+from ui.loaders import (
     load_example,
     load_example_features,
     load_example_search,
@@ -18,15 +17,16 @@ from ui.common import (
     load_feature_search,
     load_feature_table,
     load_run,
-    open_dataset,
+    token,
+)
+from ui.state import (
+    db_path,
     open_example,
     open_feature,
-    page_setup,
     selection,
     set_open_example,
     set_open_feature,
     set_selection,
-    token,
 )
 from ui.text import code, html_text, md
 

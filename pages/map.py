@@ -6,17 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from ui.charts import map_figure
-from ui.common import (
-    guarded,
-    load_clusters,
-    load_map,
-    open_dataset,
-    page_setup,
-    provenance,
-    selection,
-    set_open_example,
-    set_selection,
-)
+from ui.common import guarded, open_dataset, page_setup, provenance
+from ui.loaders import load_clusters, load_map
+from ui.state import selection, set_open_example, set_selection
 from ui.text import code, md
 
 MAX_OPEN_IN_FEATURES = 1000  # larger selections are for the Export page, not for reading

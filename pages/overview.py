@@ -2,15 +2,9 @@
 
 import streamlit as st
 
-from ui.common import (
-    db_path,
-    guarded,
-    load_datasets,
-    load_feature_runs,
-    load_runs,
-    page_setup,
-    token,
-)
+from ui.common import guarded, page_setup
+from ui.loaders import load_datasets, load_feature_runs, load_runs, token
+from ui.state import db_path
 
 
 def render() -> None:

@@ -14,19 +14,17 @@ import streamlit as st
 
 from core.errors import StudioError
 from core.signals import bad_value, score_source, threshold_report
-from core.steps.probes import probe
 from ui.charts import score_histogram
-from ui.common import (
-    guarded,
+from ui.common import guarded, open_dataset, page_setup
+from ui.evidence import pick_probe_run, show_evidence, weights_table
+from ui.loaders import (
     load_example_search,
     load_label_names,
     load_probe_frame,
-    open_dataset,
-    page_setup,
-    store,
+    save_labels,
     token,
+    train_probe,
 )
-from ui.evidence import pick_probe_run, show_evidence, weights_table
 from ui.text import html_text, md
 
 MARK = "quality_mark"  # the label the app's marks are stored under (1 good, 0 bad)
@@ -168,7 +166,7 @@ def _marks(dataset: str, path: str, tok: tuple[float, float], frame: pd.DataFram
             }
         )
         try:
-            store().set_labels(dataset, MARK, values)
+            save_labels(dataset, MARK, values)
             st.success(f"Saved {len(marked)} marks as label `{MARK}`.")
         except StudioError as exc:
             st.error(md(exc))
@@ -177,7 +175,7 @@ def _marks(dataset: str, path: str, tok: tuple[float, float], frame: pd.DataFram
     if c2.button("Train a quality probe on the marks", disabled=not has_marks, key="quality_train"):
         with st.spinner("Training the probe and its baselines…"):
             try:
-                rid = probe(store(), dataset=dataset, signal="quality", label=MARK)
+                rid = train_probe(dataset, signal="quality", label=MARK)
                 st.success(f"Probe run {rid} stored as `{MARK}_proxy`; pick it above.")
             except StudioError as exc:
                 st.error(md(exc))

@@ -22,11 +22,8 @@ from ui.charts import (
     reward_scatter,
     signed_bars,
 )
-from ui.common import (
-    DATASET,
-    db_path,
-    error,
-    guarded,
+from ui.common import error, guarded, page_setup, provenance
+from ui.loaders import (
     load_accuracy_by,
     load_best_of_n_picks,
     load_datasets,
@@ -43,10 +40,9 @@ from ui.common import (
     load_reward_frame,
     load_reward_sources,
     load_views,
-    page_setup,
-    provenance,
     token,
 )
+from ui.state import DATASET, db_path
 from ui.text import code, html_text, md
 
 MAX_PICKS = 1000  # best-of-n rows sent to the browser at most (the table carries the texts)

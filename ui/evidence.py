@@ -9,7 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from core.signals import evidence_table
-from ui.common import PageContext, load_probe_runs
+from ui.common import PageContext
+from ui.loaders import load_probe_runs
 from ui.text import code, md
 
 

@@ -21,53 +21,27 @@ from core.rules import (
     feature_identity,
     hit_names,
     intersect_ids,
-    load_rule_set,
     parse_rule_set,
     rule_set_bytes,
     rule_set_path,
     save_rule_set,
 )
-from core.steps.rules import check_on_store, removed_view
-from core.store import Store, Views
-from ui.common import PageContext, error, load_clusters, load_feature_table, load_run
+from core.store import Views
+from ui.common import PageContext, error
+from ui.loaders import (
+    check_rule_set_here,
+    load_clusters,
+    load_feature_table,
+    load_removed_view,
+    load_rule_set_checked,
+    load_run,
+)
 from ui.text import code, md
 
 # The panel's one piece of session state: {dataset: [feature rules added in the editor]}.
 FEATURE_RULES = "rules_feature_rules"
 NONE = "(none)"
 OPS = (">", ">=", "<", "<=")
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def load_rule_set_checked(
-    path: str, tok: tuple[float, float], dataset: str, rules_file: str, mtime: float
-) -> tuple[RuleSet, list[str]]:
-    """A rule set file, checked against the dataset: (rule set, warnings)."""
-    s = Store(path, lock_timeout_s=5.0)
-    rule_set = load_rule_set(rules_file)
-    return rule_set, check_on_store(s, dataset, rule_set, views=s.views(dataset))
-
-
-@st.cache_data(show_spinner="Checking the rules…", max_entries=32)
-def load_removed_view(
-    path: str,
-    tok: tuple[float, float],
-    dataset: str,
-    filters: tuple[Filter, ...],
-    ids: tuple[str, ...] | None,
-    names: tuple[str, ...],
-) -> RemovalReport:
-    """The removed view of the rules (one query) with the prompt of each row."""
-    s = Store(path, lock_timeout_s=5.0)
-    return removed_view(
-        s,
-        dataset,
-        views=s.views(dataset),
-        filters=list(filters),
-        ids=None if ids is None else list(ids),
-        names=list(names),
-        columns=["prompt"],
-    )
 
 
 def _feature_rules(dataset: str) -> list[Filter]:
@@ -94,8 +68,7 @@ def _pick_rule_set(ctx: PageContext, rules_dir: Path) -> RuleSet | None:
     try:
         if upload is not None:
             rule_set = parse_rule_set(upload.getvalue().decode("utf-8"), source=upload.name)
-            s = Store(ctx.path, lock_timeout_s=5.0)
-            warnings = check_on_store(s, ctx.dataset, rule_set, views=ctx.views)
+            warnings = check_rule_set_here(ctx.path, ctx.dataset, rule_set, ctx.views)
         elif choice != NONE:
             path = rules_dir / choice
             rule_set, warnings = load_rule_set_checked(
