@@ -1,9 +1,10 @@
 """Small hand-made datasets for the store's tests: the tables write_dataset takes, with defaults
 that tests override only where they care (as sae-lens's tests/helpers.py does)."""
 
+import pandas as pd
 import pyarrow as pa
 
-from core.store import REWARD_SCHEMA
+from core.store import REWARD_SCHEMA, Store
 
 
 def tables(n: int = 5) -> dict[str, pa.Table]:
@@ -77,3 +78,37 @@ def score_rows(keys: list[tuple[str, int]], values: list[float] | None = None) -
         },
         schema=REWARD_SCHEMA,
     )
+
+
+def feature_run(s: Store, *, spans: bool = True) -> int:
+    """A hand-made feature run over e0..e4 of dataset 'd': feature 7 in every example's top-k
+    (values 0.1 .. 0.5), feature 3 in e0 and e1, feature 9 fired but never made the top-k."""
+    run, _ = s.start_run(step="featurize", dataset="d", config={"k": 2}, versions={})
+    chunk = pa.table(
+        {
+            "example_id": [f"e{i}" for i in range(5)],
+            "n_tokens": pa.array([3] * 5, pa.int32()),
+            "truncated": [False] * 5,
+            "feature_ids": pa.array([[7, 3], [3, 7], [7], [7], [7]], pa.list_(pa.int32())),
+            "values": pa.array(
+                [[0.1, 0.05], [0.9, 0.2], [0.3], [0.4], [0.5]], pa.list_(pa.float32())
+            ),
+        }
+    )
+    stats = pd.DataFrame(
+        {"feature_id": [3, 7, 9], "n_fire": [2, 5, 1], "sum_act": [0.95, 1.5, 0.01]}
+    ).assign(max_act=[1.2, 0.8, 0.02])
+    top = pd.DataFrame(
+        {
+            "feature_id": [7, 7, 3],
+            "rank": [0, 1, 0],
+            "example_id": ["e4", "e3", "e1"],
+            "token": ["prompt", "4", "1"],
+            "value": [0.8, 0.6, 1.2],
+        }
+    )
+    if spans:
+        top = top.assign(char_start=[0, -1, 7], char_end=[6, -1, 8])
+    s.write_feature_chunk(run, chunk=chunk, stats=stats, top_tokens=top)
+    s.finish_run(run, summary={"d_sae": 16})
+    return run

@@ -13,7 +13,7 @@ from core.errors import StudioError
 from core.filters import Filter
 from core.store import SCHEMA_VERSION, Store, Views
 from core.store import schema as schema_mod
-from tests.store.helpers import pref_tables, score_rows, tables
+from tests.store.helpers import feature_run, pref_tables, score_rows, tables
 
 
 def test_migrate_is_idempotent_and_versioned(tmp_path):
@@ -160,46 +160,12 @@ def test_busy_lock_past_timeout_is_a_studio_error(store):
 
 
 # --- reading the features (migration 2) ----------------------------------------------------------
-def _feature_run(s: Store, *, spans: bool = True) -> int:
-    """A hand-made feature run over e0..e4 of dataset 'd': feature 7 in every example's top-k
-    (values 0.1 .. 0.5), feature 3 in e0 and e1, feature 9 fired but never made the top-k."""
-    run, _ = s.start_run(step="featurize", dataset="d", config={"k": 2}, versions={})
-    chunk = pa.table(
-        {
-            "example_id": [f"e{i}" for i in range(5)],
-            "n_tokens": pa.array([3] * 5, pa.int32()),
-            "truncated": [False] * 5,
-            "feature_ids": pa.array([[7, 3], [3, 7], [7], [7], [7]], pa.list_(pa.int32())),
-            "values": pa.array(
-                [[0.1, 0.05], [0.9, 0.2], [0.3], [0.4], [0.5]], pa.list_(pa.float32())
-            ),
-        }
-    )
-    stats = pd.DataFrame(
-        {"feature_id": [3, 7, 9], "n_fire": [2, 5, 1], "sum_act": [0.95, 1.5, 0.01]}
-    ).assign(max_act=[1.2, 0.8, 0.02])
-    top = pd.DataFrame(
-        {
-            "feature_id": [7, 7, 3],
-            "rank": [0, 1, 0],
-            "example_id": ["e4", "e3", "e1"],
-            "token": ["prompt", "4", "1"],
-            "value": [0.8, 0.6, 1.2],
-        }
-    )
-    if spans:
-        top = top.assign(char_start=[0, -1, 7], char_end=[6, -1, 8])
-    s.write_feature_chunk(run, chunk=chunk, stats=stats, top_tokens=top)
-    s.finish_run(run, summary={"d_sae": 16})
-    return run
-
-
 def test_migration_2_upgrades_a_v1_database(tmp_path, monkeypatch):
     s = Store(tmp_path / "v1.duckdb")
     monkeypatch.setattr(schema_mod, "MIGRATIONS", schema_mod.MIGRATIONS[:1])
     monkeypatch.setattr(schema_mod, "SCHEMA_VERSION", 1)
     s.write_dataset(name="d", kind="prompts", source="x.jsonl", **tables())
-    run = _feature_run(s, spans=False)  # the v1 write path: no char span columns yet
+    run = feature_run(s, spans=False)  # the v1 write path: no char span columns yet
     assert s.schema_version() == 1
     # a read-only app meets the old file: descriptions and spans read as empty
     summary = s.feature_summary(run)
@@ -217,7 +183,7 @@ def test_migration_2_upgrades_a_v1_database(tmp_path, monkeypatch):
 
 
 def test_char_spans_are_stored_and_minus_one_is_unknown(store):
-    run = _feature_run(store)
+    run = feature_run(store)
     tokens = store.feature_tokens(run, feature_ids=[7])
     assert tokens["token"].tolist() == ["prompt", "4"]
     assert tokens["char_start"].iloc[0] == 0 and tokens["char_end"].iloc[0] == 6
@@ -227,7 +193,7 @@ def test_char_spans_are_stored_and_minus_one_is_unknown(store):
 
 
 def test_feature_summary_counts_topk_and_fires(store):
-    run = _feature_run(store)
+    run = feature_run(store)
     df = store.feature_summary(run).set_index("feature_id")
     assert df.index.tolist() == [3, 7, 9]
     assert df.loc[7, "n_topk"] == 5 and df.loc[7, "freq"] == pytest.approx(1.0)
@@ -242,7 +208,7 @@ def test_feature_summary_counts_topk_and_fires(store):
 
 
 def test_top_examples_by_pooled_value(store):
-    run = _feature_run(store)
+    run = feature_run(store)
     top = store.feature_top_examples(run, feature_ids=[7], per_feature=3)
     assert top["example_id"].tolist() == ["e4", "e3", "e2"]
     assert top["rank"].tolist() == [0, 1, 2]
@@ -254,7 +220,7 @@ def test_top_examples_by_pooled_value(store):
 
 
 def test_example_features_one_and_many(store):
-    run = _feature_run(store)
+    run = feature_run(store)
     one = store.example_features(run, ["e1"])
     assert one["feature_id"].tolist() == [3, 7]
     assert one["mean_value"].round(3).tolist() == [0.9, 0.2]
@@ -269,7 +235,7 @@ def test_find_examples_by_id_or_text_with_parameters(store):
 
 
 def test_write_descriptions_replaces_the_run(store):
-    run = _feature_run(store)
+    run = feature_run(store)
     assert store.write_descriptions(run, {3: "a", 7: "b"}, source="x.json") == 2
     assert store.write_descriptions(run, {7: "c"}, source="y.json") == 1
     df = store.feature_summary(run).set_index("feature_id")
@@ -327,7 +293,7 @@ def test_drop_rules_keep_null_rows_and_keep_rules_remove_them(store):
 
 
 def test_feature_conditions_read_the_stored_topk(store):
-    run = _feature_run(store)  # feature 7: 0.1 .. 0.5 on e0..e4; feature 3 on e0 (0.05), e1 (0.9)
+    run = feature_run(store)  # feature 7: 0.1 .. 0.5 on e0..e4; feature 3 on e0 (0.05), e1 (0.9)
     views = Views(run, None, None)
 
     def ids(*filters: Filter) -> list[str]:
@@ -355,7 +321,7 @@ def test_feature_conditions_read_the_stored_topk(store):
 
 def test_rule_hits_say_which_rule_removes_each_row(store):
     _partial_label(store)
-    run = _feature_run(store)
+    run = feature_run(store)
     views = Views(run, None, None)
     filters = [
         Filter("score", ">=", 0.5),  # removes e0 and the NULL rows e3, e4
