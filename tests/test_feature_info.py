@@ -18,7 +18,7 @@ from core.feature_info import (
 )
 from core.steps.ingest import import_descriptions
 from core.store import Store
-from tests.test_store import _feature_run, _tables
+from tests.store.helpers import feature_run, tables
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -89,8 +89,8 @@ def test_read_descriptions_json_lines_and_malformed(tmp_path):
 
 def test_import_checks_everything_before_writing(tmp_path):
     s = Store(tmp_path / "s.duckdb")
-    s.write_dataset(name="d", kind="prompts", source="x", **_tables())
-    run = _feature_run(s)  # d_sae 16
+    s.write_dataset(name="d", kind="prompts", source="x", **tables())
+    run = feature_run(s)  # d_sae 16
     good = tmp_path / "np.json"
     good.write_text(json.dumps({"explanations": [{"index": "7", "description": "prompt words"}]}))
     assert import_descriptions(s, run_id=None, dataset="d", path=good) == 1

@@ -1,7 +1,14 @@
-"""The DuckDB store: the one module that owns the schema, its migrations and every SQL statement.
+"""The Store class: a DuckDB file behind typed methods, the one door to the schema
+(:mod:`core.store.schema`) and to every SQL statement (built ones in :mod:`core.store.sql`).
 
 Everything else calls the typed methods of :class:`Store`. Values always travel as parameters;
-the only identifiers built into SQL text are label names, which are quoted by :func:`quote_ident`.
+the only identifiers built into SQL text are label names, which are quoted by
+:func:`core.store.sql.quote_ident`.
+
+A finished run and its rows are one call, :meth:`Store.add_run`, whatever the step: a
+:class:`RunRecord` says what ran, and :data:`RUN_STEPS` says which tables the step writes and
+what is checked before anything is written. Steps that write in chunks (featurize, reward models)
+open their run with :meth:`Store.begin_run` and close it with :meth:`Store.finish_run`.
 
 Concurrency: DuckDB locks its file per process, and a read-only connection in one process blocks a
 read-write one in another (and the other way round). So no connection outlives a call: readers
@@ -19,254 +26,47 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from core.errors import StudioError
-from core.filters import LIST_OPS, OPERATORS, Filter, feature_index
+from core.filters import Filter
 
-Kind = Literal["prompts", "preferences", "chats", "responses"]
-# A responses dataset is derived from a preference set (see Store.write_responses_dataset): one
-# example per response, named "<dataset>.responses"
-RESPONSES_SUFFIX = ".responses"
-
-
-DDL_V1 = """
-CREATE TABLE datasets (
-    name VARCHAR PRIMARY KEY,
-    kind VARCHAR NOT NULL,
-    source VARCHAR,
-    n_examples BIGINT NOT NULL,
-    created_at TIMESTAMP DEFAULT current_timestamp
-);
--- One row per example of every kind. text is what gets featurized.
-CREATE TABLE examples (
-    dataset VARCHAR NOT NULL,
-    id VARCHAR NOT NULL,
-    idx BIGINT NOT NULL,
-    prompt VARCHAR,
-    answer VARCHAR,
-    text VARCHAR NOT NULL,
-    tags VARCHAR,
-    extra VARCHAR
-);
--- Numeric labels that came with the data (difficulty, pass_rate, quality, feedback ...).
-CREATE TABLE labels (
-    dataset VARCHAR NOT NULL,
-    example_id VARCHAR NOT NULL,
-    name VARCHAR NOT NULL,
-    value DOUBLE
-);
--- Responses of preference sets: one chosen, one or more rejected.
-CREATE TABLE responses (
-    dataset VARCHAR NOT NULL,
-    example_id VARCHAR NOT NULL,
-    response_idx INTEGER NOT NULL,
-    role VARCHAR NOT NULL,
-    text VARCHAR NOT NULL
-);
--- Every pipeline step that produced data: its config, summary and package versions.
-CREATE SEQUENCE run_ids START 1;
-CREATE TABLE runs (
-    run_id INTEGER PRIMARY KEY DEFAULT nextval('run_ids'),
-    step VARCHAR NOT NULL,
-    dataset VARCHAR NOT NULL,
-    parent_run INTEGER,
-    status VARCHAR NOT NULL,
-    config VARCHAR NOT NULL,
-    summary VARCHAR,
-    versions VARCHAR,
-    started_at TIMESTAMP DEFAULT current_timestamp,
-    finished_at TIMESTAMP
-);
--- Sparse SAE features: the top-k (feature, value) pairs per example, as lists.
-CREATE TABLE features (
-    run_id INTEGER NOT NULL,
-    example_id VARCHAR NOT NULL,
-    n_tokens INTEGER,
-    truncated BOOLEAN,
-    feature_ids INTEGER[],
-    vals FLOAT[]
-);
-CREATE TABLE feature_stats (
-    run_id INTEGER NOT NULL,
-    feature_id INTEGER NOT NULL,
-    n_fire BIGINT,
-    sum_act DOUBLE,
-    max_act DOUBLE
-);
-CREATE TABLE feature_top_tokens (
-    run_id INTEGER NOT NULL,
-    feature_id INTEGER NOT NULL,
-    rank INTEGER NOT NULL,
-    example_id VARCHAR,
-    token VARCHAR,
-    value FLOAT
-);
-CREATE TABLE clusters (
-    run_id INTEGER NOT NULL,
-    cluster INTEGER NOT NULL,
-    size BIGINT NOT NULL,
-    label VARCHAR,
-    top_features VARCHAR
-);
-CREATE TABLE cluster_assignments (
-    run_id INTEGER NOT NULL,
-    example_id VARCHAR NOT NULL,
-    cluster INTEGER NOT NULL
-);
-CREATE TABLE projections (
-    run_id INTEGER NOT NULL,
-    example_id VARCHAR NOT NULL,
-    x FLOAT NOT NULL,
-    y FLOAT NOT NULL
-);
-CREATE TABLE exports (
-    dataset VARCHAR NOT NULL,
-    path VARCHAR NOT NULL,
-    format VARCHAR NOT NULL,
-    n_rows BIGINT NOT NULL,
-    manifest VARCHAR NOT NULL,
-    created_at TIMESTAMP DEFAULT current_timestamp
-);
-"""
-
-# Feature descriptions (imported, e.g. from Neuronpedia) and the character span of each top token
-# occurrence in its example's text (NULL where the featurizer did not know it).
-DDL_V2 = """
-CREATE TABLE feature_descriptions (
-    run_id INTEGER NOT NULL,
-    feature_id INTEGER NOT NULL,
-    description VARCHAR NOT NULL,
-    source VARCHAR
-);
-ALTER TABLE feature_top_tokens ADD COLUMN char_start INTEGER;
-ALTER TABLE feature_top_tokens ADD COLUMN char_end INTEGER;
-"""
-
-# Near-duplicate groups of a dedup run: only examples that have a near copy get a row.
-DDL_V3 = """
-CREATE TABLE duplicate_groups (
-    run_id INTEGER NOT NULL,
-    example_id VARCHAR NOT NULL,
-    group_id BIGINT NOT NULL,
-    is_representative BOOLEAN NOT NULL
-);
-"""
-
-# Signals: the dense baseline vector of an example (mean-pooled hidden state of the feature
-# run's layer, only when featurize ran with --dense), per-example scores of a probe run (the
-# final model's prediction for every example and, for labelled ones, the out-of-fold
-# prediction the evidence is computed from), and raw rollout results.
-DDL_V4 = """
-ALTER TABLE features ADD COLUMN dense FLOAT[];
-CREATE TABLE probe_scores (
-    run_id INTEGER NOT NULL,
-    example_id VARCHAR NOT NULL,
-    value DOUBLE NOT NULL,
-    oof DOUBLE
-);
-CREATE TABLE rollouts (
-    dataset VARCHAR NOT NULL,
-    example_id VARCHAR NOT NULL,
-    sample_idx INTEGER NOT NULL,
-    passed BOOLEAN NOT NULL,
-    source VARCHAR
-);
-"""
-
-# Reward scores of a reward run (step "reward": a reward model, imported scores, a verifier).
-# One row per scored candidate: response_idx is the response of a preference set (0 = chosen,
-# 1.. = rejected) or -1 for an example's single response (a chat's last assistant turn); logits
-# are an ordinal head's raw outputs (NULL for a scalar head and imported scores); truncated is
-# NULL where no model read the text.
-DDL_V5 = """
-CREATE TABLE reward_scores (
-    run_id INTEGER NOT NULL,
-    example_id VARCHAR NOT NULL,
-    response_idx INTEGER NOT NULL,
-    value DOUBLE NOT NULL,
-    logits FLOAT[],
-    truncated BOOLEAN,
-    source VARCHAR
-);
-"""
-
-# (version, name, ddl). Append new migrations; never edit an applied one.
-MIGRATIONS: list[tuple[int, str, str]] = [
-    (1, "initial schema", DDL_V1),
-    (2, "feature descriptions and token char spans", DDL_V2),
-    (3, "near-duplicate groups", DDL_V3),
-    (4, "dense baseline vectors, probe scores, rollouts", DDL_V4),
-    (5, "reward scores", DDL_V5),
-]
-SCHEMA_VERSION = MIGRATIONS[-1][0]
-
-# A chunk of reward scores as write_reward_chunk and add_reward_run take it (and reward_scores
-# returns it, with role added after response_idx).
-REWARD_SCHEMA = pa.schema(
-    [
-        pa.field("example_id", pa.string(), nullable=False),
-        pa.field("response_idx", pa.int32(), nullable=False),
-        pa.field("value", pa.float64(), nullable=False),
-        pa.field("logits", pa.list_(pa.float32())),
-        pa.field("truncated", pa.bool_()),
-    ]
+# migrate() and check_readable() read MIGRATIONS and SCHEMA_VERSION from the module when they
+# run, so a test can stand in an older schema (monkeypatch core.store.schema)
+from core.store import schema, sql
+from core.store.schema import (
+    BASE_COLUMNS,
+    CLUSTER_ASSIGNMENTS,
+    CLUSTERS,
+    DEDUP_COLUMNS,
+    DUPLICATE_GROUPS,
+    PROBE_SCORES,
+    PROJECTIONS,
+    REWARD_SCHEMA,
+    REWARD_SCORES,
+    REWARD_STEP,
+    Kind,
+    RunTable,
 )
-REWARD_STEP = "reward"
+from core.store.sql import Views, WideSource
 
-# Tables whose rows belong to a run, and tables whose rows belong to a dataset (by name)
-RUN_TABLES = (
-    "features",
-    "feature_stats",
-    "feature_top_tokens",
-    "feature_descriptions",
-    "clusters",
-    "cluster_assignments",
-    "projections",
-    "duplicate_groups",
-    "probe_scores",
-    "reward_scores",
-)
-DATASET_TABLES = ("examples", "labels", "responses", "runs", "exports", "rollouts")
-
-# Columns of the wide example view that are not labels; filters may use these too.
-BASE_COLUMNS = ("id", "idx", "prompt", "answer", "text", "cluster", "x", "y")
-NUMERIC_BASE = ("idx", "cluster", "x", "y")
-# Present only when the dataset has a dedup run: dup_group (NULL without a near copy) and
-# is_duplicate (1 for the extra copies of a group, else 0; `--where is_duplicate=0` drops them).
-DEDUP_COLUMNS = ("dup_group", "is_duplicate")
-
-
-def quote_ident(name: str) -> str:
-    """Quote an SQL identifier (a label name): ``a"b`` -> ``"a""b"``."""
-    return '"' + name.replace('"', '""') + '"'
+# The rows add_run takes for one table: Arrow, or a pandas frame (DuckDB reads both)
+Rows = pa.Table | pd.DataFrame
 
 
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys, so equal configs compare equal as strings."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-@dataclass(frozen=True)
-class Views:
-    """The runs a view of a dataset is built from (None where the step has not run)."""
-
-    feature_run: int | None
-    cluster_run: int | None
-    projection_run: int | None
-    dedup_run: int | None = None
-    # (score name, probe run) of the latest probe run per name on the feature run: each adds a
-    # numeric column of that name (e.g. difficulty_proxy) to the wide view
-    score_runs: tuple[tuple[str, int], ...] = ()
 
 
 def _is_lock_error(exc: BaseException) -> bool:
@@ -337,6 +137,116 @@ def foreign_message(path: Path, con: duckdb.DuckDBPyConnection) -> str:
         f"database {path} is a DuckDB file but not a SAERL Studio store (its tables: "
         f"{shown or 'none'}); give another --db path"
     )
+
+
+# --- runs: what ran, and what each step's finished run writes ----------------------------------
+@dataclass(frozen=True)
+class RunRecord:
+    """What a run was, as its row in ``runs`` keeps it: the step, the dataset it ran on, the
+    config and package versions it ran with (for tracing and resuming), its summary, the run it
+    was computed from (a cluster run's feature run), and ``source``, what produced its rows
+    where the step's table keeps that on every row (reward scores).
+
+        >>> RunRecord("project", "d", {"seed": 0}, {}, parent_run=4).parent_run
+        4
+    """
+
+    step: str
+    dataset: str
+    config: dict[str, Any]
+    versions: dict[str, str]
+    summary: dict[str, Any] = field(default_factory=dict)
+    parent_run: int | None = None
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.step:
+            raise ValueError("a run record needs a step")
+
+
+@dataclass(frozen=True)
+class RunStep:
+    """What :meth:`Store.add_run` writes and checks for one step.
+
+    ``tables``: where the rows go (each under its ``arg`` keyword); ``name_error``: the error
+    when ``config["name"]`` is empty, for steps whose results are found by name (probe scores,
+    reward scores); ``needs_parent``: a run found through its feature run (``parent_run``);
+    ``check``: what must hold of the rows before anything is written, beyond their columns.
+    """
+
+    tables: tuple[RunTable, ...] = ()
+    name_error: str | None = None
+    needs_parent: bool = False
+    check: Callable[[Store, RunRecord, Mapping[str, Rows]], None] | None = None
+
+    def check_record(self, record: RunRecord) -> None:
+        """Refuse a record this step's runs cannot be found by."""
+        if self.name_error and not record.config.get("name"):
+            raise StudioError(self.name_error)
+        if self.needs_parent and record.parent_run is None:
+            raise ValueError(f"a {record.step} run needs its feature run (parent_run)")
+
+    def check_rows(self, record: RunRecord, rows: Mapping[str, Rows]) -> None:
+        """A programming error, not a user's: exactly this step's tables, with their columns,
+        and the source of rows whose table keeps it."""
+        want = [t.arg for t in self.tables]
+        if sorted(rows) != sorted(want):
+            raise ValueError(
+                f"a {record.step} run writes {', '.join(want) or 'no rows'}; "
+                f"got {', '.join(rows) or 'none'}"
+            )
+        if any(t.with_source for t in self.tables) and record.source is None:
+            raise ValueError(f"a {record.step} run needs the source of its rows")
+        for spec in self.tables:
+            check_columns(spec, rows[spec.arg])
+
+
+def check_columns(spec: RunTable, rows: Rows) -> None:
+    """Rows for ``spec.table`` must carry its columns (a ValueError naming the missing ones)."""
+    have = rows.column_names if isinstance(rows, pa.Table) else [str(c) for c in rows.columns]
+    missing = [c for c in spec.columns if c not in have]
+    if missing:
+        raise ValueError(f"{spec.table.replace('_', ' ')} lack column(s) {', '.join(missing)}")
+
+
+def _check_reward_rows(store: Store, record: RunRecord, rows: Mapping[str, Rows]) -> None:
+    """Every key of the scores names a response (or -1: an example) of the dataset, once."""
+    scores = rows[REWARD_SCORES.arg]
+    if not isinstance(scores, pa.Table):
+        scores = pa.Table.from_pandas(scores, preserve_index=False)
+    unknown = store.unknown_reward_keys(record.dataset, scores)
+    if unknown.num_rows:
+        first = unknown.slice(0, 1).to_pylist()[0]
+        raise StudioError(
+            f"dataset '{record.dataset}' has no response ({first['example_id']!r}, response_idx "
+            f"{first['response_idx']}) to score ({unknown.num_rows} unknown); nothing stored"
+        )
+    counts = scores.group_by(["example_id", "response_idx"], use_threads=False).aggregate(
+        [([], "count_all")]
+    )
+    dup = counts.filter(pc.field("count_all") > 1).slice(0, 1).to_pylist()
+    if dup:
+        raise StudioError(
+            f"reward '{record.config['name']}': ({dup[0]['example_id']!r}, response_idx "
+            f"{dup[0]['response_idx']}) is scored {dup[0]['count_all']} times; nothing stored"
+        )
+
+
+# The steps whose finished run add_run writes in one call. A step missing here writes its rows
+# in chunks (featurize: begin_run, write_feature_chunk, finish_run) or keeps them by dataset
+# (rollouts: write_rollouts).
+RUN_STEPS: dict[str, RunStep] = {
+    "probe": RunStep(
+        (PROBE_SCORES,), name_error="a probe run needs a score name", needs_parent=True
+    ),
+    REWARD_STEP: RunStep(
+        (REWARD_SCORES,), name_error="a reward run needs a name", check=_check_reward_rows
+    ),
+    "cluster": RunStep((CLUSTER_ASSIGNMENTS, CLUSTERS), needs_parent=True),
+    "project": RunStep((PROJECTIONS,), needs_parent=True),
+    "dedup": RunStep((DUPLICATE_GROUPS,), needs_parent=True),
+    "train-sae": RunStep(),  # its output is a folder on disk; the run's summary says where
+}
 
 
 class Store:
@@ -435,18 +345,15 @@ class Store:
             # never add our tables to someone else's database
             if not _has_studio_schema(con) and _table_names(con):
                 raise StudioError(foreign_message(self.path, con))
-            con.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, "
-                "name VARCHAR, applied_at TIMESTAMP DEFAULT current_timestamp)"
-            )
+            con.execute(schema.SCHEMA_VERSION_DDL)
             row = con.execute("SELECT max(version) FROM schema_version").fetchone()
             current = (row[0] if row else None) or 0
-            if current > SCHEMA_VERSION:
+            if current > schema.SCHEMA_VERSION:
                 raise StudioError(
                     f"database {self.path} has schema version {current}, newer than this "
-                    f"tool's {SCHEMA_VERSION}: upgrade SAERL Studio"
+                    f"tool's {schema.SCHEMA_VERSION}: upgrade SAERL Studio"
                 )
-            for version, name, ddl in MIGRATIONS:
+            for version, name, ddl in schema.MIGRATIONS:
                 if version > current:
                     con.execute(ddl)
                     con.execute(
@@ -482,7 +389,7 @@ class Store:
         if version == 0:
             with self.connect() as con:
                 raise StudioError(foreign_message(self.path, con))
-        if version > SCHEMA_VERSION:
+        if version > schema.SCHEMA_VERSION:
             raise StudioError(f"database {self.path} has a newer schema ({version})")
 
     # --- datasets and examples -----------------------------------------------------------
@@ -611,21 +518,9 @@ class Store:
                 f"dataset '{name}' already exists in {self.path}: pass --replace to overwrite it"
             )
         if exists:
-            self._delete_dataset(con, name)
-
-    @staticmethod
-    def _delete_dataset(con: duckdb.DuckDBPyConnection, name: str) -> None:
-        """Delete a dataset and everything computed from it, except its train-sae runs: they
-        record an SAE folder on disk that feature runs of any dataset may read, so they stay
-        as its provenance."""
-        runs = "SELECT run_id FROM runs WHERE dataset = ? AND step <> 'train-sae'"
-        for table in RUN_TABLES:
-            con.execute(f"DELETE FROM {table} WHERE run_id IN ({runs})", [name])
-        con.execute(f"DELETE FROM runs WHERE run_id IN ({runs})", [name])
-        for table in DATASET_TABLES:
-            if table != "runs":
-                con.execute(f"DELETE FROM {table} WHERE dataset = ?", [name])
-        con.execute("DELETE FROM datasets WHERE name = ?", [name])
+            # everything computed from it goes too, except its train-sae runs (see sql.py)
+            for text, params in sql.delete_dataset(name):
+                con.execute(text, params)
 
     def dataset(self, name: str) -> dict[str, Any]:
         """The dataset's row; StudioError naming the known ones when it does not exist."""
@@ -714,6 +609,115 @@ class Store:
             ).to_arrow_table()
 
     # --- runs ----------------------------------------------------------------------------
+    def add_run(self, record: RunRecord, **rows: Rows) -> int:
+        """A finished run and all its rows, in one transaction: a crash or a failed check leaves
+        either the whole run or nothing. Returns the run id.
+
+        ``rows`` names each table the step writes by its keyword (:data:`RUN_STEPS`): a probe
+        run takes ``scores``, a cluster run ``assignments`` and ``clusters``, ... Checked before
+        anything is written: the record (a score name, a feature run), the tables and their
+        columns, and the step's own check (a reward's keys name responses, once each).
+
+            store.add_run(RunRecord("project", "d", cfg, versions(), summary,
+                                    parent_run=feature_run), points=points)
+        """
+        step = RUN_STEPS.get(record.step)
+        if step is None:
+            raise ValueError(
+                f"add_run: no table is written by a {record.step!r} run "
+                f"(steps: {', '.join(RUN_STEPS)}); see begin_run and record_run"
+            )
+        step.check_record(record)
+        step.check_rows(record, rows)
+        if step.check is not None:
+            step.check(self, record, rows)
+        with self._finished_run(record) as (con, rid):
+            for spec in step.tables:
+                view = f"_{spec.arg}"
+                con.register(view, rows[spec.arg])
+                text, params = sql.insert_run_rows(spec, view, run_id=rid, source=record.source)
+                con.execute(text, params)
+        return rid
+
+    def begin_run(self, record: RunRecord, *, resume: bool = True) -> tuple[int, bool]:
+        """A run that writes its rows in chunks, for this step and config: the unfinished one
+        with the same config when ``resume`` (returns ``(run_id, True)``), else a new one
+        (``(run_id, False)``). :meth:`finish_run` closes it; ``record.summary`` is not read."""
+        step = RUN_STEPS.get(record.step)
+        if step is not None:
+            step.check_record(record)
+        self.migrate()
+        cfg = canonical_json(record.config)
+        with self.transaction() as con:
+            if resume:
+                row = con.execute(
+                    "SELECT run_id FROM runs WHERE step = ? AND dataset = ? AND config = ? "
+                    "AND status = 'running' ORDER BY run_id DESC LIMIT 1",
+                    [record.step, record.dataset, cfg],
+                ).fetchone()
+                if row:
+                    return int(row[0]), True
+            row = con.execute(
+                "INSERT INTO runs (step, dataset, parent_run, status, config, versions) "
+                "VALUES (?, ?, ?, 'running', ?, ?) RETURNING run_id",
+                [
+                    record.step,
+                    record.dataset,
+                    record.parent_run,
+                    cfg,
+                    canonical_json(record.versions),
+                ],
+            ).fetchone()
+        assert row is not None
+        return int(row[0]), False
+
+    def record_run(
+        self,
+        *,
+        step: str,
+        dataset: str,
+        config: dict[str, Any],
+        versions: dict[str, str],
+        summary: dict[str, Any],
+        parent_run: int | None = None,
+    ) -> int:
+        """A finished run that stored no rows of its own (train-sae: its output is a folder)."""
+        record = RunRecord(step, dataset, config, versions, summary, parent_run=parent_run)
+        with self._finished_run(record) as (_, rid):
+            pass
+        return rid
+
+    @contextmanager
+    def _finished_run(self, record: RunRecord) -> Iterator[tuple[duckdb.DuckDBPyConnection, int]]:
+        """One transaction that records a finished run and (in the body) its rows: a crash
+        leaves either the whole run or nothing."""
+        self.migrate()
+        with self.transaction() as con:
+            row = con.execute(
+                "INSERT INTO runs (step, dataset, parent_run, status, config, summary, versions, "
+                "finished_at) VALUES (?, ?, ?, 'done', ?, ?, ?, current_timestamp) "
+                "RETURNING run_id",
+                [
+                    record.step,
+                    record.dataset,
+                    record.parent_run,
+                    canonical_json(record.config),
+                    canonical_json(record.summary),
+                    canonical_json(record.versions),
+                ],
+            ).fetchone()
+            assert row is not None
+            yield con, int(row[0])
+
+    def finish_run(self, run_id: int, *, summary: dict[str, Any]) -> None:
+        with self.transaction() as con:
+            con.execute(
+                "UPDATE runs SET status = 'done', summary = ?, finished_at = current_timestamp "
+                "WHERE run_id = ?",
+                [canonical_json(summary), run_id],
+            )
+
+    # --- the per-step writers from before add_run: one-line wrappers until their callers move
     def start_run(
         self,
         *,
@@ -724,35 +728,109 @@ class Store:
         parent_run: int | None = None,
         resume: bool = True,
     ) -> tuple[int, bool]:
-        """A run for this step and config: the unfinished one with the same config when
-        ``resume`` (returns ``(run_id, True)``), else a new one (``(run_id, False)``)."""
-        self.migrate()
-        cfg = canonical_json(config)
-        with self.transaction() as con:
-            if resume:
-                row = con.execute(
-                    "SELECT run_id FROM runs WHERE step = ? AND dataset = ? AND config = ? "
-                    "AND status = 'running' ORDER BY run_id DESC LIMIT 1",
-                    [step, dataset, cfg],
-                ).fetchone()
-                if row:
-                    return int(row[0]), True
-            row = con.execute(
-                "INSERT INTO runs (step, dataset, parent_run, status, config, versions) "
-                "VALUES (?, ?, ?, 'running', ?, ?) RETURNING run_id",
-                [step, dataset, parent_run, cfg, canonical_json(versions)],
-            ).fetchone()
-        assert row is not None
-        return int(row[0]), False
+        """:meth:`begin_run` with the record spelled out."""
+        return self.begin_run(
+            RunRecord(step, dataset, config, versions, parent_run=parent_run), resume=resume
+        )
 
-    def finish_run(self, run_id: int, *, summary: dict[str, Any]) -> None:
-        with self.transaction() as con:
-            con.execute(
-                "UPDATE runs SET status = 'done', summary = ?, finished_at = current_timestamp "
-                "WHERE run_id = ?",
-                [canonical_json(summary), run_id],
-            )
+    def start_reward_run(
+        self,
+        *,
+        dataset: str,
+        config: dict[str, Any],
+        versions: dict[str, str],
+        resume: bool = True,
+    ) -> tuple[int, bool]:
+        """A reward run (``config["name"]`` names its scores), see :meth:`begin_run`."""
+        return self.begin_run(RunRecord(REWARD_STEP, dataset, config, versions), resume=resume)
 
+    def finish_reward_run(self, run_id: int, *, summary: dict[str, Any]) -> None:
+        """:meth:`finish_run`."""
+        self.finish_run(run_id, summary=summary)
+
+    def add_probe_run(
+        self,
+        *,
+        dataset: str,
+        feature_run: int,
+        config: dict[str, Any],
+        versions: dict[str, str],
+        summary: dict[str, Any],
+        scores: pa.Table,
+    ) -> int:
+        """A finished probe run (config["name"] names its score column) and its scores:
+        (example_id, value, oof) with oof NULL for unlabelled examples."""
+        return self.add_run(
+            RunRecord("probe", dataset, config, versions, summary, feature_run), scores=scores
+        )
+
+    def add_reward_run(
+        self,
+        *,
+        dataset: str,
+        config: dict[str, Any],
+        versions: dict[str, str],
+        summary: dict[str, Any],
+        scores: pa.Table,
+        source: str,
+    ) -> int:
+        """A finished reward run and all its scores (``REWARD_SCHEMA``), for sources that score
+        everything at once (imported files, verifiers). ``config["name"]`` names the scores. A
+        key the dataset does not hold (see :meth:`unknown_reward_keys`) or a key given twice is
+        an error, and nothing is written."""
+        return self.add_run(
+            RunRecord(REWARD_STEP, dataset, config, versions, summary, source=source), scores=scores
+        )
+
+    def add_cluster_run(
+        self,
+        *,
+        dataset: str,
+        feature_run: int,
+        config: dict[str, Any],
+        versions: dict[str, str],
+        summary: dict[str, Any],
+        assignments: pa.Table,
+        clusters: pd.DataFrame,
+    ) -> int:
+        """assignments: (example_id, cluster); clusters: (cluster, size, label, top_features)."""
+        return self.add_run(
+            RunRecord("cluster", dataset, config, versions, summary, feature_run),
+            assignments=assignments,
+            clusters=clusters,
+        )
+
+    def add_projection_run(
+        self,
+        *,
+        dataset: str,
+        feature_run: int,
+        config: dict[str, Any],
+        versions: dict[str, str],
+        summary: dict[str, Any],
+        points: pa.Table,
+    ) -> int:
+        """points: (example_id, x, y)."""
+        return self.add_run(
+            RunRecord("project", dataset, config, versions, summary, feature_run), points=points
+        )
+
+    def add_dedup_run(
+        self,
+        *,
+        dataset: str,
+        feature_run: int,
+        config: dict[str, Any],
+        versions: dict[str, str],
+        summary: dict[str, Any],
+        groups: pa.Table,
+    ) -> int:
+        """groups: (example_id, group_id, is_representative), one row per member of a group."""
+        return self.add_run(
+            RunRecord("dedup", dataset, config, versions, summary, feature_run), groups=groups
+        )
+
+    # --- reading runs ----------------------------------------------------------------------
     def run(self, run_id: int) -> dict[str, Any]:
         with self.connect() as con:
             df = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).df()
@@ -826,12 +904,7 @@ class Store:
             dense = "dense" in chunk.column_names
             if dense and self._version(con) < 4:
                 raise StudioError(f"database {self.path} predates dense vectors: run migrate")
-            con.execute(
-                "INSERT INTO features (run_id, example_id, n_tokens, truncated, feature_ids, "
-                f"vals{', dense' if dense else ''}) SELECT ?, example_id, n_tokens, truncated, "
-                f'feature_ids, "values"{", dense" if dense else ""} FROM _chunk',
-                [run_id],
-            )
+            con.execute(*sql.insert_features("_chunk", run_id=run_id, dense=dense))
             con.execute("DELETE FROM feature_stats WHERE run_id = ?", [run_id])
             con.execute("DELETE FROM feature_top_tokens WHERE run_id = ?", [run_id])
             con.register("_stats", stats)
@@ -841,18 +914,12 @@ class Store:
                 [run_id],
             )
             con.register("_top", top_tokens)
-            # char spans when the frame carries them (-1 = unknown -> NULL), else NULL;
-            # a file still on schema 1 has no span columns
-            cols, spans = "", ""
-            if self._version(con) >= 2:
-                cols = ", char_start, char_end"
-                has = {"char_start", "char_end"} <= set(top_tokens.columns)
-                spans = ", nullif(char_start, -1), nullif(char_end, -1)" if has else ", NULL, NULL"
+            # char spans when the frame carries them; a file still on schema 1 has no span columns
+            has_spans = {"char_start", "char_end"} <= set(top_tokens.columns)
             con.execute(
-                "INSERT INTO feature_top_tokens (run_id, feature_id, rank, example_id, token, "
-                f"value{cols}) SELECT ?, feature_id, rank, example_id, token, value{spans} "
-                "FROM _top",
-                [run_id],
+                *sql.insert_top_tokens(
+                    "_top", run_id=run_id, span_columns=self._version(con) >= 2, has_spans=has_spans
+                )
             )
 
     def feature_totals(self, run_id: int) -> dict[str, int]:
@@ -887,20 +954,12 @@ class Store:
                 [run_id],
             ).df()
             top = con.execute(
-                f"SELECT feature_id, rank, example_id, token, value, {self._spans(con)} "
+                "SELECT feature_id, rank, example_id, token, value, "
+                f"{sql.spans(present=self._version(con) >= 2)} "
                 "FROM feature_top_tokens t WHERE run_id = ? ORDER BY feature_id, rank",
                 [run_id],
             ).df()
         return stats, top
-
-    def _spans(self, con: duckdb.DuckDBPyConnection, *, unknown: str = "-1") -> str:
-        """Select list for the char span columns of feature_top_tokens ``t`` (absent before v2)."""
-        if self._version(con) >= 2:
-            return (
-                f"CAST(coalesce(t.char_start, {unknown}) AS INTEGER) AS char_start, "
-                f"CAST(coalesce(t.char_end, {unknown}) AS INTEGER) AS char_end"
-            )
-        return f"CAST({unknown} AS INTEGER) AS char_start, CAST({unknown} AS INTEGER) AS char_end"
 
     # --- reading the features: per-feature statistics, top examples, descriptions ----------
     def feature_summary(self, run_id: int) -> pd.DataFrame:
@@ -914,58 +973,8 @@ class Store:
         description and source (imported descriptions, NULL where none).
         """
         with self.connect() as con:
-            v2 = self._version(con) >= 2
-            desc = (
-                "LEFT JOIN feature_descriptions d ON d.run_id = ? AND d.feature_id = ids.feature_id"
-                if v2
-                else ""
-            )
-            desc_cols = (
-                "d.description, d.source"
-                if v2
-                else "NULL::VARCHAR AS description, NULL::VARCHAR AS source"
-            )
-            params: list[Any] = [run_id, run_id, run_id, run_id]
-            if v2:
-                params.append(run_id)
-            return con.execute(
-                f"""
-                WITH n AS (SELECT count(*) AS n FROM features WHERE run_id = ?),
-                hits AS (
-                    SELECT unnest(feature_ids) AS feature_id, unnest(vals) AS v
-                    FROM features WHERE run_id = ?
-                ),
-                agg AS (
-                    SELECT feature_id, count(*) AS n_topk, avg(v) AS mean_act, max(v) AS max_act
-                    FROM hits GROUP BY feature_id
-                ),
-                st AS (SELECT * FROM feature_stats WHERE run_id = ?),
-                toks AS (
-                    SELECT feature_id, list(token ORDER BY r, token) AS tokens
-                    FROM (SELECT feature_id, token, min(rank) AS r FROM feature_top_tokens
-                          WHERE run_id = ? GROUP BY feature_id, token)
-                    GROUP BY feature_id
-                ),
-                ids AS (SELECT feature_id FROM agg UNION SELECT feature_id FROM st)
-                SELECT ids.feature_id,
-                       coalesce(agg.n_topk, 0) AS n_topk,
-                       coalesce(agg.n_topk, 0) / greatest(n.n, 1) AS freq,
-                       agg.mean_act, agg.max_act,
-                       coalesce(st.n_fire, 0) AS n_fire,
-                       coalesce(st.n_fire, 0) / greatest(n.n, 1) AS fire_rate,
-                       st.sum_act / nullif(st.n_fire, 0) AS mean_fired,
-                       st.max_act AS max_token_act,
-                       coalesce(toks.tokens, []::VARCHAR[]) AS tokens,
-                       {desc_cols}
-                FROM ids CROSS JOIN n
-                LEFT JOIN agg ON agg.feature_id = ids.feature_id
-                LEFT JOIN st ON st.feature_id = ids.feature_id
-                LEFT JOIN toks ON toks.feature_id = ids.feature_id
-                {desc}
-                ORDER BY ids.feature_id
-                """,
-                params,
-            ).df()
+            text, params = sql.feature_summary(run_id, descriptions=self._version(con) >= 2)
+            return con.execute(text, params).df()
 
     def feature_top_examples(
         self, run_id: int, *, feature_ids: Sequence[int] | None = None, per_feature: int = 10
@@ -1018,22 +1027,11 @@ class Store:
         char_end, and the example's text when ``with_text``) of a run's features, or of
         ``feature_ids``; spans are NULL where unknown."""
         fids = None if feature_ids is None else [int(f) for f in feature_ids]
-        text = ", e.text" if with_text else ""
-        join = (
-            "LEFT JOIN runs r ON r.run_id = t.run_id "
-            "LEFT JOIN examples e ON e.dataset = r.dataset AND e.id = t.example_id "
-            if with_text
-            else ""
-        )
         with self.connect() as con:
-            return con.execute(
-                "SELECT t.feature_id, t.rank, t.example_id, t.token, t.value, "
-                f"{self._spans(con, unknown='NULL')}{text} FROM feature_top_tokens t {join}"
-                "WHERE t.run_id = ? AND (CAST(? AS INTEGER[]) IS NULL "
-                "OR list_contains(CAST(? AS INTEGER[]), t.feature_id)) "
-                "ORDER BY t.feature_id, t.rank",
-                [run_id, fids, fids],
-            ).df()
+            text, params = sql.feature_tokens(
+                run_id, fids, span_columns=self._version(con) >= 2, with_text=with_text
+            )
+            return con.execute(text, params).df()
 
     def example_features(self, run_id: int, example_ids: Sequence[str]) -> pd.DataFrame:
         """The features of one example (its stored top-k) or, over several, how many of them
@@ -1117,32 +1115,6 @@ class Store:
         return tbl.column("example_id").to_pylist(), flat.reshape(tbl.num_rows, width)
 
     # --- signals: probes, marks, rollouts ----------------------------------------------------
-    def add_probe_run(
-        self,
-        *,
-        dataset: str,
-        feature_run: int,
-        config: dict[str, Any],
-        versions: dict[str, str],
-        summary: dict[str, Any],
-        scores: pa.Table,
-    ) -> int:
-        """A finished probe run (config["name"] names its score column) and its scores:
-        (example_id, value, oof) with oof NULL for unlabelled examples."""
-        if not config.get("name"):
-            raise StudioError("a probe run needs a score name")
-        with self._finished_run(
-            step="probe",
-            dataset=dataset,
-            parent_run=feature_run,
-            config=config,
-            versions=versions,
-            summary=summary,
-        ) as (con, rid):
-            con.register("_s", scores)
-            con.execute("INSERT INTO probe_scores SELECT ?, example_id, value, oof FROM _s", [rid])
-        return rid
-
     def probe_scores(self, run_id: int) -> pd.DataFrame:
         """example_id, value, oof of a probe run, in ingest order."""
         with self.connect() as con:
@@ -1195,14 +1167,10 @@ class Store:
         from them (example_id, name, value: pass_rate, pass@k, zero_signal ...) in one
         transaction, recorded as a 'rollouts' run."""
         names = sorted(set(labels.column("name").to_pylist()))
-        with self._finished_run(
-            step="rollouts",
-            dataset=dataset,
-            parent_run=None,
-            config=config,
-            versions=versions,
-            summary=summary,
-        ) as (con, _rid):
+        # its rows belong to the dataset, not the run (a new import replaces them), so this is
+        # not an add_run step
+        record = RunRecord("rollouts", dataset, config, versions, summary)
+        with self._finished_run(record) as (con, rid):
             con.execute("DELETE FROM rollouts WHERE dataset = ?", [dataset])
             con.register("_r", rollouts)
             con.execute(
@@ -1213,7 +1181,7 @@ class Store:
                 con.execute("DELETE FROM labels WHERE dataset = ? AND name = ?", [dataset, name])
             con.register("_l", labels)
             con.execute("INSERT INTO labels SELECT ?, example_id, name, value FROM _l", [dataset])
-        return _rid
+        return rid
 
     def feature_runs(self) -> pd.DataFrame:
         """Finished feature runs with model, layer, SAE, pooling and counts, for the Overview."""
@@ -1267,36 +1235,13 @@ class Store:
                 params=[dataset],
             ).to_arrow_table()
 
-    def start_reward_run(
-        self,
-        *,
-        dataset: str,
-        config: dict[str, Any],
-        versions: dict[str, str],
-        resume: bool = True,
-    ) -> tuple[int, bool]:
-        """A reward run (``config["name"]`` names its scores): the unfinished one with the same
-        config when ``resume``, else a new one. See :meth:`start_run`."""
-        if not config.get("name"):
-            raise StudioError("a reward run needs a name")
-        return self.start_run(
-            step=REWARD_STEP, dataset=dataset, config=config, versions=versions, resume=resume
-        )
-
-    def finish_reward_run(self, run_id: int, *, summary: dict[str, Any]) -> None:
-        self.finish_run(run_id, summary=summary)
-
     def write_reward_chunk(self, run_id: int, chunk: pa.Table, *, source: str) -> None:
         """Commit one chunk of a reward run's scores (``REWARD_SCHEMA``) in one transaction:
         after a crash a chunk is stored whole or not at all."""
-        _check_reward_chunk(chunk)
+        check_columns(REWARD_SCORES, chunk)
         with self.transaction() as con:
             con.register("_rw", chunk)
-            con.execute(
-                "INSERT INTO reward_scores SELECT ?, example_id, response_idx, value, logits, "
-                "truncated, ? FROM _rw",
-                [run_id, source],
-            )
+            con.execute(*sql.insert_run_rows(REWARD_SCORES, "_rw", run_id=run_id, source=source))
 
     def done_reward_keys(self, run_id: int) -> set[tuple[str, int]]:
         """(example_id, response_idx) a (possibly interrupted) reward run already committed."""
@@ -1339,8 +1284,8 @@ class Store:
         on a file from before schema 5)."""
         with self.connect() as con:
             if self._version(con) < 5:
-                schema = REWARD_SCHEMA.insert(2, pa.field("role", pa.string()))
-                return schema.append(pa.field("source", pa.string())).empty_table()
+                empty = REWARD_SCHEMA.insert(2, pa.field("role", pa.string()))
+                return empty.append(pa.field("source", pa.string())).empty_table()
             return con.sql(
                 "SELECT s.example_id, s.response_idx, "
                 "coalesce(rs.role, CASE WHEN s.response_idx = -1 THEN 'response' END) AS role, "
@@ -1394,55 +1339,6 @@ class Store:
             ).fetchone()
         return None if row is None else row[0]
 
-    def add_reward_run(
-        self,
-        *,
-        dataset: str,
-        config: dict[str, Any],
-        versions: dict[str, str],
-        summary: dict[str, Any],
-        scores: pa.Table,
-        source: str,
-    ) -> int:
-        """A finished reward run and all its scores (``REWARD_SCHEMA``) in one transaction, for
-        sources that score everything at once (imported files, verifiers). ``config["name"]``
-        names the scores. A key the dataset does not hold (see :meth:`unknown_reward_keys`) or
-        a key given twice is an error, and nothing is written."""
-        if not config.get("name"):
-            raise StudioError("a reward run needs a name")
-        _check_reward_chunk(scores)
-        unknown = self.unknown_reward_keys(dataset, scores)
-        if unknown.num_rows:
-            first = unknown.slice(0, 1).to_pylist()[0]
-            raise StudioError(
-                f"dataset '{dataset}' has no response ({first['example_id']!r}, response_idx "
-                f"{first['response_idx']}) to score ({unknown.num_rows} unknown); nothing stored"
-            )
-        with self._finished_run(
-            step=REWARD_STEP,
-            dataset=dataset,
-            parent_run=None,
-            config=config,
-            versions=versions,
-            summary=summary,
-        ) as (con, rid):
-            con.register("_rw", scores)
-            dup = con.execute(
-                "SELECT example_id, response_idx, count(*) AS n FROM _rw "
-                "GROUP BY example_id, response_idx HAVING count(*) > 1 LIMIT 1"
-            ).fetchall()
-            if dup:
-                raise StudioError(
-                    f"reward '{config['name']}': ({dup[0][0]!r}, response_idx {dup[0][1]}) is "
-                    f"scored {dup[0][2]} times; nothing stored"
-                )
-            con.execute(
-                "INSERT INTO reward_scores SELECT ?, example_id, response_idx, value, logits, "
-                "truncated, ? FROM _rw",
-                [rid, source],
-            )
-        return rid
-
     def import_reward_scores(
         self,
         *,
@@ -1456,149 +1352,12 @@ class Store:
         """Scores read from a file (``REWARD_SCHEMA``; logits and truncated NULL) as a finished
         reward run named ``name``, with source ``imported: FILE``. Returns the run id."""
         source = f"imported: {path}"
-        return self.add_reward_run(
-            dataset=dataset,
-            config={"name": name, "source": source, "column": column},
-            versions=versions,
-            summary={"n_scores": scores.num_rows, "source": source},
-            scores=scores,
-            source=source,
-        )
+        config = {"name": name, "source": source, "column": column}
+        summary = {"n_scores": scores.num_rows, "source": source}
+        record = RunRecord(REWARD_STEP, dataset, config, versions, summary, source=source)
+        return self.add_run(record, scores=scores)
 
     # --- clusters and projections ----------------------------------------------------------
-    @contextmanager
-    def _finished_run(
-        self,
-        *,
-        step: str,
-        dataset: str,
-        parent_run: int | None,
-        config: dict[str, Any],
-        versions: dict[str, str],
-        summary: dict[str, Any],
-    ) -> Iterator[tuple[duckdb.DuckDBPyConnection, int]]:
-        """One transaction that records a finished run and (in the body) its rows: a crash
-        leaves either the whole run or nothing."""
-        self.migrate()
-        with self.transaction() as con:
-            row = con.execute(
-                "INSERT INTO runs (step, dataset, parent_run, status, config, summary, versions, "
-                "finished_at) VALUES (?, ?, ?, 'done', ?, ?, ?, current_timestamp) "
-                "RETURNING run_id",
-                [
-                    step,
-                    dataset,
-                    parent_run,
-                    canonical_json(config),
-                    canonical_json(summary),
-                    canonical_json(versions),
-                ],
-            ).fetchone()
-            assert row is not None
-            yield con, int(row[0])
-
-    def record_run(
-        self,
-        *,
-        step: str,
-        dataset: str,
-        config: dict[str, Any],
-        versions: dict[str, str],
-        summary: dict[str, Any],
-        parent_run: int | None = None,
-    ) -> int:
-        """A finished run that stored no rows of its own (train-sae: its output is a folder)."""
-        with self._finished_run(
-            step=step,
-            dataset=dataset,
-            parent_run=parent_run,
-            config=config,
-            versions=versions,
-            summary=summary,
-        ) as (_, rid):
-            pass
-        return rid
-
-    def add_cluster_run(
-        self,
-        *,
-        dataset: str,
-        feature_run: int,
-        config: dict[str, Any],
-        versions: dict[str, str],
-        summary: dict[str, Any],
-        assignments: pa.Table,
-        clusters: pd.DataFrame,
-    ) -> int:
-        """assignments: (example_id, cluster); clusters: (cluster, size, label, top_features)."""
-        with self._finished_run(
-            step="cluster",
-            dataset=dataset,
-            parent_run=feature_run,
-            config=config,
-            versions=versions,
-            summary=summary,
-        ) as (con, rid):
-            con.register("_a", assignments)
-            con.execute(
-                "INSERT INTO cluster_assignments SELECT ?, example_id, cluster FROM _a", [rid]
-            )
-            con.register("_c", clusters)
-            con.execute(
-                "INSERT INTO clusters SELECT ?, cluster, size, label, top_features FROM _c", [rid]
-            )
-        return rid
-
-    def add_projection_run(
-        self,
-        *,
-        dataset: str,
-        feature_run: int,
-        config: dict[str, Any],
-        versions: dict[str, str],
-        summary: dict[str, Any],
-        points: pa.Table,
-    ) -> int:
-        """points: (example_id, x, y)."""
-        with self._finished_run(
-            step="project",
-            dataset=dataset,
-            parent_run=feature_run,
-            config=config,
-            versions=versions,
-            summary=summary,
-        ) as (con, rid):
-            con.register("_p", points)
-            con.execute("INSERT INTO projections SELECT ?, example_id, x, y FROM _p", [rid])
-        return rid
-
-    def add_dedup_run(
-        self,
-        *,
-        dataset: str,
-        feature_run: int,
-        config: dict[str, Any],
-        versions: dict[str, str],
-        summary: dict[str, Any],
-        groups: pa.Table,
-    ) -> int:
-        """groups: (example_id, group_id, is_representative), one row per member of a group."""
-        with self._finished_run(
-            step="dedup",
-            dataset=dataset,
-            parent_run=feature_run,
-            config=config,
-            versions=versions,
-            summary=summary,
-        ) as (con, rid):
-            con.register("_g", groups)
-            con.execute(
-                "INSERT INTO duplicate_groups SELECT ?, example_id, group_id, is_representative "
-                "FROM _g",
-                [rid],
-            )
-        return rid
-
     def duplicate_groups(self, run_id: int, *, limit: int = 200) -> pd.DataFrame:
         """The largest near-duplicate groups: group_id, size, and the representative's id and
         prompt."""
@@ -1689,7 +1448,7 @@ class Store:
                 df = con.execute(
                     "SELECT ? AS name, json_extract_string(tags, ?) AS value, count(*) AS n "
                     "FROM examples WHERE dataset = ? GROUP BY value ORDER BY value",
-                    [name, _json_path(name), dataset],
+                    [name, sql.json_path(name), dataset],
                 ).df()
                 if len(df) <= max_values:
                     frames.append(df)
@@ -1702,11 +1461,7 @@ class Store:
     ) -> tuple[list[str], list[str], list[str]]:
         """(label names, score names, tag names) of a dataset; tags that clash with a column
         are left out, and so is a score that clashes with a label."""
-        labels = self.label_names(dataset)
-        scores = [n for n, _ in (views.score_runs if views else ()) if n not in labels]
-        taken = set(BASE_COLUMNS) | set(DEDUP_COLUMNS) | set(labels) | set(scores)
-        taken |= {"tags", "extra"}
-        return labels, scores, [t for t in self.tag_names(dataset) if t not in taken]
+        return sql.view_columns(self.label_names(dataset), views, self.tag_names(dataset))
 
     def filter_columns(self, dataset: str, *, views: Views) -> list[str]:
         """The columns a filter may name on this view (``feature:N`` aside): base columns, the
@@ -1714,62 +1469,6 @@ class Store:
         labels, scores, tags = self._columns(dataset, views)
         dedup = list(DEDUP_COLUMNS) if views.dedup_run is not None else []
         return [*BASE_COLUMNS, *dedup, *scores, *labels, *tags]
-
-    def _wide_sql(
-        self, dataset: str, views: Views, label_names: Sequence[str], tag_names: Sequence[str]
-    ) -> tuple[str, list]:
-        params: list[Any] = []
-        tag_cols = []
-        for name in tag_names:
-            tag_cols.append(f"json_extract_string(e.tags, ?) AS {quote_ident(name)}")
-            params.append(_json_path(name))
-        label_cols = []
-        for name in label_names:
-            label_cols.append(f"max(value) FILTER (WHERE name = ?) AS {quote_ident(name)}")
-            params.append(name)
-        label_select = ", ".join(["example_id", *label_cols])
-        extra = [f"lb.{quote_ident(n)}" for n in label_names] + tag_cols
-        dedup_cols, dedup_join, dedup_params = "", "", []
-        if views.dedup_run is not None:
-            dedup_cols = (
-                ", dg.group_id AS dup_group, "
-                "CAST(coalesce(NOT dg.is_representative, false) AS INTEGER) AS is_duplicate"
-            )
-            dedup_join = "LEFT JOIN duplicate_groups dg ON dg.run_id = ? AND dg.example_id = e.id"
-            dedup_params = [views.dedup_run]
-        score_cols, score_joins, score_params = "", [], []
-        for i, (name, rid) in enumerate(views.score_runs):
-            if name in label_names:  # a label of that name wins; the probe step forbids it
-                continue
-            score_cols += f", ps{i}.value AS {quote_ident(name)}"
-            score_joins.append(
-                f"LEFT JOIN probe_scores ps{i} ON ps{i}.run_id = ? AND ps{i}.example_id = e.id"
-            )
-            score_params.append(rid)
-        sql = f"""
-            SELECT e.id, e.idx, e.prompt, e.answer, e.text, e.tags, e.extra,
-                   ca.cluster, p.x, p.y{dedup_cols}{score_cols}{"".join(", " + c for c in extra)}
-            FROM examples e
-            LEFT JOIN (SELECT {label_select} FROM labels WHERE dataset = ? GROUP BY example_id) lb
-                ON lb.example_id = e.id
-            LEFT JOIN cluster_assignments ca ON ca.run_id = ? AND ca.example_id = e.id
-            LEFT JOIN projections p ON p.run_id = ? AND p.example_id = e.id
-            {dedup_join}
-            {" ".join(score_joins)}
-            WHERE e.dataset = ?
-        """
-        # the tag expressions come first in the text, then the label subquery
-        tag_params, label_params = params[: len(tag_names)], params[len(tag_names) :]
-        return sql, [
-            *tag_params,
-            *label_params,
-            dataset,
-            views.cluster_run,
-            views.projection_run,
-            *dedup_params,
-            *score_params,
-            dataset,
-        ]
 
     def wide(
         self,
@@ -1789,14 +1488,12 @@ class Store:
         rows, see :class:`Filter`); ``ids`` keeps only those example ids (a map selection);
         ``columns`` restricts the output (default: all) and may name ``feature:N`` columns.
         """
-        sql, params, id_table = self._filtered_sql(dataset, views, filters, ids, columns)
+        src = self._source(dataset, views, [*(f.column for f in filters), *(columns or ())])
+        text, params = sql.filtered(src, filters, columns, ids=ids is not None)
         if limit is not None:
-            sql += " LIMIT ?"
+            text += " LIMIT ?"
             params.append(int(limit))
-        with self.connect() as con:
-            if id_table is not None:
-                con.register("_ids", id_table)
-            return con.sql(sql, params=params).to_arrow_table()
+        return self._query_with_ids(text, params, ids)
 
     def count(
         self,
@@ -1825,83 +1522,26 @@ class Store:
         ``wide(filters=..., ids=...)`` returns are the rows with no hit."""
         cols = [c for c in columns if c != "id"]
         src = self._source(dataset, views, [*(f.column for f in filters), *cols])
-        select, params = src.select(["id", *cols])
-        for i, f in enumerate(filters):
-            cond, cparams = src.condition(f)
-            # a keep rule removes the rows where its condition is false or NULL
-            hit = f"coalesce({cond}, false)"
-            select += f", {hit if f.action == 'drop' else f'NOT {hit}'} AS r{i}"
-            params += cparams
-        id_table = None
-        if ids is not None:
-            select += ", w.id NOT IN (SELECT id FROM _ids) AS r_sel"
-            id_table = _id_table(ids)
-        sql = f"SELECT {select} {src.from_sql} ORDER BY w.idx"
+        text, params = sql.rule_hits(src, filters, cols, ids=ids is not None)
+        return self._query_with_ids(text, params, ids)
+
+    def _query_with_ids(self, text: str, params: list[Any], ids: Sequence[str] | None) -> pa.Table:
+        """Run a query over the wide view, with ``ids`` registered as ``_ids`` when given."""
         with self.connect() as con:
-            if id_table is not None:
-                con.register("_ids", id_table)
-            return con.sql(sql, params=params + src.params).to_arrow_table()
+            if ids is not None:
+                con.register("_ids", pa.table({"id": pa.array(list(ids), pa.string())}))
+            return con.sql(text, params=params).to_arrow_table()
 
-    def _filtered_sql(
-        self,
-        dataset: str,
-        views: Views,
-        filters: Sequence[Filter],
-        ids: Sequence[str] | None,
-        columns: Sequence[str] | None,
-    ) -> tuple[str, list[Any], pa.Table | None]:
-        """``SELECT columns FROM <wide view> WHERE <every filter> ORDER BY idx``: the SQL, its
-        parameters, and the table of ``ids`` to register as ``_ids`` (None without ids).
-
-        The one place the filtered wide view is written: wide() and count() run it as is; a
-        caller may wrap it (LIMIT, a streaming fetch) as long as it registers the ids table."""
-        src = self._source(dataset, views, [*(f.column for f in filters), *(columns or ())])
-        select, params = src.select(columns)
-        where: list[str] = []
-        wparams: list[Any] = []
-        for f in filters:
-            cond, cparams = src.condition(f)
-            keep = f"coalesce({cond}, false)"
-            where.append(f"NOT {keep}" if f.action == "drop" else keep)
-            wparams += cparams
-        id_table = None
-        if ids is not None:
-            where.append("w.id IN (SELECT id FROM _ids)")
-            id_table = _id_table(ids)
-        sql = f"SELECT {select} {src.from_sql}"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY w.idx"
-        return sql, params + src.params + wparams, id_table
-
-    def _source(self, dataset: str, views: Views, refs: Sequence[str]) -> _WideSource:
+    def _source(self, dataset: str, views: Views, refs: Sequence[str]) -> WideSource:
         """The wide view as ``FROM (...) w``, joined to the feature run's stored features when
-        ``refs`` (the columns filters and the select list name) include a ``feature:N``."""
-        labels, scores, tags = self._columns(dataset, views)
-        inner, params = self._wide_sql(dataset, views, labels, tags)
-        dedup = set(DEDUP_COLUMNS) if views.dedup_run is not None else set()
-        numeric = set(NUMERIC_BASE) | dedup | set(labels) | set(scores)
-        allowed = numeric | set(BASE_COLUMNS) | set(tags)
-        from_sql = f"FROM ({inner}) w"
-        wanted = [(c, n) for c in refs if (n := feature_index(c)) is not None]
+        ``refs`` (the columns filters and the select list name) include a ``feature:N``; the
+        feature run's SAE width bounds N."""
         d_sae = None
-        if wanted:
-            if views.feature_run is None:
-                raise StudioError(
-                    f"{wanted[0][0]}: dataset '{dataset}' has no feature run; run "
-                    f"`python -m core featurize --dataset {dataset} ...` first"
-                )
-            d_sae = self.run(views.feature_run)["summary"].get("d_sae")
-            d_sae = int(d_sae) if d_sae is not None else None
-            for col, n in wanted:
-                if d_sae is not None and n >= d_sae:
-                    raise StudioError(
-                        f"{col}: feature {n} is out of range: the SAE of feature run "
-                        f"{views.feature_run} has {d_sae} features (0..{d_sae - 1})"
-                    )
-            from_sql += " LEFT JOIN features fr ON fr.run_id = ? AND fr.example_id = w.id"
-            params = [*params, views.feature_run]
-        return _WideSource(from_sql, params, allowed, numeric, has_features=bool(wanted))
+        if views.feature_run is not None and sql.feature_refs(refs):
+            width = self.run(views.feature_run)["summary"].get("d_sae")
+            d_sae = int(width) if width is not None else None
+        columns = self._columns(dataset, views)
+        return sql.wide_source(dataset, views, columns, refs, d_sae=d_sae)
 
     def map_points(self, dataset: str, *, views: Views, top_n: int = 3) -> pd.DataFrame:
         """What the Map draws: id, x, y, cluster, prompt, every label, and a 'top_features'
@@ -1960,8 +1600,7 @@ class Store:
         Only one chunk is in Python at a time; DuckDB sorts within the store's memory cap
         (:meth:`capped`), spilling to disk beyond it.
         """
-        labels, scores, tags = self._columns(dataset, views)
-        inner, params = self._wide_sql(dataset, views, labels, tags)
+        columns = self._columns(dataset, views)
         kind = self.dataset(dataset)["kind"]
         with self.connect() as con:
             keys = con.execute(
@@ -1969,52 +1608,16 @@ class Store:
                 "ORDER BY k",
                 [dataset],
             ).fetchall()
-            taken = {*BASE_COLUMNS, *DEDUP_COLUMNS, *labels, *scores, *tags, "tags", "extra"}
-            taken |= {"chosen", "rejected", "response", "position", "batch"}
-            extra_only = [str(k[0]) for k in keys if str(k[0]) not in taken]
-            cols = ["w.id", "w.idx", "w.prompt", "w.answer", "CAST(w.cluster AS BIGINT) AS cluster"]
-            if views.dedup_run is not None:
-                cols += ["w.dup_group", "w.is_duplicate"]
-            cols += [f"w.{quote_ident(c)}" for c in (*scores, *labels, *tags)]
-            cols += [
-                f"CAST(json_extract(w.extra, ?) AS VARCHAR) AS {quote_ident(k)}" for k in extra_only
-            ]
-            xparams: list[Any] = [_json_path(k) for k in extra_only]
-            join, jparams = "", []
-            if kind == "responses":  # the response is the example's text
-                cols += ["w.text AS response"]
-            pairs = "rejected_idx" in plan.column_names
-            if kind == "preferences" and pairs:
-                # one planned (chosen, rejected) pair a row: rejected_idx j is response j + 1
-                # (ingest numbers the chosen response 0, the rejected ones 1..k), joined row by
-                # row, so no prompt's list of responses is built or repeated per pair
-                cols += ["rc.text AS chosen", "rr.text AS rejected"]
-                join = (
-                    "LEFT JOIN responses rc ON rc.dataset = ? AND rc.example_id = w.id "
-                    "AND rc.role = 'chosen' "
-                    "LEFT JOIN responses rr ON rr.dataset = ? AND rr.example_id = w.id "
-                    "AND rr.role = 'rejected' AND rr.response_idx = p.rejected_idx + 1"
-                )
-                jparams = [dataset, dataset]
-            elif kind == "preferences":
-                cols += ["r.chosen", "r.rejected"]
-                join = (
-                    "LEFT JOIN (SELECT example_id, "
-                    "first(text ORDER BY response_idx) FILTER (WHERE role = 'chosen') AS chosen, "
-                    "list(text ORDER BY response_idx) FILTER (WHERE role = 'rejected') "
-                    "AS rejected FROM responses WHERE dataset = ? GROUP BY example_id) r "
-                    "ON r.example_id = w.id"
-                )
-                jparams = [dataset]
-            cols += ["p.position", "p.batch"]
-            if pairs:
-                cols += ["p.rejected_idx"]
-            sql = (
-                f"SELECT {', '.join(cols)} FROM ({inner}) w JOIN _plan p ON p.idx = w.idx "
-                f"{join} ORDER BY p.position"
+            text, params = sql.export_rows(
+                dataset,
+                views=views,
+                kind=kind,
+                columns=columns,
+                extra_keys=[str(k[0]) for k in keys],
+                pairs="rejected_idx" in plan.column_names,
             )
             con.register("_plan", plan)
-            reader = con.sql(sql, params=xparams + params + jparams).to_arrow_reader(chunk_rows)
+            reader = con.sql(text, params=params).to_arrow_reader(chunk_rows)
             empty = True
             for batch in reader:
                 empty = False
@@ -2051,15 +1654,9 @@ class Store:
             out: dict[str, Any] = {"schema_version": version, "orphans": {}}
             if version == 0:
                 return out
-            owners = [(t, "runs r WHERE r.run_id = t.run_id") for t in RUN_TABLES]
-            owners += [(t, "datasets d WHERE d.name = t.dataset") for t in DATASET_TABLES]
-            present = set(_table_names(con))  # an older schema lacks the newer tables
-            for table, owner in owners:
-                if table not in present:
-                    continue
-                n = con.execute(
-                    f"SELECT count(*) FROM {table} t WHERE NOT EXISTS (SELECT 1 FROM {owner})"
-                ).fetchall()[0][0]
+            # an older schema lacks the newer tables
+            for table, text in sql.orphan_counts(set(_table_names(con))):
+                n = con.execute(text).fetchall()[0][0]
                 if n:
                     out["orphans"][table] = int(n)
             out["unfinished_runs"] = con.execute(
@@ -2085,115 +1682,8 @@ class Store:
         return out
 
 
-def _json_path(key: str) -> str:
-    """A JSON path for one top-level key, quoted so any key name is safe: ``$."a b"``."""
-    return "$." + json.dumps(key, ensure_ascii=False)
-
-
-def _check_reward_chunk(chunk: pa.Table) -> None:
-    """A programming error, not a user's: the chunk must carry REWARD_SCHEMA's columns."""
-    missing = [n for n in REWARD_SCHEMA.names if n not in chunk.column_names]
-    if missing:
-        raise ValueError(f"reward scores lack column(s) {', '.join(missing)}")
-
-
 def _run_record(rec: dict[str, Any]) -> dict[str, Any]:
     for col in ("config", "summary", "versions"):
         v = rec.get(col)
         rec[col] = json.loads(v) if isinstance(v, str) else {}
     return rec
-
-
-def _id_table(ids: Sequence[str]) -> pa.Table:
-    return pa.table({"id": pa.array(list(ids), pa.string())})
-
-
-@dataclass(frozen=True)
-class _WideSource:
-    """``FROM (wide view) w [LEFT JOIN features fr]`` with its parameters, and the columns a
-    filter or a select list may name. Identifiers are checked here; values become parameters."""
-
-    from_sql: str
-    params: list[Any]
-    allowed: set[str]
-    numeric: set[str]
-    has_features: bool
-
-    def expr(self, column: str) -> tuple[str, list[Any]]:
-        """The SQL of one column: ``w."name"``, or a feature's activation (0 where the feature
-        is not among the example's stored top-k; NULL for an example the run did not store)."""
-        n = feature_index(column)
-        if n is not None:
-            assert self.has_features, "_source saw no feature column"
-            return (
-                "CASE WHEN fr.example_id IS NULL THEN NULL "
-                "ELSE CAST(coalesce(fr.vals[list_position(fr.feature_ids, ?)], 0) AS DOUBLE) END",
-                [n],
-            )
-        return f"w.{quote_ident(column)}", []
-
-    def select(self, columns: Sequence[str] | None) -> tuple[str, list[Any]]:
-        if columns is None:
-            return "w.*", []
-        parts, params = [], []
-        for c in columns:
-            if feature_index(c) is None and c not in self.allowed | {"tags", "extra"}:
-                known = ", ".join(sorted(self.allowed))
-                raise StudioError(f"unknown column {c!r}; known: {known}")
-            sql, p = self.expr(c)
-            parts.append(f"{sql} AS {quote_ident(c)}")
-            params += p
-        return ", ".join(parts), params
-
-    def condition(self, f: Filter) -> tuple[str, list[Any]]:
-        """The bare condition of a filter (NULL where the row's value is NULL)."""
-        is_feature = feature_index(f.column) is not None
-        if f.column in DEDUP_COLUMNS and f.column not in self.allowed:
-            raise StudioError(
-                f"filter {f.describe()!r}: the dataset has no near-duplicate groups yet; "
-                "run `python -m core dedup --dataset NAME` first"
-            )
-        if not is_feature and f.column not in self.allowed:
-            raise StudioError(
-                f"filter {f.describe()!r}: unknown column {f.column!r}; "
-                f"known: {', '.join(sorted(self.allowed))}"
-            )
-        numeric = is_feature or f.column in self.numeric
-        col, params = self.expr(f.column)
-        if f.op not in OPERATORS:
-            raise StudioError(f"filter {f.describe()!r}: unknown operator {f.op!r}")
-        template = OPERATORS[f.op][0]
-        if f.op in LIST_OPS:
-            values = [_filter_value(f, v, numeric=numeric) for v in f.value]
-            if not values:
-                raise StudioError(f"filter {f.describe()!r}: empty list")
-            cast = "DOUBLE" if numeric else "VARCHAR"
-            # the list's placeholder comes before the column's own parameters
-            return template.format(col=col, cast=cast), [values, *params]
-        return template.format(col=col), [*params, _filter_value(f, f.value, numeric=numeric)]
-
-
-def _filter_value(f: Filter, value: Any, *, numeric: bool) -> Any:
-    """A filter value typed for its column: a number for a numeric column (else a one-line error
-    naming the filter, not a DuckDB conversion traceback), text for a text column."""
-    if numeric:
-        try:
-            number = float(value)
-        except (TypeError, ValueError, OverflowError):
-            raise StudioError(
-                f"filter {f.describe()!r}: column {f.column!r} is numeric, got {value!r}"
-            ) from None
-        if number != number:  # NaN compares false with everything: it would match nothing
-            raise StudioError(f"filter {f.describe()!r}: NaN is not a value to compare with")
-        return number
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))  # `task=3` parsed as 3.0 means the text "3"
-    text = str(value)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        # argv carries one lone surrogate per byte that is not UTF-8
-        raise StudioError(
-            f"filter on {f.column!r}: the value {text!r} is not valid UTF-8 text"
-        ) from None
-    return text

@@ -9,65 +9,28 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from core import store as store_mod
 from core.errors import StudioError
 from core.filters import Filter
-from core.store import Store, Views
-
-
-def _tables(n: int = 5) -> dict[str, pa.Table]:
-    ids = [f"e{i}" for i in range(n)]
-    examples = pa.table(
-        {
-            "id": ids,
-            "idx": pa.array(range(n), pa.int64()),
-            "prompt": [f"prompt {i}" for i in range(n)],
-            "answer": [str(i) for i in range(n)],
-            "text": [f"prompt {i}" for i in range(n)],
-            "tags": ['{"task": "a"}'] * n,
-            "extra": ["{}"] * n,
-        }
-    )
-    labels = pa.table(
-        {
-            "example_id": ids + ids,
-            "name": ["difficulty"] * n + ['we"ird'] * n,
-            "value": [float(i) for i in range(n)] + [1.0] * n,
-        }
-    )
-    responses = pa.table(
-        {
-            "example_id": pa.array([], pa.string()),
-            "response_idx": pa.array([], pa.int32()),
-            "role": pa.array([], pa.string()),
-            "text": pa.array([], pa.string()),
-        }
-    )
-    return {"examples": examples, "labels": labels, "responses": responses}
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "s.duckdb")
-    s.write_dataset(name="d", kind="prompts", source="x.jsonl", **_tables())
-    return s
+from core.store import SCHEMA_VERSION, Store, Views
+from core.store import schema as schema_mod
+from tests.store.helpers import feature_run, pref_tables, score_rows, tables
 
 
 def test_migrate_is_idempotent_and_versioned(tmp_path):
     s = Store(tmp_path / "m.duckdb")
-    assert s.migrate() == store_mod.SCHEMA_VERSION
-    assert s.migrate() == store_mod.SCHEMA_VERSION
+    assert s.migrate() == SCHEMA_VERSION
+    assert s.migrate() == SCHEMA_VERSION
     with s.connect() as con:
         rows = con.execute("SELECT version FROM schema_version").fetchall()
-    assert [r[0] for r in rows] == [m[0] for m in store_mod.MIGRATIONS]
+    assert [r[0] for r in rows] == [m[0] for m in schema_mod.MIGRATIONS]
 
 
 def test_a_new_migration_applies_once(tmp_path, monkeypatch):
     s = Store(tmp_path / "m.duckdb")
     s.migrate()
     extra = (99, "add notes", "CREATE TABLE notes (example_id VARCHAR, note VARCHAR)")
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, extra])
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 99)
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", [*schema_mod.MIGRATIONS, extra])
+    monkeypatch.setattr(schema_mod, "SCHEMA_VERSION", 99)
     assert s.migrate() == 99
     assert s.migrate() == 99
     with s.connect() as con:
@@ -77,14 +40,14 @@ def test_a_new_migration_applies_once(tmp_path, monkeypatch):
 def test_newer_schema_is_refused(tmp_path, monkeypatch):
     s = Store(tmp_path / "m.duckdb")
     s.migrate()
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 0)
+    monkeypatch.setattr(schema_mod, "SCHEMA_VERSION", 0)
     with pytest.raises(StudioError, match="newer than this tool"):
         s.migrate()
 
 
 def test_write_dataset_is_all_or_nothing(tmp_path):
     s = Store(tmp_path / "a.duckdb")
-    t = _tables()
+    t = tables()
     bad_labels = pa.table({"example_id": ["e0"], "name": ["x"]})  # missing the value column
     with pytest.raises(duckdb.Error):
         s.write_dataset(
@@ -101,7 +64,7 @@ def test_write_dataset_is_all_or_nothing(tmp_path):
 
 
 def test_existing_dataset_needs_replace(store):
-    t = _tables(3)
+    t = tables(3)
     with pytest.raises(StudioError, match="--replace"):
         store.write_dataset(name="d", kind="prompts", source="f", **t)
     store.write_dataset(name="d", kind="prompts", source="f", replace=True, **t)
@@ -197,53 +160,19 @@ def test_busy_lock_past_timeout_is_a_studio_error(store):
 
 
 # --- reading the features (migration 2) ----------------------------------------------------------
-def _feature_run(s: Store, *, spans: bool = True) -> int:
-    """A hand-made feature run over e0..e4 of dataset 'd': feature 7 in every example's top-k
-    (values 0.1 .. 0.5), feature 3 in e0 and e1, feature 9 fired but never made the top-k."""
-    run, _ = s.start_run(step="featurize", dataset="d", config={"k": 2}, versions={})
-    chunk = pa.table(
-        {
-            "example_id": [f"e{i}" for i in range(5)],
-            "n_tokens": pa.array([3] * 5, pa.int32()),
-            "truncated": [False] * 5,
-            "feature_ids": pa.array([[7, 3], [3, 7], [7], [7], [7]], pa.list_(pa.int32())),
-            "values": pa.array(
-                [[0.1, 0.05], [0.9, 0.2], [0.3], [0.4], [0.5]], pa.list_(pa.float32())
-            ),
-        }
-    )
-    stats = pd.DataFrame(
-        {"feature_id": [3, 7, 9], "n_fire": [2, 5, 1], "sum_act": [0.95, 1.5, 0.01]}
-    ).assign(max_act=[1.2, 0.8, 0.02])
-    top = pd.DataFrame(
-        {
-            "feature_id": [7, 7, 3],
-            "rank": [0, 1, 0],
-            "example_id": ["e4", "e3", "e1"],
-            "token": ["prompt", "4", "1"],
-            "value": [0.8, 0.6, 1.2],
-        }
-    )
-    if spans:
-        top = top.assign(char_start=[0, -1, 7], char_end=[6, -1, 8])
-    s.write_feature_chunk(run, chunk=chunk, stats=stats, top_tokens=top)
-    s.finish_run(run, summary={"d_sae": 16})
-    return run
-
-
 def test_migration_2_upgrades_a_v1_database(tmp_path, monkeypatch):
     s = Store(tmp_path / "v1.duckdb")
-    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:1])
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 1)
-    s.write_dataset(name="d", kind="prompts", source="x.jsonl", **_tables())
-    run = _feature_run(s, spans=False)  # the v1 write path: no char span columns yet
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", schema_mod.MIGRATIONS[:1])
+    monkeypatch.setattr(schema_mod, "SCHEMA_VERSION", 1)
+    s.write_dataset(name="d", kind="prompts", source="x.jsonl", **tables())
+    run = feature_run(s, spans=False)  # the v1 write path: no char span columns yet
     assert s.schema_version() == 1
     # a read-only app meets the old file: descriptions and spans read as empty
     summary = s.feature_summary(run)
     assert bool(summary["description"].isna().all())
     assert bool(s.feature_tokens(run)["char_start"].isna().all())
     monkeypatch.undo()
-    assert s.migrate() == store_mod.SCHEMA_VERSION  # v2, and every later migration
+    assert s.migrate() == SCHEMA_VERSION  # v2, and every later migration
     with s.connect() as con:
         cols = [r[0] for r in con.execute("DESCRIBE feature_top_tokens").fetchall()]
         assert cols[-2:] == ["char_start", "char_end"]
@@ -254,7 +183,7 @@ def test_migration_2_upgrades_a_v1_database(tmp_path, monkeypatch):
 
 
 def test_char_spans_are_stored_and_minus_one_is_unknown(store):
-    run = _feature_run(store)
+    run = feature_run(store)
     tokens = store.feature_tokens(run, feature_ids=[7])
     assert tokens["token"].tolist() == ["prompt", "4"]
     assert tokens["char_start"].iloc[0] == 0 and tokens["char_end"].iloc[0] == 6
@@ -264,7 +193,7 @@ def test_char_spans_are_stored_and_minus_one_is_unknown(store):
 
 
 def test_feature_summary_counts_topk_and_fires(store):
-    run = _feature_run(store)
+    run = feature_run(store)
     df = store.feature_summary(run).set_index("feature_id")
     assert df.index.tolist() == [3, 7, 9]
     assert df.loc[7, "n_topk"] == 5 and df.loc[7, "freq"] == pytest.approx(1.0)
@@ -279,7 +208,7 @@ def test_feature_summary_counts_topk_and_fires(store):
 
 
 def test_top_examples_by_pooled_value(store):
-    run = _feature_run(store)
+    run = feature_run(store)
     top = store.feature_top_examples(run, feature_ids=[7], per_feature=3)
     assert top["example_id"].tolist() == ["e4", "e3", "e2"]
     assert top["rank"].tolist() == [0, 1, 2]
@@ -291,7 +220,7 @@ def test_top_examples_by_pooled_value(store):
 
 
 def test_example_features_one_and_many(store):
-    run = _feature_run(store)
+    run = feature_run(store)
     one = store.example_features(run, ["e1"])
     assert one["feature_id"].tolist() == [3, 7]
     assert one["mean_value"].round(3).tolist() == [0.9, 0.2]
@@ -306,7 +235,7 @@ def test_find_examples_by_id_or_text_with_parameters(store):
 
 
 def test_write_descriptions_replaces_the_run(store):
-    run = _feature_run(store)
+    run = feature_run(store)
     assert store.write_descriptions(run, {3: "a", 7: "b"}, source="x.json") == 2
     assert store.write_descriptions(run, {7: "c"}, source="y.json") == 1
     df = store.feature_summary(run).set_index("feature_id")
@@ -316,9 +245,9 @@ def test_write_descriptions_replaces_the_run(store):
 
 def test_migration_3_adds_duplicate_groups_and_old_files_still_read(tmp_path, monkeypatch):
     s = Store(tmp_path / "v2.duckdb")
-    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:2])
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 2)
-    s.write_dataset(name="d", kind="prompts", source="x.jsonl", **_tables())
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", schema_mod.MIGRATIONS[:2])
+    monkeypatch.setattr(schema_mod, "SCHEMA_VERSION", 2)
+    s.write_dataset(name="d", kind="prompts", source="x.jsonl", **tables())
     assert s.schema_version() == 2
     monkeypatch.undo()
     # the read-only app meets the v2 file: no dedup run, no dup columns, no error
@@ -327,7 +256,7 @@ def test_migration_3_adds_duplicate_groups_and_old_files_still_read(tmp_path, mo
     assert "is_duplicate" not in s.wide("d", views=views).column_names
     with pytest.raises(StudioError, match="no near-duplicate groups yet"):
         s.wide("d", views=views, filters=[Filter("is_duplicate", "=", 0)])
-    assert s.migrate() == store_mod.SCHEMA_VERSION
+    assert s.migrate() == SCHEMA_VERSION
     with s.connect() as con:
         assert con.execute("SELECT count(*) FROM duplicate_groups").fetchone() == (0,)
 
@@ -364,7 +293,7 @@ def test_drop_rules_keep_null_rows_and_keep_rules_remove_them(store):
 
 
 def test_feature_conditions_read_the_stored_topk(store):
-    run = _feature_run(store)  # feature 7: 0.1 .. 0.5 on e0..e4; feature 3 on e0 (0.05), e1 (0.9)
+    run = feature_run(store)  # feature 7: 0.1 .. 0.5 on e0..e4; feature 3 on e0 (0.05), e1 (0.9)
     views = Views(run, None, None)
 
     def ids(*filters: Filter) -> list[str]:
@@ -392,7 +321,7 @@ def test_feature_conditions_read_the_stored_topk(store):
 
 def test_rule_hits_say_which_rule_removes_each_row(store):
     _partial_label(store)
-    run = _feature_run(store)
+    run = feature_run(store)
     views = Views(run, None, None)
     filters = [
         Filter("score", ">=", 0.5),  # removes e0 and the NULL rows e3, e4
@@ -414,51 +343,6 @@ def test_rule_hits_say_which_rule_removes_each_row(store):
 
 
 # --- reward scores (schema 5) ------------------------------------------------------------------
-def _pref_tables() -> dict[str, pa.Table]:
-    """Two preference rows: p0 with 1 chosen + 2 rejected, p1 with 1 chosen + 1 rejected."""
-    t = _tables(2)
-    examples = t["examples"].set_column(0, "id", pa.array(["p0", "p1"]))
-    keys = [("p0", 0, "chosen"), ("p0", 1, "rejected"), ("p0", 2, "rejected")]
-    keys += [("p1", 0, "chosen"), ("p1", 1, "rejected")]
-    responses = pa.table(
-        {
-            "example_id": [k[0] for k in keys],
-            "response_idx": pa.array([k[1] for k in keys], pa.int32()),
-            "role": [k[2] for k in keys],
-            "text": [f"{k[0]} answer {k[1]}" for k in keys],
-        }
-    )
-    labels = pa.table(
-        {
-            "example_id": pa.array([], pa.string()),
-            "name": pa.array([], pa.string()),
-            "value": pa.array([], pa.float64()),
-        }
-    )
-    return {"examples": examples, "labels": labels, "responses": responses}
-
-
-def _scores(keys: list[tuple[str, int]], values: list[float] | None = None) -> pa.Table:
-    n = len(keys)
-    return pa.table(
-        {
-            "example_id": pa.array([k[0] for k in keys], pa.string()),
-            "response_idx": pa.array([k[1] for k in keys], pa.int32()),
-            "value": pa.array(values or [float(i) for i in range(n)], pa.float64()),
-            "logits": pa.array([[0.5, -0.5]] * n, pa.list_(pa.float32())),
-            "truncated": pa.array([i == 0 for i in range(n)], pa.bool_()),
-        },
-        schema=store_mod.REWARD_SCHEMA,
-    )
-
-
-@pytest.fixture
-def prefs(tmp_path):
-    s = Store(tmp_path / "p.duckdb")
-    s.write_dataset(name="prefs", kind="preferences", source="p.jsonl", **_pref_tables())
-    return s
-
-
 def test_reward_candidates_of_each_kind(prefs, store):
     cands = prefs.reward_candidates("prefs").to_pylist()
     assert [(c["example_id"], c["response_idx"], c["role"]) for c in cands] == [
@@ -477,12 +361,12 @@ def test_reward_chunks_resume_and_read_back_in_ingest_order(prefs):
     config = {"name": "rm", "model": "m", "head": "ordinal", "K": 3}
     rid, resumed = prefs.start_reward_run(dataset="prefs", config=config, versions={})
     assert not resumed
-    prefs.write_reward_chunk(rid, _scores([("p1", 1), ("p0", 2)], [0.3, 0.2]), source="model: m")
+    prefs.write_reward_chunk(rid, score_rows([("p1", 1), ("p0", 2)], [0.3, 0.2]), source="model: m")
     again, resumed = prefs.start_reward_run(dataset="prefs", config=config, versions={})
     assert (again, resumed) == (rid, True)
     assert prefs.done_reward_keys(rid) == {("p1", 1), ("p0", 2)}
     assert prefs.reward_runs("prefs") == {}  # not finished yet
-    prefs.write_reward_chunk(rid, _scores([("p0", 0), ("p0", 1), ("p1", 0)]), source="model: m")
+    prefs.write_reward_chunk(rid, score_rows([("p0", 0), ("p0", 1), ("p1", 0)]), source="model: m")
     prefs.finish_reward_run(rid, summary=prefs.reward_totals(rid))
     assert prefs.reward_runs("prefs") == {"rm": rid}
     rows = prefs.reward_scores(rid).to_pylist()
@@ -503,7 +387,7 @@ def test_reward_chunks_resume_and_read_back_in_ingest_order(prefs):
 
 def test_a_failed_reward_chunk_stores_nothing(prefs):
     rid, _ = prefs.start_reward_run(dataset="prefs", config={"name": "rm"}, versions={})
-    bad = _scores([("p0", 0), ("p0", 1)]).set_column(
+    bad = score_rows([("p0", 0), ("p0", 1)]).set_column(
         2, "value", pa.array([1.0, None], pa.float64())
     )
     with pytest.raises(duckdb.Error):  # value is NOT NULL: the second row fails the chunk
@@ -518,12 +402,12 @@ def test_add_reward_run_checks_every_key_first(prefs, store):
             config={"name": "v"},
             versions={},
             summary={},
-            scores=_scores([("p0", 0), ("p0", 7)]),
+            scores=score_rows([("p0", 0), ("p0", 7)]),
             source="verifier",
         )
     with pytest.raises(StudioError, match="has no response \\('p0', response_idx -1\\)"):
         prefs.import_reward_scores(
-            dataset="prefs", name="v", path="f.jsonl", scores=_scores([("p0", -1)]), versions={}
+            dataset="prefs", name="v", path="f.jsonl", scores=score_rows([("p0", -1)]), versions={}
         )
     with pytest.raises(StudioError, match="is scored 2 times"):
         prefs.add_reward_run(
@@ -531,7 +415,7 @@ def test_add_reward_run_checks_every_key_first(prefs, store):
             config={"name": "v"},
             versions={},
             summary={},
-            scores=_scores([("p0", 0), ("p0", 0)]),
+            scores=score_rows([("p0", 0), ("p0", 0)]),
             source="verifier",
         )
     assert prefs.list_runs(step="reward").empty  # nothing of the failed runs is left
@@ -540,7 +424,7 @@ def test_add_reward_run_checks_every_key_first(prefs, store):
         dataset="d",
         name="ext",
         path="f.jsonl",
-        scores=_scores([("e1", -1), ("e0", -1)]),
+        scores=score_rows([("e1", -1), ("e0", -1)]),
         versions={},
     )
     rows = store.reward_scores(rid).to_pylist()
@@ -558,10 +442,10 @@ def test_add_reward_run_checks_every_key_first(prefs, store):
 
 def test_replacing_a_dataset_drops_its_reward_scores(prefs):
     rid = prefs.import_reward_scores(
-        dataset="prefs", name="v", path="f", scores=_scores([("p0", 0)]), versions={}
+        dataset="prefs", name="v", path="f", scores=score_rows([("p0", 0)]), versions={}
     )
     prefs.write_dataset(
-        name="prefs", kind="preferences", source="p.jsonl", replace=True, **_pref_tables()
+        name="prefs", kind="preferences", source="p.jsonl", replace=True, **pref_tables()
     )
     with prefs.connect() as con:
         assert con.execute("SELECT count(*) FROM reward_scores").fetchone() == (0,)
@@ -570,9 +454,9 @@ def test_replacing_a_dataset_drops_its_reward_scores(prefs):
 
 def test_migration_5_adds_reward_scores_and_old_files_still_read(tmp_path, monkeypatch):
     s = Store(tmp_path / "v4.duckdb")
-    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:4])
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 4)
-    s.write_dataset(name="prefs", kind="preferences", source="p.jsonl", **_pref_tables())
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", schema_mod.MIGRATIONS[:4])
+    monkeypatch.setattr(schema_mod, "SCHEMA_VERSION", 4)
+    s.write_dataset(name="prefs", kind="preferences", source="p.jsonl", **pref_tables())
     assert s.schema_version() == 4
     monkeypatch.undo()
     # the read-only app meets the v4 file: no reward runs, an empty score table, no error
@@ -587,9 +471,9 @@ def test_migration_5_adds_reward_scores_and_old_files_still_read(tmp_path, monke
         "truncated",
         "source",
     ]
-    assert s.migrate() == store_mod.SCHEMA_VERSION
+    assert s.migrate() == SCHEMA_VERSION
     rid = s.import_reward_scores(
-        dataset="prefs", name="v", path="f", scores=_scores([("p0", 0)]), versions={}
+        dataset="prefs", name="v", path="f", scores=score_rows([("p0", 0)]), versions={}
     )
     assert s.reward_scores(rid).column_names == empty.column_names
 
@@ -687,7 +571,7 @@ def test_replacing_a_dataset_keeps_its_train_sae_runs(store):
         summary={"path": "data/saes/d-x"},
     )
     other = store.record_run(step="dedup", dataset="d", config={}, versions={}, summary={})
-    store.write_dataset(name="d", kind="prompts", source="y.jsonl", replace=True, **_tables(3))
+    store.write_dataset(name="d", kind="prompts", source="y.jsonl", replace=True, **tables(3))
     kept = store.list_runs(dataset="d")
     assert sae_run in set(kept["run_id"]) and other not in set(kept["run_id"])
     assert store.run(sae_run)["summary"]["path"] == "data/saes/d-x"
