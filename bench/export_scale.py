@@ -29,7 +29,7 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.store import Store  # noqa: E402
+from core.store import RunRecord, Store  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 K = 20
@@ -115,9 +115,7 @@ def build(path: Path, n: int, seed: int = 0, *, responses: pa.Table | None = Non
         labels=labels,
         responses=empty if responses is None else responses,
     )
-    fr, _ = s.start_run(
-        step="featurize", dataset="big", config={"d_sae": 4096, "sae": "synthetic"}, versions={}
-    )
+    fr, _ = s.begin_run(RunRecord("featurize", "big", {"d_sae": 4096, "sae": "synthetic"}, {}))
     top = 8
     fids = rng.integers(0, 4096, size=(n, top)).astype(np.int32)
     vals = rng.random((n, top)).astype(np.float32)
@@ -144,12 +142,15 @@ def build(path: Path, n: int, seed: int = 0, *, responses: pa.Table | None = Non
     centroids = rng.normal(size=(K, 16))
     from core.batching import cluster_distances
 
-    s.add_cluster_run(
-        dataset="big",
-        feature_run=fr,
-        config={"k": K},
-        versions={},
-        summary={"centroid_distances": cluster_distances(centroids).round(4).tolist()},
+    s.add_run(
+        RunRecord(
+            "cluster",
+            "big",
+            {"k": K},
+            {},
+            {"centroid_distances": cluster_distances(centroids).round(4).tolist()},
+            parent_run=fr,
+        ),
         assignments=pa.table({"example_id": ids, "cluster": pa.array(cluster, pa.int32())}),
         clusters=pd.DataFrame(
             {
@@ -160,12 +161,15 @@ def build(path: Path, n: int, seed: int = 0, *, responses: pa.Table | None = Non
             }
         ),
     )
-    s.add_probe_run(
-        dataset="big",
-        feature_run=fr,
-        config={"name": "difficulty_proxy", "signal": "difficulty", "higher_is": "harder"},
-        versions={},
-        summary={},
+    s.add_run(
+        RunRecord(
+            "probe",
+            "big",
+            {"name": "difficulty_proxy", "signal": "difficulty", "higher_is": "harder"},
+            {},
+            {},
+            parent_run=fr,
+        ),
         scores=pa.table(
             {
                 "example_id": ids,

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.store import Store
+from core.store import RunRecord, Store
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, serve
 
 COUNT_JS = """() => { const gd = document.querySelector('.js-plotly-plot');
@@ -75,17 +75,19 @@ def build(path: Path, n: int, seed: int = 0) -> None:
             }
         ),
     )
-    fr, _ = s.start_run(
-        step="featurize",
-        dataset="synthetic",
-        versions={},
-        config={
-            "model": "synthetic",
-            "layer": 0,
-            "sae": "synthetic",
-            "pooling": "mean",
-            "top_k": 8,
-        },
+    fr, _ = s.begin_run(
+        RunRecord(
+            "featurize",
+            "synthetic",
+            {
+                "model": "synthetic",
+                "layer": 0,
+                "sae": "synthetic",
+                "pooling": "mean",
+                "top_k": 8,
+            },
+            {},
+        )
     )
     fids = rng.integers(0, 4096, (n, 8)).astype(np.int32)
     vals = np.sort(rng.random((n, 8)).astype(np.float32))[:, ::-1]
@@ -112,12 +114,8 @@ def build(path: Path, n: int, seed: int = 0) -> None:
     )
     s.write_feature_chunk(fr, chunk=chunk, stats=stats, top_tokens=top)
     s.finish_run(fr, summary={"n_examples": n, "d_sae": 4096})
-    s.add_cluster_run(
-        dataset="synthetic",
-        feature_run=fr,
-        config={"k": k, "seed": 0},
-        versions={},
-        summary={"k": k},
+    s.add_run(
+        RunRecord("cluster", "synthetic", {"k": k, "seed": 0}, {}, {"k": k}, parent_run=fr),
         assignments=pa.table({"example_id": ids, "cluster": cluster}),
         clusters=pd.DataFrame(
             {
@@ -128,12 +126,15 @@ def build(path: Path, n: int, seed: int = 0) -> None:
             }
         ),
     )
-    s.add_projection_run(
-        dataset="synthetic",
-        feature_run=fr,
-        versions={},
-        summary={"n": n},
-        config={"metric": "cosine", "n_neighbors": 15, "min_dist": 0.1},
+    s.add_run(
+        RunRecord(
+            "project",
+            "synthetic",
+            {"metric": "cosine", "n_neighbors": 15, "min_dist": 0.1},
+            {},
+            {"n": n},
+            parent_run=fr,
+        ),
         points=pa.table(
             {"example_id": ids, "x": xy[:, 0].astype(np.float32), "y": xy[:, 1].astype(np.float32)}
         ),

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import torch
 
+from core.store import RunRecord
+
 # Before anything imports huggingface_hub: no test may reach the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -256,14 +258,10 @@ def hand_clusters(db: Path, dataset: str, *, k: int = 3) -> None:
 
     store = Store(db)
     rows = store.wide(dataset, views=store.views(dataset), columns=["id", "idx"]).to_pydict()
-    run, _ = store.start_run(step="featurize", dataset=dataset, config={}, versions={})
+    run, _ = store.begin_run(RunRecord("featurize", dataset, {}, {}))
     store.finish_run(run, summary={})
-    store.add_cluster_run(
-        dataset=dataset,
-        feature_run=run,
-        config={},
-        versions={},
-        summary={},
+    store.add_run(
+        RunRecord("cluster", dataset, {}, {}, {}, parent_run=run),
         assignments=pa.table(
             {"example_id": rows["id"], "cluster": [i % k for i in rows["idx"]]},
             schema=pa.schema([("example_id", pa.string()), ("cluster", pa.int32())]),

@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.store import REWARD_STEP, RunRecord
+
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 # AppTest's limit for one script run: generous, as a loaded machine is slow, not wrong; the
 # tests assert what the pages show, never how fast
@@ -402,11 +404,15 @@ def rewards_copy(rewards_db, tmp_path_factory):
     logits = rng.normal(0.0, 2.0, size=(len(keys), 2)).astype(np.float32)
     logits[:, 1] = np.minimum(logits[:, 1], logits[:, 0])
     reward = 1.0 + (1.0 / (1.0 + np.exp(-logits))).sum(axis=1)
-    s.add_reward_run(
-        dataset="prefs2",
-        config={"name": "wild", "kind": "rm", "head": "ordinal", "model": "test-stand-in"},
-        versions={},
-        summary={},
+    s.add_run(
+        RunRecord(
+            REWARD_STEP,
+            "prefs2",
+            {"name": "wild", "kind": "rm", "head": "ordinal", "model": "test-stand-in"},
+            {},
+            {},
+            source="test: seeded random CORAL logits (K=3)",
+        ),
         scores=pa.table(
             {
                 "example_id": pa.array(keys["example_id"], pa.string()),
@@ -417,7 +423,6 @@ def rewards_copy(rewards_db, tmp_path_factory):
             },
             schema=REWARD_SCHEMA,
         ),
-        source="test: seeded random CORAL logits (K=3)",
     )
     ids = keys["example_id"].unique().tolist()
     s.set_labels(

@@ -510,7 +510,7 @@ def test_export_page_will_not_replace_the_database(hostile_folder, tmp_path, mon
 
 def test_export_dir_from_the_command_line_then_the_environment(monkeypatch):
     from core.defaults import DEFAULT_EXPORT_DIR
-    from ui.common import export_dir
+    from ui.state import export_dir
 
     monkeypatch.delenv("SAERL_EXPORT_DIR", raising=False)
     monkeypatch.setattr(sys, "argv", ["app.py", "--db", "x.duckdb"])

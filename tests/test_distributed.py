@@ -25,7 +25,7 @@ from core.steps.featurize_ray import (
     merge_token_stats,
     plan_workers,
 )
-from core.store import Store
+from core.store import RunRecord, Store
 from tests.conftest import run_cli
 
 N_ROWS = 150
@@ -100,7 +100,7 @@ def test_shard_loader_keeps_the_dense_column(tmp_path):
 
     store = Store(_ingested(tmp_path))
     ids = store.example_texts("d").column("id").to_pylist()[:3]
-    run_id, _ = store.start_run(step="featurize", dataset="d", config={"x": 1}, versions={})
+    run_id, _ = store.begin_run(RunRecord("featurize", "d", {"x": 1}, {}))
     vectors = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
     stats, top = merge_token_stats([])
     rows = pa.table(

@@ -9,7 +9,7 @@ import duckdb
 import pytest
 
 from core.cli import main
-from core.store import Store
+from core.store import RunRecord, Store
 
 
 def _dead_pid() -> int:
@@ -68,7 +68,7 @@ def test_a_healthy_store_passes(studio: tuple[Path, Path]) -> None:
 def test_each_kind_of_damage_is_one_line_with_a_remedy(studio: tuple[Path, Path]) -> None:
     db, exports = studio
     store = Store(db)
-    store.start_run(step="featurize", dataset="d", config={"x": 1}, versions={})
+    store.begin_run(RunRecord("featurize", "d", {"x": 1}, {}))
     con = duckdb.connect(str(db))
     con.execute("INSERT INTO labels VALUES ('gone', 'e1', 'difficulty', 1.0)")
     con.execute("INSERT INTO projections VALUES (999, 'e1', 0.0, 0.0)")
@@ -200,9 +200,9 @@ def test_a_recorded_export_or_sae_folder_that_is_gone_is_a_finding(
     store = Store(db)
     sae = exports.parent / "saes" / "gone_sae"
     sae.mkdir(parents=True)
-    run_id, _ = store.start_run(step="train-sae", dataset="d", config={"w": 1}, versions={})
+    run_id, _ = store.begin_run(RunRecord("train-sae", "d", {"w": 1}, {}))
     store.finish_run(run_id, summary={"path": str(sae)})
-    fr, _ = store.start_run(step="featurize", dataset="d", config={"sae": str(sae)}, versions={})
+    fr, _ = store.begin_run(RunRecord("featurize", "d", {"sae": str(sae)}, {}))
     store.finish_run(fr, summary={})
     shutil.rmtree(exports / "sub")
     shutil.rmtree(sae.parent)

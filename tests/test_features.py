@@ -31,7 +31,7 @@ from core.features import (
 )
 from core.models import full_forward_activations, tokenize_batch
 from core.sparse_features import dense_from_sparse
-from core.store import Store
+from core.store import RunRecord, Store
 from tests.conftest import run_cli
 
 SENTENCES = [
@@ -594,7 +594,7 @@ def test_an_interrupted_run_of_the_old_default_resumes_with_its_max_length(
         chat_template=False,
         dtype="float32",
     )
-    old_run, _ = store.start_run(step="featurize", dataset="d", config=old, versions=versions())
+    old_run, _ = store.begin_run(RunRecord("featurize", "d", old, versions()))
 
     assert _featurize(db, tiny_bert_dir, tiny_sae_dir) == 0
     err = capsys.readouterr().err
@@ -625,7 +625,7 @@ def test_featurize_warns_about_an_sae_whose_run_is_not_finished(
     folder = tmp_path / "sae"
     shutil.copytree(tiny_sae_dir, folder)
     assert unrecorded_sae_warning(store, str(folder)) is None  # an SAE from elsewhere
-    run_id, _ = store.start_run(step="train-sae", dataset="d", config={}, versions=versions())
+    run_id, _ = store.begin_run(RunRecord("train-sae", "d", {}, versions()))
     info = {"run": {"store": str(store.path.resolve()), "run_id": run_id}}
     (folder / TRAINING_INFO_FILENAME).write_text(json.dumps(info))
     msg = unrecorded_sae_warning(store, str(folder))

@@ -24,7 +24,7 @@ from core.reward_models import (
     score_texts,
 )
 from core.steps.rewards import score_rewards
-from core.store import Store
+from core.store import RunRecord, Store
 from tests.conftest import CHAT_TEMPLATE, TINY_D_MODEL, _copy_tokenizer, run_cli
 
 N_PREF = 30  # demo problems -> 30 preference rows, 60..120 responses
@@ -630,12 +630,8 @@ def test_judge_by_label_tag_and_cluster_with_margins(
     }
     _import_scores(db, tmp_path, scores, "imp")
     store = Store(db)
-    store.add_cluster_run(
-        dataset="prefs",
-        feature_run=999,
-        config={},
-        versions={},
-        summary={},
+    store.add_run(
+        RunRecord("cluster", "prefs", {}, {}, {}, parent_run=999),
         assignments=pa.table(
             {"example_id": list(ex), "cluster": [ex[e]["idx"] % 3 for e in ex]},
             schema=pa.schema([("example_id", pa.string()), ("cluster", pa.int32())]),

@@ -24,7 +24,7 @@ from core.steps.rewards import (
     reward_probe,
     reward_sources,
 )
-from core.store import Store
+from core.store import RunRecord, Store
 from tests.conftest import PREF_ROWS, run_cli
 
 
@@ -115,9 +115,7 @@ def _planted_feature_run(store: Store, dataset: str, *, d_sae: int = 16) -> int:
         f = [3] + ([7] if role == "chosen" else [])
         ids.append(f)
         vals.append([float(rng.uniform(0.1, 1.0))] + ([1.0] if role == "chosen" else []))
-    rid, _ = store.start_run(
-        step="featurize", dataset=dataset, config={"planted": True}, versions={}
-    )
+    rid, _ = store.begin_run(RunRecord("featurize", dataset, {"planted": True}, {}))
     chunk = pa.table(
         {
             "example_id": keys["id"],

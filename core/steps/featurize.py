@@ -57,7 +57,7 @@ from core.steps.base import (
     versions,
     warn,
 )
-from core.store import Store, Views
+from core.store import RunRecord, Store, Views
 
 
 # --- model internals -------------------------------------------------------------------------
@@ -217,9 +217,7 @@ def train_sae(
         "seed": cfg.seed,
         "out": str(out_dir),
     }
-    run_id, _ = store.start_run(
-        step="train-sae", dataset=dataset, config=config, versions=versions()
-    )
+    run_id, _ = store.begin_run(RunRecord("train-sae", dataset, config, versions()))
     acts = collect_activations(
         lm,
         texts,
@@ -446,8 +444,8 @@ def featurize(
     )
     if resume and not explicit_length and (msg := other_length_run(store, dataset, config)):
         warn(msg)
-    run_id, resumed = store.start_run(
-        step="featurize", dataset=dataset, config=config, versions=versions(), resume=resume
+    run_id, resumed = store.begin_run(
+        RunRecord("featurize", dataset, config, versions()), resume=resume
     )
     d_sae = int(info["d_sae"])
     stats = TokenStats(d_sae=d_sae)

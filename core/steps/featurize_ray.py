@@ -63,7 +63,7 @@ from core.steps.featurize import (
     other_length_run,
     unrecorded_sae_warning,
 )
-from core.store import Store
+from core.store import RunRecord, Store
 
 RAY_MISSING = "featurize --ray needs Ray: pip install -r requirements-ray.txt"
 TOP_N = 10  # top token occurrences kept per feature, as TokenStats' default
@@ -567,8 +567,8 @@ def featurize_ray(
         )
         if resume and max_length is None and (msg := other_length_run(store, dataset, config)):
             say(msg)
-        run_id, resumed = store.start_run(
-            step="featurize", dataset=dataset, config=config, versions=versions(), resume=resume
+        run_id, resumed = store.begin_run(
+            RunRecord("featurize", dataset, config, versions()), resume=resume
         )
         t0 = time.perf_counter()
         if resumed:

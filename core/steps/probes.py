@@ -23,7 +23,7 @@ from core.probes import (
 )
 from core.signals import BASELINES, NO_DENSE, SIGNALS, Signal, default_kind, quality_classes
 from core.steps.base import feature_labels, feature_matrix, need_feature_run, versions
-from core.store import Store, Views
+from core.store import RunRecord, Store, Views
 
 
 def _feature_run(store: Store, dataset: str, feature_run: int | None) -> int:
@@ -207,11 +207,6 @@ def probe(
             "oof": pa.array(res.oof[kept], pa.float64(), mask=np.isnan(res.oof[kept])),
         }
     )
-    return store.add_probe_run(
-        dataset=dataset,
-        feature_run=fr,
-        config=config,
-        versions=versions(),
-        summary=summary,
-        scores=scores,
+    return store.add_run(
+        RunRecord("probe", dataset, config, versions(), summary, parent_run=fr), scores=scores
     )

@@ -50,7 +50,7 @@ from core.steps.base import (
     versions,
     warn,
 )
-from core.store import RESPONSES_SUFFIX, REWARD_SCHEMA, Store
+from core.store import RESPONSES_SUFFIX, REWARD_SCHEMA, REWARD_STEP, RunRecord, Store
 from core.verifiers import verify
 
 
@@ -217,35 +217,38 @@ def reward_probe(
         f"the fold model that never saw it ({folds} folds)"
     )
     names = feature_labels(store, rf.feature_run) if features == "sae" else {}
-    return store.add_reward_run(
-        dataset=dataset,
-        config={
-            "name": name or f"bt-probe-{features}",
-            "kind": "bt-probe",
-            "features": features,
-            "feature_run": rf.feature_run,
-            "responses_dataset": rf.responses,
-            "seed": seed,
-            "folds": folds,
-            "penalty": penalty,
-        },
-        versions=versions(),
-        summary={
-            "n_pairs": len(c),
-            "n_prompts": len(np.unique(groups)),
-            "pairwise_oof": probe.accuracy.to_dict(),
-            "penalty": probe.penalty,
-            "C": probe.C,
-            "fold_choices": [list(x) for x in probe.fold_choices],
-            "not_converged_fits": probe.not_converged_fits,
-            "n_nonzero": int(np.count_nonzero(probe.weights)),
-            "top_weights": [
-                {"feature": f, "weight": w, "label": names.get(f, "")}
-                for f, w in probe.top_weights()
-            ],
-        },
+    return store.add_run(
+        RunRecord(
+            REWARD_STEP,
+            dataset,
+            {
+                "name": name or f"bt-probe-{features}",
+                "kind": "bt-probe",
+                "features": features,
+                "feature_run": rf.feature_run,
+                "responses_dataset": rf.responses,
+                "seed": seed,
+                "folds": folds,
+                "penalty": penalty,
+            },
+            versions(),
+            {
+                "n_pairs": len(c),
+                "n_prompts": len(np.unique(groups)),
+                "pairwise_oof": probe.accuracy.to_dict(),
+                "penalty": probe.penalty,
+                "C": probe.C,
+                "fold_choices": [list(x) for x in probe.fold_choices],
+                "not_converged_fits": probe.not_converged_fits,
+                "n_nonzero": int(np.count_nonzero(probe.weights)),
+                "top_weights": [
+                    {"feature": f, "weight": w, "label": names.get(f, "")}
+                    for f, w in probe.top_weights()
+                ],
+            },
+            source=source,
+        ),
         scores=scores,
-        source=source,
     )
 
 
@@ -515,8 +518,8 @@ def score_rewards(
     }
     if custom is not None:
         config["chat_template"] = custom
-    run_id, resumed = store.start_reward_run(
-        dataset=dataset, config=config, versions=versions(), resume=resume
+    run_id, resumed = store.begin_run(
+        RunRecord(REWARD_STEP, dataset, config, versions()), resume=resume
     )
     done = store.done_reward_keys(run_id) if resumed else set()
     todo = [i for i, key in enumerate(cands.keys) if key not in done]
@@ -575,7 +578,7 @@ def score_rewards(
         )
     if cands.n_skipped:
         warn(f"{cands.n_skipped} chats do not end with an assistant turn and were not scored")
-    store.finish_reward_run(
+    store.finish_run(
         run_id,
         summary={
             **totals,
@@ -677,18 +680,21 @@ def verify_dataset(store: Any, *, dataset: str, name: str = "verifier") -> int:
     methods: dict[str, int] = {}
     for v in verdicts:
         methods[v.method.split(":")[0]] = methods.get(v.method.split(":")[0], 0) + 1
-    return store.add_reward_run(
-        dataset=dataset,
-        config={"name": name, "kind": "verifier", "methods": sorted(methods)},
-        versions=versions(),
-        summary={
-            "n": len(verdicts),
-            "mean": float(np.mean([v.score for v in verdicts])) if verdicts else None,
-            "by_method": methods,
-            "no_answer_extracted": sum(v.extracted is None for v in verdicts),
-        },
+    return store.add_run(
+        RunRecord(
+            REWARD_STEP,
+            dataset,
+            {"name": name, "kind": "verifier", "methods": sorted(methods)},
+            versions(),
+            {
+                "n": len(verdicts),
+                "mean": float(np.mean([v.score for v in verdicts])) if verdicts else None,
+                "by_method": methods,
+                "no_answer_extracted": sum(v.extracted is None for v in verdicts),
+            },
+            source="verifier: reasoning-gym score_answer where the task is one, else normalised match",
+        ),
         scores=scores,
-        source="verifier: reasoning-gym score_answer where the task is one, else normalised match",
     )
 
 

@@ -40,7 +40,7 @@ from core.steps.base import (
     versions,
 )
 from core.steps.probes import representations
-from core.store import Store, Views
+from core.store import RunRecord, Store, Views
 
 
 def cluster(
@@ -97,21 +97,24 @@ def cluster(
             ],
         }
     )
-    return store.add_cluster_run(
-        dataset=dataset,
-        feature_run=fr,
-        config={**asdict(cfg), "k": k, "sweep": ks, "feature_run": fr},
-        versions=versions(),
-        summary={
-            "k": k,
-            "inertia": res.inertia,
-            "sizes": sizes.tolist(),
-            # cosine distances between centroids: which clusters lend rows to a batch first
-            "centroid_distances": np.round(cluster_distances(res.centroids), 6).tolist(),
-            **({"sweep": sweep} if sweep is not None else {}),
-            **({"sweep_note": note} if note else {}),
-            **({"baselines": evidence} if evidence is not None else {}),
-        },
+    return store.add_run(
+        RunRecord(
+            "cluster",
+            dataset,
+            {**asdict(cfg), "k": k, "sweep": ks, "feature_run": fr},
+            versions(),
+            {
+                "k": k,
+                "inertia": res.inertia,
+                "sizes": sizes.tolist(),
+                # cosine distances between centroids: which clusters lend rows to a batch first
+                "centroid_distances": np.round(cluster_distances(res.centroids), 6).tolist(),
+                **({"sweep": sweep} if sweep is not None else {}),
+                **({"sweep_note": note} if note else {}),
+                **({"baselines": evidence} if evidence is not None else {}),
+            },
+            parent_run=fr,
+        ),
         assignments=pa.table({"example_id": ids, "cluster": pa.array(res.labels, pa.int32())}),
         clusters=clusters,
     )
@@ -130,16 +133,19 @@ def dedup(
     is_rep = np.zeros(len(members), dtype=bool)
     is_rep[first] = True
     n_groups = int(group.max() + 1) if len(members) else 0
-    return store.add_dedup_run(
-        dataset=dataset,
-        feature_run=fr,
-        config={"threshold": threshold, "feature_run": fr},
-        versions=versions(),
-        summary={
-            "n_groups": n_groups,
-            "n_in_groups": len(members),
-            "n_duplicates": len(members) - n_groups,
-        },
+    return store.add_run(
+        RunRecord(
+            "dedup",
+            dataset,
+            {"threshold": threshold, "feature_run": fr},
+            versions(),
+            {
+                "n_groups": n_groups,
+                "n_in_groups": len(members),
+                "n_duplicates": len(members) - n_groups,
+            },
+            parent_run=fr,
+        ),
         groups=pa.table(
             {
                 "example_id": pa.array([ids[i] for i in members], pa.string()),
@@ -158,12 +164,15 @@ def project(
     ids, X = feature_matrix(store, fr)
     t0 = time.perf_counter()
     xy = umap_2d(X, cfg)
-    return store.add_projection_run(
-        dataset=dataset,
-        feature_run=fr,
-        config={**asdict(cfg), "feature_run": fr},
-        versions=versions(),
-        summary={"n": len(ids), "seconds": round(time.perf_counter() - t0, 1)},
+    return store.add_run(
+        RunRecord(
+            "project",
+            dataset,
+            {**asdict(cfg), "feature_run": fr},
+            versions(),
+            {"n": len(ids), "seconds": round(time.perf_counter() - t0, 1)},
+            parent_run=fr,
+        ),
         points=pa.table({"example_id": ids, "x": pa.array(xy[:, 0]), "y": pa.array(xy[:, 1])}),
     )
 

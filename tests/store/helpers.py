@@ -4,7 +4,7 @@ that tests override only where they care (as sae-lens's tests/helpers.py does)."
 import pandas as pd
 import pyarrow as pa
 
-from core.store import REWARD_SCHEMA, Store
+from core.store import REWARD_SCHEMA, RunRecord, Store
 
 
 def tables(n: int = 5) -> dict[str, pa.Table]:
@@ -83,7 +83,7 @@ def score_rows(keys: list[tuple[str, int]], values: list[float] | None = None) -
 def feature_run(s: Store, *, spans: bool = True) -> int:
     """A hand-made feature run over e0..e4 of dataset 'd': feature 7 in every example's top-k
     (values 0.1 .. 0.5), feature 3 in e0 and e1, feature 9 fired but never made the top-k."""
-    run, _ = s.start_run(step="featurize", dataset="d", config={"k": 2}, versions={})
+    run, _ = s.begin_run(RunRecord("featurize", "d", {"k": 2}, {}))
     chunk = pa.table(
         {
             "example_id": [f"e{i}" for i in range(5)],

@@ -135,25 +135,6 @@ def test_what_each_step_reads_back(store: Store) -> None:
     assert store.reward_source(reward) == "test"
 
 
-def test_the_old_writers_are_add_run(store: Store) -> None:
-    """add_cluster_run and add_run write the same run row and the same rows."""
-    fr = _feature_run(store)
-    rows = _cluster(False)
-    old = store.add_cluster_run(
-        dataset="d",
-        feature_run=fr,
-        config={"k": 2},
-        versions={"core": "1"},
-        summary={"n": 5},
-        **rows,
-    )
-    new = store.add_run(_record("cluster", fr), **rows)
-    a, b = store.run(old), store.run(new)
-    for key in ("step", "dataset", "parent_run", "status", "config", "summary", "versions"):
-        assert a[key] == b[key], key
-    assert store.clusters(old).equals(store.clusters(new))
-
-
 def test_what_add_run_refuses_before_writing(store: Store) -> None:
     fr = _feature_run(store)
     with pytest.raises(ValueError, match="no table is written by a 'featurize' run"):

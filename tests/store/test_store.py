@@ -11,7 +11,7 @@ import pytest
 
 from core.errors import StudioError
 from core.filters import Filter
-from core.store import SCHEMA_VERSION, Store, Views
+from core.store import REWARD_STEP, SCHEMA_VERSION, RunRecord, Store, Views
 from core.store import schema as schema_mod
 from tests.store.helpers import feature_run, pref_tables, score_rows, tables
 
@@ -117,14 +117,14 @@ def test_filter_on_unknown_column_is_refused(store):
 
 
 def test_runs_resume_only_unfinished_same_config(store):
-    r1, resumed = store.start_run(step="featurize", dataset="d", config={"a": 1}, versions={})
+    r1, resumed = store.begin_run(RunRecord("featurize", "d", {"a": 1}, {}))
     assert not resumed
-    r2, resumed = store.start_run(step="featurize", dataset="d", config={"a": 1}, versions={})
+    r2, resumed = store.begin_run(RunRecord("featurize", "d", {"a": 1}, {}))
     assert (r2, resumed) == (r1, True)
-    r3, resumed = store.start_run(step="featurize", dataset="d", config={"a": 2}, versions={})
+    r3, resumed = store.begin_run(RunRecord("featurize", "d", {"a": 2}, {}))
     assert r3 != r1 and not resumed
     store.finish_run(r1, summary={"n": 1})
-    r4, resumed = store.start_run(step="featurize", dataset="d", config={"a": 1}, versions={})
+    r4, resumed = store.begin_run(RunRecord("featurize", "d", {"a": 1}, {}))
     assert r4 not in (r1, r3) and not resumed
     assert store.latest_run(dataset="d", step="featurize") == r1
 
@@ -359,15 +359,15 @@ def test_reward_candidates_of_each_kind(prefs, store):
 
 def test_reward_chunks_resume_and_read_back_in_ingest_order(prefs):
     config = {"name": "rm", "model": "m", "head": "ordinal", "K": 3}
-    rid, resumed = prefs.start_reward_run(dataset="prefs", config=config, versions={})
+    rid, resumed = prefs.begin_run(RunRecord(REWARD_STEP, "prefs", config, {}))
     assert not resumed
     prefs.write_reward_chunk(rid, score_rows([("p1", 1), ("p0", 2)], [0.3, 0.2]), source="model: m")
-    again, resumed = prefs.start_reward_run(dataset="prefs", config=config, versions={})
+    again, resumed = prefs.begin_run(RunRecord(REWARD_STEP, "prefs", config, {}))
     assert (again, resumed) == (rid, True)
     assert prefs.done_reward_keys(rid) == {("p1", 1), ("p0", 2)}
     assert prefs.reward_runs("prefs") == {}  # not finished yet
     prefs.write_reward_chunk(rid, score_rows([("p0", 0), ("p0", 1), ("p1", 0)]), source="model: m")
-    prefs.finish_reward_run(rid, summary=prefs.reward_totals(rid))
+    prefs.finish_run(rid, summary=prefs.reward_totals(rid))
     assert prefs.reward_runs("prefs") == {"rm": rid}
     rows = prefs.reward_scores(rid).to_pylist()
     assert [(r["example_id"], r["response_idx"], r["role"]) for r in rows] == [
@@ -382,11 +382,11 @@ def test_reward_chunks_resume_and_read_back_in_ingest_order(prefs):
     totals = prefs.run(rid)["summary"]
     assert (totals["n_scores"], totals["n_examples"], totals["n_truncated"]) == (5, 2, 2)
     with pytest.raises(StudioError, match="needs a name"):
-        prefs.start_reward_run(dataset="prefs", config={"model": "m"}, versions={})
+        prefs.begin_run(RunRecord(REWARD_STEP, "prefs", {"model": "m"}, {}))
 
 
 def test_a_failed_reward_chunk_stores_nothing(prefs):
-    rid, _ = prefs.start_reward_run(dataset="prefs", config={"name": "rm"}, versions={})
+    rid, _ = prefs.begin_run(RunRecord(REWARD_STEP, "prefs", {"name": "rm"}, {}))
     bad = score_rows([("p0", 0), ("p0", 1)]).set_column(
         2, "value", pa.array([1.0, None], pa.float64())
     )
@@ -397,26 +397,18 @@ def test_a_failed_reward_chunk_stores_nothing(prefs):
 
 def test_add_reward_run_checks_every_key_first(prefs, store):
     with pytest.raises(StudioError, match=r"no response \('p0', response_idx 7\).*1 unknown"):
-        prefs.add_reward_run(
-            dataset="prefs",
-            config={"name": "v"},
-            versions={},
-            summary={},
+        prefs.add_run(
+            RunRecord(REWARD_STEP, "prefs", {"name": "v"}, {}, {}, source="verifier"),
             scores=score_rows([("p0", 0), ("p0", 7)]),
-            source="verifier",
         )
     with pytest.raises(StudioError, match="has no response \\('p0', response_idx -1\\)"):
         prefs.import_reward_scores(
             dataset="prefs", name="v", path="f.jsonl", scores=score_rows([("p0", -1)]), versions={}
         )
     with pytest.raises(StudioError, match="is scored 2 times"):
-        prefs.add_reward_run(
-            dataset="prefs",
-            config={"name": "v"},
-            versions={},
-            summary={},
+        prefs.add_run(
+            RunRecord(REWARD_STEP, "prefs", {"name": "v"}, {}, {}, source="verifier"),
             scores=score_rows([("p0", 0), ("p0", 0)]),
-            source="verifier",
         )
     assert prefs.list_runs(step="reward").empty  # nothing of the failed runs is left
     # a prompt dataset takes example-level scores (-1) only
