@@ -1528,7 +1528,9 @@ def commands_table() -> str:
     lines = ["| command | module:function it calls |", "|---|---|"]
     for name, command in COMMANDS.items():
         calls = [f"`{command.target}`"]
-        calls += [f"`{target}` ({when})" if when else f"`{target}`" for target, when in command.also]
+        calls += [
+            f"`{target}` ({when})" if when else f"`{target}`" for target, when in command.also
+        ]
         lines.append(f"| `{name}` | {'; '.join(calls)} |")
     return "\n".join(lines)
 
