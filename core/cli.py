@@ -1,6 +1,13 @@
-"""``python -m core <command>``: the batch pipeline. Each command calls one function of core.steps.
+"""``python -m core <command>``: the batch pipeline. Each command calls one core function.
 
-Errors a user can fix print one line (``error: ...``) and exit 2; nothing is half-written.
+The commands are one table, ``COMMANDS``: name -> Command(help, add_arguments, handler, target).
+``build_parser`` adds every command's flags from it, ``run`` dispatches through it, and README's
+"Where each command lives" table is generated from it (tests/cli/test_readme.py), so the three
+cannot drift apart. Handlers import core lazily so that ``--help`` loads no pandas, duckdb or torch.
+
+Errors a user can fix print one line (``error: ...``) and exit 2; nothing is half-written. A core
+error that names a config field (``StudioError(..., field="mix")``) is printed with the flag that
+sets it (``FLAGS``), so core can speak of fields while the CLI speaks of flags.
 """
 
 from __future__ import annotations
@@ -9,10 +16,10 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.defaults import (
     DEFAULT_DB,
@@ -24,12 +31,64 @@ from core.defaults import (
 )
 from core.errors import StudioError
 
+if TYPE_CHECKING:
+    from core.store import Store
+
 # core.export's ORDERS and FORMATS, spelled out so `--help` does not import pandas
 # (tests/test_rules.py checks they agree)
 EXPORT_ORDERS = ("curriculum", "easy-to-hard", "random", "none")
 EXPORT_FORMATS = ("jsonl", "parquet", "hf", "verl", "trl-prompt", "trl-preference", "trl-messages")
 
+# A config field -> the flag that sets it, where the flag is not the field with dashes
+# (``batch_size`` -> ``--batch-size`` needs no line). Used to print a core error's field.
+FLAGS: dict[str, str] = {
+    "fmt": "--format",
+    "container": "--to",
+    "sae_release": "--sae",
+    "higher_is": "--higher",
+    "value_range": "--range",
+    "calibration_label": "--calibration",
+    "n_bins": "--bins",
+    "num_workers": "--workers",
+    "num_cpus": "--ray-cpus",
+    "address": "--ray",
+    "mapping": "--map",
+    "ks": "--k",
+    "run_id": "--run",
+    "resume": "--no-resume",
+}
 
+Handler = Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its help line, its flags, and the handler that maps them to one call.
+
+    ``target`` is the ``module:function`` the handler calls (README's table shows it);
+    ``also`` lists other core functions it calls, each with when (``("core.x:f", "with --ray")``).
+    """
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Handler
+    target: str
+    also: tuple[tuple[str, str], ...] = ()
+    db_default: str = DEFAULT_DB
+
+
+def flag_for(field: str) -> str:
+    """The CLI flag that sets a config field: ``mix`` -> ``--mix``, ``fmt`` -> ``--format``."""
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def error_line(exc: StudioError) -> str:
+    """A core error as the CLI prints it, its field spelled as the flag that sets it."""
+    field = getattr(exc, "field", None)
+    return exc.render(flag_for(field)) if field else str(exc)
+
+
+# --- reading flag values --------------------------------------------------------------------------
 def _mapping(items: Sequence[str]) -> dict[str, str]:
     out = {}
     for item in items:
@@ -59,6 +118,35 @@ def _range(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
+def _read_ids(path: str | None) -> list[str] | None:
+    """The ids listed in a file, one per line (None without a file)."""
+    if path is None:
+        return None
+    try:
+        return [
+            ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()
+        ]
+    except OSError as exc:
+        raise StudioError(f"--ids {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise StudioError(
+            f"--ids {path}: not UTF-8 text (byte {exc.start}): one id per line"
+        ) from None
+
+
+def _store(args: argparse.Namespace) -> Store:
+    """The store named by --db (imported here: duckdb is not loaded for --help)."""
+    from core.store import Store
+
+    return Store(args.db)
+
+
+def warn(lines: Sequence[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
+# --- printing results -----------------------------------------------------------------------------
 def _table(df: Any) -> str:
     """A frame as aligned text, numbers to 3 decimals."""
     return df.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–")
@@ -85,22 +173,6 @@ def _print_export(m: dict[str, Any], *, out: str) -> None:
         print(f"train: {train['command']}")
     elif train:
         print(f"train with {train['trainer']}: the manifest's train.snippet")
-
-
-def _read_ids(path: str | None) -> list[str] | None:
-    """The ids listed in a file, one per line (None without a file)."""
-    if path is None:
-        return None
-    try:
-        return [
-            ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()
-        ]
-    except OSError as exc:
-        raise StudioError(f"--ids {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise StudioError(
-            f"--ids {path}: not UTF-8 text (byte {exc.start}): one id per line"
-        ) from None
 
 
 def _print_report(report: Any, *, rule_set: Any, path: str, dataset: str, show: int) -> None:
@@ -134,50 +206,91 @@ def _print_report(report: Any, *, rule_set: Any, path: str, dataset: str, show: 
             print(f"{row['id']}{where}  [{row['why']}]  {prompt}")
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    """Every option's help ends with its default (unless the help already says it), so a default
-    that cuts data (--max-length, --top-k ...) is never hidden; None and off flags show none."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if (
-            not action.option_strings
-            or action.default in (None, False, argparse.SUPPRESS)
-            or isinstance(action.default, list)
-            or "default" in text.lower()
-        ):
-            return text
-        return f"{text} (default: %(default)s)"
+# --- flag groups shared by several commands -------------------------------------------------------
+def _dataset(sp: argparse.ArgumentParser, help: str | None = None) -> None:
+    sp.add_argument("--dataset", required=True, help=help)
 
 
-def _show_defaults(parser: argparse.ArgumentParser) -> None:
-    """Give options without a help text one that shows their default (argparse prints nothing
-    for an option whose help is None)."""
-    for action in parser._actions:
-        if action.help is None and action.option_strings and action.default not in (None, False):
-            action.help = "(default: %(default)s)"
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                _show_defaults(sub)
+def _seed(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--seed", type=int, default=0)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        formatter_class=_HelpFormatter,
-        prog="python -m core",
-        description="SAERL Studio pipeline: ingest, train-sae, featurize, cluster, dedup, "
-        "project, reward, import-rewards, rules, export, demo.",
+def _feature_run(
+    sp: argparse.ArgumentParser, help: str = "feature run id (default: the latest)"
+) -> None:
+    sp.add_argument("--feature-run", type=int, help=help)
+
+
+def _responses_set(sp: argparse.ArgumentParser) -> None:
+    """--dataset of the commands that read a preference set's DATASET.responses."""
+    _dataset(sp, "a preference set with DATASET.responses")
+
+
+def _device_args(sp: argparse.ArgumentParser) -> None:
+    """Where a model runs and in which dtype (every command that loads one)."""
+    sp.add_argument(
+        "--device",
+        default="auto",
+        help="torch device: auto (cuda when there is a GPU, else cpu), cpu, cuda, cuda:1 ...",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sp.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="model weights: auto = bfloat16 on a GPU, float32 on CPU",
+    )
 
-    def cmd(name: str, help: str, *, db_default: str = DEFAULT_DB) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
-        sp.add_argument("--db", default=db_default, help=f"DuckDB file (default {db_default})")
-        return sp
 
-    sp = cmd("ingest", "Load a JSONL/JSON/Parquet/CSV file or a save_to_disk folder as a dataset.")
+def _resume_arg(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start a new run even if an interrupted one with the same config exists",
+    )
+
+
+def _model_args(sp: argparse.ArgumentParser, *, layer_required: bool) -> None:
+    """--dataset, the model, the layer it is read at and its length cap (train-sae, featurize)."""
+    _dataset(sp)
+    sp.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH_OR_HUB_ID",
+        help="a transformers model folder or hub id ('minilm' = the packaged "
+        "all-MiniLM-L6-v2); Qwen2/2.5/3, Llama, Gemma/Gemma 2, GPT-2, BERT and kin",
+    )
+    where = sp.add_mutually_exclusive_group(required=layer_required)
+    where.add_argument(
+        "--layer",
+        type=int,
+        help="block index L (0-based); features read its residual output, "
+        "i.e. sae-lens blocks.L.hook_resid_post (-1: the embeddings)",
+    )
+    where.add_argument(
+        "--hook",
+        metavar="NAME",
+        help="the layer as a sae-lens hook name instead: blocks.L.hook_resid_post, or "
+        "blocks.L.hook_resid_pre (= layer L-1; blocks.0.hook_resid_pre = the embeddings)"
+        + ("" if layer_required else "; with neither, the SAE's own hook is used"),
+    )
+    sp.add_argument(
+        "--max-length",
+        type=int,
+        metavar="N",
+        help="tokens per example (a chat template's own tokens count too); longer examples "
+        "are truncated, counted and reported (default: the model's context, at most 2048)",
+    )
+    _device_args(sp)
+
+
+def _ids_file(sp: argparse.ArgumentParser, help: str) -> None:
+    sp.add_argument("--ids", metavar="FILE", help=help)
+
+
+# --- ingest ---------------------------------------------------------------------------------------
+def _ingest_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("path", help="the file or folder to read")
-    sp.add_argument("--dataset", required=True, help="name for the dataset in the store")
+    _dataset(sp, "name for the dataset in the store")
     sp.add_argument("--kind", required=True, choices=["prompts", "preferences", "chats"])
     sp.add_argument(
         "--map",
@@ -188,61 +301,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--replace", action="store_true", help="overwrite a dataset of that name")
 
-    def device_args(sp: argparse.ArgumentParser) -> None:
-        """Where a model runs and in which dtype (every command that loads one)."""
-        sp.add_argument(
-            "--device",
-            default="auto",
-            help="torch device: auto (cuda when there is a GPU, else cpu), cpu, cuda, cuda:1 ...",
-        )
-        sp.add_argument(
-            "--dtype",
-            choices=["auto", "float32", "bfloat16", "float16"],
-            default="auto",
-            help="model weights: auto = bfloat16 on a GPU, float32 on CPU",
-        )
 
-    def resume_arg(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument(
-            "--no-resume",
-            action="store_true",
-            help="start a new run even if an interrupted one with the same config exists",
-        )
+def _ingest(args: argparse.Namespace) -> int:
+    from core.steps.ingest import ingest
 
-    def model_args(sp: argparse.ArgumentParser, *, layer_required: bool) -> None:
-        sp.add_argument("--dataset", required=True)
-        sp.add_argument(
-            "--model",
-            required=True,
-            metavar="PATH_OR_HUB_ID",
-            help="a transformers model folder or hub id ('minilm' = the packaged "
-            "all-MiniLM-L6-v2); Qwen2/2.5/3, Llama, Gemma/Gemma 2, GPT-2, BERT and kin",
-        )
-        where = sp.add_mutually_exclusive_group(required=layer_required)
-        where.add_argument(
-            "--layer",
-            type=int,
-            help="block index L (0-based); features read its residual output, "
-            "i.e. sae-lens blocks.L.hook_resid_post (-1: the embeddings)",
-        )
-        where.add_argument(
-            "--hook",
-            metavar="NAME",
-            help="the layer as a sae-lens hook name instead: blocks.L.hook_resid_post, or "
-            "blocks.L.hook_resid_pre (= layer L-1; blocks.0.hook_resid_pre = the embeddings)"
-            + ("" if layer_required else "; with neither, the SAE's own hook is used"),
-        )
-        sp.add_argument(
-            "--max-length",
-            type=int,
-            metavar="N",
-            help="tokens per example (a chat template's own tokens count too); longer examples "
-            "are truncated, counted and reported (default: the model's context, at most 2048)",
-        )
-        device_args(sp)
+    n = ingest(
+        _store(args),
+        args.path,
+        dataset=args.dataset,
+        kind=args.kind,
+        mapping=_mapping(args.map),
+        replace=args.replace,
+    )
+    print(f"ingested {n} {args.kind} into dataset '{args.dataset}' ({args.db})")
+    return 0
 
-    sp = cmd("train-sae", "Train a TopK SAE (sae-lens) on a dataset's activations at one layer.")
-    model_args(sp, layer_required=True)
+
+# --- train-sae ------------------------------------------------------------------------------------
+def _train_sae_args(sp: argparse.ArgumentParser) -> None:
+    _model_args(sp, layer_required=True)
     sp.add_argument(
         "--out",
         help=f"folder to write the SAE to: a new or empty one, or an earlier SAE's, which is "
@@ -266,10 +343,55 @@ def build_parser() -> argparse.ArgumentParser:
         default=1_000_000,
         help="cap on training tokens (sampled across the dataset)",
     )
-    sp.add_argument("--seed", type=int, default=0)
+    _seed(sp)
 
-    sp = cmd("featurize", "SAE features for every example (top-k per example, resumable).")
-    model_args(sp, layer_required=False)
+
+def _train_progress(p: Any) -> None:
+    """One stderr line per look at a training SAE (a core.sae.TrainProgress)."""
+    print(
+        f"step {p.step}/{p.steps} (epoch {p.epoch:.2f}): explained variance "
+        f"{p.explained_variance:.3f}, dead features {p.dead_features} of {p.d_sae}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _train_sae(args: argparse.Namespace) -> int:
+    from core.steps.featurize import train_sae
+
+    s = train_sae(
+        _store(args),
+        dataset=args.dataset,
+        model=args.model,
+        layer=args.layer,
+        hook=args.hook,
+        device=args.device,
+        dtype=args.dtype,
+        eval_every=args.eval_every,
+        report=_train_progress,
+        out=args.out,
+        width=args.width,
+        k=args.k,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_tokens=args.batch_tokens,
+        max_length=args.max_length,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+    )
+    print(f"wrote SAE to {s['path']}")
+    print(
+        f"explained variance {s['explained_variance']:.3f}; dead features "
+        f"{s['dead_features']} of {s['d_sae']}; trained on {s['n_tokens']} tokens"
+    )
+    for warning in s["warnings"]:
+        print(f"warning: {warning}")
+    return 0
+
+
+# --- featurize ------------------------------------------------------------------------------------
+def _featurize_args(sp: argparse.ArgumentParser) -> None:
+    _model_args(sp, layer_required=False)
     g = sp.add_mutually_exclusive_group(required=True)
     g.add_argument(
         "--sae-path",
@@ -312,6 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="features kept per example")
     sp.add_argument("--batch-size", type=int, default=32, help="examples per model forward")
     sp.add_argument("--chunk-size", type=int, default=512, help="examples per commit")
+    _ray_args(sp)
+    _resume_arg(sp)
+
+
+def _ray_args(sp: argparse.ArgumentParser) -> None:
+    """featurize's Ray engine: where Ray runs, with how many actors, and where shards go."""
     sp.add_argument(
         "--ray",
         metavar="ADDRESS",
@@ -324,10 +452,63 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--shard-dir", help="where Ray writes Parquet shards (a folder every node can reach)"
     )
-    resume_arg(sp)
 
-    sp = cmd("cluster", "k-means on L2-normalised SAE vectors, clusters labelled by features.")
-    sp.add_argument("--dataset", required=True)
+
+def _featurize_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options both featurize engines take, from the flags."""
+    return {
+        "dataset": args.dataset,
+        "model": args.model,
+        "layer": args.layer,
+        "hook": args.hook,
+        "sae_path": args.sae_path,
+        "sae_release": args.sae,
+        "sae_k": args.sae_k,
+        "pooling": args.pooling,
+        "pool_over": args.pool_over,
+        "chat_template": args.chat_template,
+        "dense": args.dense,
+        "dtype": args.dtype,
+        "top_k": args.top_k,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "resume": not args.no_resume,
+    }
+
+
+def _featurize(args: argparse.Namespace) -> int:
+    store = _store(args)
+    options = _featurize_options(args)
+    if args.ray:
+        from core.steps.featurize_ray import featurize_ray
+
+        run_id = featurize_ray(
+            store,
+            **options,
+            address=args.ray,
+            num_workers=args.workers,
+            num_cpus=args.ray_cpus,
+            shard_dir=args.shard_dir,
+        )
+        engine = f"ray, {store.run(run_id)['summary'].get('workers')} workers"
+    else:
+        from core.steps.featurize import featurize
+
+        run_id = featurize(store, **options, device=args.device, chunk_size=args.chunk_size)
+        engine = "{device} {dtype}".format(**store.run(run_id)["summary"])
+    record = store.run(run_id)
+    s = record["summary"]
+    print(
+        f"feature run {run_id}: {s['n_examples']} examples, {s['n_tokens']} tokens, "
+        f"{s['n_truncated']} truncated (longer than {record['config']['max_length']} tokens "
+        f"or the model's context); {record['config']['hook']}, {engine}"
+    )
+    return 0
+
+
+# --- cluster --------------------------------------------------------------------------------------
+def _cluster_args(sp: argparse.ArgumentParser) -> None:
+    _dataset(sp)
     sp.add_argument(
         "--k",
         type=int,
@@ -339,9 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="score each k by silhouette (cosine, on a sample of at most 3,000 rows) and store "
         "the scores; 'auto' = a small grid bounded by the dataset's size",
     )
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--feature-run", type=int, help="feature run id (default: the latest)")
-
+    _seed(sp)
+    _feature_run(sp)
     sp.add_argument(
         "--baselines",
         default="dense,tfidf",
@@ -351,26 +531,40 @@ def build_parser() -> argparse.ArgumentParser:
         "tfidf; 'none' skips them",
     )
 
-    for signal, kinds, higher, label_help in (
-        (
-            "difficulty",
-            ["elasticnet", "ridge"],
-            ["harder", "easier"],
-            "the label to learn: a difficulty column, or pass_rate from `rollouts`",
-        ),
-        (
-            "quality",
-            ["logistic", "ridge"],
-            ["better", "worse"],
-            "the label to learn: 0/1 (1 = good; e.g. quality_mark from the app) or a score",
-        ),
-    ):
-        sp = cmd(
-            signal,
-            f"Train the {signal} probe on SAE features, score every example, store the "
-            "cross-validated evidence beside the baselines.",
-        )
-        sp.add_argument("--dataset", required=True)
+
+def _cluster(args: argparse.Namespace) -> int:
+    from core.clustering import ClusterConfig, parse_sweep
+    from core.steps.space import cluster
+
+    store = _store(args)
+    sweep = parse_sweep(args.sweep) if args.sweep else None
+    run_id = cluster(
+        store,
+        dataset=args.dataset,
+        cfg=ClusterConfig(k=args.k, seed=args.seed, sweep=sweep),
+        feature_run=args.feature_run,
+        baselines=_names(args.baselines),
+    )
+    summary = store.run(run_id)["summary"]
+    for point in summary.get("sweep", []):
+        print(f"k={point['k']:3d}  silhouette {point['silhouette']:.4f}")
+    if summary.get("sweep_note"):
+        print(f"warning: {summary['sweep_note']}", file=sys.stderr)
+    for row in store.clusters(run_id).itertuples():
+        print(f"cluster {row.cluster:3d}  {row.size:6d}  {row.label}")
+    if "baselines" in summary:
+        from core.signals import clustering_table
+
+        print(_table(clustering_table(summary["baselines"])))
+    return 0
+
+
+# --- difficulty, quality --------------------------------------------------------------------------
+def _probe_command(signal: str, kinds: list[str], higher: list[str], label_help: str) -> Command:
+    """The difficulty or the quality command: the same flags, worded for the signal."""
+
+    def add_arguments(sp: argparse.ArgumentParser) -> None:
+        _dataset(sp)
         sp.add_argument("--label", required=True, help=label_help)
         sp.add_argument(
             "--kind",
@@ -394,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
             + ("easier for pass* labels, else harder)" if signal == "difficulty" else "better)"),
         )
         sp.add_argument("--folds", type=int, default=5, help="cross-validation folds")
-        sp.add_argument("--seed", type=int, default=0)
+        _seed(sp)
         sp.add_argument("--min-labels", type=int, default=20, help="fewest labelled examples")
         sp.add_argument(
             "--range", metavar="LO,HI", help="valid label range; a label outside is an error"
@@ -406,30 +600,106 @@ def build_parser() -> argparse.ArgumentParser:
             help="the same probe on these representations, in the same run: dense (needs "
             "featurize --dense), tfidf; 'none' skips them",
         )
-        sp.add_argument("--feature-run", type=int, help="feature run id (default: the latest)")
+        _feature_run(sp)
 
-    sp = cmd(
-        "rollouts",
-        "Ingest rollout results (n samples per prompt, pass/fail): pass_rate, pass_at_k, "
-        "zero_signal become labels.",
+    return Command(
+        help=f"Train the {signal} probe on SAE features, score every example, store the "
+        "cross-validated evidence beside the baselines.",
+        add_arguments=add_arguments,
+        handler=_probe,
+        target="core.steps.probes:probe",
     )
+
+
+def _probe(args: argparse.Namespace) -> int:
+    """Train the probe named by the command (difficulty or quality) and print its evidence."""
+    from core.steps.probes import probe
+
+    store = _store(args)
+    run_id = probe(
+        store,
+        dataset=args.dataset,
+        signal=args.command,
+        label=args.label,
+        kind=args.kind,
+        name=args.name,
+        higher_is=args.higher,
+        folds=args.folds,
+        seed=args.seed,
+        min_labels=args.min_labels,
+        value_range=_range(args.range),
+        baselines=_names(args.baselines),
+        feature_run=args.feature_run,
+    )
+    _print_probe(store.run(run_id), run_id=run_id, signal=args.command)
+    return 0
+
+
+def _print_probe(record: dict[str, Any], *, run_id: int, signal: str) -> None:
+    """A probe run: what it learned from, where its scores went, and the evidence table."""
+    from core.signals import class_line, evidence_table, score_source
+
+    s = record["summary"]
+    if s.get("kind_note"):
+        print(f"note: {signal} probe on '{s['label']}': {s['kind_note']}", file=sys.stderr)
+    print(
+        f"{signal} probe run {run_id}: {s['kind']} on '{s['label']}', "
+        f"{s['n_labelled']} labelled of {s['n_examples']}; scores stored as column "
+        f"'{record['config']['name']}' ({s['seconds']} s)"
+    )
+    unscored = s.get("n_unscored") or 0
+    print(
+        score_source(s)
+        + (f" {unscored} labelled rows of skipped folds have no score (NULL)." if unscored else "")
+    )
+    line = class_line(s)
+    if line:
+        print(line)
+    print(_table(evidence_table(s)))
+
+
+# --- rollouts -------------------------------------------------------------------------------------
+def _rollouts_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "path",
         help="JSONL/JSON/CSV/Parquet: {id, passed} per rollout, {id, passes: [1,0,..]} or "
         "{id, n, n_pass} per prompt, or {id, reward} with --threshold",
     )
-    sp.add_argument("--dataset", required=True)
+    _dataset(sp)
     sp.add_argument("--k", default="1,4,8", metavar="K,K,...", help="pass@k values to compute")
     sp.add_argument("--threshold", type=float, help="reward at or above which a rollout passes")
     sp.add_argument("--id-field", default="id", help="field holding the example id")
     sp.add_argument("--source", help="where the rollouts come from (shown in the app)")
 
-    sp = cmd(
-        "reward",
-        "Score every response of a preference set (or each chat's last assistant turn) with a "
-        "reward model; resumable.",
+
+def _rollouts(args: argparse.Namespace) -> int:
+    from core.steps.ingest import ingest_rollouts
+
+    try:
+        ks = [int(k) for k in _names(args.k)]
+    except ValueError as exc:
+        raise StudioError(f"--k {args.k!r}: expected whole numbers like 1,4,8") from exc
+    s = ingest_rollouts(
+        _store(args),
+        dataset=args.dataset,
+        path=args.path,
+        ks=ks,
+        threshold=args.threshold,
+        id_field=args.id_field,
+        source=args.source,
     )
-    sp.add_argument("--dataset", required=True)
+    print(
+        f"rollouts: {s['n_rollouts']} for {s['n_prompts']} prompts, mean pass rate "
+        f"{s['mean_pass_rate']:.3f}; zero-signal (all pass or all fail) "
+        f"{s['zero_signal_share']:.1%} ({s['n_all_pass']} all pass, {s['n_all_fail']} all "
+        "fail); labels n_rollouts, pass_rate, pass_at_k, zero_signal"
+    )
+    return 0
+
+
+# --- reward, import-rewards, verify ---------------------------------------------------------------
+def _reward_args(sp: argparse.ArgumentParser) -> None:
+    _dataset(sp)
     sp.add_argument(
         "--model",
         required=True,
@@ -463,30 +733,88 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="a Jinja chat template (file or text) to use instead of the tokenizer's",
     )
-    device_args(sp)
+    _device_args(sp)
     sp.add_argument("--chunk-size", type=int, default=512, help="responses per commit")
-    resume_arg(sp)
+    _resume_arg(sp)
 
-    sp = cmd(
-        "import-rewards",
-        "Import precomputed reward scores (e.g. from your own RM server) as a named reward.",
+
+def _reward(args: argparse.Namespace) -> int:
+    from core.steps.rewards import score_rewards
+
+    store = _store(args)
+    run_id = score_rewards(
+        store,
+        dataset=args.dataset,
+        model=args.model,
+        head=args.head,
+        name=args.name,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        template=args.template,
+        chat_template=args.chat_template,
+        device=args.device,
+        dtype=args.dtype,
+        chunk_size=args.chunk_size,
+        resume=not args.no_resume,
     )
+    record = store.run(run_id)
+    c, s = record["config"], record["summary"]
+    head = f"ordinal, K = {c['K']}" if c["head"] == "ordinal" else "scalar"
+    template = "chat template" if c["template"] == "chat" else f"template {c['template']!r}"
+    print(
+        f"reward run {run_id} '{c['name']}': {s['n_scores']} responses of {s['n_examples']} "
+        f"examples scored ({head}; {template}); {s['n_truncated']} truncated (longer than "
+        f"{c['max_length']} tokens); mean {s['mean']:.4f}, range {s['min']:.4f} .. "
+        f"{s['max']:.4f}; {s['device']} {s['dtype']}"
+    )
+    return 0
+
+
+def _import_rewards_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "path",
         metavar="FILE",
         help="JSONL/JSON/CSV/Parquet: example_id (or id), response_idx (0 = chosen, 1.. = "
         "rejected; needed for preference sets) and the score column",
     )
-    sp.add_argument("--dataset", required=True)
+    _dataset(sp)
     sp.add_argument("--name", required=True, help="name of the scores")
     sp.add_argument("--column", default="score", help="the field holding the score (score)")
 
-    sp = cmd(
-        "judge",
-        "Judge a preference set's reward sources (pairwise and 1-of-N accuracy) and compare "
-        "every two (rank correlation, pair and best-of-n agreement).",
+
+def _import_rewards(args: argparse.Namespace) -> int:
+    from core.steps.rewards import import_rewards
+
+    store = _store(args)
+    run_id = import_rewards(
+        store, args.path, dataset=args.dataset, name=args.name, column=args.column
     )
-    sp.add_argument("--dataset", required=True)
+    n = store.run(run_id)["summary"]["n_scores"]
+    print(f"reward run {run_id} '{args.name}': imported {n} scores from {args.path}")
+    return 0
+
+
+def _verify_args(sp: argparse.ArgumentParser) -> None:
+    _dataset(sp)
+    sp.add_argument("--name", default="verifier", help="name of the scores (verifier)")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from core.steps.rewards import verify_dataset
+
+    store = _store(args)
+    run_id = verify_dataset(store, dataset=args.dataset, name=args.name)
+    s = store.run(run_id)["summary"]
+    print(
+        f"reward run {run_id} '{args.name}': {s['n']} responses verified, mean "
+        f"{s['mean']:.3f} ({', '.join(f'{k}: {v}' for k, v in s['by_method'].items())})"
+    )
+    return 0
+
+
+# --- judge ----------------------------------------------------------------------------------------
+def _judge_args(sp: argparse.ArgumentParser) -> None:
+    _dataset(sp)
     sp.add_argument("--names", help="comma-separated reward names (default: all)")
     sp.add_argument(
         "--by",
@@ -518,70 +846,242 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--bins", type=int, default=10, help="confidence bins for --calibration")
     sp.add_argument("--json", action="store_true", help="print the results as JSON instead")
 
-    sp = cmd(
-        "verify",
-        "Score every response against its example's answer (reasoning-gym's checker where the "
-        "task is one of its tasks, else a normalised match) and store it as a named reward.",
-    )
-    sp.add_argument("--dataset", required=True)
-    sp.add_argument("--name", default="verifier", help="name of the scores (verifier)")
 
-    sp = cmd(
-        "responses",
-        "Derive DATASET.responses from a preference set: one example per chosen or rejected "
-        "response, to featurize (--pool-over response), cluster and map.",
+def _margins(text: str | None) -> list[float] | None:
+    """--margins '0,0.5,1' -> [0.0, 0.5, 1.0] (None without the flag)."""
+    if text is None:
+        return None
+    try:
+        return [float(m) for m in _names(text)]
+    except ValueError as exc:
+        raise StudioError(f"--margins {text!r}: expected numbers like 0,0.5,1") from exc
+
+
+def _judge(args: argparse.Namespace) -> int:
+    from core.reward_models import judge_report
+    from core.steps.judge import judge
+
+    judged = judge(
+        _store(args),
+        dataset=args.dataset,
+        names=_names(args.names) or None,
+        by=[c for item in args.by or () for c in _names(item)],
+        side=args.side,
+        margins=_margins(args.margins),
+        calibration_label=args.calibration,
+        n_bins=args.bins,
     )
-    sp.add_argument("--dataset", required=True, help="a preference set")
+    if args.json:
+        print(json.dumps(judged, indent=2, allow_nan=False))
+    else:
+        print("\n".join(judge_report(judged)))
+    return 0
+
+
+# --- responses, reward-probe, preference-features, disagree ---------------------------------------
+def _responses_args(sp: argparse.ArgumentParser) -> None:
+    _dataset(sp, "a preference set")
     sp.add_argument("--replace", action="store_true", help="rebuild it if it exists")
 
-    sp = cmd(
-        "reward-probe",
-        "Train a Bradley-Terry reward probe on the SAE features (or dense baseline) of chosen "
-        "vs rejected responses; stored as a reward, scored out of fold.",
+
+def _responses(args: argparse.Namespace) -> int:
+    from core.steps.rewards import (
+        responses_dataset,
     )
-    sp.add_argument("--dataset", required=True, help="a preference set with DATASET.responses")
+
+    store = _store(args)
+    name = responses_dataset(store, dataset=args.dataset, replace=args.replace)
+    n = store.dataset(name)["n_examples"]
+    print(
+        f"dataset '{name}': {n} responses of '{args.dataset}' (featurize it with "
+        "--pool-over response)"
+    )
+    return 0
+
+
+def _reward_probe_args(sp: argparse.ArgumentParser) -> None:
+    _responses_set(sp)
     sp.add_argument("--features", choices=["sae", "dense"], default="sae")
     sp.add_argument("--name", help="name of the scores (default bt-probe-FEATURES)")
-    sp.add_argument("--feature-run", type=int, help="feature run of DATASET.responses")
+    _feature_run(sp, "feature run of DATASET.responses")
     sp.add_argument("--folds", type=int, default=5)
     sp.add_argument("--penalty", choices=["auto", "l2", "l1"], default="auto")
-    sp.add_argument("--seed", type=int, default=0)
+    _seed(sp)
 
-    sp = cmd(
-        "preference-features",
-        "SAE features ranked by how much more they fire in chosen than in rejected responses.",
+
+def _reward_probe(args: argparse.Namespace) -> int:
+    from core.steps.rewards import (
+        reward_probe,
     )
-    sp.add_argument("--dataset", required=True, help="a preference set with DATASET.responses")
+
+    store = _store(args)
+    run_id = reward_probe(
+        store,
+        dataset=args.dataset,
+        features=args.features,
+        feature_run=args.feature_run,
+        name=args.name,
+        seed=args.seed,
+        folds=args.folds,
+        penalty=args.penalty,
+    )
+    _print_reward_probe(store.run(run_id), run_id=run_id)
+    return 0
+
+
+def _print_reward_probe(record: dict[str, Any], *, run_id: int) -> None:
+    """A reward-probe run: its out-of-fold accuracy and its largest weights."""
+    c, s = record["config"], record["summary"]
+    a = s["pairwise_oof"]
+    print(
+        f"reward run {run_id} '{c['name']}': Bradley-Terry probe on {c['features']} features "
+        f"of {c['responses_dataset']} (feature run {c['feature_run']}); out-of-fold pairwise "
+        f"accuracy {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] over "
+        f"{s['n_pairs']} pairs of {s['n_prompts']} prompts; {s['penalty']} penalty, "
+        f"C {s['C']:g}, {s['n_nonzero']} nonzero weights"
+    )
+    if not s["n_nonzero"]:
+        print(
+            "  every weight is zero: the strongest penalty validated best, so these features "
+            "carry no chosen-vs-rejected signal the probe could confirm (all pairs are ties)"
+        )
+    prefix = "f" if c["features"] == "sae" else "dim "
+    for w in s["top_weights"][:10]:
+        label = f"  {w['label']}" if w["label"] else ""
+        print(f"  {prefix}{w['feature']}: {w['weight']:+.4f}{label}")
+
+
+def _preference_features_args(sp: argparse.ArgumentParser) -> None:
+    _responses_set(sp)
     sp.add_argument("--top", type=int, default=20, help="features to print")
-    sp.add_argument("--feature-run", type=int, help="feature run of DATASET.responses")
+    _feature_run(sp, "feature run of DATASET.responses")
 
-    sp = cmd(
-        "disagree",
-        "Where two reward sources disagree most, and the SAE features that predict it "
-        "(a sparse probe).",
+
+def _preference_features(args: argparse.Namespace) -> int:
+    from core.steps.rewards import (
+        preference_shift,
     )
-    sp.add_argument("--dataset", required=True, help="a preference set with DATASET.responses")
+
+    shift = preference_shift(
+        _store(args), dataset=args.dataset, feature_run=args.feature_run, top=args.top
+    )
+    print(
+        f"{'feature':<9}{'chosen-rejected':>16}{'fires chosen/rejected':>23}"
+        f"{'pairs up/down':>15}{'sign p':>9}{'q (BH)':>8}  label"
+    )
+    for r in shift.sort_values("mean_diff", ascending=False).itertuples():
+        fires = f"{r.fire_chosen:.2f}/{r.fire_rejected:.2f}"
+        print(
+            f"{'f' + str(r.feature_id):<9}{r.mean_diff:>+16.4f}{fires:>23}"
+            f"{f'{r.n_pos}/{r.n_neg}':>15}{r.sign_p:>9.2g}{r.sign_q:>8.2g}  {r.label}"
+        )
+    return 0
+
+
+def _disagree_args(sp: argparse.ArgumentParser) -> None:
+    _responses_set(sp)
     sp.add_argument("--a", required=True, help="a reward name")
     sp.add_argument("--b", required=True, help="another reward name")
     sp.add_argument("--top", type=int, default=10, help="responses and features to print")
-    sp.add_argument("--seed", type=int, default=0)
+    _seed(sp)
 
-    sp = cmd("dedup", "Group near-duplicate examples (cosine of SAE vectors >= threshold).")
-    sp.add_argument("--dataset", required=True)
+
+def _disagree(args: argparse.Namespace) -> int:
+    from core.steps.rewards import (
+        disagreement_probe,
+    )
+
+    d = disagreement_probe(_store(args), dataset=args.dataset, a=args.a, b=args.b, seed=args.seed)
+    r2 = d.metrics.get("r2")
+    rho = d.metrics.get("spearman")
+    print(
+        f"{len(d.table)} responses scored by both; rank_diff = rank under {args.a} - rank "
+        f"under {args.b} (ranks in [0, 1])"
+    )
+    for r in d.table.head(args.top).itertuples():
+        text = " ".join(str(r.response or "").split())[:80]
+        print(f"  {r.example_id} #{r.response_idx}: {r.rank_diff:+.3f}  {text}")
+    print(
+        f"sparse probe of rank_diff on SAE features: out-of-fold R2 (prompts held out) "
+        f"{'n/a' if r2 is None else f'{r2:.3f}'}, Spearman "
+        f"{'n/a' if rho is None else f'{rho:.3f}'}; {d.params.get('n_nonzero', 0)} nonzero "
+        f"weights, the {min(args.top, len(d.weights))} largest:"
+    )
+    for w in d.weights.head(args.top).itertuples():
+        print(f"  f{w.feature_id}: {w.weight:+.4f}  {w.label}")
+    return 0
+
+
+# --- dedup, project -------------------------------------------------------------------------------
+def _dedup_args(sp: argparse.ArgumentParser) -> None:
+    _dataset(sp)
     sp.add_argument(
         "--threshold", type=float, default=0.95, help="cosine at or above which two are copies"
     )
-    sp.add_argument("--feature-run", type=int, help="feature run id (default: the latest)")
+    _feature_run(sp)
 
-    sp = cmd("project", "UMAP of the SAE vectors to 2-D, for the Map.")
-    sp.add_argument("--dataset", required=True)
+
+def _dedup(args: argparse.Namespace) -> int:
+    from core.steps.space import dedup
+
+    store = _store(args)
+    run_id = dedup(
+        store, dataset=args.dataset, threshold=args.threshold, feature_run=args.feature_run
+    )
+    s = store.run(run_id)["summary"]
+    print(
+        f"dedup run {run_id}: {s['n_groups']} groups of near-duplicates, "
+        f"{s['n_duplicates']} extra copies (drop them with --where is_duplicate=0)"
+    )
+    return 0
+
+
+def _project_args(sp: argparse.ArgumentParser) -> None:
+    _dataset(sp)
     sp.add_argument("--n-neighbors", type=int, default=15)
     sp.add_argument("--min-dist", type=float, default=0.1)
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--feature-run", type=int, help="feature run id (default: the latest)")
+    _seed(sp)
+    _feature_run(sp)
 
-    sp = cmd("export", "Write the filtered, ordered rows with a manifest beside them.")
-    sp.add_argument("--dataset", required=True)
+
+def _project(args: argparse.Namespace) -> int:
+    from core.projection import ProjectConfig
+    from core.steps.space import project
+
+    store = _store(args)
+    run_id = project(
+        store,
+        dataset=args.dataset,
+        cfg=ProjectConfig(n_neighbors=args.n_neighbors, min_dist=args.min_dist, seed=args.seed),
+        feature_run=args.feature_run,
+    )
+    print(f"projection run {run_id}: {store.run(run_id)['summary']['n']} points")
+    return 0
+
+
+# --- export ---------------------------------------------------------------------------------------
+def _export_args(sp: argparse.ArgumentParser) -> None:
+    _dataset(sp)
+    _export_selection_args(sp)
+    _export_order_args(sp)
+    _export_layout_args(sp)
+    sp.add_argument(
+        "--out",
+        required=True,
+        help="output file (an hf folder for --to hf); beside it: OUT.manifest.json, for verl "
+        "OUT.reward.py (the reward function), with --ids OUT.ids.txt",
+    )
+    sp.add_argument(
+        "--memory-mb",
+        type=int,
+        default=1024,
+        help="cap on DuckDB's memory while exporting (default 1024); raise it if a very large "
+        "export reports DuckDB running out of memory",
+    )
+
+
+def _export_selection_args(sp: argparse.ArgumentParser) -> None:
+    """Which rows an export keeps: --where, --drop, --ids, --rules."""
     sp.add_argument(
         "--where",
         action="append",
@@ -598,16 +1098,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop the rows where EXPR holds (a missing value keeps the row), repeatable: "
         "'is_duplicate=1', 'cluster in 3,5', 'feature:1234>0.5'",
     )
-    sp.add_argument(
-        "--ids",
-        metavar="FILE",
-        help="keep only the example ids listed in FILE (one per line), e.g. a map selection",
-    )
+    _ids_file(sp, "keep only the example ids listed in FILE (one per line), e.g. a map selection")
     sp.add_argument(
         "--rules",
         metavar="FILE",
         help="a rule set (JSON, see `rules`): its rules are ANDed with --where and --ids",
     )
+
+
+def _export_order_args(sp: argparse.ArgumentParser) -> None:
+    """In which order an export writes its rows: --order, batches, --difficulty-column, --seed."""
     sp.add_argument(
         "--order",
         choices=EXPORT_ORDERS,
@@ -633,7 +1133,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="column that orders and bands by difficulty (default: the label 'difficulty', "
         "else a difficulty probe's score, else a pass rate, where higher = easier)",
     )
-    sp.add_argument("--seed", type=int, default=0)
+    _seed(sp)
+
+
+def _export_layout_args(sp: argparse.ArgumentParser) -> None:
+    """How an export writes its rows: --format, --to, --responses, the trainer's length cap."""
     sp.add_argument(
         "--format",
         choices=EXPORT_FORMATS,
@@ -667,30 +1171,92 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="the trainer's max_length (verl: data.max_prompt_length); needs --tokenizer",
     )
-    sp.add_argument(
-        "--out",
-        required=True,
-        help="output file (an hf folder for --to hf); beside it: OUT.manifest.json, for verl "
-        "OUT.reward.py (the reward function), with --ids OUT.ids.txt",
-    )
-    sp.add_argument(
-        "--memory-mb",
-        type=int,
-        default=1024,
-        help="cap on DuckDB's memory while exporting (default 1024); raise it if a very large "
-        "export reports DuckDB running out of memory",
+
+
+def _checked_ids(store: Store, args: argparse.Namespace) -> list[str] | None:
+    """The ids of --ids FILE, with a warning for those the dataset lacks."""
+    from core.steps.export import check_ids
+
+    ids = _read_ids(args.ids)
+    if ids is not None:
+        source = f"--ids {args.ids}"
+        warn(check_ids(store, dataset=args.dataset, ids=ids, source=source))
+    return ids
+
+
+def _loaded_rules(store: Store, path: str, dataset: str) -> tuple[Any, Any]:
+    """The rule set in ``path`` checked against the dataset (its warnings on stderr), and the
+    dataset's views it was checked on."""
+    from core.rules import load_rule_set
+    from core.steps.rules import check_on_store
+
+    rule_set = load_rule_set(path)
+    store.dataset(dataset)
+    views = store.views(dataset)
+    warn(check_on_store(store, dataset, rule_set, views=views))
+    return rule_set, views
+
+
+def _export_config(args: argparse.Namespace) -> Any:
+    """The ExportConfig the flags ask for."""
+    from core.export import ExportConfig
+
+    return ExportConfig(
+        order=args.order,
+        fmt=args.format,
+        container=args.to,
+        seed=args.seed,
+        difficulty_column=args.difficulty_column,
+        batch_size=args.batch_size,
+        mix=args.mix,
+        responses=args.responses,
+        # a local folder by absolute path, so the manifest's command runs anywhere
+        tokenizer=str(Path(args.tokenizer).absolute())
+        if args.tokenizer and Path(args.tokenizer).exists()
+        else args.tokenizer,
+        max_length=args.max_length,
     )
 
-    sp = cmd(
-        "rules",
-        "Show what a rule set removes from a dataset: rows per rule (on its own, first, only "
-        "this rule), and what remains per cluster and per difficulty band.",
+
+def _export(args: argparse.Namespace) -> int:
+    from core.filters import parse_rule_where
+    from core.rules import intersect_ids
+    from core.steps.export import export
+
+    store = _store(args)
+    filters = [parse_rule_where(w) for w in args.where]
+    filters += [replace(parse_rule_where(w), action="drop") for w in args.drop]
+    ids = _checked_ids(store, args)
+    recorded = None
+    if args.rules:
+        rule_set, _ = _loaded_rules(store, args.rules, args.dataset)
+        filters = [*rule_set.filters(), *filters]
+        ids = intersect_ids(rule_set.ids(), ids)
+        recorded = {
+            "name": rule_set.name,
+            "path": str(Path(args.rules).absolute()),
+            "filters": [f.describe() for f in rule_set.filters()],
+            "rules": rule_set.to_dict(),
+        }
+    m = export(
+        store,
+        dataset=args.dataset,
+        out=args.out,
+        filters=filters,
+        ids=ids,
+        cfg=_export_config(args),
+        rule_set=recorded,
+        memory_mb=args.memory_mb,
     )
+    _print_export(m, out=args.out)
+    return 0
+
+
+# --- rules ----------------------------------------------------------------------------------------
+def _rules_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("path", metavar="FILE", help="the rule set (JSON)")
-    sp.add_argument("--dataset", required=True)
-    sp.add_argument(
-        "--ids", metavar="FILE", help="also keep only the example ids listed in FILE (one per line)"
-    )
+    _dataset(sp)
+    _ids_file(sp, "also keep only the example ids listed in FILE (one per line)")
     sp.add_argument(
         "--difficulty-column",
         help="column the bands are made of (default: the label 'difficulty', else a difficulty "
@@ -700,31 +1266,83 @@ def build_parser() -> argparse.ArgumentParser:
         "--show", type=int, default=10, metavar="N", help="print N removed rows and why"
     )
 
-    sp = cmd(
-        "demo", "Build the demo database from scratch (offline, a few minutes).", db_default=DEMO_DB
+
+def _rules(args: argparse.Namespace) -> int:
+    from core.rules import intersect_ids
+    from core.steps.rules import removed_view
+
+    store = _store(args)
+    rule_set, views = _loaded_rules(store, args.path, args.dataset)
+    listed = _checked_ids(store, args)
+    ids = intersect_ids(rule_set.ids(), listed)
+    names = rule_set.hit_names()
+    if ids is not None and rule_set.ids() is None:
+        names.append("selection")
+    removal = removed_view(
+        store,
+        args.dataset,
+        views=views,
+        filters=rule_set.filters(),
+        ids=ids,
+        names=names,
+        difficulty=args.difficulty_column,
+        columns=["prompt"],
     )
+    _print_report(removal, rule_set=rule_set, path=args.path, dataset=args.dataset, show=args.show)
+    return 0
+
+
+# --- demo, import-descriptions, info, doctor ------------------------------------------------------
+def _demo_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--n", type=int, default=3000, help="number of prompts")
-    sp.add_argument("--seed", type=int, default=0)
+    _seed(sp)
     sp.add_argument(
         "--if-missing", action="store_true", help="do nothing when the database already exists"
     )
 
-    sp = cmd(
-        "import-descriptions",
-        "Import feature descriptions (a Neuronpedia-style JSON export) for a feature run.",
-    )
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.if_missing and Path(args.db).exists():
+        print(f"{args.db} exists; skipping the demo build")
+        return 0
+    from core.steps.demo import build_demo
+
+    path = build_demo(args.db, n=args.n, seed=args.seed)
+    print(f"built the demo database {path}")
+    return 0
+
+
+def _import_descriptions_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("path", help='JSON: [{index, description}, ...] or {"123": "desc"}')
     g = sp.add_mutually_exclusive_group(required=True)
     g.add_argument("--dataset", help="use the dataset's latest feature run")
     g.add_argument("--run", type=int, help="feature run id")
 
-    sp = cmd("info", "Print the datasets and runs in a database.")
 
-    sp = cmd(
-        "doctor",
-        "Check a store and the files it points at (schema, orphan rows, unfinished runs, SAE "
-        "folders, export manifests, leftover temp files) and say what to do; exit 1 on a problem.",
-    )
+def _import_descriptions(args: argparse.Namespace) -> int:
+    from core.steps.ingest import import_descriptions
+
+    n = import_descriptions(_store(args), run_id=args.run, dataset=args.dataset, path=args.path)
+    print(f"imported {n} feature descriptions from {args.path}")
+    return 0
+
+
+def _no_arguments(sp: argparse.ArgumentParser) -> None:
+    """A command with no flag of its own (only --db)."""
+
+
+def _info(args: argparse.Namespace) -> int:
+    store = _store(args)
+    print(store.list_datasets().to_string(index=False))
+    for rec in store.list_runs().to_dict("records"):
+        print(
+            f"run {rec['run_id']:4d} {rec['step']:10s} {rec['dataset']:12s} "
+            f"{rec['status']:8s} {json.dumps(rec['config'])[:100]}"
+        )
+    return 0
+
+
+def _doctor_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--export-dir",
         help="the app's export folder, whose manifests are checked too (default: "
@@ -740,482 +1358,244 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="remove the leftover temp files of killed exports and SAE trainings it finds",
     )
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from core.steps.doctor import diagnose
+
+    findings = diagnose(args.db, export_dir=args.export_dir, sae_dir=args.sae_dir, sweep=args.sweep)
+    for finding in findings:
+        print(finding.line())
+    problems = sum(f.level == "problem" for f in findings)
+    print(f"{problems} problem{'s' if problems != 1 else ''} found in {args.db}")
+    return 1 if problems else 0
+
+
+# --- the table ------------------------------------------------------------------------------------
+# In the order `python -m core --help` lists them.
+COMMANDS: dict[str, Command] = {
+    "ingest": Command(
+        "Load a JSONL/JSON/Parquet/CSV file or a save_to_disk folder as a dataset.",
+        _ingest_args,
+        _ingest,
+        "core.steps.ingest:ingest",
+    ),
+    "train-sae": Command(
+        "Train a TopK SAE (sae-lens) on a dataset's activations at one layer.",
+        _train_sae_args,
+        _train_sae,
+        "core.steps.featurize:train_sae",
+    ),
+    "featurize": Command(
+        "SAE features for every example (top-k per example, resumable).",
+        _featurize_args,
+        _featurize,
+        "core.steps.featurize:featurize",
+        also=(("core.steps.featurize_ray:featurize_ray", "with --ray"),),
+    ),
+    "cluster": Command(
+        "k-means on L2-normalised SAE vectors, clusters labelled by features.",
+        _cluster_args,
+        _cluster,
+        "core.steps.space:cluster",
+    ),
+    "difficulty": _probe_command(
+        "difficulty",
+        ["elasticnet", "ridge"],
+        ["harder", "easier"],
+        "the label to learn: a difficulty column, or pass_rate from `rollouts`",
+    ),
+    "quality": _probe_command(
+        "quality",
+        ["logistic", "ridge"],
+        ["better", "worse"],
+        "the label to learn: 0/1 (1 = good; e.g. quality_mark from the app) or a score",
+    ),
+    "rollouts": Command(
+        "Ingest rollout results (n samples per prompt, pass/fail): pass_rate, pass_at_k, "
+        "zero_signal become labels.",
+        _rollouts_args,
+        _rollouts,
+        "core.steps.ingest:ingest_rollouts",
+    ),
+    "reward": Command(
+        "Score every response of a preference set (or each chat's last assistant turn) with a "
+        "reward model; resumable.",
+        _reward_args,
+        _reward,
+        "core.steps.rewards:score_rewards",
+    ),
+    "import-rewards": Command(
+        "Import precomputed reward scores (e.g. from your own RM server) as a named reward.",
+        _import_rewards_args,
+        _import_rewards,
+        "core.steps.rewards:import_rewards",
+    ),
+    "judge": Command(
+        "Judge a preference set's reward sources (pairwise and 1-of-N accuracy) and compare "
+        "every two (rank correlation, pair and best-of-n agreement).",
+        _judge_args,
+        _judge,
+        "core.steps.judge:judge",
+    ),
+    "verify": Command(
+        "Score every response against its example's answer (reasoning-gym's checker where the "
+        "task is one of its tasks, else a normalised match) and store it as a named reward.",
+        _verify_args,
+        _verify,
+        "core.steps.rewards:verify_dataset",
+    ),
+    "responses": Command(
+        "Derive DATASET.responses from a preference set: one example per chosen or rejected "
+        "response, to featurize (--pool-over response), cluster and map.",
+        _responses_args,
+        _responses,
+        "core.steps.rewards:responses_dataset",
+    ),
+    "reward-probe": Command(
+        "Train a Bradley-Terry reward probe on the SAE features (or dense baseline) of chosen "
+        "vs rejected responses; stored as a reward, scored out of fold.",
+        _reward_probe_args,
+        _reward_probe,
+        "core.steps.rewards:reward_probe",
+    ),
+    "preference-features": Command(
+        "SAE features ranked by how much more they fire in chosen than in rejected responses.",
+        _preference_features_args,
+        _preference_features,
+        "core.steps.rewards:preference_shift",
+    ),
+    "disagree": Command(
+        "Where two reward sources disagree most, and the SAE features that predict it "
+        "(a sparse probe).",
+        _disagree_args,
+        _disagree,
+        "core.steps.rewards:disagreement_probe",
+    ),
+    "dedup": Command(
+        "Group near-duplicate examples (cosine of SAE vectors >= threshold).",
+        _dedup_args,
+        _dedup,
+        "core.steps.space:dedup",
+    ),
+    "project": Command(
+        "UMAP of the SAE vectors to 2-D, for the Map.",
+        _project_args,
+        _project,
+        "core.steps.space:project",
+    ),
+    "export": Command(
+        "Write the filtered, ordered rows with a manifest beside them.",
+        _export_args,
+        _export,
+        "core.steps.export:export",
+    ),
+    "rules": Command(
+        "Show what a rule set removes from a dataset: rows per rule (on its own, first, only "
+        "this rule), and what remains per cluster and per difficulty band.",
+        _rules_args,
+        _rules,
+        "core.steps.rules:removed_view",
+    ),
+    "demo": Command(
+        "Build the demo database from scratch (offline, a few minutes).",
+        _demo_args,
+        _demo,
+        "core.steps.demo:build_demo",
+        db_default=DEMO_DB,
+    ),
+    "import-descriptions": Command(
+        "Import feature descriptions (a Neuronpedia-style JSON export) for a feature run.",
+        _import_descriptions_args,
+        _import_descriptions,
+        "core.steps.ingest:import_descriptions",
+    ),
+    "info": Command(
+        "Print the datasets and runs in a database.",
+        _no_arguments,
+        _info,
+        "core.store:Store.list_datasets",
+        also=(("core.store:Store.list_runs", ""),),
+    ),
+    "doctor": Command(
+        "Check a store and the files it points at (schema, orphan rows, unfinished runs, SAE "
+        "folders, export manifests, leftover temp files) and say what to do; exit 1 on a problem.",
+        _doctor_args,
+        _doctor,
+        "core.steps.doctor:diagnose",
+    ),
+}
+
+
+def commands_table() -> str:
+    """README's "Where each command lives": command -> the core function its handler calls.
+
+    Generated here so README cannot drift from COMMANDS (tests/cli/test_readme.py diffs them)::
+
+        | `ingest` | `core.steps:ingest` |
+    """
+    lines = ["| command | module:function it calls |", "|---|---|"]
+    for name, command in COMMANDS.items():
+        calls = [f"`{command.target}`"]
+        calls += [
+            f"`{target}` ({when})" if when else f"`{target}`" for target, when in command.also
+        ]
+        lines.append(f"| `{name}` | {'; '.join(calls)} |")
+    return "\n".join(lines)
+
+
+# --- the parser -----------------------------------------------------------------------------------
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (unless the help already says it), so a default
+    that cuts data (--max-length, --top-k ...) is never hidden; None and off flags show none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or action.default in (None, False, argparse.SUPPRESS)
+            or isinstance(action.default, list)
+            or "default" in text.lower()
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Give options without a help text one that shows their default (argparse prints nothing
+    for an option whose help is None)."""
+    for action in parser._actions:
+        if action.help is None and action.option_strings and action.default not in (None, False):
+            action.help = "(default: %(default)s)"
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _show_defaults(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole CLI: one subparser per entry of COMMANDS, each with --db and its own flags."""
+    p = argparse.ArgumentParser(
+        formatter_class=_HelpFormatter,
+        prog="python -m core",
+        description="SAERL Studio pipeline: ingest, train-sae, featurize, cluster, dedup, "
+        "project, reward, import-rewards, rules, export, demo.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        sp = sub.add_parser(
+            name, help=command.help, description=command.help, formatter_class=_HelpFormatter
+        )
+        sp.add_argument(
+            "--db", default=command.db_default, help=f"DuckDB file (default {command.db_default})"
+        )
+        command.add_arguments(sp)
     _show_defaults(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    """Dispatch one parsed command. Imports are local so `--help` stays fast."""
-    from core.steps.demo import build_demo
-    from core.steps.export import check_ids, export
-    from core.steps.featurize import featurize, train_sae
-    from core.steps.ingest import ingest
-    from core.steps.rewards import (
-        disagreement_probe,
-        preference_shift,
-        responses_dataset,
-        reward_probe,
-    )
-    from core.steps.space import cluster, dedup, project
-    from core.store import Store
-
-    store = Store(args.db)
-    if args.command == "doctor":
-        from core.steps.doctor import diagnose
-
-        findings = diagnose(
-            args.db, export_dir=args.export_dir, sae_dir=args.sae_dir, sweep=args.sweep
-        )
-        for finding in findings:
-            print(finding.line())
-        problems = sum(f.level == "problem" for f in findings)
-        print(f"{problems} problem{'s' if problems != 1 else ''} found in {args.db}")
-        return 1 if problems else 0
-    if args.command == "ingest":
-        n = ingest(
-            store,
-            args.path,
-            dataset=args.dataset,
-            kind=args.kind,
-            mapping=_mapping(args.map),
-            replace=args.replace,
-        )
-        print(f"ingested {n} {args.kind} into dataset '{args.dataset}' ({args.db})")
-    elif args.command == "train-sae":
-        from core.sae import TrainProgress
-
-        def report(p: TrainProgress) -> None:
-            print(
-                f"step {p.step}/{p.steps} (epoch {p.epoch:.2f}): explained variance "
-                f"{p.explained_variance:.3f}, dead features {p.dead_features} of {p.d_sae}",
-                file=sys.stderr,
-                flush=True,
-            )
-
-        s = train_sae(
-            store,
-            dataset=args.dataset,
-            model=args.model,
-            layer=args.layer,
-            hook=args.hook,
-            device=args.device,
-            dtype=args.dtype,
-            eval_every=args.eval_every,
-            report=report,
-            out=args.out,
-            width=args.width,
-            k=args.k,
-            epochs=args.epochs,
-            lr=args.lr,
-            batch_tokens=args.batch_tokens,
-            max_length=args.max_length,
-            max_tokens=args.max_tokens,
-            seed=args.seed,
-        )
-        print(f"wrote SAE to {s['path']}")
-        print(
-            f"explained variance {s['explained_variance']:.3f}; dead features "
-            f"{s['dead_features']} of {s['d_sae']}; trained on {s['n_tokens']} tokens"
-        )
-        for warning in s["warnings"]:
-            print(f"warning: {warning}")
-    elif args.command == "featurize":
-        common = {
-            "dataset": args.dataset,
-            "model": args.model,
-            "layer": args.layer,
-            "hook": args.hook,
-            "sae_path": args.sae_path,
-            "sae_release": args.sae,
-            "sae_k": args.sae_k,
-            "pooling": args.pooling,
-            "pool_over": args.pool_over,
-            "chat_template": args.chat_template,
-            "dense": args.dense,
-            "dtype": args.dtype,
-            "top_k": args.top_k,
-            "batch_size": args.batch_size,
-            "max_length": args.max_length,
-            "resume": not args.no_resume,
-        }
-        if args.ray:
-            from core.steps.featurize_ray import featurize_ray
-
-            run_id = featurize_ray(
-                store,
-                **common,
-                address=args.ray,
-                num_workers=args.workers,
-                num_cpus=args.ray_cpus,
-                shard_dir=args.shard_dir,
-            )
-            engine = f"ray, {store.run(run_id)['summary'].get('workers')} workers"
-        else:
-            run_id = featurize(store, **common, device=args.device, chunk_size=args.chunk_size)
-            engine = "{device} {dtype}".format(**store.run(run_id)["summary"])
-        run = store.run(run_id)
-        s = run["summary"]
-        print(
-            f"feature run {run_id}: {s['n_examples']} examples, {s['n_tokens']} tokens, "
-            f"{s['n_truncated']} truncated (longer than {run['config']['max_length']} tokens "
-            f"or the model's context); {run['config']['hook']}, {engine}"
-        )
-    elif args.command == "cluster":
-        from core.clustering import ClusterConfig, parse_sweep
-
-        sweep = parse_sweep(args.sweep) if args.sweep else None
-        run_id = cluster(
-            store,
-            dataset=args.dataset,
-            cfg=ClusterConfig(k=args.k, seed=args.seed, sweep=sweep),
-            feature_run=args.feature_run,
-            baselines=_names(args.baselines),
-        )
-        summary = store.run(run_id)["summary"]
-        for point in summary.get("sweep", []):
-            print(f"k={point['k']:3d}  silhouette {point['silhouette']:.4f}")
-        if summary.get("sweep_note"):
-            print(f"warning: {summary['sweep_note']}", file=sys.stderr)
-        for row in store.clusters(run_id).itertuples():
-            print(f"cluster {row.cluster:3d}  {row.size:6d}  {row.label}")
-        if "baselines" in summary:
-            from core.signals import clustering_table
-
-            print(_table(clustering_table(summary["baselines"])))
-    elif args.command in ("difficulty", "quality"):
-        from core.signals import class_line, evidence_table, score_source
-        from core.steps.probes import probe
-
-        run_id = probe(
-            store,
-            dataset=args.dataset,
-            signal=args.command,
-            label=args.label,
-            kind=args.kind,
-            name=args.name,
-            higher_is=args.higher,
-            folds=args.folds,
-            seed=args.seed,
-            min_labels=args.min_labels,
-            value_range=_range(args.range),
-            baselines=_names(args.baselines),
-            feature_run=args.feature_run,
-        )
-        run = store.run(run_id)
-        s = run["summary"]
-        if s.get("kind_note"):
-            print(
-                f"note: {args.command} probe on '{s['label']}': {s['kind_note']}", file=sys.stderr
-            )
-        print(
-            f"{args.command} probe run {run_id}: {s['kind']} on '{s['label']}', "
-            f"{s['n_labelled']} labelled of {s['n_examples']}; scores stored as column "
-            f"'{run['config']['name']}' ({s['seconds']} s)"
-        )
-        unscored = s.get("n_unscored") or 0
-        print(
-            score_source(s)
-            + (
-                f" {unscored} labelled rows of skipped folds have no score (NULL)."
-                if unscored
-                else ""
-            )
-        )
-        line = class_line(s)
-        if line:
-            print(line)
-        print(_table(evidence_table(s)))
-    elif args.command == "rollouts":
-        from core.steps.ingest import ingest_rollouts
-
-        try:
-            ks = [int(k) for k in _names(args.k)]
-        except ValueError as exc:
-            raise StudioError(f"--k {args.k!r}: expected whole numbers like 1,4,8") from exc
-        s = ingest_rollouts(
-            store,
-            dataset=args.dataset,
-            path=args.path,
-            ks=ks,
-            threshold=args.threshold,
-            id_field=args.id_field,
-            source=args.source,
-        )
-        print(
-            f"rollouts: {s['n_rollouts']} for {s['n_prompts']} prompts, mean pass rate "
-            f"{s['mean_pass_rate']:.3f}; zero-signal (all pass or all fail) "
-            f"{s['zero_signal_share']:.1%} ({s['n_all_pass']} all pass, {s['n_all_fail']} all "
-            "fail); labels n_rollouts, pass_rate, pass_at_k, zero_signal"
-        )
-    elif args.command == "reward":
-        from core.steps.rewards import score_rewards
-
-        run_id = score_rewards(
-            store,
-            dataset=args.dataset,
-            model=args.model,
-            head=args.head,
-            name=args.name,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            template=args.template,
-            chat_template=args.chat_template,
-            device=args.device,
-            dtype=args.dtype,
-            chunk_size=args.chunk_size,
-            resume=not args.no_resume,
-        )
-        run = store.run(run_id)
-        c, s = run["config"], run["summary"]
-        head = f"ordinal, K = {c['K']}" if c["head"] == "ordinal" else "scalar"
-        template = "chat template" if c["template"] == "chat" else f"template {c['template']!r}"
-        print(
-            f"reward run {run_id} '{c['name']}': {s['n_scores']} responses of {s['n_examples']} "
-            f"examples scored ({head}; {template}); {s['n_truncated']} truncated (longer than "
-            f"{c['max_length']} tokens); mean {s['mean']:.4f}, range {s['min']:.4f} .. "
-            f"{s['max']:.4f}; {s['device']} {s['dtype']}"
-        )
-    elif args.command == "import-rewards":
-        from core.steps.rewards import import_rewards
-
-        run_id = import_rewards(
-            store, args.path, dataset=args.dataset, name=args.name, column=args.column
-        )
-        n = store.run(run_id)["summary"]["n_scores"]
-        print(f"reward run {run_id} '{args.name}': imported {n} scores from {args.path}")
-    elif args.command == "judge":
-        from core.reward_models import judge_report
-        from core.steps.judge import judge
-
-        names = _names(args.names) or None
-        by = [c for item in args.by or () for c in _names(item)]
-        margins = None
-        if args.margins is not None:
-            try:
-                margins = [float(m) for m in _names(args.margins)]
-            except ValueError as exc:
-                raise StudioError(
-                    f"--margins {args.margins!r}: expected numbers like 0,0.5,1"
-                ) from exc
-        judged = judge(
-            store,
-            dataset=args.dataset,
-            names=names,
-            by=by,
-            side=args.side,
-            margins=margins,
-            calibration_label=args.calibration,
-            n_bins=args.bins,
-        )
-        if args.json:
-            print(json.dumps(judged, indent=2, allow_nan=False))
-        else:
-            print("\n".join(judge_report(judged)))
-    elif args.command == "verify":
-        from core.steps.rewards import verify_dataset
-
-        run_id = verify_dataset(store, dataset=args.dataset, name=args.name)
-        s = store.run(run_id)["summary"]
-        print(
-            f"reward run {run_id} '{args.name}': {s['n']} responses verified, mean "
-            f"{s['mean']:.3f} ({', '.join(f'{k}: {v}' for k, v in s['by_method'].items())})"
-        )
-    elif args.command == "responses":
-        name = responses_dataset(store, dataset=args.dataset, replace=args.replace)
-        n = store.dataset(name)["n_examples"]
-        print(
-            f"dataset '{name}': {n} responses of '{args.dataset}' (featurize it with "
-            "--pool-over response)"
-        )
-    elif args.command == "reward-probe":
-        run_id = reward_probe(
-            store,
-            dataset=args.dataset,
-            features=args.features,
-            feature_run=args.feature_run,
-            name=args.name,
-            seed=args.seed,
-            folds=args.folds,
-            penalty=args.penalty,
-        )
-        run = store.run(run_id)
-        c, s = run["config"], run["summary"]
-        a = s["pairwise_oof"]
-        print(
-            f"reward run {run_id} '{c['name']}': Bradley-Terry probe on {c['features']} features "
-            f"of {c['responses_dataset']} (feature run {c['feature_run']}); out-of-fold pairwise "
-            f"accuracy {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] over "
-            f"{s['n_pairs']} pairs of {s['n_prompts']} prompts; {s['penalty']} penalty, "
-            f"C {s['C']:g}, {s['n_nonzero']} nonzero weights"
-        )
-        if not s["n_nonzero"]:
-            print(
-                "  every weight is zero: the strongest penalty validated best, so these features "
-                "carry no chosen-vs-rejected signal the probe could confirm (all pairs are ties)"
-            )
-        for w in s["top_weights"][:10]:
-            label = f"  {w['label']}" if w["label"] else ""
-            print(
-                f"  {'f' if c['features'] == 'sae' else 'dim '}{w['feature']}: {w['weight']:+.4f}{label}"
-            )
-    elif args.command == "preference-features":
-        shift = preference_shift(
-            store, dataset=args.dataset, feature_run=args.feature_run, top=args.top
-        )
-        print(
-            f"{'feature':<9}{'chosen-rejected':>16}{'fires chosen/rejected':>23}"
-            f"{'pairs up/down':>15}{'sign p':>9}{'q (BH)':>8}  label"
-        )
-        for r in shift.sort_values("mean_diff", ascending=False).itertuples():
-            fires = f"{r.fire_chosen:.2f}/{r.fire_rejected:.2f}"
-            print(
-                f"{'f' + str(r.feature_id):<9}{r.mean_diff:>+16.4f}{fires:>23}"
-                f"{f'{r.n_pos}/{r.n_neg}':>15}{r.sign_p:>9.2g}{r.sign_q:>8.2g}  {r.label}"
-            )
-    elif args.command == "disagree":
-        d = disagreement_probe(store, dataset=args.dataset, a=args.a, b=args.b, seed=args.seed)
-        r2 = d.metrics.get("r2")
-        rho = d.metrics.get("spearman")
-        print(
-            f"{len(d.table)} responses scored by both; rank_diff = rank under {args.a} - rank "
-            f"under {args.b} (ranks in [0, 1])"
-        )
-        for r in d.table.head(args.top).itertuples():
-            text = " ".join(str(r.response or "").split())[:80]
-            print(f"  {r.example_id} #{r.response_idx}: {r.rank_diff:+.3f}  {text}")
-        print(
-            f"sparse probe of rank_diff on SAE features: out-of-fold R2 (prompts held out) "
-            f"{'n/a' if r2 is None else f'{r2:.3f}'}, Spearman "
-            f"{'n/a' if rho is None else f'{rho:.3f}'}; {d.params.get('n_nonzero', 0)} nonzero "
-            f"weights, the {min(args.top, len(d.weights))} largest:"
-        )
-        for w in d.weights.head(args.top).itertuples():
-            print(f"  f{w.feature_id}: {w.weight:+.4f}  {w.label}")
-    elif args.command == "dedup":
-        run_id = dedup(
-            store, dataset=args.dataset, threshold=args.threshold, feature_run=args.feature_run
-        )
-        s = store.run(run_id)["summary"]
-        print(
-            f"dedup run {run_id}: {s['n_groups']} groups of near-duplicates, "
-            f"{s['n_duplicates']} extra copies (drop them with --where is_duplicate=0)"
-        )
-    elif args.command == "project":
-        from core.projection import ProjectConfig
-
-        run_id = project(
-            store,
-            dataset=args.dataset,
-            cfg=ProjectConfig(n_neighbors=args.n_neighbors, min_dist=args.min_dist, seed=args.seed),
-            feature_run=args.feature_run,
-        )
-        print(f"projection run {run_id}: {store.run(run_id)['summary']['n']} points")
-    elif args.command == "rules":
-        from core.rules import intersect_ids, load_rule_set
-        from core.steps.rules import check_on_store, removed_view
-
-        rule_set = load_rule_set(args.path)
-        store.dataset(args.dataset)
-        views = store.views(args.dataset)
-        for warning in check_on_store(store, args.dataset, rule_set, views=views):
-            print(f"warning: {warning}", file=sys.stderr)
-        listed = _read_ids(args.ids)
-        if listed is not None:
-            source = f"--ids {args.ids}"
-            for warning in check_ids(store, dataset=args.dataset, ids=listed, source=source):
-                print(f"warning: {warning}", file=sys.stderr)
-        ids = intersect_ids(rule_set.ids(), listed)
-        names = rule_set.hit_names()
-        if ids is not None and rule_set.ids() is None:
-            names.append("selection")
-        removal = removed_view(
-            store,
-            args.dataset,
-            views=views,
-            filters=rule_set.filters(),
-            ids=ids,
-            names=names,
-            difficulty=args.difficulty_column,
-            columns=["prompt"],
-        )
-        _print_report(
-            removal, rule_set=rule_set, path=args.path, dataset=args.dataset, show=args.show
-        )
-    elif args.command == "export":
-        from core.export import ExportConfig
-        from core.filters import parse_rule_where
-        from core.rules import intersect_ids, load_rule_set
-        from core.steps.rules import check_on_store
-
-        filters = [parse_rule_where(w) for w in args.where]
-        filters += [replace(parse_rule_where(w), action="drop") for w in args.drop]
-        ids = _read_ids(args.ids)
-        if ids is not None:
-            source = f"--ids {args.ids}"
-            for warning in check_ids(store, dataset=args.dataset, ids=ids, source=source):
-                print(f"warning: {warning}", file=sys.stderr)
-        recorded = None
-        if args.rules:
-            rule_set = load_rule_set(args.rules)
-            store.dataset(args.dataset)
-            warnings = check_on_store(
-                store, args.dataset, rule_set, views=store.views(args.dataset)
-            )
-            for warning in warnings:
-                print(f"warning: {warning}", file=sys.stderr)
-            filters = [*rule_set.filters(), *filters]
-            ids = intersect_ids(rule_set.ids(), ids)
-            recorded = {
-                "name": rule_set.name,
-                "path": str(Path(args.rules).absolute()),
-                "filters": [f.describe() for f in rule_set.filters()],
-                "rules": rule_set.to_dict(),
-            }
-        m = export(
-            store,
-            dataset=args.dataset,
-            out=args.out,
-            filters=filters,
-            ids=ids,
-            cfg=ExportConfig(
-                order=args.order,
-                fmt=args.format,
-                container=args.to,
-                seed=args.seed,
-                difficulty_column=args.difficulty_column,
-                batch_size=args.batch_size,
-                mix=args.mix,
-                responses=args.responses,
-                # a local folder by absolute path, so the manifest's command runs anywhere
-                tokenizer=str(Path(args.tokenizer).absolute())
-                if args.tokenizer and Path(args.tokenizer).exists()
-                else args.tokenizer,
-                max_length=args.max_length,
-            ),
-            rule_set=recorded,
-            memory_mb=args.memory_mb,
-        )
-        _print_export(m, out=args.out)
-    elif args.command == "demo":
-        if args.if_missing and Path(args.db).exists():
-            print(f"{args.db} exists; skipping the demo build")
-            return 0
-        path = build_demo(args.db, n=args.n, seed=args.seed)
-        print(f"built the demo database {path}")
-    elif args.command == "import-descriptions":
-        from core.steps.ingest import import_descriptions
-
-        n = import_descriptions(store, run_id=args.run, dataset=args.dataset, path=args.path)
-        print(f"imported {n} feature descriptions from {args.path}")
-    elif args.command == "info":
-        print(store.list_datasets().to_string(index=False))
-        runs = store.list_runs()
-        for rec in runs.to_dict("records"):
-            print(
-                f"run {rec['run_id']:4d} {rec['step']:10s} {rec['dataset']:12s} "
-                f"{rec['status']:8s} {json.dumps(rec['config'])[:100]}"
-            )
-    return 0
+    """Dispatch one parsed command to its handler (handlers import core lazily)."""
+    return COMMANDS[args.command].handler(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1224,7 +1604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except StudioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
