@@ -1,27 +1,25 @@
-"""Signal steps: the difficulty and quality probes, rollouts, and the baselines they are judged
-against. Each reads the store, computes with the pure modules (core.probes, core.rollouts), and
-commits one run, so the CLI and the app share them.
+"""The signals the probes learn (difficulty, quality, and the next ones) and what is said about
+their runs: a registry of each signal's probe kinds, label directions, defaults and help, which
+the CLI's command of that name, the probe step and the pages read; and the pure readers of a probe
+run's summary (where its scores come from, its evidence table, its classes, threshold reports).
 
-    >>> run = probe(store, dataset="demo", signal="difficulty", label="difficulty")
-    >>> store.views("demo").score_runs   # (("difficulty_proxy", run),): a wide-view column now
-    >>> ingest_rollouts(store, dataset="demo", path="rollouts.jsonl")  # pass_rate, pass_at_k ...
-
-A probe run stores one score per example (column ``<label>_proxy``): for a labelled example its
-out-of-fold prediction (from a model that never saw its label), for an unlabelled one the final
-model's (fit on every label). The final model's prediction for a row it was fit on is never
-stored: it can recite the label it memorised (AUC 1.0 in sample against 0.65 out of fold), so a
-histogram, a threshold or an export rule on it would be judged on memorised labels. The run's
-summary says so (``"labelled_scores": "out_of_fold"``) and holds the evidence (cross-validated,
-in distribution and held out by cluster) for the SAE features and, in the same run, for the
-baselines: the dense mean-pooled hidden state of the same layer (when featurize stored it with
-``--dense``) and TF-IDF of the text. A 0/1 quality label names its classes (bad, good) so
-precision and average precision are reported for the bad rows a filter removes, beside their
-base rate.
+A probe run (core.steps.probes.probe) stores one score per example (column ``<label>_proxy``): for
+a labelled example its out-of-fold prediction (from a model that never saw its label), for an
+unlabelled one the final model's (fit on every label). The final model's prediction for a row it
+was fit on is never stored: it can recite the label it memorised (AUC 1.0 in sample against 0.65
+out of fold), so a histogram, a threshold or an export rule on it would be judged on memorised
+labels. The run's summary says so (``"labelled_scores": "out_of_fold"``) and holds the evidence
+(cross-validated, in distribution and held out by cluster) for the SAE features and, in the same
+run, for the baselines: the dense mean-pooled hidden state of the same layer (when featurize stored
+it with ``--dense``) and TF-IDF of the text. A 0/1 quality label names its classes (bad, good) so
+precision and average precision are reported for the bad rows a filter removes, beside their base
+rate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -32,7 +30,57 @@ from core.probes import (
 )
 
 Signal = Literal["difficulty", "quality"]
-SIGNALS: tuple[Signal, ...] = ("difficulty", "quality")
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    """One signal: its probe kinds (the first is the default, see :meth:`default_kind`), what a
+    higher label may mean (the first is the default, see :meth:`default_direction`), and the
+    words its CLI command and page use."""
+
+    name: Signal
+    kinds: tuple[ProbeKind, ...]
+    directions: tuple[str, ...]
+    label_help: str
+    kind_help: str
+    higher_help: str
+
+    def default_direction(self, label: str) -> str:
+        """What a higher value of ``label`` means when the user does not say: for difficulty a
+        pass-rate label (``pass*``) is easier, any other harder; for quality, better."""
+        if self.name == "difficulty" and label.lower().startswith("pass"):
+            return "easier"
+        return self.directions[0]
+
+    def default_kind(self, y: np.ndarray) -> tuple[ProbeKind, str | None]:
+        """The probe for labels ``y`` (:func:`default_kind`)."""
+        return default_kind(self.name, y)
+
+
+REGISTRY: dict[str, SignalSpec] = {
+    spec.name: spec
+    for spec in (
+        SignalSpec(
+            name="difficulty",
+            kinds=("elasticnet", "ridge"),
+            directions=("harder", "easier"),
+            label_help="the label to learn: a difficulty column, or pass_rate from `rollouts`",
+            kind_help=")",
+            higher_help="easier for pass* labels, else harder)",
+        ),
+        SignalSpec(
+            name="quality",
+            kinds=("logistic", "ridge"),
+            directions=("better", "worse"),
+            label_help=(
+                "the label to learn: 0/1 (1 = good; e.g. quality_mark from the app) or a score"
+            ),
+            kind_help=" for a 0/1 label, ridge for a score, with a note on stderr)",
+            higher_help="better)",
+        ),
+    )
+}
+SIGNALS: tuple[Signal, ...] = tuple(REGISTRY)  # type: ignore[assignment]
 BASELINES = ("dense", "tfidf")
 # Shown beside each baseline's numbers in the app and the CLI.
 REPRESENTATION_NAMES = {
