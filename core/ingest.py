@@ -71,7 +71,7 @@ from core.errors import StudioError
 from core.filters import FEATURE_PREFIX
 from core.formats import INTERNAL as EXPORT_INTERNAL
 from core.formats import RESPONSES as EXPORT_RESPONSES
-from core.store import BASE_COLUMNS, DEDUP_COLUMNS
+from core.store.schema import BASE_COLUMNS, DEDUP_COLUMNS
 
 Kind = Literal["prompts", "preferences", "chats"]
 

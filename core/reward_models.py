@@ -48,7 +48,7 @@ from core.models import (
 )
 from core.rewards import coral_reward, scalar_reward
 from core.rollouts import RecordReader
-from core.store import REWARD_SCHEMA
+from core.store.schema import REWARD_SCHEMA
 
 Head = Literal["scalar", "ordinal"]
 HEADS = ("scalar", "ordinal")

@@ -13,7 +13,7 @@ import streamlit as st
 
 from core.errors import StudioError
 from core.rewards import RESPONSE_CLUSTER
-from core.store import RESPONSES_SUFFIX
+from core.store.schema import RESPONSES_SUFFIX
 from ui.charts import (
     accuracy_bars,
     margin_figure,

@@ -3,8 +3,9 @@
 - no import circle between project modules;
 - no import of another module's private (``_name``) names;
 - no function-level import of a project module outside core/cli.py (which keeps ``--help`` fast);
-- ``Store`` is named only in core/steps, core/store, the CLI and the UI's loaders: the pure modules
-  below the steps never see a store, and a page reads the store only through a loader.
+- ``Store`` (``core.store`` and ``core.store.store``) is imported only in core/steps, core/store, the
+  CLI and the UI's loaders: the pure modules below the steps never see a store (they may read the
+  schema's names from ``core.store.schema``), and a page reads the store only through a loader.
 """
 
 from __future__ import annotations
@@ -127,11 +128,11 @@ def test_project_modules_are_imported_at_module_level() -> None:
 
 def test_store_stays_in_the_steps_the_store_and_the_loaders() -> None:
     bad = [
-        f"{mod}:{node.lineno} imports Store"
+        f"{mod}:{node.lineno} imports {target}.{name}"
         for mod, path in MODULES.items()
         if not any(mod == a or mod.startswith(a + ".") for a in STORE_ALLOWED)
         for node, _, target, name in _imports(path)
-        if target.startswith("core.store") and name == "Store"
+        if target in ("core.store", "core.store.store")
     ]
     assert bad == []
 
@@ -139,3 +140,38 @@ def test_store_stays_in_the_steps_the_store_and_the_loaders() -> None:
 def test_the_checker_sees_a_circle_and_a_private_import() -> None:
     """The checks can fail: a planted circle is found."""
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+MAX_LINES = 150
+MAX_STEP_PARAMETERS = 6  # besides the store and the step's config
+
+
+def _functions(package: str) -> Iterator[tuple[str, ast.FunctionDef]]:
+    for mod, path in MODULES.items():
+        if mod == package or mod.startswith(package + "."):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.FunctionDef):
+                    yield mod, node
+
+
+def test_no_function_in_core_is_over_150_lines() -> None:
+    long = [
+        f"{mod}:{fn.name} {fn.end_lineno - fn.lineno + 1} lines"
+        for mod, fn in _functions("core")
+        if (fn.end_lineno or fn.lineno) - fn.lineno + 1 > MAX_LINES
+    ]
+    assert long == []
+
+
+def test_a_step_takes_its_options_in_one_config() -> None:
+    """A step (a public function of core/steps whose first parameter is the store) has at most
+    six parameters besides the store and its config."""
+    wide = []
+    for mod, fn in _functions("core.steps"):
+        args = [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]
+        if fn.name.startswith("_") or not args or args[0].arg != "store":
+            continue
+        rest = [a.arg for a in args[1:] if a.arg not in ("cfg", "config", "request")]
+        if len(rest) > MAX_STEP_PARAMETERS:
+            wide.append(f"{mod}:{fn.name} {len(rest)} parameters: {', '.join(rest)}")
+    assert wide == []

@@ -14,7 +14,7 @@ from typing import TypeVar
 import streamlit as st
 
 from core.errors import StudioError
-from core.store import Views
+from core.store.sql import Views
 from ui.loaders import load_datasets, load_run, load_views, token
 from ui.state import DATASET, db_path, init_state
 from ui.text import md

@@ -26,7 +26,7 @@ from core.rules import (
     rule_set_path,
     save_rule_set,
 )
-from core.store import Views
+from core.store.sql import Views
 from ui.common import PageContext, error
 from ui.loaders import (
     check_rule_set_here,
