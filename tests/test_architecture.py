@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,3 +176,29 @@ def test_a_step_takes_its_options_in_one_config() -> None:
         if len(rest) > MAX_STEP_PARAMETERS:
             wide.append(f"{mod}:{fn.name} {len(rest)} parameters: {', '.join(rest)}")
     assert wide == []
+
+
+def _layout_block() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Layout\n", 1)[1]
+    return section.split("```", 2)[1]
+
+
+def test_the_readme_layout_names_every_module_and_nothing_else() -> None:
+    """README's diagram is the code's: every module of core/, core/steps/, core/store/ and ui/
+    is named in it (an __init__ excepted), and every file it names exists."""
+    block = _layout_block()
+    named = set(re.findall(r"\b([a-z_]+\.py)\b", block))
+    words = set(re.findall(r"\b[a-z_]+\b", block))  # core/steps/ lists its modules by name
+    missing = [
+        str(path.relative_to(ROOT))
+        for pkg in ("core", "core/steps", "core/store", "ui")
+        for path in sorted((ROOT / pkg).glob("*.py"))
+        if path.name not in ("__init__.py", "__main__.py")
+        and path.name not in named
+        and not (pkg == "core/steps" and path.stem in words)
+    ]
+    assert missing == []
+    files = {p.name for p in ROOT.rglob("*.py") if ".venv" not in p.parts}
+    ghosts = sorted(n for n in re.findall(r"\b([a-z_]+\.py)\b", block) if n not in files)
+    assert ghosts == []
