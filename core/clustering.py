@@ -41,9 +41,11 @@ class ClusterConfig:
 
     def __post_init__(self) -> None:
         if self.k is not None and self.k < 2:
-            raise StudioError(f"--k must be at least 2, got {self.k}")
+            raise StudioError(f"{{field}} must be at least 2, got {self.k}", field="k")
         if isinstance(self.sweep, tuple) and (not self.sweep or min(self.sweep) < 2):
-            raise StudioError(f"--sweep needs values of k of at least 2, got {list(self.sweep)}")
+            raise StudioError(
+                f"{{field}} needs values of k of at least 2, got {list(self.sweep)}", field="sweep"
+            )
         if self.sweep_sample < 10:
             raise StudioError("sweep_sample must be at least 10")
         if self.top_features < 1:
@@ -77,9 +79,13 @@ def parse_sweep(text: str) -> tuple[int, ...] | Literal["auto"]:
     try:
         ks = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
     except ValueError as exc:
-        raise StudioError(f"--sweep {text!r}: expected 'auto' or k values like 4,8,12") from exc
+        raise StudioError(
+            f"{{field}} {text!r}: expected 'auto' or k values like 4,8,12", field="sweep"
+        ) from exc
     if not ks:
-        raise StudioError(f"--sweep {text!r}: expected 'auto' or k values like 4,8,12")
+        raise StudioError(
+            f"{{field}} {text!r}: expected 'auto' or k values like 4,8,12", field="sweep"
+        )
     return ks
 
 
@@ -110,7 +116,9 @@ def sweep_k(
     n = len(X.indptr) - 1
     bad = [k for k in ks if k >= n or k < 2]
     if bad:
-        raise StudioError(f"--sweep: k={bad[0]} needs 2 <= k < {n} (the dataset's size)")
+        raise StudioError(
+            f"{{field}}: k={bad[0]} needs 2 <= k < {n} (the dataset's size)", field="sweep"
+        )
     Xn = normalize(X.astype(np.float32), norm="l2", axis=1)
     out = []
     for k in ks:
@@ -137,7 +145,9 @@ def best_k(sweep: list[dict[str, float]]) -> int:
     """The k with the highest silhouette (the smallest such k on ties)."""
     scored = [p for p in sweep if not math.isnan(p["silhouette"])]
     if not scored:
-        raise StudioError("--sweep: no k gave a silhouette score (too few distinct rows)")
+        raise StudioError(
+            "{field}: no k gave a silhouette score (too few distinct rows)", field="sweep"
+        )
     return int(max(scored, key=lambda p: (p["silhouette"], -p["k"]))["k"])
 
 
@@ -260,7 +270,7 @@ def near_duplicate_groups(
     array([ 0,  0, -1])
     """
     if not 0.0 < threshold <= 1.0:
-        raise StudioError(f"--threshold must be in (0, 1], got {threshold}")
+        raise StudioError(f"{{field}} must be in (0, 1], got {threshold}", field="threshold")
     n = len(X.indptr) - 1
     Xn = sparse.csr_matrix(normalize(X.astype(np.float32), norm="l2", axis=1))
     XnT = sparse.csr_matrix(Xn.T)
