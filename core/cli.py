@@ -357,19 +357,16 @@ def _train_progress(p: Any) -> None:
 
 
 def _train_sae(args: argparse.Namespace) -> int:
-    from core.steps.featurize import train_sae
+    from core.steps.featurize import TrainSAEConfig, train_sae
 
-    s = train_sae(
-        _store(args),
+    cfg = TrainSAEConfig(
         dataset=args.dataset,
         model=args.model,
         layer=args.layer,
         hook=args.hook,
+        out=args.out,
         device=args.device,
         dtype=args.dtype,
-        eval_every=args.eval_every,
-        report=_train_progress,
-        out=args.out,
         width=args.width,
         k=args.k,
         epochs=args.epochs,
@@ -378,7 +375,9 @@ def _train_sae(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         max_tokens=args.max_tokens,
         seed=args.seed,
+        eval_every=args.eval_every,
     )
+    s = train_sae(_store(args), cfg, report=_train_progress)
     print(f"wrote SAE to {s['path']}")
     print(
         f"explained variance {s['explained_variance']:.3f}; dead features "
@@ -454,47 +453,45 @@ def _ray_args(sp: argparse.ArgumentParser) -> None:
     )
 
 
-def _featurize_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options both featurize engines take, from the flags."""
-    return {
-        "dataset": args.dataset,
-        "model": args.model,
-        "layer": args.layer,
-        "hook": args.hook,
-        "sae_path": args.sae_path,
-        "sae_release": args.sae,
-        "sae_k": args.sae_k,
-        "pooling": args.pooling,
-        "pool_over": args.pool_over,
-        "chat_template": args.chat_template,
-        "dense": args.dense,
-        "dtype": args.dtype,
-        "top_k": args.top_k,
-        "batch_size": args.batch_size,
-        "max_length": args.max_length,
-        "resume": not args.no_resume,
-    }
-
-
 def _featurize(args: argparse.Namespace) -> int:
-    store = _store(args)
-    options = _featurize_options(args)
-    if args.ray:
-        from core.steps.featurize_ray import featurize_ray
+    from core.steps.featurize import FeaturizeConfig
 
-        run_id = featurize_ray(
-            store,
-            **options,
+    store = _store(args)
+    cfg = FeaturizeConfig(
+        dataset=args.dataset,
+        model=args.model,
+        layer=args.layer,
+        hook=args.hook,
+        sae_path=args.sae_path,
+        sae_release=args.sae,
+        sae_k=args.sae_k,
+        pooling=args.pooling,
+        pool_over=args.pool_over,
+        chat_template=args.chat_template,
+        dense=args.dense,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        chunk_size=args.chunk_size,
+        resume=not args.no_resume,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    if args.ray:
+        from core.steps.featurize_ray import RayOptions, featurize_ray
+
+        options = RayOptions(
             address=args.ray,
             num_workers=args.workers,
             num_cpus=args.ray_cpus,
             shard_dir=args.shard_dir,
         )
+        run_id = featurize_ray(store, cfg, options)
         engine = f"ray, {store.run(run_id)['summary'].get('workers')} workers"
     else:
         from core.steps.featurize import featurize
 
-        run_id = featurize(store, **options, device=args.device, chunk_size=args.chunk_size)
+        run_id = featurize(store, cfg)
         engine = "{device} {dtype}".format(**store.run(run_id)["summary"])
     record = store.run(run_id)
     s = record["summary"]
