@@ -23,7 +23,7 @@ from core.projection import ProjectConfig
 from core.steps.base import (
     MINILM_HUB_ID,
 )
-from core.steps.featurize import featurize, train_sae
+from core.steps.featurize import FeaturizeConfig, TrainSAEConfig, featurize, train_sae
 from core.steps.ingest import ingest, ingest_rollouts
 from core.steps.probes import probe
 from core.steps.rewards import PROBE_FEATURES, responses_dataset, reward_probe, verify_dataset
@@ -81,13 +81,15 @@ def build_demo(
         name = responses_dataset(store, dataset="demo_prefs")
         featurize(
             store,
-            dataset=name,
-            model=MINILM_HUB_ID,
-            layer=DEMO_LAYER,
-            sae_path=str(sae_dir),
-            pool_over="response",
-            dense=True,
-            resume=False,
+            FeaturizeConfig(
+                dataset=name,
+                model=MINILM_HUB_ID,
+                layer=DEMO_LAYER,
+                sae_path=str(sae_dir),
+                pool_over="response",
+                dense=True,
+                resume=False,
+            ),
         )
         cluster(store, dataset=name, cfg=ClusterConfig(seed=seed, sweep="auto"))
         project(store, dataset=name, cfg=ProjectConfig(seed=seed))
@@ -102,26 +104,30 @@ def build_demo(
             "train SAE",
             lambda: train_sae(
                 store,
-                dataset="demo",
-                model=MINILM_HUB_ID,
-                layer=DEMO_LAYER,
-                out=sae_dir,
-                width=DEMO_SAE_WIDTH,
-                k=DEMO_SAE_K,
-                epochs=epochs,
-                seed=seed,
+                TrainSAEConfig(
+                    dataset="demo",
+                    model=MINILM_HUB_ID,
+                    layer=DEMO_LAYER,
+                    out=sae_dir,
+                    width=DEMO_SAE_WIDTH,
+                    k=DEMO_SAE_K,
+                    epochs=epochs,
+                    seed=seed,
+                ),
             ),
         ),
         (
             "featurize",
             lambda: featurize(
                 store,
-                dataset="demo",
-                model=MINILM_HUB_ID,
-                layer=DEMO_LAYER,
-                sae_path=str(sae_dir),
-                dense=True,  # the demo shows the dense baseline beside the SAE features
-                resume=False,
+                FeaturizeConfig(
+                    dataset="demo",
+                    model=MINILM_HUB_ID,
+                    layer=DEMO_LAYER,
+                    sae_path=str(sae_dir),
+                    dense=True,  # the demo shows the dense baseline beside the SAE features
+                    resume=False,
+                ),
             ),
         ),
         (
