@@ -610,11 +610,10 @@ def _probe_command(signal: str, kinds: list[str], higher: list[str], label_help:
 
 def _probe(args: argparse.Namespace) -> int:
     """Train the probe named by the command (difficulty or quality) and print its evidence."""
-    from core.steps.probes import probe
+    from core.steps.probes import ProbeRequest, probe
 
     store = _store(args)
-    run_id = probe(
-        store,
+    req = ProbeRequest(
         dataset=args.dataset,
         signal=args.command,
         label=args.label,
@@ -628,6 +627,7 @@ def _probe(args: argparse.Namespace) -> int:
         baselines=_names(args.baselines),
         feature_run=args.feature_run,
     )
+    run_id = probe(store, req)
     _print_probe(store.run(run_id), run_id=run_id, signal=args.command)
     return 0
 

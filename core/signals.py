@@ -2,7 +2,7 @@
 against. Each reads the store, computes with the pure modules (core.probes, core.rollouts), and
 commits one run, so the CLI and the app share them.
 
-    >>> run = probe(store, dataset="demo", signal="difficulty", label="difficulty")
+    >>> run = probe(store, ProbeRequest("demo", "difficulty", "difficulty"))
     >>> store.views("demo").score_runs   # (("difficulty_proxy", run),): a wide-view column now
     >>> ingest_rollouts(store, dataset="demo", path="rollouts.jsonl")  # pass_rate, pass_at_k ...
 

@@ -29,7 +29,7 @@ from core.rewards import (
 from core.rules import RemovalReport, RuleSet, load_rule_set
 from core.steps.export import export, export_columns, export_rows
 from core.steps.judge import calibration, category_values, judge
-from core.steps.probes import probe
+from core.steps.probes import ProbeRequest, probe
 from core.steps.rewards import disagreement_probe, preference_shift, reward_frame, reward_sources
 from core.steps.rules import check_on_store, removed_view
 from core.store import Store, Views
@@ -474,7 +474,7 @@ def save_labels(dataset: str, name: str, values: pa.Table) -> None:
 
 def train_probe(dataset: str, *, signal: str, label: str) -> int:
     """``python -m core quality --label LABEL``: the probe step on the page's marks."""
-    return probe(store(), dataset=dataset, signal=signal, label=label)
+    return probe(store(), ProbeRequest(dataset, signal, label))
 
 
 def write_export(out: Path, **options: Any) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from core.steps.base import (
 )
 from core.steps.featurize import FeaturizeConfig, TrainSAEConfig, featurize, train_sae
 from core.steps.ingest import ingest, ingest_rollouts
-from core.steps.probes import probe
+from core.steps.probes import ProbeRequest, probe
 from core.steps.rewards import PROBE_FEATURES, responses_dataset, reward_probe, verify_dataset
 from core.steps.space import cluster, dedup, project
 from core.store import Store
@@ -161,13 +161,11 @@ def build_demo(
         ),
         (
             "difficulty probe",
-            lambda: probe(
-                store, dataset="demo", signal="difficulty", label="difficulty", seed=seed
-            ),
+            lambda: probe(store, ProbeRequest("demo", "difficulty", "difficulty", seed=seed)),
         ),
         (
             "quality probe",
-            lambda: probe(store, dataset="demo", signal="quality", label="quality", seed=seed),
+            lambda: probe(store, ProbeRequest("demo", "quality", "quality", seed=seed)),
         ),
         ("project (UMAP)", lambda: project(store, dataset="demo", cfg=ProjectConfig(seed=seed))),
         ("responses: features, clusters, map, reward probes", responses),
