@@ -736,11 +736,10 @@ def _reward_args(sp: argparse.ArgumentParser) -> None:
 
 
 def _reward(args: argparse.Namespace) -> int:
-    from core.steps.rewards import score_rewards
+    from core.steps.rewards import RewardScoringConfig, score_rewards
 
     store = _store(args)
-    run_id = score_rewards(
-        store,
+    cfg = RewardScoringConfig(
         dataset=args.dataset,
         model=args.model,
         head=args.head,
@@ -754,6 +753,7 @@ def _reward(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         resume=not args.no_resume,
     )
+    run_id = score_rewards(store, cfg)
     record = store.run(run_id)
     c, s = record["config"], record["summary"]
     head = f"ordinal, K = {c['K']}" if c["head"] == "ordinal" else "scalar"
@@ -907,13 +907,10 @@ def _reward_probe_args(sp: argparse.ArgumentParser) -> None:
 
 
 def _reward_probe(args: argparse.Namespace) -> int:
-    from core.steps.rewards import (
-        reward_probe,
-    )
+    from core.steps.rewards import RewardProbeConfig, reward_probe
 
     store = _store(args)
-    run_id = reward_probe(
-        store,
+    cfg = RewardProbeConfig(
         dataset=args.dataset,
         features=args.features,
         feature_run=args.feature_run,
@@ -922,6 +919,7 @@ def _reward_probe(args: argparse.Namespace) -> int:
         folds=args.folds,
         penalty=args.penalty,
     )
+    run_id = reward_probe(store, cfg)
     _print_reward_probe(store.run(run_id), run_id=run_id)
     return 0
 

@@ -26,7 +26,13 @@ from core.steps.base import (
 from core.steps.featurize import FeaturizeConfig, TrainSAEConfig, featurize, train_sae
 from core.steps.ingest import ingest, ingest_rollouts
 from core.steps.probes import ProbeRequest, probe
-from core.steps.rewards import PROBE_FEATURES, responses_dataset, reward_probe, verify_dataset
+from core.steps.rewards import (
+    PROBE_FEATURES,
+    RewardProbeConfig,
+    responses_dataset,
+    reward_probe,
+    verify_dataset,
+)
 from core.steps.space import cluster, dedup, project
 from core.store import Store
 
@@ -94,7 +100,9 @@ def build_demo(
         cluster(store, dataset=name, cfg=ClusterConfig(seed=seed, sweep="auto"))
         project(store, dataset=name, cfg=ProjectConfig(seed=seed))
         for features in PROBE_FEATURES:
-            reward_probe(store, dataset="demo_prefs", features=features, seed=seed)
+            reward_probe(
+                store, RewardProbeConfig(dataset="demo_prefs", features=features, seed=seed)
+            )
 
     # (what the progress bar shows, the step): run in order, one tick each
     pipeline: list[tuple[str, Callable[[], object]]] = [
