@@ -856,10 +856,9 @@ def _margins(text: str | None) -> list[float] | None:
 
 def _judge(args: argparse.Namespace) -> int:
     from core.reward_models import judge_report
-    from core.steps.judge import judge
+    from core.steps.judge import JudgeRequest, judge
 
-    judged = judge(
-        _store(args),
+    req = JudgeRequest(
         dataset=args.dataset,
         names=_names(args.names) or None,
         by=[c for item in args.by or () for c in _names(item)],
@@ -868,6 +867,7 @@ def _judge(args: argparse.Namespace) -> int:
         calibration_label=args.calibration,
         n_bins=args.bins,
     )
+    judged = judge(_store(args), req)
     if args.json:
         print(json.dumps(judged, indent=2, allow_nan=False))
     else:
@@ -1264,7 +1264,7 @@ def _rules_args(sp: argparse.ArgumentParser) -> None:
 
 def _rules(args: argparse.Namespace) -> int:
     from core.rules import intersect_ids
-    from core.steps.rules import removed_view
+    from core.steps.rules import RemovedViewRequest, removed_view
 
     store = _store(args)
     rule_set, views = _loaded_rules(store, args.path, args.dataset)
@@ -1273,8 +1273,7 @@ def _rules(args: argparse.Namespace) -> int:
     names = rule_set.hit_names()
     if ids is not None and rule_set.ids() is None:
         names.append("selection")
-    removal = removed_view(
-        store,
+    req = RemovedViewRequest(
         args.dataset,
         views=views,
         filters=rule_set.filters(),
@@ -1283,6 +1282,7 @@ def _rules(args: argparse.Namespace) -> int:
         difficulty=args.difficulty_column,
         columns=["prompt"],
     )
+    removal = removed_view(store, req)
     _print_report(removal, rule_set=rule_set, path=args.path, dataset=args.dataset, show=args.show)
     return 0
 

@@ -237,10 +237,10 @@ def test_reward_frame(rewards_db: Path) -> None:
 
 
 def test_judge_by_response_cluster(rewards_db: Path, capsys) -> None:
-    from core.steps.judge import judge
+    from core.steps.judge import JudgeRequest, judge
 
     store = Store(rewards_db)
-    judged = judge(store, dataset="prefs", by=["response_cluster"], side="chosen")
+    judged = judge(store, JudgeRequest("prefs", by=["response_cluster"], side="chosen"))
     rows = judged["sources"]["verifier"]["by"]["response_cluster"]
     frame = reward_frame(store, dataset="prefs")
     chosen = frame[frame["role"].eq("chosen")]
