@@ -17,9 +17,9 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from core.defaults import (
     DEFAULT_DB,
@@ -226,6 +226,19 @@ def _responses_set(sp: argparse.ArgumentParser) -> None:
     _dataset(sp, "a preference set with DATASET.responses")
 
 
+C = TypeVar("C")
+
+
+def _from_flags(cls: type[C], args: argparse.Namespace, **given: Any) -> C:
+    """A step's config (a dataclass) with each field read from the flag of the same name
+    (``--batch-size`` -> ``batch_size``), except the fields ``given``: flags named otherwise or
+    parsed further (``resume=not args.no_resume``). A field without a flag keeps its default,
+    so the config's defaults and checks are the ones that hold."""
+    names = [f.name for f in fields(cls) if f.init]  # type: ignore[arg-type]
+    named = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    return cls(**{**named, **given})
+
+
 def _device_args(sp: argparse.ArgumentParser) -> None:
     """Where a model runs and in which dtype (every command that loads one)."""
     sp.add_argument(
@@ -359,24 +372,7 @@ def _train_progress(p: Any) -> None:
 def _train_sae(args: argparse.Namespace) -> int:
     from core.steps.featurize import TrainSAEConfig, train_sae
 
-    cfg = TrainSAEConfig(
-        dataset=args.dataset,
-        model=args.model,
-        layer=args.layer,
-        hook=args.hook,
-        out=args.out,
-        device=args.device,
-        dtype=args.dtype,
-        width=args.width,
-        k=args.k,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_tokens=args.batch_tokens,
-        max_length=args.max_length,
-        max_tokens=args.max_tokens,
-        seed=args.seed,
-        eval_every=args.eval_every,
-    )
+    cfg = _from_flags(TrainSAEConfig, args)
     s = train_sae(_store(args), cfg, report=_train_progress)
     print(f"wrote SAE to {s['path']}")
     print(
@@ -457,34 +453,12 @@ def _featurize(args: argparse.Namespace) -> int:
     from core.steps.featurize import FeaturizeConfig
 
     store = _store(args)
-    cfg = FeaturizeConfig(
-        dataset=args.dataset,
-        model=args.model,
-        layer=args.layer,
-        hook=args.hook,
-        sae_path=args.sae_path,
-        sae_release=args.sae,
-        sae_k=args.sae_k,
-        pooling=args.pooling,
-        pool_over=args.pool_over,
-        chat_template=args.chat_template,
-        dense=args.dense,
-        top_k=args.top_k,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        chunk_size=args.chunk_size,
-        resume=not args.no_resume,
-        device=args.device,
-        dtype=args.dtype,
-    )
+    cfg = _from_flags(FeaturizeConfig, args, sae_release=args.sae, resume=not args.no_resume)
     if args.ray:
         from core.steps.featurize_ray import RayOptions, featurize_ray
 
-        options = RayOptions(
-            address=args.ray,
-            num_workers=args.workers,
-            num_cpus=args.ray_cpus,
-            shard_dir=args.shard_dir,
+        options = _from_flags(
+            RayOptions, args, address=args.ray, num_workers=args.workers, num_cpus=args.ray_cpus
         )
         run_id = featurize_ray(store, cfg, options)
         engine = f"ray, {store.run(run_id)['summary'].get('workers')} workers"
@@ -613,19 +587,13 @@ def _probe(args: argparse.Namespace) -> int:
     from core.steps.probes import ProbeRequest, probe
 
     store = _store(args)
-    req = ProbeRequest(
-        dataset=args.dataset,
+    req = _from_flags(
+        ProbeRequest,
+        args,
         signal=args.command,
-        label=args.label,
-        kind=args.kind,
-        name=args.name,
         higher_is=args.higher,
-        folds=args.folds,
-        seed=args.seed,
-        min_labels=args.min_labels,
         value_range=_range(args.range),
         baselines=_names(args.baselines),
-        feature_run=args.feature_run,
     )
     run_id = probe(store, req)
     _print_probe(store.run(run_id), run_id=run_id, signal=args.command)
@@ -739,20 +707,7 @@ def _reward(args: argparse.Namespace) -> int:
     from core.steps.rewards import RewardScoringConfig, score_rewards
 
     store = _store(args)
-    cfg = RewardScoringConfig(
-        dataset=args.dataset,
-        model=args.model,
-        head=args.head,
-        name=args.name,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        template=args.template,
-        chat_template=args.chat_template,
-        device=args.device,
-        dtype=args.dtype,
-        chunk_size=args.chunk_size,
-        resume=not args.no_resume,
-    )
+    cfg = _from_flags(RewardScoringConfig, args, resume=not args.no_resume)
     run_id = score_rewards(store, cfg)
     record = store.run(run_id)
     c, s = record["config"], record["summary"]
@@ -858,11 +813,11 @@ def _judge(args: argparse.Namespace) -> int:
     from core.reward_models import judge_report
     from core.steps.judge import JudgeRequest, judge
 
-    req = JudgeRequest(
-        dataset=args.dataset,
+    req = _from_flags(
+        JudgeRequest,
+        args,
         names=_names(args.names) or None,
         by=[c for item in args.by or () for c in _names(item)],
-        side=args.side,
         margins=_margins(args.margins),
         calibration_label=args.calibration,
         n_bins=args.bins,
@@ -910,15 +865,7 @@ def _reward_probe(args: argparse.Namespace) -> int:
     from core.steps.rewards import RewardProbeConfig, reward_probe
 
     store = _store(args)
-    cfg = RewardProbeConfig(
-        dataset=args.dataset,
-        features=args.features,
-        feature_run=args.feature_run,
-        name=args.name,
-        seed=args.seed,
-        folds=args.folds,
-        penalty=args.penalty,
-    )
+    cfg = _from_flags(RewardProbeConfig, args)
     run_id = reward_probe(store, cfg)
     _print_reward_probe(store.run(run_id), run_id=run_id)
     return 0
