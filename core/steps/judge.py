@@ -178,7 +178,7 @@ class JudgeRequest:
             raise StudioError(f"n_bins must be at least 1, got {self.n_bins} (--bins)")
 
 
-def judge(store: Store, req: JudgeRequest) -> dict[str, Any]:
+def judge(store: Store, request: JudgeRequest) -> dict[str, Any]:
     """Every named reward source of a preference set judged on it (pairwise accuracy and
     StoryRMB 1-of-N, with chance and 95% intervals) and every two sources compared
     (Spearman, Kendall, pair agreement, best-of-n agreement): what `python -m core judge`
@@ -190,35 +190,37 @@ def judge(store: Store, req: JudgeRequest) -> dict[str, Any]:
     ``calibration``, the calibration against ``calibration_label`` (:func:`calibration`), or
     ``{"skipped": why}`` for a source without logits. Plain data throughout (NaN as None)."""
 
-    kind = store.dataset(req.dataset)["kind"]  # an unknown dataset: one line naming the known
-    frames = store.reward_frames(req.dataset, req.names)
-    runs = store.reward_runs(req.dataset)
+    kind = store.dataset(request.dataset)["kind"]  # an unknown dataset: one line naming the known
+    frames = store.reward_frames(request.dataset, request.names)
+    runs = store.reward_runs(request.dataset)
     names = list(frames)
-    if (req.by or req.margins is not None) and kind != "preferences":
-        what = "--by" if req.by else "--margins"
+    if (request.by or request.margins is not None) and kind != "preferences":
+        what = "--by" if request.by else "--margins"
         raise StudioError(
-            f"{what}: dataset '{req.dataset}' holds {kind}; accuracy per category and by margin "
+            f"{what}: dataset '{request.dataset}' holds {kind}; accuracy per category and by margin "
             "need a preference set (a chosen and rejected responses)"
         )
     if not frames:
         raise StudioError(
-            f"dataset '{req.dataset}' has no reward scores to judge: score it first with "
+            f"dataset '{request.dataset}' has no reward scores to judge: score it first with "
             "`reward`, `verify`, `import-rewards` or `reward-probe`"
         )
-    values = category_values(store, dataset=req.dataset, columns=req.by) if req.by else None
+    values = (
+        category_values(store, dataset=request.dataset, columns=request.by) if request.by else None
+    )
     per_response = (
-        response_clusters(store, dataset=req.dataset)
-        if RESPONSE_CLUSTER in (req.by or ())
+        response_clusters(store, dataset=request.dataset)
+        if RESPONSE_CLUSTER in (request.by or ())
         else None
     )
     labels = (
-        _label_series(store, req.dataset, req.calibration_label)
-        if req.calibration_label is not None
+        _label_series(store, request.dataset, request.calibration_label)
+        if request.calibration_label is not None
         else None
     )
-    out: dict[str, Any] = {"dataset": req.dataset, "sources": {}, "agreement": {}}
-    if req.by:
-        out["by_side"] = req.side
+    out: dict[str, Any] = {"dataset": request.dataset, "sources": {}, "agreement": {}}
+    if request.by:
+        out["by_side"] = request.side
     for n, f in frames.items():
         row: dict[str, Any] = {"run_id": runs[n], "n_scores": len(f)}
         if kind == "preferences":
@@ -227,7 +229,7 @@ def judge(store: Store, req: JudgeRequest) -> dict[str, Any]:
         if values is not None:
             base = f[["example_id", "response_idx", "role", "score"]]
             row["by"] = {}
-            for col in req.by:
+            for col in request.by:
                 if col == RESPONSE_CLUSTER:
                     assert per_response is not None
                     at = pd.MultiIndex.from_frame(base[["example_id", "response_idx"]])
@@ -235,17 +237,17 @@ def judge(store: Store, req: JudgeRequest) -> dict[str, Any]:
                 else:
                     value = base["example_id"].map(values[col]).to_numpy()
                 g = base.assign(value=value)
-                table = rewards.accuracy_by(g, by="value", side=req.side)  # type: ignore[arg-type]
+                table = rewards.accuracy_by(g, by="value", side=request.side)  # type: ignore[arg-type]
                 row["by"][col] = _records(table)
-        if req.margins is not None:
-            row["margins"] = _records(rewards.margin_curve(f, margins=req.margins))
+        if request.margins is not None:
+            row["margins"] = _records(rewards.margin_curve(f, margins=request.margins))
         if labels is not None:
-            assert req.calibration_label is not None
+            assert request.calibration_label is not None
             if not _has_logits(f):
                 row["calibration"] = {"skipped": NO_LOGITS}
             else:
                 row["calibration"] = _calibrate(
-                    f, labels, name=n, label=req.calibration_label, n_bins=req.n_bins
+                    f, labels, name=n, label=request.calibration_label, n_bins=request.n_bins
                 )
         out["sources"][n] = row
     # chats: one response per example, no chosen/rejected roles to pair by

@@ -155,19 +155,24 @@ class ProbeRequest:
         )
 
 
-def probe(store: Store, req: ProbeRequest) -> int:
-    """Train a probe on SAE features to predict ``req.label`` where it is known, score every
+def probe(store: Store, request: ProbeRequest) -> int:
+    """Train a probe on SAE features to predict ``request.label`` where it is known, score every
     example (labelled ones out of fold, see the module docstring), and store the evidence (with
     the same probe on each baseline). Returns the run id.
 
     Everything is checked (label present, enough labels, not all equal, in range, the score
     name free or already this signal's) before anything is written; a failed check stores
-    nothing. When ``req.kind`` is not given and a quality label is not 0/1, the summary's
+    nothing. When ``request.kind`` is not given and a quality label is not 0/1, the summary's
     ``kind_note`` says ridge was chosen and why.
     """
-    dataset, signal, label, baselines = req.dataset, req.signal, req.label, req.baselines
-    higher_is, kind = req.higher_is, req.kind
-    fr = _feature_run(store, dataset, req.feature_run)
+    dataset, signal, label, baselines = (
+        request.dataset,
+        request.signal,
+        request.label,
+        request.baselines,
+    )
+    higher_is, kind = request.higher_is, request.kind
+    fr = _feature_run(store, dataset, request.feature_run)
     views = store.views(dataset, feature_run=fr)
     labels = store.label_names(dataset)
     if label not in labels:
@@ -175,7 +180,7 @@ def probe(store: Store, req: ProbeRequest) -> int:
             f"dataset '{dataset}' has no label '{label}'; its labels: "
             f"{', '.join(labels) or '(none)'}"
         )
-    name = req.name or f"{label}_proxy"
+    name = request.name or f"{label}_proxy"
     if name in labels:
         raise StudioError(f"score name '{name}' is already a label of '{dataset}': pick --name")
     _check_name(store, dataset, name=name, signal=signal)
@@ -190,7 +195,7 @@ def probe(store: Store, req: ProbeRequest) -> int:
     kind_note = None
     if kind is None:
         kind, kind_note = default_kind(signal, y)
-    cfg = req.fit_config(kind)
+    cfg = request.fit_config(kind)
     groups = _clusters(store, dataset, views, ids)
     sae = reps.pop("sae")
     res = fit_probe(sae, y, cfg=cfg, name=label, groups=groups)

@@ -71,15 +71,19 @@ class RemovedViewRequest:
             )
 
 
-def removed_view(store: Store, req: RemovedViewRequest) -> RemovalReport:
-    """The removed view of ``req.filters`` (and the ``req.ids`` selection) on a dataset, in
+def removed_view(store: Store, request: RemovedViewRequest) -> RemovalReport:
+    """The removed view of ``request.filters`` (and the ``request.ids`` selection) on a dataset, in
     one query."""
-    labels = store.label_names(req.dataset)
-    scores = difficulty_scores(store, req.views)
-    others = [n for n, _ in req.views.score_runs]
-    column, higher_is = difficulty_column(labels, scores, req.difficulty, others=others)
-    wanted = list(dict.fromkeys(["cluster", *([column] if column else []), *req.columns]))
+    labels = store.label_names(request.dataset)
+    scores = difficulty_scores(store, request.views)
+    others = [n for n, _ in request.views.score_runs]
+    column, higher_is = difficulty_column(labels, scores, request.difficulty, others=others)
+    wanted = list(dict.fromkeys(["cluster", *([column] if column else []), *request.columns]))
     hits = store.rule_hits(
-        req.dataset, views=req.views, filters=req.filters, ids=req.ids, columns=wanted
+        request.dataset,
+        views=request.views,
+        filters=request.filters,
+        ids=request.ids,
+        columns=wanted,
     )
-    return removal_report(hits.to_pandas(), req.names, difficulty=column, higher_is=higher_is)
+    return removal_report(hits.to_pandas(), request.names, difficulty=column, higher_is=higher_is)
