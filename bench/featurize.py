@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.features import (
     FeatureConfig,
     TokenStats,
+    chosen_layer,
     encode_tokens,
     featurize_batches,
     pool_segments,
@@ -166,7 +167,7 @@ def run_full_forward(lm: LoadedModel, sae: Any, texts: Sequence[str], cfg: Featu
     with torch.inference_mode():
         for idx in iter_length_batches(lengths, batch_size=cfg.batch_size):
             batch = tokenize_batch(lm, [texts[i] for i in idx], max_length=cfg.max_length)
-            acts = full_forward_activations(lm, batch, layer=cfg.layer)
+            acts = full_forward_activations(lm, batch, layer=chosen_layer(cfg))
             tokens += _pool_topk(sae, acts, batch["keep"], cfg)
     return tokens
 
@@ -295,7 +296,7 @@ def run_sae_lens(
     """
     hook = f"{sae.cfg.metadata.hook_name}.hook_sae_acts_post"
     extra: dict[str, Any] = (
-        {"names_filter": [hook], "stop_at_layer": cfg.layer + 1} if tuned else {}
+        {"names_filter": [hook], "stop_at_layer": chosen_layer(cfg) + 1} if tuned else {}
     )
     tokens = 0
     lengths = token_lengths(lm, texts)
@@ -372,7 +373,7 @@ def stage_breakdown(
             with stage("tokenize"):
                 batch = tokenize_batch(lm, [texts[i] for i in idx], max_length=cfg.max_length)
             with stage("forward (to layer)"):
-                acts = layer_activations(lm, batch, layer=cfg.layer)
+                acts = layer_activations(lm, batch, layer=chosen_layer(cfg))
             keep = batch["keep"].to(acts.device)
             with stage("SAE encode"):
                 codes = encode_tokens(sae, acts[keep])

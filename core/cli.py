@@ -17,9 +17,9 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from core.defaults import (
     DEFAULT_DB,
@@ -30,6 +30,8 @@ from core.defaults import (
     DEMO_DB,
 )
 from core.errors import StudioError
+from core.signal_registry import REGISTRY as SIGNAL_REGISTRY
+from core.signal_registry import SignalSpec
 
 if TYPE_CHECKING:
     from core.store import Store
@@ -226,6 +228,19 @@ def _responses_set(sp: argparse.ArgumentParser) -> None:
     _dataset(sp, "a preference set with DATASET.responses")
 
 
+C = TypeVar("C")
+
+
+def _from_flags(cls: type[C], args: argparse.Namespace, **given: Any) -> C:
+    """A step's config (a dataclass) with each field read from the flag of the same name
+    (``--batch-size`` -> ``batch_size``), except the fields ``given``: flags named otherwise or
+    parsed further (``resume=not args.no_resume``). A field without a flag keeps its default,
+    so the config's defaults and checks are the ones that hold."""
+    names = [f.name for f in fields(cls) if f.init]  # type: ignore[arg-type]
+    named = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    return cls(**{**named, **given})
+
+
 def _device_args(sp: argparse.ArgumentParser) -> None:
     """Where a model runs and in which dtype (every command that loads one)."""
     sp.add_argument(
@@ -357,28 +372,10 @@ def _train_progress(p: Any) -> None:
 
 
 def _train_sae(args: argparse.Namespace) -> int:
-    from core.steps.featurize import train_sae
+    from core.steps.featurize import TrainSAEConfig, train_sae
 
-    s = train_sae(
-        _store(args),
-        dataset=args.dataset,
-        model=args.model,
-        layer=args.layer,
-        hook=args.hook,
-        device=args.device,
-        dtype=args.dtype,
-        eval_every=args.eval_every,
-        report=_train_progress,
-        out=args.out,
-        width=args.width,
-        k=args.k,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_tokens=args.batch_tokens,
-        max_length=args.max_length,
-        max_tokens=args.max_tokens,
-        seed=args.seed,
-    )
+    cfg = _from_flags(TrainSAEConfig, args)
+    s = train_sae(_store(args), cfg, report=_train_progress)
     print(f"wrote SAE to {s['path']}")
     print(
         f"explained variance {s['explained_variance']:.3f}; dead features "
@@ -454,47 +451,23 @@ def _ray_args(sp: argparse.ArgumentParser) -> None:
     )
 
 
-def _featurize_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options both featurize engines take, from the flags."""
-    return {
-        "dataset": args.dataset,
-        "model": args.model,
-        "layer": args.layer,
-        "hook": args.hook,
-        "sae_path": args.sae_path,
-        "sae_release": args.sae,
-        "sae_k": args.sae_k,
-        "pooling": args.pooling,
-        "pool_over": args.pool_over,
-        "chat_template": args.chat_template,
-        "dense": args.dense,
-        "dtype": args.dtype,
-        "top_k": args.top_k,
-        "batch_size": args.batch_size,
-        "max_length": args.max_length,
-        "resume": not args.no_resume,
-    }
-
-
 def _featurize(args: argparse.Namespace) -> int:
-    store = _store(args)
-    options = _featurize_options(args)
-    if args.ray:
-        from core.steps.featurize_ray import featurize_ray
+    from core.steps.featurize import FeaturizeConfig
 
-        run_id = featurize_ray(
-            store,
-            **options,
-            address=args.ray,
-            num_workers=args.workers,
-            num_cpus=args.ray_cpus,
-            shard_dir=args.shard_dir,
+    store = _store(args)
+    cfg = _from_flags(FeaturizeConfig, args, sae_release=args.sae, resume=not args.no_resume)
+    if args.ray:
+        from core.steps.featurize_ray import RayOptions, featurize_ray
+
+        options = _from_flags(
+            RayOptions, args, address=args.ray, num_workers=args.workers, num_cpus=args.ray_cpus
         )
+        run_id = featurize_ray(store, cfg, options)
         engine = f"ray, {store.run(run_id)['summary'].get('workers')} workers"
     else:
         from core.steps.featurize import featurize
 
-        run_id = featurize(store, **options, device=args.device, chunk_size=args.chunk_size)
+        run_id = featurize(store, cfg)
         engine = "{device} {dtype}".format(**store.run(run_id)["summary"])
     record = store.run(run_id)
     s = record["summary"]
@@ -560,21 +533,17 @@ def _cluster(args: argparse.Namespace) -> int:
 
 
 # --- difficulty, quality --------------------------------------------------------------------------
-def _probe_command(signal: str, kinds: list[str], higher: list[str], label_help: str) -> Command:
-    """The difficulty or the quality command: the same flags, worded for the signal."""
+def _probe_command(spec: SignalSpec) -> Command:
+    """A signal's command (difficulty, quality): the same flags, worded from its registry entry."""
+    signal, kinds, higher = spec.name, list(spec.kinds), list(spec.directions)
 
     def add_arguments(sp: argparse.ArgumentParser) -> None:
         _dataset(sp)
-        sp.add_argument("--label", required=True, help=label_help)
+        sp.add_argument("--label", required=True, help=spec.label_help)
         sp.add_argument(
             "--kind",
             choices=kinds,
-            help=f"probe (default: {kinds[0]}"
-            + (
-                " for a 0/1 label, ridge for a score, with a note on stderr)"
-                if signal == "quality"
-                else ")"
-            ),
+            help=f"probe (default: {kinds[0]}{spec.kind_help}",
         )
         sp.add_argument(
             "--name",
@@ -584,8 +553,7 @@ def _probe_command(signal: str, kinds: list[str], higher: list[str], label_help:
         sp.add_argument(
             "--higher",
             choices=higher,
-            help="what a higher label means (default: "
-            + ("easier for pass* labels, else harder)" if signal == "difficulty" else "better)"),
+            help=f"what a higher label means (default: {spec.higher_help}",
         )
         sp.add_argument("--folds", type=int, default=5, help="cross-validation folds")
         _seed(sp)
@@ -613,24 +581,18 @@ def _probe_command(signal: str, kinds: list[str], higher: list[str], label_help:
 
 def _probe(args: argparse.Namespace) -> int:
     """Train the probe named by the command (difficulty or quality) and print its evidence."""
-    from core.steps.probes import probe
+    from core.steps.probes import ProbeRequest, probe
 
     store = _store(args)
-    run_id = probe(
-        store,
-        dataset=args.dataset,
+    req = _from_flags(
+        ProbeRequest,
+        args,
         signal=args.command,
-        label=args.label,
-        kind=args.kind,
-        name=args.name,
         higher_is=args.higher,
-        folds=args.folds,
-        seed=args.seed,
-        min_labels=args.min_labels,
         value_range=_range(args.range),
         baselines=_names(args.baselines),
-        feature_run=args.feature_run,
     )
+    run_id = probe(store, req)
     _print_probe(store.run(run_id), run_id=run_id, signal=args.command)
     return 0
 
@@ -739,24 +701,11 @@ def _reward_args(sp: argparse.ArgumentParser) -> None:
 
 
 def _reward(args: argparse.Namespace) -> int:
-    from core.steps.rewards import score_rewards
+    from core.steps.rewards import RewardScoringConfig, score_rewards
 
     store = _store(args)
-    run_id = score_rewards(
-        store,
-        dataset=args.dataset,
-        model=args.model,
-        head=args.head,
-        name=args.name,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        template=args.template,
-        chat_template=args.chat_template,
-        device=args.device,
-        dtype=args.dtype,
-        chunk_size=args.chunk_size,
-        resume=not args.no_resume,
-    )
+    cfg = _from_flags(RewardScoringConfig, args, resume=not args.no_resume)
+    run_id = score_rewards(store, cfg)
     record = store.run(run_id)
     c, s = record["config"], record["summary"]
     head = f"ordinal, K = {c['K']}" if c["head"] == "ordinal" else "scalar"
@@ -859,18 +808,18 @@ def _margins(text: str | None) -> list[float] | None:
 
 def _judge(args: argparse.Namespace) -> int:
     from core.reward_models import judge_report
-    from core.steps.judge import judge
+    from core.steps.judge import JudgeRequest, judge
 
-    judged = judge(
-        _store(args),
-        dataset=args.dataset,
+    req = _from_flags(
+        JudgeRequest,
+        args,
         names=_names(args.names) or None,
         by=[c for item in args.by or () for c in _names(item)],
-        side=args.side,
         margins=_margins(args.margins),
         calibration_label=args.calibration,
         n_bins=args.bins,
     )
+    judged = judge(_store(args), req)
     if args.json:
         print(json.dumps(judged, indent=2, allow_nan=False))
     else:
@@ -910,21 +859,11 @@ def _reward_probe_args(sp: argparse.ArgumentParser) -> None:
 
 
 def _reward_probe(args: argparse.Namespace) -> int:
-    from core.steps.rewards import (
-        reward_probe,
-    )
+    from core.steps.rewards import RewardProbeConfig, reward_probe
 
     store = _store(args)
-    run_id = reward_probe(
-        store,
-        dataset=args.dataset,
-        features=args.features,
-        feature_run=args.feature_run,
-        name=args.name,
-        seed=args.seed,
-        folds=args.folds,
-        penalty=args.penalty,
-    )
+    cfg = _from_flags(RewardProbeConfig, args)
+    run_id = reward_probe(store, cfg)
     _print_reward_probe(store.run(run_id), run_id=run_id)
     return 0
 
@@ -1269,7 +1208,7 @@ def _rules_args(sp: argparse.ArgumentParser) -> None:
 
 def _rules(args: argparse.Namespace) -> int:
     from core.rules import intersect_ids
-    from core.steps.rules import removed_view
+    from core.steps.rules import RemovedViewRequest, removed_view
 
     store = _store(args)
     rule_set, views = _loaded_rules(store, args.path, args.dataset)
@@ -1278,8 +1217,7 @@ def _rules(args: argparse.Namespace) -> int:
     names = rule_set.hit_names()
     if ids is not None and rule_set.ids() is None:
         names.append("selection")
-    removal = removed_view(
-        store,
+    req = RemovedViewRequest(
         args.dataset,
         views=views,
         filters=rule_set.filters(),
@@ -1288,6 +1226,7 @@ def _rules(args: argparse.Namespace) -> int:
         difficulty=args.difficulty_column,
         columns=["prompt"],
     )
+    removal = removed_view(store, req)
     _print_report(removal, rule_set=rule_set, path=args.path, dataset=args.dataset, show=args.show)
     return 0
 
@@ -1399,18 +1338,7 @@ COMMANDS: dict[str, Command] = {
         _cluster,
         "core.steps.space:cluster",
     ),
-    "difficulty": _probe_command(
-        "difficulty",
-        ["elasticnet", "ridge"],
-        ["harder", "easier"],
-        "the label to learn: a difficulty column, or pass_rate from `rollouts`",
-    ),
-    "quality": _probe_command(
-        "quality",
-        ["logistic", "ridge"],
-        ["better", "worse"],
-        "the label to learn: 0/1 (1 = good; e.g. quality_mark from the app) or a score",
-    ),
+    **{name: _probe_command(spec) for name, spec in SIGNAL_REGISTRY.items()},
     "rollouts": Command(
         "Ingest rollout results (n samples per prompt, pass/fail): pass_rate, pass_at_k, "
         "zero_signal become labels.",

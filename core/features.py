@@ -67,10 +67,13 @@ class FeatureConfig:
     both. ``chat_template``: render the text as a user message with the tokenizer's template.
     ``dense``: also keep the mean of the layer's hidden state over the same tokens (float32,
     d_model per example), the dense baseline. ``max_length`` None: the model's context, capped
-    (``core.models.default_max_length``). Errors name the field and its featurize flag.
+    (``core.models.default_max_length``). ``layer`` None: not chosen yet (the featurize step
+    takes it from ``--hook`` or the SAE's own hook); ``featurize_batches`` needs it chosen.
+    Errors name the field and its featurize flag. ``core.steps.featurize.FeaturizeConfig``
+    extends this with where the texts, model and SAE come from, so defaults stand here once.
     """
 
-    layer: int
+    layer: int | None = None
     pooling: Pooling = "mean"
     top_k: int = DEFAULT_TOP_K
     batch_size: int = 32
@@ -84,7 +87,7 @@ class FeatureConfig:
             raise StudioError(f"pooling must be one of {_POOLINGS}, got '{self.pooling}'")
         if self.pool_over not in POOL_OVER:
             raise StudioError(f"pool_over must be one of {POOL_OVER}, got '{self.pool_over}'")
-        if self.layer < -1:
+        if self.layer is not None and self.layer < -1:
             raise StudioError(
                 f"layer must be >= -1 (-1 = the embeddings), got {self.layer} (--layer)"
             )
@@ -103,6 +106,13 @@ class FeatureConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
         return cls(**data)
+
+
+def chosen_layer(cfg: FeatureConfig) -> int:
+    """``cfg.layer``, which must be chosen by now (featurizing runs one layer)."""
+    if cfg.layer is None:
+        raise StudioError("layer is not chosen: give --layer or --hook, or an SAE with a hook")
+    return cfg.layer
 
 
 def check_at_least_one(flags: dict[str, int | None]) -> None:
@@ -477,7 +487,7 @@ def featurize_batches(
             )
     if stats.d_sae != int(sae.cfg.d_sae):
         raise StudioError(f"TokenStats has d_sae {stats.d_sae}, the SAE has {sae.cfg.d_sae}")
-    check_sae_matches(sae, lm, layer=cfg.layer)
+    check_sae_matches(sae, lm, layer=chosen_layer(cfg))
     chunk = chunk_size or 16 * cfg.batch_size
     max_length = cfg.max_length or default_max_length(lm)
 
@@ -519,7 +529,7 @@ def _featurize_chunk(
         members = [encoded[i] for i in idx]
         batch = collate(lm, members)
         with torch.inference_mode():
-            acts = layer_activations(lm, batch, layer=cfg.layer)
+            acts = layer_activations(lm, batch, layer=chosen_layer(cfg))
             keep = batch["keep"].to(acts.device)
             kept = acts[keep]
             codes = encode_tokens(sae, kept)

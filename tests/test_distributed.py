@@ -74,12 +74,14 @@ def test_length_sorted_blocks_put_similar_lengths_together():
 
 
 def test_without_ray_the_error_says_how_to_install_it(tmp_path, monkeypatch):
+    from core.steps.featurize import FeaturizeConfig
     from core.steps.featurize_ray import featurize_ray
 
     db = _ingested(tmp_path)
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(StudioError, match=r"requirements-ray\.txt"):
-        featurize_ray(Store(db), dataset="d", model="unused", layer=1, sae_path=str(tmp_path))
+        cfg = FeaturizeConfig(dataset="d", model="unused", layer=1, sae_path=str(tmp_path))
+        featurize_ray(Store(db), cfg)
     assert len(Store(db).list_runs(step="featurize")) == 0
 
 
@@ -138,27 +140,26 @@ def _by_example(store: Store, run_id: int) -> dict[str, dict[int, float]]:
 @pytest.mark.slow
 def test_ray_featurize_equals_single_process(tmp_path, tiny_bert_dir, tiny_sae_dir):
     pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt")
-    from core.steps.featurize import featurize
-    from core.steps.featurize_ray import featurize_ray
+    from core.steps.featurize import FeaturizeConfig, featurize
+    from core.steps.featurize_ray import RayOptions, featurize_ray
 
     single_db = _ingested(tmp_path)
     ray_db = tmp_path / "ray.duckdb"
     shutil.copy(single_db, ray_db)
-    options = {
-        "dataset": "d",
-        "model": str(tiny_bert_dir),
-        "layer": LAYER,
-        "sae_path": str(tiny_sae_dir),
-        "batch_size": 16,
-        "dense": True,  # the dense column must survive the Parquet shards and the bulk load
-    }
+    cfg = FeaturizeConfig(
+        dataset="d",
+        model=str(tiny_bert_dir),
+        layer=LAYER,
+        sae_path=str(tiny_sae_dir),
+        batch_size=16,
+        dense=True,  # the dense column must survive the Parquet shards and the bulk load
+    )
     single, on_ray = Store(single_db), Store(ray_db)
-    single_run = featurize(single, **options)
+    single_run = featurize(single, cfg)
     t0 = time.perf_counter()
     # chunk_rows below the dataset size: several commits, each with the merged stats so far
-    ray_run = featurize_ray(
-        on_ray, **options, address="local", num_cpus=2, num_workers=2, chunk_rows=40
-    )
+    options = RayOptions(address="local", num_cpus=2, num_workers=2, chunk_rows=40)
+    ray_run = featurize_ray(on_ray, cfg, options)
     print(f"featurize_ray on {N_ROWS} rows, 2 actors: {time.perf_counter() - t0:.1f} s")
 
     assert on_ray.run(ray_run)["config"] == single.run(single_run)["config"]

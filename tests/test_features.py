@@ -579,21 +579,14 @@ def test_an_interrupted_run_of_the_old_default_resumes_with_its_max_length(
     """A run interrupted before the default changed recorded max_length 256: the same command
     with --max-length 256 continues it; without, the user is told how to continue it."""
     from core.steps.base import versions
-    from core.steps.featurize import feature_run_config
+    from core.steps.featurize import FeaturizeConfig, feature_run_config
 
     db = _ingest(tmp_path, ["alpha beta", "gamma delta", LONG])
     store = Store(db)
-    old = feature_run_config(
-        model=str(tiny_bert_dir),
-        layer=1,
-        sae_name=str(tiny_sae_dir.resolve()),
-        pooling="mean",
-        top_k=64,
-        max_length=256,
-        pool_over="prompt",
-        chat_template=False,
-        dtype="float32",
+    cfg = FeaturizeConfig(
+        dataset="d", model=str(tiny_bert_dir), layer=1, sae_path=str(tiny_sae_dir), max_length=256
     )
+    old = feature_run_config(cfg, dtype="float32")
     old_run, _ = store.begin_run(RunRecord("featurize", "d", old, versions()))
 
     assert _featurize(db, tiny_bert_dir, tiny_sae_dir) == 0

@@ -96,7 +96,7 @@ def test_dense_run_resumes_and_equals_an_uninterrupted_one(
 ):
     import shutil
 
-    from core.steps.featurize import featurize
+    from core.steps.featurize import FeaturizeConfig, featurize
 
     db = _copy(pipeline_db, tmp_path)
     clean = tmp_path / "clean.duckdb"
@@ -105,12 +105,14 @@ def test_dense_run_resumes_and_equals_an_uninterrupted_one(
     with pytest.raises(_Interrupted):
         featurize(
             _StopAfter(db, n=2),
-            dataset="demo",
-            model=str(tiny_bert_dir),
-            layer=PIPELINE_LAYER,
-            sae_path=str(tiny_sae_dir),
-            chunk_size=64,
-            dense=True,
+            FeaturizeConfig(
+                dataset="demo",
+                model=str(tiny_bert_dir),
+                layer=PIPELINE_LAYER,
+                sae_path=str(tiny_sae_dir),
+                chunk_size=64,
+                dense=True,
+            ),
         )
     store = Store(db)
     run_id = int(store.list_runs(step="featurize")["run_id"].iloc[0])

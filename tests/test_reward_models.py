@@ -23,7 +23,7 @@ from core.reward_models import (
     reward_from_logits,
     score_texts,
 )
-from core.steps.rewards import score_rewards
+from core.steps.rewards import RewardScoringConfig, score_rewards
 from core.store import RunRecord, Store
 from tests.conftest import CHAT_TEMPLATE, TINY_D_MODEL, _copy_tokenizer, run_cli
 
@@ -308,7 +308,9 @@ def test_cli_scores_every_response_with_its_role(
 
 
 def test_chats_score_their_last_assistant_turn(db: Path, scalar_dir: Path) -> None:
-    rid = score_rewards(Store(db), dataset="chats", model=str(scalar_dir), head="scalar")
+    rid = score_rewards(
+        Store(db), RewardScoringConfig(dataset="chats", model=str(scalar_dir), head="scalar")
+    )
     scores = Store(db).reward_scores(rid).to_pylist()
     assert len(scores) == 12 and {(s["response_idx"], s["role"]) for s in scores} == {
         (-1, "response")
@@ -349,17 +351,17 @@ def test_an_interrupted_run_resumes_to_the_same_scores(db: Path, scalar_dir: Pat
             raise _Stop
 
     with pytest.raises(_Stop):
-        score_rewards(store, **opts, progress=stop_in_the_second_chunk)
+        score_rewards(store, RewardScoringConfig(**opts), progress=stop_in_the_second_chunk)
     (rid,) = store.list_runs(dataset="prefs", step="reward")["run_id"].tolist()
     assert store.run(rid)["status"] == "running"
     assert len(store.done_reward_keys(rid)) == 16  # the first chunk, whole; nothing of the 2nd
     assert store.reward_runs("prefs") == {}  # an unfinished run is not a reward yet
 
-    resumed = score_rewards(store, **opts)
+    resumed = score_rewards(store, RewardScoringConfig(**opts))
     assert resumed == rid
     summary = store.run(rid)["summary"]
     assert summary["resumed"] and summary["scored_this_session"] == len(_responses(db)) - 16
-    clean = score_rewards(store, **opts, resume=False)
+    clean = score_rewards(store, RewardScoringConfig(**opts, resume=False))
     assert clean != rid
     a, b = store.reward_scores(rid).to_pylist(), store.reward_scores(clean).to_pylist()
     assert [(s["example_id"], s["response_idx"]) for s in a] == [
@@ -395,31 +397,46 @@ def test_templates(db: Path, scalar_dir: Path, ordinal_dir: Path) -> None:
     store = Store(db)
     rid = score_rewards(
         store,
-        dataset="prefs",
-        model=str(ordinal_dir),
-        head="ordinal",
-        template="Q: {prompt} A: {response}",
-        name="plain",
+        RewardScoringConfig(
+            dataset="prefs",
+            model=str(ordinal_dir),
+            head="ordinal",
+            template="Q: {prompt} A: {response}",
+            name="plain",
+        ),
     )
     assert store.run(rid)["config"]["template"] == "Q: {prompt} A: {response}"
     with pytest.raises(StudioError, match="no chat template"):
-        score_rewards(store, dataset="prefs", model=str(scalar_dir), head="scalar", template="chat")
+        score_rewards(
+            store,
+            RewardScoringConfig(
+                dataset="prefs", model=str(scalar_dir), head="scalar", template="chat"
+            ),
+        )
     with pytest.raises(StudioError, match="unknown field \\{answer\\}"):
         score_rewards(
-            store, dataset="prefs", model=str(scalar_dir), head="scalar", template="{answer}"
+            store,
+            RewardScoringConfig(
+                dataset="prefs", model=str(scalar_dir), head="scalar", template="{answer}"
+            ),
         )
     with pytest.raises(StudioError, match="must contain \\{response\\}"):
         score_rewards(
-            store, dataset="prefs", model=str(scalar_dir), head="scalar", template="{prompt}"
+            store,
+            RewardScoringConfig(
+                dataset="prefs", model=str(scalar_dir), head="scalar", template="{prompt}"
+            ),
         )
     # a chat template given on the command line replaces the tokenizer's (here: none)
     rid = score_rewards(
         store,
-        dataset="prefs",
-        model=str(scalar_dir),
-        head="scalar",
-        chat_template=CHAT_TEMPLATE,
-        name="custom-chat",
+        RewardScoringConfig(
+            dataset="prefs",
+            model=str(scalar_dir),
+            head="scalar",
+            chat_template=CHAT_TEMPLATE,
+            name="custom-chat",
+        ),
     )
     cfg = store.run(rid)["config"]
     assert cfg["template"] == "chat" and cfg["chat_template"] == CHAT_TEMPLATE
@@ -784,7 +801,10 @@ def test_calibration_of_an_ordinal_rm_against_feedback(
         run_cli("ingest", str(rated), "--dataset", "rated", "--kind", "chats", "--db", str(db)) == 0
     )
     store = Store(db)
-    rid = score_rewards(store, dataset="rated", model=str(ordinal_dir), head="ordinal", name="wild")
+    rid = score_rewards(
+        store,
+        RewardScoringConfig(dataset="rated", model=str(ordinal_dir), head="ordinal", name="wild"),
+    )
     stored = store.reward_scores(rid).to_pandas()
     assert (stored["response_idx"] == -1).all()
     ids = store.labels("rated", "feedback").to_pandas().dropna()
@@ -832,7 +852,10 @@ def test_calibration_of_an_ordinal_rm_against_feedback(
     assert (
         run_cli("ingest", str(five), "--dataset", "five", "--kind", "chats", "--db", str(db)) == 0
     )
-    score_rewards(store, dataset="five", model=str(ordinal_dir), head="ordinal", name="wild")
+    score_rewards(
+        store,
+        RewardScoringConfig(dataset="five", model=str(ordinal_dir), head="ordinal", name="wild"),
+    )
     second = store.labels("five", "feedback").column("example_id").to_pylist()[1]
     with pytest.raises(StudioError, match=rf"example '{second}' has label 5, outside 1..4"):
         calibration(store, dataset="five", name="wild", label="feedback")
@@ -844,7 +867,10 @@ def test_calibration_of_a_preference_set_matches_the_chosen_response(
     from core.steps.judge import calibration
 
     store = Store(db)
-    rid = score_rewards(store, dataset="prefs", model=str(ordinal_dir), head="ordinal", name="w")
+    rid = score_rewards(
+        store,
+        RewardScoringConfig(dataset="prefs", model=str(ordinal_dir), head="ordinal", name="w"),
+    )
     got = calibration(store, dataset="prefs", name="w", label="difficulty")
     n_rejected = sum(r[1] > 0 for r in _responses(db))
     assert (got["n"], got["n_unlabelled"], got["n_other_responses"]) == (N_PREF, 0, n_rejected)

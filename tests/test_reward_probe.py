@@ -17,6 +17,7 @@ from core.errors import StudioError
 from core.export import ExportConfig
 from core.steps.export import export
 from core.steps.rewards import (
+    RewardProbeConfig,
     disagreement_probe,
     preference_shift,
     responses_dataset,
@@ -69,7 +70,7 @@ def test_responses_dataset_refuses_other_kinds_and_existing_names(
     # replacing dropped the old runs of the derived dataset with it
     assert store.latest_run(dataset="prefs.responses", step="featurize") is None
     with pytest.raises(StudioError, match="finished feature run: run featurize first"):
-        reward_probe(store, dataset="prefs")
+        reward_probe(store, RewardProbeConfig(dataset="prefs"))
 
 
 def test_reward_probe_scores_are_out_of_fold(rewards_db: Path) -> None:
@@ -146,7 +147,7 @@ def test_reward_probe_learns_a_planted_feature(tmp_path: Path, capsys) -> None:
     assert run_cli("ingest", str(prefs), "--dataset", "p", "--kind", "preferences", "--db", db) == 0
     store = Store(db)
     with pytest.raises(StudioError, match="no responses dataset: run `python -m core responses"):
-        reward_probe(store, dataset="p")
+        reward_probe(store, RewardProbeConfig(dataset="p"))
     assert run_cli("responses", "--dataset", "p", "--db", db) == 0
     fr = _planted_feature_run(store, "p.responses")
     capsys.readouterr()
@@ -158,7 +159,7 @@ def test_reward_probe_learns_a_planted_feature(tmp_path: Path, capsys) -> None:
     best = scores.loc[scores.groupby("example_id")["score"].idxmax(), "response_idx"]
     assert (best == 0).all()  # every prompt's chosen response scores highest
     with pytest.raises(StudioError, match="has no dense baseline: featurize it with --dense"):
-        reward_probe(store, dataset="p", features="dense")
+        reward_probe(store, RewardProbeConfig(dataset="p", features="dense"))
     # the shift ranks the planted feature first, fired in every chosen and no rejected response
     shift = preference_shift(store, dataset="p")
     top = shift.iloc[0]
@@ -180,7 +181,7 @@ def _scores_of(store: Store, dataset: str, name: str) -> pd.DataFrame:
 
 def test_reward_probe_refuses_a_prompt_set(rewards_db: Path) -> None:
     with pytest.raises(StudioError, match=r"'demo' is prompts: reward probes .* preference set"):
-        reward_probe(Store(rewards_db), dataset="demo")
+        reward_probe(Store(rewards_db), RewardProbeConfig(dataset="demo"))
 
 
 def test_preference_shift_on_the_rewards_store(rewards_db: Path) -> None:
@@ -236,10 +237,10 @@ def test_reward_frame(rewards_db: Path) -> None:
 
 
 def test_judge_by_response_cluster(rewards_db: Path, capsys) -> None:
-    from core.steps.judge import judge
+    from core.steps.judge import JudgeRequest, judge
 
     store = Store(rewards_db)
-    judged = judge(store, dataset="prefs", by=["response_cluster"], side="chosen")
+    judged = judge(store, JudgeRequest("prefs", by=["response_cluster"], side="chosen"))
     rows = judged["sources"]["verifier"]["by"]["response_cluster"]
     frame = reward_frame(store, dataset="prefs")
     chosen = frame[frame["role"].eq("chosen")]

@@ -32,7 +32,7 @@ from core.rules import (
     rule_set_path,
     save_rule_set,
 )
-from core.steps.rules import removed_view
+from core.steps.rules import RemovedViewRequest, removed_view
 from core.store import Store
 from tests.conftest import run_cli
 from tests.test_app_safety import seen
@@ -367,7 +367,8 @@ def test_rules_command_and_export_agree(db, tmp_path, capsys):
     s = Store(db)
     views = s.views("demo")
     names = rs.hit_names()
-    report = removed_view(s, "demo", views=views, filters=rs.filters(), ids=None, names=names)
+    req = RemovedViewRequest("demo", views=views, filters=rs.filters(), ids=None, names=names)
+    report = removed_view(s, req)
     assert report.kept == kept and bool((report.per_rule["removes"] > 0).all())
     assert report.per_cluster.set_index("cluster").loc[0, "kept"] == 0
     assert int(report.per_band["kept"].sum()) == kept

@@ -19,7 +19,7 @@ from core.signals import (
     evidence_table,
     threshold_report,
 )
-from core.steps.probes import probe
+from core.steps.probes import ProbeRequest, probe
 from core.store import Store
 from tests.conftest import PIPELINE_ROWS, run_cli
 
@@ -225,11 +225,11 @@ def test_labels_all_equal_or_too_few_store_nothing(db):
     s.set_labels("demo", "flat", pa.table({"example_id": ids, "value": [1.0] * len(ids)}))
     before = _runs(s)
     with pytest.raises(StudioError, match="flat"):
-        probe(s, dataset="demo", signal="difficulty", label="flat")
+        probe(s, ProbeRequest("demo", "difficulty", "flat"))
     marks = pa.table({"example_id": ids[:6], "value": [0.0, 1.0] * 3})
     s.set_labels("demo", "quality_mark", marks)
     with pytest.raises(StudioError, match="quality_mark"):
-        probe(s, dataset="demo", signal="quality", label="quality_mark")
+        probe(s, ProbeRequest("demo", "quality", "quality_mark"))
     assert _runs(s) == before
 
 
@@ -243,7 +243,7 @@ def test_marks_train_a_probe(db):
         {"example_id": bad + good, "value": [0.0] * len(bad) + [1.0] * len(good)},
     )
     s.set_labels("demo", "quality_mark", marks)
-    rid = probe(s, dataset="demo", signal="quality", label="quality_mark", folds=2, min_labels=4)
+    rid = probe(s, ProbeRequest("demo", "quality", "quality_mark", folds=2, min_labels=4))
     run = s.run(rid)
     assert run["summary"]["n_labelled"] == len(bad) + len(good)
     scores = s.probe_scores(rid)

@@ -28,10 +28,10 @@ from core.rewards import (
 )
 from core.rules import RemovalReport, RuleSet, load_rule_set
 from core.steps.export import export, export_columns, export_rows
-from core.steps.judge import calibration, category_values, judge
-from core.steps.probes import probe
+from core.steps.judge import JudgeRequest, calibration, category_values, judge
+from core.steps.probes import ProbeRequest, probe
 from core.steps.rewards import disagreement_probe, preference_shift, reward_frame, reward_sources
-from core.steps.rules import check_on_store, removed_view
+from core.steps.rules import RemovedViewRequest, check_on_store, removed_view
 from core.store import Store, Views
 from ui.state import db_path
 
@@ -350,14 +350,14 @@ def load_judged(
 ) -> dict[str, Any]:
     """``python -m core judge --dataset D`` on the named sources (with ``--by``, ``--side``,
     ``--margins``): the page reads its numbers from the same step the CLI prints."""
-    return judge(
-        Store(path, lock_timeout_s=5.0),
-        dataset=dataset,
+    req = JudgeRequest(
+        dataset,
         names=list(names),
         by=list(by),
         side=side,
         margins=None if margins is None else list(margins),
     )
+    return judge(Store(path, lock_timeout_s=5.0), req)
 
 
 def load_reward_accuracy(
@@ -474,7 +474,7 @@ def save_labels(dataset: str, name: str, values: pa.Table) -> None:
 
 def train_probe(dataset: str, *, signal: str, label: str) -> int:
     """``python -m core quality --label LABEL``: the probe step on the page's marks."""
-    return probe(store(), dataset=dataset, signal=signal, label=label)
+    return probe(store(), ProbeRequest(dataset, signal, label))
 
 
 def write_export(out: Path, **options: Any) -> dict[str, Any]:
@@ -503,8 +503,7 @@ def load_removed_view(
 ) -> RemovalReport:
     """The removed view of the rules (one query) with the prompt of each row."""
     s = Store(path, lock_timeout_s=5.0)
-    return removed_view(
-        s,
+    req = RemovedViewRequest(
         dataset,
         views=s.views(dataset),
         filters=list(filters),
@@ -512,6 +511,7 @@ def load_removed_view(
         names=list(names),
         columns=["prompt"],
     )
+    return removed_view(s, req)
 
 
 def check_rule_set_here(path: str, dataset: str, rule_set: RuleSet, views: Views) -> list[str]:

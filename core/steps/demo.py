@@ -23,10 +23,16 @@ from core.projection import ProjectConfig
 from core.steps.base import (
     MINILM_HUB_ID,
 )
-from core.steps.featurize import featurize, train_sae
+from core.steps.featurize import FeaturizeConfig, TrainSAEConfig, featurize, train_sae
 from core.steps.ingest import ingest, ingest_rollouts
-from core.steps.probes import probe
-from core.steps.rewards import PROBE_FEATURES, responses_dataset, reward_probe, verify_dataset
+from core.steps.probes import ProbeRequest, probe
+from core.steps.rewards import (
+    PROBE_FEATURES,
+    RewardProbeConfig,
+    responses_dataset,
+    reward_probe,
+    verify_dataset,
+)
 from core.steps.space import cluster, dedup, project
 from core.store import Store
 
@@ -81,18 +87,22 @@ def build_demo(
         name = responses_dataset(store, dataset="demo_prefs")
         featurize(
             store,
-            dataset=name,
-            model=MINILM_HUB_ID,
-            layer=DEMO_LAYER,
-            sae_path=str(sae_dir),
-            pool_over="response",
-            dense=True,
-            resume=False,
+            FeaturizeConfig(
+                dataset=name,
+                model=MINILM_HUB_ID,
+                layer=DEMO_LAYER,
+                sae_path=str(sae_dir),
+                pool_over="response",
+                dense=True,
+                resume=False,
+            ),
         )
         cluster(store, dataset=name, cfg=ClusterConfig(seed=seed, sweep="auto"))
         project(store, dataset=name, cfg=ProjectConfig(seed=seed))
         for features in PROBE_FEATURES:
-            reward_probe(store, dataset="demo_prefs", features=features, seed=seed)
+            reward_probe(
+                store, RewardProbeConfig(dataset="demo_prefs", features=features, seed=seed)
+            )
 
     # (what the progress bar shows, the step): run in order, one tick each
     pipeline: list[tuple[str, Callable[[], object]]] = [
@@ -102,26 +112,30 @@ def build_demo(
             "train SAE",
             lambda: train_sae(
                 store,
-                dataset="demo",
-                model=MINILM_HUB_ID,
-                layer=DEMO_LAYER,
-                out=sae_dir,
-                width=DEMO_SAE_WIDTH,
-                k=DEMO_SAE_K,
-                epochs=epochs,
-                seed=seed,
+                TrainSAEConfig(
+                    dataset="demo",
+                    model=MINILM_HUB_ID,
+                    layer=DEMO_LAYER,
+                    out=sae_dir,
+                    width=DEMO_SAE_WIDTH,
+                    k=DEMO_SAE_K,
+                    epochs=epochs,
+                    seed=seed,
+                ),
             ),
         ),
         (
             "featurize",
             lambda: featurize(
                 store,
-                dataset="demo",
-                model=MINILM_HUB_ID,
-                layer=DEMO_LAYER,
-                sae_path=str(sae_dir),
-                dense=True,  # the demo shows the dense baseline beside the SAE features
-                resume=False,
+                FeaturizeConfig(
+                    dataset="demo",
+                    model=MINILM_HUB_ID,
+                    layer=DEMO_LAYER,
+                    sae_path=str(sae_dir),
+                    dense=True,  # the demo shows the dense baseline beside the SAE features
+                    resume=False,
+                ),
             ),
         ),
         (
@@ -155,13 +169,11 @@ def build_demo(
         ),
         (
             "difficulty probe",
-            lambda: probe(
-                store, dataset="demo", signal="difficulty", label="difficulty", seed=seed
-            ),
+            lambda: probe(store, ProbeRequest("demo", "difficulty", "difficulty", seed=seed)),
         ),
         (
             "quality probe",
-            lambda: probe(store, dataset="demo", signal="quality", label="quality", seed=seed),
+            lambda: probe(store, ProbeRequest("demo", "quality", "quality", seed=seed)),
         ),
         ("project (UMAP)", lambda: project(store, dataset="demo", cfg=ProjectConfig(seed=seed))),
         ("responses: features, clusters, map, reward probes", responses),

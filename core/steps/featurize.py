@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from core.defaults import DEFAULT_SAE_DIR, DEFAULT_TOP_K
+from core.defaults import DEFAULT_SAE_DIR
 from core.errors import StudioError
 from core.features import (
     FeatureConfig,
@@ -26,6 +27,8 @@ from core.features import (
     truncation_warning,
 )
 from core.models import (
+    DTYPES,
+    LoadedModel,
     check_chat_template,
     collate,
     context_length,
@@ -58,6 +61,9 @@ from core.steps.base import (
     warn,
 )
 from core.store import RunRecord, Store, Views
+
+# Examples per forward when collecting train-sae's activations.
+ACTIVATION_BATCH = 32
 
 
 # --- model internals -------------------------------------------------------------------------
@@ -109,34 +115,67 @@ def _load_for_activations(model: str, *, device: str, dtype: str) -> Any:
     return load_model(resolve_model(model), device=dev, dtype=resolve_dtype(dtype, device=dev))
 
 
+@dataclass(frozen=True, kw_only=True)
+class TrainSAEConfig(SaeTrainConfig):
+    """Options of train-sae: the SAE's own (``core.sae.SaeTrainConfig``: width, k, epochs, lr,
+    batch_tokens, max_length, max_tokens, seed, eval_every, each written and checked there
+    once) plus what it is trained on and where it goes, checked before any model loads.
+
+    ``layer``, else ``hook``, picks the layer; ``out`` None: ``DEFAULT_SAE_DIR``/
+    DATASET-MODEL-LLAYER-wWIDTH-kK. Example: ``TrainSAEConfig(dataset="demo", model="minilm",
+    layer=3, epochs=1)``.
+    """
+
+    dataset: str
+    model: str
+    layer: int | None = None
+    hook: str | None = None
+    out: str | Path | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_model_options(dataset=self.dataset, model=self.model, dtype=self.dtype)
+
+
+def check_model_options(*, dataset: str, model: str, dtype: str) -> None:
+    """What every step that reads a dataset through a model checks first; errors name the field
+    and its flag."""
+    if not dataset:
+        raise StudioError("dataset must be given (--dataset)")
+    if not model:
+        raise StudioError("model must be given (--model)")
+    if dtype != "auto" and dtype not in DTYPES:
+        raise StudioError(
+            f"dtype must be auto or one of {', '.join(DTYPES)}, got '{dtype}' (--dtype)"
+        )
+
+
 def collect_activations(
     lm: Any,
     texts: Sequence[str],
     *,
     layer: int,
-    batch_size: int,
     max_length: int,
     max_tokens: int,
     seed: int = 0,
-    desc: str = "activations",
 ) -> Any:
     """Token activations of ``layer`` for the kept (non-special) tokens of ``texts``.
 
     With more than ``max_tokens`` tokens in the dataset, a seeded random subset of the texts is
     taken (so a cap samples the whole dataset, not its head). Each text is tokenized once;
-    batches are bucketed by length, as in featurize. Returns a float32 CPU tensor
-    [n_tokens, d_model] in a seeded shuffled order.
+    batches of ``ACTIVATION_BATCH`` are bucketed by length, as in featurize. Returns a float32
+    CPU tensor [n_tokens, d_model] in a seeded shuffled order.
     """
-    import torch
-
     encoded = encode_texts(lm, texts, max_length=max_length)
     lengths = np.asarray([len(e.ids) for e in encoded])
     order = np.random.default_rng(seed).permutation(len(texts))
     n_take = int(np.searchsorted(np.cumsum(lengths[order]), max_tokens)) + 1
     chosen = order[:n_take]
     chunks: list[torch.Tensor] = []
-    with tqdm(total=len(chosen), desc=desc, unit="ex") as bar:
-        for idx in iter_length_batches(lengths[chosen].tolist(), batch_size=batch_size):
+    with tqdm(total=len(chosen), desc="collect activations", unit="ex") as bar:
+        for idx in iter_length_batches(lengths[chosen].tolist(), batch_size=ACTIVATION_BATCH):
             rows = chosen[idx]
             batch = collate(lm, [encoded[i] for i in rows])
             acts = layer_activations(lm, batch, layer=layer)
@@ -148,63 +187,34 @@ def collect_activations(
 
 
 def train_sae(
-    store: Store,
-    *,
-    dataset: str,
-    model: str,
-    layer: int | None = None,
-    hook: str | None = None,
-    out: str | Path | None = None,
-    width: int | None = None,
-    k: int = 32,
-    epochs: int = 2,
-    lr: float = 1e-3,
-    batch_tokens: int = 1024,
-    max_length: int | None = None,
-    max_tokens: int = 1_000_000,
-    seed: int = 0,
-    device: str = "auto",
-    dtype: str = "auto",
-    eval_every: int | None = None,
-    report: Callable[[Any], None] | None = None,
+    store: Store, cfg: TrainSAEConfig, *, report: Callable[[Any], None] | None = None
 ) -> dict[str, Any]:
-    """Train a TopK SAE with sae-lens on the dataset's activations at ``layer`` (or ``hook``);
-    saves it in sae-lens's on-disk format and records a run. Returns the run's summary, whose
-    ``warnings`` say when the SAE reconstructs poorly or has many dead features.
+    """Train a TopK SAE with sae-lens on the dataset's activations at ``cfg.layer`` (or
+    ``cfg.hook``); saves it in sae-lens's on-disk format and records a run. Returns the run's
+    summary, whose ``warnings`` say when the SAE reconstructs poorly or has many dead features.
 
-    Every option is checked (``core.sae.SaeTrainConfig``, and ``out``) before the model loads.
-    ``width`` None: 8 x the hidden size; ``max_length`` None: the model's context, capped. The
-    run is started (status running) before training and finished right after the finished SAE
-    folder is renamed into place, so a kill leaves no folder, or a folder whose run exists (and
-    its ``studio_training.json`` names it); rerunning the same command takes up that run.
+    ``cfg`` checked itself; ``out`` is checked here, before the model loads. ``width`` None:
+    8 x the hidden size; ``max_length`` None: the model's context, capped. The run is started
+    (status running) before training and finished right after the finished SAE folder is
+    renamed into place, so a kill leaves no folder, or a folder whose run exists (and its
+    ``studio_training.json`` names it); rerunning the same command takes up that run.
     ``report`` gets a ``core.sae.TrainProgress`` every ``eval_every`` steps and at the end.
     """
-
-    cfg = SaeTrainConfig(
-        width=width,
-        k=k,
-        epochs=epochs,
-        lr=lr,
-        batch_tokens=batch_tokens,
-        max_length=max_length,
-        max_tokens=max_tokens,
-        seed=seed,
-        eval_every=eval_every,
-    )
-    if out:
-        check_sae_out(out)
-    _, texts = _texts(store, dataset)
-    lm = _load_for_activations(model, device=device, dtype=dtype)
-    layer = resolve_layer(lm, layer=layer, hook=hook)
+    if cfg.out:
+        check_sae_out(cfg.out)
+    _, texts = _texts(store, cfg.dataset)
+    lm = _load_for_activations(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    layer = resolve_layer(lm, layer=cfg.layer, hook=cfg.hook)
     hook = hook_name(layer)
     width = cfg.width if cfg.width is not None else 8 * int(lm.d_model)
     if cfg.k > width:
         raise StudioError(f"--k {cfg.k} must not exceed the SAE width {width} (--width)")
     max_length = cfg.max_length or default_max_length(lm)
-    name = f"{dataset}-{Path(model_label(model)).name}-L{layer}-w{width}-k{cfg.k}"
-    out_dir = check_sae_out(Path(out) if out else Path(DEFAULT_SAE_DIR) / name)
+    label = model_label(cfg.model)
+    name = f"{cfg.dataset}-{Path(label).name}-L{layer}-w{width}-k{cfg.k}"
+    out_dir = check_sae_out(Path(cfg.out) if cfg.out else Path(DEFAULT_SAE_DIR) / name)
     config = {
-        "model": model_label(model),
+        "model": label,
         "layer": layer,
         "hook": hook,
         "width": width,
@@ -217,16 +227,9 @@ def train_sae(
         "seed": cfg.seed,
         "out": str(out_dir),
     }
-    run_id, _ = store.begin_run(RunRecord("train-sae", dataset, config, versions()))
+    run_id, _ = store.begin_run(RunRecord("train-sae", cfg.dataset, config, versions()))
     acts = collect_activations(
-        lm,
-        texts,
-        layer=layer,
-        batch_size=32,
-        max_length=max_length,
-        max_tokens=cfg.max_tokens,
-        seed=cfg.seed,
-        desc="collect activations",
+        lm, texts, layer=layer, max_length=max_length, max_tokens=cfg.max_tokens, seed=cfg.seed
     )
     t0 = time.perf_counter()
     res = _train(
@@ -240,7 +243,7 @@ def train_sae(
         seed=cfg.seed,
         out_dir=out_dir,
         hook_name=hook,
-        model_name=model_label(model),
+        model_name=label,
         device=lm.device,
         report=report,
         eval_every=cfg.eval_every,
@@ -315,138 +318,174 @@ def other_length_run(store: Store, dataset: str, config: dict[str, Any]) -> str 
     return None
 
 
-def feature_run_config(
-    *,
-    model: str,
-    layer: int,
-    sae_name: str,
-    pooling: str,
-    top_k: int,
-    max_length: int,
-    pool_over: str,
-    chat_template: bool,
-    dtype: str,
-    dense: bool = False,
-) -> dict[str, Any]:
-    """The config a featurize run records: one function for both engines (single process and
-    Ray), so runs with the same options are the same run and resume each other.
+@dataclass(frozen=True, kw_only=True)
+class FeaturizeConfig(FeatureConfig):
+    """Options of featurize, for both engines (single process and Ray): how texts become
+    features (``core.features.FeatureConfig``: layer, pooling, top_k, batch_size, max_length,
+    pool_over, chat_template, dense, each written and checked there once) plus where the texts,
+    model and SAE come from and how the run commits.
+
+    Exactly one of ``sae_path`` (a folder or raw checkpoint) and ``sae_release``
+    (RELEASE/ID); ``sae_k``: k of a raw TopK checkpoint whose config lacks it. The layer is
+    ``layer``, else ``hook``, else the SAE's own hook. ``chunk_size``: examples per commit of
+    the single-process engine (the Ray engine commits ``RayOptions.chunk_rows``); ``device``
+    is the single-process engine's (Ray actors take a GPU when the cluster has one).
+    Example: ``FeaturizeConfig(dataset="demo", model="minilm", layer=3, sae_path="data/saes/x")``.
+    """
+
+    dataset: str
+    model: str
+    hook: str | None = None
+    sae_path: str | None = None
+    sae_release: str | None = None
+    sae_k: int | None = None
+    chunk_size: int = 512
+    resume: bool = True
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_sae_source(self.sae_path, self.sae_release)
+        check_at_least_one({"--chunk-size": self.chunk_size, "--sae-k": self.sae_k})
+        super().__post_init__()
+        check_model_options(dataset=self.dataset, model=self.model, dtype=self.dtype)
+
+    @property
+    def sae_name(self) -> str:
+        """The SAE a run records: the resolved ``sae_path``, or RELEASE/ID."""
+        return check_sae_source(self.sae_path, self.sae_release)
+
+    def chosen(self, *, layer: int, max_length: int) -> FeaturizeConfig:
+        """This config with the layer and max length the model and SAE decided (hook settled)."""
+        return replace(self, layer=layer, hook=None, max_length=max_length)
+
+
+def feature_run_config(cfg: FeaturizeConfig, *, dtype: str) -> dict[str, Any]:
+    """The config a featurize run records, from ``cfg`` with its layer and max length chosen
+    (:meth:`FeaturizeConfig.chosen`) and the model's ``dtype`` as loaded: one function for both
+    engines, so runs with the same options are the same run and resume each other.
 
     Keys added later are written only when not at their default, so an interrupted run of an
     older version still resumes with the same config.
     """
-
+    if cfg.layer is None or cfg.max_length is None:
+        raise StudioError("feature_run_config needs the layer and max_length chosen")
     config: dict[str, Any] = {
-        "model": model_label(model),
-        "layer": layer,
-        "hook": hook_name(layer),
-        "sae": sae_name,
-        "pooling": pooling,
-        "top_k": top_k,
-        "max_length": max_length,
+        "model": model_label(cfg.model),
+        "layer": cfg.layer,
+        "hook": hook_name(cfg.layer),
+        "sae": cfg.sae_name,
+        "pooling": cfg.pooling,
+        "top_k": cfg.top_k,
+        "max_length": cfg.max_length,
     }
-    if pool_over != "prompt":
-        config["pool_over"] = pool_over
-    if chat_template:
+    if cfg.pool_over != "prompt":
+        config["pool_over"] = cfg.pool_over
+    if cfg.chat_template:
         config["chat_template"] = True
     if dtype != "float32":
         config["dtype"] = dtype
-    if dense:
+    if cfg.dense:
         config["dense"] = True
     return config
 
 
-def featurize(
+def load_feature_sae(lm: LoadedModel, cfg: FeaturizeConfig) -> tuple[Any, int]:
+    """The SAE of ``cfg`` on ``lm``'s device, checked against the model, and the layer it reads
+    (``cfg.layer``, else ``cfg.hook``, else the SAE's hook). Both engines load through here."""
+    if cfg.chat_template:
+        check_chat_template(lm)
+    if cfg.sae_path is not None:
+        sae = load_sae(path=cfg.sae_path, device=lm.device, k=cfg.sae_k)
+    else:
+        release, _, sae_id = cfg.sae_name.partition("/")
+        sae = load_sae(release=release, sae_id=sae_id, device=lm.device, k=cfg.sae_k)
+    layer = resolve_layer(lm, layer=cfg.layer, hook=cfg.hook, sae_hook=sae.cfg.metadata.hook_name)
+    check_sae_matches(sae, lm, layer=layer)
+    return sae, layer
+
+
+def sae_warnings(store: Store, cfg: FeaturizeConfig, transfer: str | None) -> list[str]:
+    """The SAE's warnings before a run: ``transfer`` (``core.sae.transfer_warning``, or None)
+    and, for a folder train-sae wrote for this store, a run not recorded as finished."""
+    found = [transfer]
+    if cfg.sae_path is not None:
+        found.append(unrecorded_sae_warning(store, cfg.sae_path))
+    return [msg for msg in found if msg is not None]
+
+
+def begin_feature_run(
     store: Store,
+    cfg: FeaturizeConfig,
+    used: FeaturizeConfig,
     *,
-    dataset: str,
-    model: str,
-    layer: int | None = None,
-    hook: str | None = None,
-    sae_path: str | None = None,
-    sae_release: str | None = None,
-    sae_k: int | None = None,
-    pooling: str = "mean",
-    pool_over: str = "prompt",
-    chat_template: bool = False,
-    dense: bool = False,
-    top_k: int = DEFAULT_TOP_K,
-    batch_size: int = 32,
-    max_length: int | None = None,
-    chunk_size: int = 512,
-    resume: bool = True,
-    device: str = "auto",
-    dtype: str = "auto",
-    warn: Callable[[str], None] = warn,
-) -> int:
+    dtype: str,
+    warn: Callable[[str], None],
+) -> tuple[int, bool]:
+    """Record (or take up, with ``cfg.resume``) the run of ``used`` (``cfg`` chosen on the model,
+    whose weights are ``dtype``); warns when an interrupted run differs only in the default max
+    length ``cfg`` left open. Returns (run id, resumed)."""
+    config = feature_run_config(used, dtype=dtype)
+    explicit = cfg.max_length is not None
+    if cfg.resume and not explicit and (msg := other_length_run(store, cfg.dataset, config)):
+        warn(msg)
+    record = RunRecord("featurize", cfg.dataset, config, versions())
+    return store.begin_run(record, resume=cfg.resume)
+
+
+def finish_feature_run(
+    store: Store,
+    run_id: int,
+    used: FeaturizeConfig,
+    *,
+    context: int | None,
+    summary: dict[str, Any],
+    warn: Callable[[str], None],
+) -> None:
+    """Finish a feature run: warn when examples were cut at ``used.max_length`` (or the model's
+    ``context``), and store the totals read back from the store ahead of ``summary``."""
+    totals = store.feature_totals(run_id)
+    cut = truncation_warning(
+        int(totals["n_truncated"]),
+        int(totals["n_examples"]),
+        max_length=int(used.max_length or 0),
+        context=context,
+        chat_template=used.chat_template,
+    )
+    if cut is not None:
+        warn(cut)
+    store.finish_run(
+        run_id,
+        summary={
+            "n_examples": totals["n_examples"],
+            "n_tokens": totals["n_tokens"],
+            "n_truncated": totals["n_truncated"],
+            **summary,
+        },
+    )
+
+
+def featurize(store: Store, cfg: FeaturizeConfig, *, warn: Callable[[str], None] = warn) -> int:
     """SAE features of every example: forward up to the layer only, SAE-encode each token on
     the model's device, pool over the non-special tokens of the prompt/response/both, keep the
     top ``top_k`` as sparse pairs. With ``dense``, also store each example's mean hidden state
     of the layer over the same tokens (d_model floats), the dense baseline.
 
-    The layer is ``layer``, else the ``hook`` name, else the SAE's own hook. Everything is
-    checked (options, dataset, responses, model, SAE width and hook) before the run is
-    recorded. ``max_length`` None: the model's context, at most ``core.models.MAX_LENGTH_CAP``
-    tokens; the run records the number used. Commits every ``chunk_size`` examples on a writer
-    thread; rerunning the same command after an interruption continues with the examples not
-    yet stored. Returns the run id.
+    ``cfg`` checked itself; the dataset, responses, model, SAE width and hook are checked here
+    before the run is recorded. ``max_length`` None: the model's context, at most
+    ``core.models.MAX_LENGTH_CAP`` tokens; the run records the number used. Commits every
+    ``chunk_size`` examples on a writer thread; rerunning the same command after an
+    interruption continues with the examples not yet stored. Returns the run id.
     """
-
-    sae_name = check_sae_source(sae_path, sae_release)
-    check_at_least_one({"--chunk-size": chunk_size, "--sae-k": sae_k})
-    FeatureConfig(  # validate the options before any loading
-        layer=0 if layer is None else layer,
-        pooling=pooling,  # type: ignore[arg-type]
-        top_k=top_k,
-        batch_size=batch_size,
-        max_length=max_length,
-        pool_over=pool_over,  # type: ignore[arg-type]
-        dense=dense,
-    )
-    ids, texts, responses = example_pairs(store, dataset, pool_over=pool_over)
-    lm = _load_for_activations(model, device=device, dtype=dtype)
-    if chat_template:
-        check_chat_template(lm)
-    if sae_path is not None:
-        sae = load_sae(path=sae_path, device=lm.device, k=sae_k)
-    else:
-        release, _, sae_id = sae_name.partition("/")
-        sae = load_sae(release=release, sae_id=sae_id, device=lm.device, k=sae_k)
-    layer = resolve_layer(lm, layer=layer, hook=hook, sae_hook=sae.cfg.metadata.hook_name)
-    check_sae_matches(sae, lm, layer=layer)
-    if (msg := transfer_warning(sae, model_label(model))) is not None:
+    ids, texts, responses = example_pairs(store, cfg.dataset, pool_over=cfg.pool_over)
+    lm = _load_for_activations(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    sae, layer = load_feature_sae(lm, cfg)
+    for msg in sae_warnings(store, cfg, transfer_warning(sae, model_label(cfg.model))):
         warn(msg)
-    if sae_path is not None and (msg := unrecorded_sae_warning(store, sae_path)) is not None:
-        warn(msg)
-    explicit_length = max_length is not None
-    max_length = max_length or default_max_length(lm)
-    fcfg = FeatureConfig(
-        layer=layer,
-        pooling=pooling,  # type: ignore[arg-type]
-        top_k=top_k,
-        batch_size=batch_size,
-        max_length=max_length,
-        pool_over=pool_over,  # type: ignore[arg-type]
-        chat_template=chat_template,
-        dense=dense,
-    )
+    used = cfg.chosen(layer=layer, max_length=cfg.max_length or default_max_length(lm))
+    dtype = str(lm.model.dtype).removeprefix("torch.")
+    run_id, resumed = begin_feature_run(store, cfg, used, dtype=dtype, warn=warn)
     info = sae_info(sae)
-    config = feature_run_config(
-        model=model,
-        layer=layer,
-        sae_name=sae_name,
-        pooling=pooling,
-        top_k=top_k,
-        max_length=max_length,
-        pool_over=pool_over,
-        chat_template=chat_template,
-        dtype=str(lm.model.dtype).removeprefix("torch."),
-        dense=dense,
-    )
-    if resume and not explicit_length and (msg := other_length_run(store, dataset, config)):
-        warn(msg)
-    run_id, resumed = store.begin_run(
-        RunRecord("featurize", dataset, config, versions()), resume=resume
-    )
     d_sae = int(info["d_sae"])
     stats = TokenStats(d_sae=d_sae)
     done: set[str] = set()
@@ -469,10 +508,10 @@ def featurize(
                 sae,
                 [texts[i] for i in todo],
                 [ids[i] for i in todo],
-                fcfg,
+                used,
                 stats=stats,
                 progress=bar.update,
-                chunk_size=chunk_size,
+                chunk_size=cfg.chunk_size,
                 responses=None if responses is None else [responses[i] for i in todo],
             ):
                 n_tokens += int(pa.compute.sum(chunk.column("n_tokens")).as_py() or 0)
@@ -480,29 +519,14 @@ def featurize(
                 writer.put(chunk, s, top)
     finally:
         writer.close()
-    totals = store.feature_totals(run_id)
-    cut = truncation_warning(
-        int(totals["n_truncated"]),
-        int(totals["n_examples"]),
-        max_length=max_length,
-        context=context_length(lm),
-        chat_template=chat_template,
-    )
-    if cut is not None:
-        warn(cut)
-    store.finish_run(
-        run_id,
-        summary={
-            "n_examples": totals["n_examples"],
-            "n_tokens": totals["n_tokens"],
-            "n_truncated": totals["n_truncated"],
-            "d_sae": d_sae,
-            "sae_info": info,
-            "resumed": resumed,
-            "seconds_this_session": round(time.perf_counter() - t0, 1),
-            "tokens_this_session": n_tokens,
-            "device": lm.device,
-            "dtype": str(lm.model.dtype).removeprefix("torch."),
-        },
-    )
+    summary = {
+        "d_sae": d_sae,
+        "sae_info": info,
+        "resumed": resumed,
+        "seconds_this_session": round(time.perf_counter() - t0, 1),
+        "tokens_this_session": n_tokens,
+        "device": lm.device,
+        "dtype": dtype,
+    }
+    finish_feature_run(store, run_id, used, context=context_length(lm), summary=summary, warn=warn)
     return run_id

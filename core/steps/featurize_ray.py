@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -35,35 +35,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from core.defaults import DEFAULT_TOP_K
 from core.errors import StudioError
 from core.features import (
     DENSE_FEATURE_SCHEMA,
     FEATURE_SCHEMA,
-    FeatureConfig,
     TokenStats,
     check_at_least_one,
     featurize_batches,
-    truncation_warning,
 )
-from core.models import (
-    check_chat_template,
-    context_length,
-    default_max_length,
-    load_model,
-    resolve_dtype,
-    resolve_layer,
-)
-from core.sae import check_sae_matches, load_sae, sae_info, transfer_warning
-from core.steps.base import model_label, resolve_model, versions
+from core.models import context_length, default_max_length, load_model, resolve_dtype
+from core.sae import sae_info, transfer_warning
+from core.steps.base import model_label, resolve_model
 from core.steps.featurize import (
-    check_sae_source,
+    FeaturizeConfig,
+    begin_feature_run,
     example_pairs,
-    feature_run_config,
-    other_length_run,
-    unrecorded_sae_warning,
+    finish_feature_run,
+    load_feature_sae,
+    sae_warnings,
 )
-from core.store import RunRecord, Store
+from core.store import Store
 
 RAY_MISSING = "featurize --ray needs Ray: pip install -r requirements-ray.txt"
 TOP_N = 10  # top token occurrences kept per feature, as TokenStats' default
@@ -137,21 +128,54 @@ def block_key(example_ids: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
-# --- the actor -----------------------------------------------------------------------------
+# --- the options and the actor -------------------------------------------------------------
+@dataclass(frozen=True)
+class RayOptions:
+    """Where the Ray engine runs a :class:`~core.steps.featurize.FeaturizeConfig`.
+
+    ``address``: "local" starts a Ray instance here (``num_cpus`` CPUs, default all) and shuts
+    it down afterwards; otherwise a cluster address (``auto``, ``ray://head:10001``).
+    ``num_workers``: actors (default one per GPU, else CPU slots). ``shard_dir``: where shards
+    go (default ``ray-shards/`` beside the database; on a multi-node cluster a folder every node
+    shares). ``rows_per_block``: examples per actor call (default about 4 blocks per actor);
+    ``chunk_rows``: rows per commit into the store.
+    """
+
+    address: str = "local"
+    num_workers: int | None = None
+    num_cpus: int | None = None
+    shard_dir: str | Path | None = None
+    rows_per_block: int | None = None
+    chunk_rows: int = 50_000
+
+    def __post_init__(self) -> None:
+        check_at_least_one(
+            {
+                "chunk_rows": self.chunk_rows,
+                "--workers": self.num_workers,
+                "--ray-cpus": self.num_cpus,
+                "rows_per_block": self.rows_per_block,
+            }
+        )
+
+
+class WorkerPlan(NamedTuple):
+    """How the actors share the cluster (see :func:`plan_workers`)."""
+
+    workers: int
+    threads: int
+    cpus_per_actor: float
+    gpus_per_actor: int
+
+
 @dataclass(frozen=True)
 class _ActorSpec:
     """What an actor needs to load the model and SAE and featurize: plain, picklable values.
-    ``layer`` / ``hook`` as the user gave them (the probe resolves them once for all actors)."""
+    ``cfg`` as the user gave it until the probe chose its layer and max length for all actors;
+    ``model`` the resolved weights folder, ``cfg.sae_path`` resolved."""
 
     model: str
-    model_label: str
-    sae_path: str | None
-    sae_release: str | None
-    sae_k: int | None
-    layer: int | None
-    hook: str | None
-    dtype: str
-    feature_config: dict[str, Any]
+    cfg: FeaturizeConfig
     threads: int
     use_gpu: bool
 
@@ -162,16 +186,8 @@ def _load(spec: _ActorSpec) -> tuple[Any, Any, int]:
 
     torch.set_num_threads(spec.threads)
     device = "cuda" if spec.use_gpu and torch.cuda.is_available() else "cpu"
-    lm = load_model(spec.model, device=device, dtype=resolve_dtype(spec.dtype, device=device))
-    if spec.feature_config.get("chat_template"):
-        check_chat_template(lm)
-    if spec.sae_path is not None:
-        sae = load_sae(path=spec.sae_path, device=lm.device, k=spec.sae_k)
-    else:
-        release, _, sae_id = str(spec.sae_release).partition("/")
-        sae = load_sae(release=release, sae_id=sae_id, device=lm.device, k=spec.sae_k)
-    layer = resolve_layer(lm, layer=spec.layer, hook=spec.hook, sae_hook=sae.cfg.metadata.hook_name)
-    check_sae_matches(sae, lm, layer=layer)
+    lm = load_model(spec.model, device=device, dtype=resolve_dtype(spec.cfg.dtype, device=device))
+    sae, layer = load_feature_sae(lm, spec.cfg)
     return lm, sae, layer
 
 
@@ -189,8 +205,8 @@ def _probe(spec: _ActorSpec) -> dict[str, Any]:
         "dtype": str(lm.model.dtype).removeprefix("torch."),
         "device": lm.device,
         "info": sae_info(sae),
-        "warning": transfer_warning(sae, spec.model_label),
-        "max_length": spec.feature_config.get("max_length") or default_max_length(lm),
+        "warning": transfer_warning(sae, model_label(spec.cfg.model)),
+        "max_length": spec.cfg.max_length or default_max_length(lm),
         "context": context_length(lm),
     }
 
@@ -207,7 +223,7 @@ class Featurizer:
     def __init__(self, spec: _ActorSpec) -> None:
 
         self.lm, self.sae, _ = _load(spec)
-        self.cfg = FeatureConfig(**spec.feature_config)
+        self.cfg = spec.cfg
         self.columns = (DENSE_FEATURE_SCHEMA if self.cfg.dense else FEATURE_SCHEMA).names
         self.d_sae = int(self.sae.cfg.d_sae)
 
@@ -239,9 +255,7 @@ class Featurizer:
 
 
 # --- planning ------------------------------------------------------------------------------
-def plan_workers(
-    resources: dict[str, float], num_workers: int | None
-) -> tuple[int, int, float, int]:
+def plan_workers(resources: dict[str, float], num_workers: int | None) -> WorkerPlan:
     """(actors, torch threads per actor, CPUs reserved per actor, GPUs per actor).
 
     With GPUs: one actor per GPU. Without: CPU actors of a few threads each (one thread each on
@@ -254,12 +268,12 @@ def plan_workers(
     if gpus:
         workers = num_workers or gpus
         threads = max(1, min(8, (cpus - 1) // workers))
-        return workers, threads, 1.0, 1
+        return WorkerPlan(workers, threads, 1.0, 1)
     if num_workers:
         threads = max(1, cpus // num_workers)
-        return num_workers, threads, float(threads), 0
+        return WorkerPlan(num_workers, threads, float(threads), 0)
     threads = max(1, cpus // 8)
-    return max(1, cpus // threads), threads, float(threads), 0
+    return WorkerPlan(max(1, cpus // threads), threads, float(threads), 0)
 
 
 def length_sorted_blocks(
@@ -433,14 +447,7 @@ def _ray_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _run_pipeline(
-    ray: Any,
-    *,
-    blocks: list[pa.Table],
-    spec: _ActorSpec,
-    workers: int,
-    cpus_per_actor: float,
-    gpus_per_actor: int,
-    out: Path,
+    ray: Any, *, blocks: list[pa.Table], spec: _ActorSpec, plan: WorkerPlan, out: Path
 ) -> None:
     """The Ray Data pipeline: blocks -> Featurizer actors -> Parquet shards under ``out``."""
     ds = ray.data.from_arrow(blocks)
@@ -449,9 +456,9 @@ def _run_pipeline(
         fn_constructor_kwargs={"spec": spec},
         batch_size=max(t.num_rows for t in blocks),
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=cpus_per_actor,
-        num_gpus=gpus_per_actor,
+        compute=ray.data.ActorPoolStrategy(size=plan.workers),
+        num_cpus=plan.cpus_per_actor,
+        num_gpus=plan.gpus_per_actor,
     )
     # Writing is light; reserving no CPU lets it run while the actors hold every slot.
     ds.write_parquet(str(out), ray_remote_args={"num_cpus": 0})
@@ -460,152 +467,58 @@ def _run_pipeline(
 
 def featurize_ray(
     store: Store,
+    cfg: FeaturizeConfig,
+    options: RayOptions | None = None,
     *,
-    dataset: str,
-    model: str,
-    layer: int | None = None,
-    hook: str | None = None,
-    sae_path: str | None = None,
-    sae_release: str | None = None,
-    sae_k: int | None = None,
-    pooling: str = "mean",
-    pool_over: str = "prompt",
-    chat_template: bool = False,
-    dense: bool = False,
-    top_k: int = DEFAULT_TOP_K,
-    batch_size: int = 32,
-    max_length: int | None = None,
-    dtype: str = "auto",
-    address: str = "local",
-    num_workers: int | None = None,
-    shard_dir: str | Path | None = None,
-    num_cpus: int | None = None,
-    rows_per_block: int | None = None,
-    chunk_rows: int = 50_000,
-    resume: bool = True,
     warn: Callable[[str], None] | None = None,
 ) -> int:
-    """``steps.featurize`` as a Ray Data pipeline; returns the run id.
+    """``steps.featurize`` of the same ``cfg`` as a Ray Data pipeline, run where ``options``
+    say (default: a local Ray on every CPU); returns the run id.
 
-    ``address``: "local" starts a Ray instance here (``num_cpus`` CPUs, default all) and shuts
-    it down afterwards; otherwise a cluster address (``auto``, ``ray://head:10001``).
-    ``num_workers``: actors (default one per GPU, else CPU slots); actors use a GPU each when
-    the cluster has GPUs (``dtype`` auto = bf16 there). Shards go to
-    ``shard_dir/<run_id>/`` (default ``ray-shards/`` beside the database; on a multi-node
-    cluster give a folder every node shares), are committed in chunks of ``chunk_rows`` and
-    removed. Resumes an interrupted run with the same config, whichever engine ran it, and
-    loads shards a finished pipeline of an interrupted attempt left behind.
+    Actors use a GPU each when the cluster has GPUs (``cfg.dtype`` auto = bf16 there). Shards
+    go to ``shard_dir/<run_id>/``, are committed in chunks of ``chunk_rows`` and removed.
+    Resumes an interrupted run with the same config, whichever engine ran it, and loads shards
+    a finished pipeline of an interrupted attempt left behind.
     """
-
+    options = options or RayOptions()
     say = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    sae_name = check_sae_source(sae_path, sae_release)
-    check_at_least_one(
-        {
-            "chunk_rows": chunk_rows,
-            "--sae-k": sae_k,
-            "--workers": num_workers,
-            "--ray-cpus": num_cpus,
-            "rows_per_block": rows_per_block,
-        }
-    )
-    options = {
-        "pooling": pooling,
-        "top_k": top_k,
-        "batch_size": batch_size,
-        "max_length": max_length,
-        "pool_over": pool_over,
-        "chat_template": chat_template,
-        "dense": dense,
-    }
-    FeatureConfig(layer=0 if layer is None else layer, **options)  # checked before any loading
-    ids, texts, responses = example_pairs(store, dataset, pool_over=pool_over)
+    ids, texts, responses = example_pairs(store, cfg.dataset, pool_over=cfg.pool_over)
     ray = _import_ray()
-    started = _ray_init(ray, address, num_cpus)
+    started = _ray_init(ray, options.address, options.num_cpus)
     try:
-        workers, threads, cpus_per_actor, gpus_per_actor = plan_workers(
-            ray.cluster_resources(), num_workers
-        )
+        plan = plan_workers(ray.cluster_resources(), options.num_workers)
+        sae_path = cfg.sae_name if cfg.sae_path is not None else None
         spec = _ActorSpec(
-            model=resolve_model(model),
-            model_label=model_label(model),
-            sae_path=sae_name if sae_path is not None else None,
-            sae_release=sae_release,
-            sae_k=sae_k,
-            layer=layer,
-            hook=hook,
-            dtype=dtype,
-            feature_config={"layer": 0, **options},
-            threads=threads,
-            use_gpu=gpus_per_actor > 0,
+            model=resolve_model(cfg.model),
+            cfg=replace(cfg, sae_path=sae_path),
+            threads=plan.threads,
+            use_gpu=plan.gpus_per_actor > 0,
         )
         # One load on a worker like the actors', so every check runs before the run is recorded.
-        probe = ray.remote(num_cpus=0, num_gpus=gpus_per_actor)(_probe)
+        probe = ray.remote(num_cpus=0, num_gpus=plan.gpus_per_actor)(_probe)
         found = _ray_call(lambda: ray.get(probe.remote(spec)))
-        if found["warning"]:
-            say(found["warning"])
-        if sae_path is not None and (msg := unrecorded_sae_warning(store, sae_name)):
+        for msg in sae_warnings(store, spec.cfg, found["warning"]):
             say(msg)
-        options["max_length"] = found["max_length"]
-        spec = replace(
-            spec,
-            layer=found["layer"],
-            hook=None,
-            feature_config={"layer": found["layer"], **options},
-        )
-        info, d_sae = found["info"], int(found["info"]["d_sae"])
-        config = feature_run_config(
-            model=model,
-            layer=found["layer"],
-            sae_name=sae_name,
-            pooling=pooling,
-            top_k=top_k,
-            max_length=found["max_length"],
-            pool_over=pool_over,
-            chat_template=chat_template,
-            dtype=found["dtype"],
-            dense=dense,
-        )
-        if resume and max_length is None and (msg := other_length_run(store, dataset, config)):
-            say(msg)
-        run_id, resumed = store.begin_run(
-            RunRecord("featurize", dataset, config, versions()), resume=resume
-        )
+        used = spec.cfg.chosen(layer=found["layer"], max_length=found["max_length"])
+        spec = replace(spec, cfg=used)
+        run_id, resumed = begin_feature_run(store, cfg, used, dtype=found["dtype"], warn=say)
         t0 = time.perf_counter()
         if resumed:
             prior, done = store.feature_stats(run_id), store.done_example_ids(run_id)
         else:
             prior, done = merge_token_stats([]), set()
-        loader = _Loader(store, run_id, stats=prior, done=done, chunk_rows=chunk_rows)
-        root = Path(shard_dir) if shard_dir is not None else Path(store.path).parent / "ray-shards"
-        run_root = root / str(run_id)
-        # Shards a finished pipeline of an interrupted attempt left: load them, redo the rest.
-        for attempt in _attempts(run_root):
-            if resumed and (attempt / _DONE_MARKER).is_file():
-                load_shards(loader, attempt)
-            shutil.rmtree(attempt, ignore_errors=True)
-        todo = [i for i, eid in enumerate(ids) if eid not in loader.done]
-        if todo:
-            blocks = length_sorted_blocks(
-                [ids[i] for i in todo],
-                [texts[i] for i in todo],
-                responses=None if responses is None else [responses[i] for i in todo],
-                rows_per_block=rows_per_block
-                or _default_rows_per_block(len(todo), batch_size, workers),
-            )
-            out = run_root / f"attempt-{uuid.uuid4().hex[:8]}"
-            _ray_call(
-                _run_pipeline,
-                ray,
-                blocks=blocks,
-                spec=spec,
-                workers=workers,
-                cpus_per_actor=cpus_per_actor,
-                gpus_per_actor=gpus_per_actor,
-                out=out,
-            )
-            load_shards(loader, out)
-            shutil.rmtree(out, ignore_errors=True)
-        _remove_if_empty(run_root)
+        loader = _Loader(store, run_id, stats=prior, done=done, chunk_rows=options.chunk_rows)
+        root = options.shard_dir or Path(store.path).parent / "ray-shards"
+        run_root = Path(root) / str(run_id)
+        _load_leftovers(loader, run_root, resumed=resumed)
+        _featurize_blocks(
+            loader,
+            (ids, texts, responses),
+            spec=spec,
+            plan=plan,
+            rows_per_block=options.rows_per_block,
+            run_root=run_root,
+        )
     finally:
         if started:
             ray.shutdown()
@@ -613,36 +526,58 @@ def featurize_ray(
     missing = len(ids) - len(loader.done)
     if missing:
         raise StudioError(f"run {run_id}: {missing} examples were not featurized; rerun")
-    totals = store.feature_totals(run_id)
-    cut = truncation_warning(
-        int(totals["n_truncated"]),
-        int(totals["n_examples"]),
-        max_length=found["max_length"],
-        context=found["context"],
-        chat_template=chat_template,
-    )
-    if cut is not None:
-        say(cut)
-    store.finish_run(
-        run_id,
-        summary={
-            "n_examples": totals["n_examples"],
-            "n_tokens": totals["n_tokens"],
-            "n_truncated": totals["n_truncated"],
-            "d_sae": d_sae,
-            "sae_info": info,
-            "resumed": resumed,
-            "seconds_this_session": round(time.perf_counter() - t0, 1),
-            "tokens_this_session": loader.n_tokens,
-            "device": found["device"],
-            "dtype": found["dtype"],
-            "engine": "ray",
-            "workers": workers,
-            "threads_per_worker": threads,
-            "gpus_per_worker": gpus_per_actor,
-        },
-    )
+    summary = {
+        "d_sae": int(found["info"]["d_sae"]),
+        "sae_info": found["info"],
+        "resumed": resumed,
+        "seconds_this_session": round(time.perf_counter() - t0, 1),
+        "tokens_this_session": loader.n_tokens,
+        "device": found["device"],
+        "dtype": found["dtype"],
+        "engine": "ray",
+        "workers": plan.workers,
+        "threads_per_worker": plan.threads,
+        "gpus_per_worker": plan.gpus_per_actor,
+    }
+    finish_feature_run(store, run_id, used, context=found["context"], summary=summary, warn=say)
     return run_id
+
+
+def _load_leftovers(loader: _Loader, run_root: Path, *, resumed: bool) -> None:
+    """Load the shards a finished pipeline of an interrupted attempt left (when ``resumed``)
+    and remove every earlier attempt's folder, so only fresh shards are written after."""
+    for attempt in _attempts(run_root):
+        if resumed and (attempt / _DONE_MARKER).is_file():
+            load_shards(loader, attempt)
+        shutil.rmtree(attempt, ignore_errors=True)
+
+
+def _featurize_blocks(
+    loader: _Loader,
+    examples: tuple[list[str], list[str], list[str | None] | None],
+    *,
+    spec: _ActorSpec,
+    plan: WorkerPlan,
+    rows_per_block: int | None,
+    run_root: Path,
+) -> None:
+    """Featurize the (ids, texts, responses) ``loader`` has not committed through the pipeline
+    into a fresh attempt's shards under ``run_root``, and load them."""
+    ids, texts, responses = examples
+    todo = [i for i, eid in enumerate(ids) if eid not in loader.done]
+    if todo:
+        blocks = length_sorted_blocks(
+            [ids[i] for i in todo],
+            [texts[i] for i in todo],
+            responses=None if responses is None else [responses[i] for i in todo],
+            rows_per_block=rows_per_block
+            or _default_rows_per_block(len(todo), spec.cfg.batch_size, plan.workers),
+        )
+        out = run_root / f"attempt-{uuid.uuid4().hex[:8]}"
+        _ray_call(_run_pipeline, _import_ray(), blocks=blocks, spec=spec, plan=plan, out=out)
+        load_shards(loader, out)
+        shutil.rmtree(out, ignore_errors=True)
+    _remove_if_empty(run_root)
 
 
 def _default_rows_per_block(n: int, batch_size: int, workers: int) -> int:

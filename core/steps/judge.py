@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, get_args
 
 import numpy as np
 import pandas as pd
@@ -154,53 +154,73 @@ def calibration(
     return {"name": name, "run_id": store.reward_runs(dataset)[name], **out}
 
 
-def judge(
-    store: Store,
-    *,
-    dataset: str,
-    names: Sequence[str] | None = None,
-    by: Sequence[str] = (),
-    side: str = "example",
-    margins: Sequence[float] | None = None,
-    calibration_label: str | None = None,
-    n_bins: int = 10,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class JudgeRequest:
+    """What to judge on ``dataset``, checked on construction: the reward sources ``names``
+    (None: all), accuracies per value of each ``by`` column read on ``side``, the margin curve
+    at ``margins``, and the calibration of ordinal sources against ``calibration_label`` in
+    ``n_bins`` confidence bins. The CLI's judge and the Rewards page build the same request."""
+
+    dataset: str
+    names: Sequence[str] | None = None
+    by: Sequence[str] = ()
+    side: str = "example"
+    margins: Sequence[float] | None = None
+    calibration_label: str | None = None
+    n_bins: int = 10
+
+    def __post_init__(self) -> None:
+        if self.side not in get_args(rewards.Side):
+            raise StudioError(
+                f"side must be one of {list(get_args(rewards.Side))}, got {self.side!r} (--side)"
+            )
+        if self.n_bins < 1:
+            raise StudioError(f"n_bins must be at least 1, got {self.n_bins} (--bins)")
+
+
+def judge(store: Store, request: JudgeRequest) -> dict[str, Any]:
     """Every named reward source of a preference set judged on it (pairwise accuracy and
     StoryRMB 1-of-N, with chance and 95% intervals) and every two sources compared
     (Spearman, Kendall, pair agreement, best-of-n agreement): what `python -m core judge`
     prints.
 
     Optional, per source (``sources[name]``): ``by[column]``, the accuracies per value of each
-    column in ``by`` (a label, a tag, ``cluster`` or ``response_cluster``; core.rewards.accuracy_by with ``side``,
-    rows with ``value``); ``margins``, the margin curve (core.rewards.margin_curve);
+    column in ``by`` (a label, a tag, ``cluster`` or ``response_cluster``;
+    core.rewards.accuracy_by with ``side``, rows with ``value``); ``margins``, the margin curve (core.rewards.margin_curve);
     ``calibration``, the calibration against ``calibration_label`` (:func:`calibration`), or
     ``{"skipped": why}`` for a source without logits. Plain data throughout (NaN as None)."""
 
-    kind = store.dataset(dataset)["kind"]  # an unknown dataset: one line naming the known
-    frames = store.reward_frames(dataset, names)
-    runs = store.reward_runs(dataset)
+    kind = store.dataset(request.dataset)["kind"]  # an unknown dataset: one line naming the known
+    frames = store.reward_frames(request.dataset, request.names)
+    runs = store.reward_runs(request.dataset)
     names = list(frames)
-    if (by or margins is not None) and kind != "preferences":
-        what = "--by" if by else "--margins"
+    if (request.by or request.margins is not None) and kind != "preferences":
+        what = "--by" if request.by else "--margins"
         raise StudioError(
-            f"{what}: dataset '{dataset}' holds {kind}; accuracy per category and by margin "
+            f"{what}: dataset '{request.dataset}' holds {kind}; accuracy per category and by margin "
             "need a preference set (a chosen and rejected responses)"
         )
     if not frames:
         raise StudioError(
-            f"dataset '{dataset}' has no reward scores to judge: score it first with "
+            f"dataset '{request.dataset}' has no reward scores to judge: score it first with "
             "`reward`, `verify`, `import-rewards` or `reward-probe`"
         )
-    values = category_values(store, dataset=dataset, columns=by) if by else None
+    values = (
+        category_values(store, dataset=request.dataset, columns=request.by) if request.by else None
+    )
     per_response = (
-        response_clusters(store, dataset=dataset) if RESPONSE_CLUSTER in (by or ()) else None
+        response_clusters(store, dataset=request.dataset)
+        if RESPONSE_CLUSTER in (request.by or ())
+        else None
     )
     labels = (
-        _label_series(store, dataset, calibration_label) if calibration_label is not None else None
+        _label_series(store, request.dataset, request.calibration_label)
+        if request.calibration_label is not None
+        else None
     )
-    out: dict[str, Any] = {"dataset": dataset, "sources": {}, "agreement": {}}
-    if by:
-        out["by_side"] = side
+    out: dict[str, Any] = {"dataset": request.dataset, "sources": {}, "agreement": {}}
+    if request.by:
+        out["by_side"] = request.side
     for n, f in frames.items():
         row: dict[str, Any] = {"run_id": runs[n], "n_scores": len(f)}
         if kind == "preferences":
@@ -209,7 +229,7 @@ def judge(
         if values is not None:
             base = f[["example_id", "response_idx", "role", "score"]]
             row["by"] = {}
-            for col in by:
+            for col in request.by:
                 if col == RESPONSE_CLUSTER:
                     assert per_response is not None
                     at = pd.MultiIndex.from_frame(base[["example_id", "response_idx"]])
@@ -217,17 +237,17 @@ def judge(
                 else:
                     value = base["example_id"].map(values[col]).to_numpy()
                 g = base.assign(value=value)
-                table = rewards.accuracy_by(g, by="value", side=side)  # type: ignore[arg-type]
+                table = rewards.accuracy_by(g, by="value", side=request.side)  # type: ignore[arg-type]
                 row["by"][col] = _records(table)
-        if margins is not None:
-            row["margins"] = _records(rewards.margin_curve(f, margins=margins))
+        if request.margins is not None:
+            row["margins"] = _records(rewards.margin_curve(f, margins=request.margins))
         if labels is not None:
-            assert calibration_label is not None
+            assert request.calibration_label is not None
             if not _has_logits(f):
                 row["calibration"] = {"skipped": NO_LOGITS}
             else:
                 row["calibration"] = _calibrate(
-                    f, labels, name=n, label=calibration_label, n_bins=n_bins
+                    f, labels, name=n, label=request.calibration_label, n_bins=request.n_bins
                 )
         out["sources"][n] = row
     # chats: one response per example, no chosen/rejected roles to pair by

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -21,7 +21,8 @@ from core.probes import (
     fit_probe,
     tfidf_matrix,
 )
-from core.signals import BASELINES, NO_DENSE, SIGNALS, Signal, default_kind, quality_classes
+from core.signal_registry import REGISTRY, SIGNALS, Signal
+from core.signals import BASELINES, NO_DENSE, default_kind, quality_classes
 from core.steps.base import feature_labels, feature_matrix, need_feature_run, versions
 from core.store import RunRecord, Store, Views
 
@@ -101,34 +102,74 @@ def _check_name(store: Store, dataset: str, *, name: str, signal: Signal) -> Non
             )
 
 
-def probe(
-    store: Store,
-    *,
-    dataset: str,
-    signal: Signal,
-    label: str,
-    kind: ProbeKind | None = None,
-    name: str | None = None,
-    higher_is: Literal["harder", "easier", "better", "worse"] | None = None,
-    folds: int = 5,
-    seed: int = 0,
-    min_labels: int = 20,
-    value_range: tuple[float, float] | None = None,
-    baselines: Sequence[str] = BASELINES,
-    feature_run: int | None = None,
-) -> int:
-    """Train a probe on SAE features to predict ``label`` where it is known, score every
+HigherIs = Literal["harder", "easier", "better", "worse"]
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """Options of a signal probe on a dataset, checked on construction; the fitting options'
+    defaults are ``core.probes.ProbeConfig``'s, written there once.
+
+    ``label``: the labelled column to learn; ``kind`` None: by signal and label
+    (``core.signals.default_kind``); ``name``: the score column (default LABEL_proxy);
+    ``higher_is`` None: easier for a difficulty label named pass*, else harder, or better;
+    ``baselines``: the same probe on these representations; ``feature_run`` None: the
+    dataset's latest. Example: ``ProbeRequest("demo", "quality", "quality", folds=3)``.
+    """
+
+    dataset: str
+    signal: Signal
+    label: str
+    kind: ProbeKind | None = None
+    name: str | None = None
+    higher_is: HigherIs | None = None
+    folds: int = ProbeConfig.folds
+    seed: int = ProbeConfig.seed
+    min_labels: int = ProbeConfig.min_labels
+    value_range: tuple[float, float] | None = None
+    baselines: Sequence[str] = BASELINES
+    feature_run: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.signal not in SIGNALS:
+            raise StudioError(f"unknown signal {self.signal!r}; choose from {', '.join(SIGNALS)}")
+        directions = REGISTRY[self.signal].directions
+        if self.higher_is is not None and self.higher_is not in directions:
+            raise StudioError(
+                f"higher_is must be one of {', '.join(directions)} for the {self.signal} "
+                f"probe, got {self.higher_is!r} (--higher)"
+            )
+        self.fit_config(self.kind or "ridge")  # folds, seed, min_labels, value_range
+
+    def fit_config(self, kind: ProbeKind) -> ProbeConfig:
+        """The fitting options, for ``kind`` (the one asked for, else the label's default)."""
+        return ProbeConfig(
+            kind=kind,
+            folds=self.folds,
+            seed=self.seed,
+            min_labels=self.min_labels,
+            value_range=self.value_range,
+        )
+
+
+def probe(store: Store, request: ProbeRequest) -> int:
+    """Train a probe on SAE features to predict ``request.label`` where it is known, score every
     example (labelled ones out of fold, see the module docstring), and store the evidence (with
     the same probe on each baseline). Returns the run id.
 
     Everything is checked (label present, enough labels, not all equal, in range, the score
     name free or already this signal's) before anything is written; a failed check stores
-    nothing. When ``kind`` is not given and a quality label is not 0/1, the summary's
+    nothing. When ``request.kind`` is not given and a quality label is not 0/1, the summary's
     ``kind_note`` says ridge was chosen and why.
     """
-    if signal not in SIGNALS:
-        raise StudioError(f"unknown signal {signal!r}; choose from {', '.join(SIGNALS)}")
-    fr = _feature_run(store, dataset, feature_run)
+    dataset, signal, label, baselines = (
+        request.dataset,
+        request.signal,
+        request.label,
+        request.baselines,
+    )
+    higher_is, kind = request.higher_is, request.kind
+    fr = _feature_run(store, dataset, request.feature_run)
     views = store.views(dataset, feature_run=fr)
     labels = store.label_names(dataset)
     if label not in labels:
@@ -136,13 +177,12 @@ def probe(
             f"dataset '{dataset}' has no label '{label}'; its labels: "
             f"{', '.join(labels) or '(none)'}"
         )
-    name = name or f"{label}_proxy"
+    name = request.name or f"{label}_proxy"
     if name in labels:
         raise StudioError(f"score name '{name}' is already a label of '{dataset}': pick --name")
     _check_name(store, dataset, name=name, signal=signal)
     if higher_is is None:
-        easier = signal == "difficulty" and label.lower().startswith("pass")
-        higher_is = ("easier" if easier else "harder") if signal == "difficulty" else "better"
+        higher_is = REGISTRY[signal].default_direction(label)  # type: ignore[assignment]
     t0 = time.perf_counter()
     ids, reps, missing = representations(
         store, dataset=dataset, feature_run=fr, baselines=baselines
@@ -151,9 +191,7 @@ def probe(
     kind_note = None
     if kind is None:
         kind, kind_note = default_kind(signal, y)
-    cfg = ProbeConfig(
-        kind=kind, folds=folds, seed=seed, min_labels=min_labels, value_range=value_range
-    )
+    cfg = request.fit_config(kind)
     groups = _clusters(store, dataset, views, ids)
     sae = reps.pop("sae")
     res = fit_probe(sae, y, cfg=cfg, name=label, groups=groups)

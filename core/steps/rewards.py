@@ -40,7 +40,7 @@ from core.reward_models import (
     resolve_template,
     score_texts,
 )
-from core.rewards import bt_probe, disagreement, feature_preference_shift
+from core.rewards import BTPenalty, bt_probe, disagreement, feature_preference_shift
 from core.steps.base import (
     ChunkWriter,
     feature_labels,
@@ -168,33 +168,50 @@ def preference_shift(
     return shift
 
 
-def reward_probe(
-    store: Store,
-    *,
-    dataset: str,
-    features: str = "sae",
-    feature_run: int | None = None,
-    name: str | None = None,
-    seed: int = 0,
-    folds: int = 5,
-    penalty: str = "auto",
-) -> int:
+@dataclass(frozen=True)
+class RewardProbeConfig:
+    """Options of reward_probe, checked on construction: the representation of
+    DATASET.responses it learns on (``features``: sae or dense), that representation's
+    ``feature_run`` (None: the latest), the scores' ``name`` (None: bt-probe-FEATURES), and
+    the Bradley-Terry fit's ``seed``, outer ``folds`` and ``penalty`` (auto, l2 or l1)."""
+
+    dataset: str
+    features: str = "sae"
+    feature_run: int | None = None
+    name: str | None = None
+    seed: int = 0
+    folds: int = 5
+    penalty: BTPenalty = "auto"
+
+    def __post_init__(self) -> None:
+        if self.features not in PROBE_FEATURES:
+            raise StudioError(
+                f"features must be one of {list(PROBE_FEATURES)}, got {self.features!r}"
+            )
+        if self.folds < 2:
+            raise StudioError(f"BT probe folds must be at least 2, got {self.folds}")
+        if self.penalty not in get_args(BTPenalty):
+            raise StudioError(f"BT probe penalty must be one of {list(get_args(BTPenalty))}")
+
+
+def reward_probe(store: Store, cfg: RewardProbeConfig) -> int:
     """Train a Bradley-Terry reward probe on a preference set's response features (chosen
-    minus rejected, core.rewards.bt_probe) and store it as a reward run named ``name``
+    minus rejected, core.rewards.bt_probe) and store it as a reward run named ``cfg.name``
     (default ``bt-probe-<features>``). Each response's stored score comes from the fold model
     that never saw its prompt, so the probe's accuracy read back from the store is out of fold,
     comparable with a reward model's. Returns the run id."""
-
-    rf = response_features(store, dataset=dataset, features=features, feature_run=feature_run)
+    rf = response_features(
+        store, dataset=cfg.dataset, features=cfg.features, feature_run=cfg.feature_run
+    )
     c, r, groups = rf.pairs()
     if not len(c):
-        raise StudioError(f"dataset '{dataset}' has no (chosen, rejected) pair to train on")
+        raise StudioError(f"dataset '{cfg.dataset}' has no (chosen, rejected) pair to train on")
     probe = bt_probe(
         rf.X[c] - rf.X[r],
         groups=groups,
-        seed=seed,
-        folds=folds,
-        penalty=penalty,  # type: ignore[arg-type]
+        seed=cfg.seed,
+        folds=cfg.folds,
+        penalty=cfg.penalty,
     )
     rows = rf.keys["row"].to_numpy()
     value = probe.score_out_of_fold(rf.X[rows], rf.keys["example_id"].to_numpy())
@@ -210,26 +227,26 @@ def reward_probe(
         },
         schema=REWARD_SCHEMA,
     )
-    what = "SAE features" if features == "sae" else "dense hidden states (baseline)"
+    what = "SAE features" if cfg.features == "sae" else "dense hidden states (baseline)"
     source = (
         f"probe: Bradley-Terry logistic on {what} of {rf.responses} (feature run "
         f"{rf.feature_run}), trained here on chosen-vs-rejected pairs; each prompt is scored by "
-        f"the fold model that never saw it ({folds} folds)"
+        f"the fold model that never saw it ({cfg.folds} folds)"
     )
-    names = feature_labels(store, rf.feature_run) if features == "sae" else {}
+    names = feature_labels(store, rf.feature_run) if cfg.features == "sae" else {}
     return store.add_run(
         RunRecord(
             REWARD_STEP,
-            dataset,
+            cfg.dataset,
             {
-                "name": name or f"bt-probe-{features}",
+                "name": cfg.name or f"bt-probe-{cfg.features}",
                 "kind": "bt-probe",
-                "features": features,
+                "features": cfg.features,
                 "feature_run": rf.feature_run,
                 "responses_dataset": rf.responses,
-                "seed": seed,
-                "folds": folds,
-                "penalty": penalty,
+                "seed": cfg.seed,
+                "folds": cfg.folds,
+                "penalty": cfg.penalty,
             },
             versions(),
             {
@@ -455,61 +472,81 @@ def _read_chat_template(chat_template: str) -> str:
     return chat_template
 
 
-def score_rewards(
-    store: Store,
-    *,
-    dataset: str,
-    model: str,
-    head: Head,
-    name: str | None = None,
-    batch_size: int = 16,
-    max_length: int | None = None,
-    template: str | None = None,
-    chat_template: str | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
-    resume: bool = True,
-    chunk_size: int = 512,
-    progress: Callable[[int], None] | None = None,
-    warn: Callable[[str], None] = warn,
-) -> int:
-    """Score every response of a dataset with a reward model; returns the run id.
+@dataclass(frozen=True)
+class RewardScoringConfig:
+    """Options of score_rewards (the ``reward`` command), checked on construction.
 
     ``template``: None (the chat template when the tokenizer has one, else
     :data:`DEFAULT_TEMPLATE`), ``"chat"``, or a plain template with ``{prompt}`` and
     ``{response}``; ``chat_template`` (Jinja text or a file) replaces the tokenizer's.
-    ``max_length`` defaults to the model's context (:data:`FALLBACK_MAX_LENGTH` when it states
-    none); longer texts are truncated, counted and flagged. Commits every ``chunk_size``
-    responses on a writer thread; rerunning the same command after an interruption continues
-    with the responses not yet stored. ``progress(n)`` is called after each batch.
+    ``max_length`` None: the model's context (:data:`FALLBACK_MAX_LENGTH` when it states none).
+    ``name`` None: from the model (``default_reward_name``). ``chunk_size``: responses per
+    commit. Example: ``RewardScoringConfig("chats", "path/to/rm", "ordinal", name="wild")``.
     """
 
-    if head not in HEADS:
-        raise StudioError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
-    for what, value in (("batch size", batch_size), ("chunk size", chunk_size)):
-        if value < 1:
-            raise StudioError(f"{what} must be at least 1, got {value}")
-    if max_length is not None and max_length < 1:
-        raise StudioError(f"--max-length must be at least 1, got {max_length}")
-    if template is not None and template != CHAT:
-        check_template(template)
-    name = (name if name is not None else default_reward_name(model)).strip()
-    if not name:
-        raise StudioError("--name must be a non-empty name")
+    dataset: str
+    model: str
+    head: Head
+    name: str | None = None
+    batch_size: int = 16
+    max_length: int | None = None
+    template: str | None = None
+    chat_template: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    resume: bool = True
+    chunk_size: int = 512
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise StudioError(f"--head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        for what, value in (("batch size", self.batch_size), ("chunk size", self.chunk_size)):
+            if value < 1:
+                raise StudioError(f"{what} must be at least 1, got {value}")
+        if self.max_length is not None and self.max_length < 1:
+            raise StudioError(f"--max-length must be at least 1, got {self.max_length}")
+        if self.template is not None and self.template != CHAT:
+            check_template(self.template)
+        if not self.reward_name:
+            raise StudioError("--name must be a non-empty name")
+
+    @property
+    def reward_name(self) -> str:
+        """The name the scores are stored under: ``name``, else one made from the model's."""
+        return (self.name if self.name is not None else default_reward_name(self.model)).strip()
+
+
+def score_rewards(
+    store: Store,
+    cfg: RewardScoringConfig,
+    *,
+    progress: Callable[[int], None] | None = None,
+    warn: Callable[[str], None] = warn,
+) -> int:
+    """Score every response of ``cfg.dataset`` with a reward model; returns the run id.
+
+    Longer texts than the max length are truncated, counted and flagged. Commits every
+    ``cfg.chunk_size`` responses on a writer thread; rerunning the same command after an
+    interruption continues with the responses not yet stored. ``progress(n)`` is called after
+    each batch.
+    """
+    dataset, head, name = cfg.dataset, cfg.head, cfg.reward_name
     cands = reward_candidates(store, dataset)  # before the (slow) model load
-    dev = resolve_device(device)
-    rm = load_reward_model(model, head=head, device=dev, dtype=resolve_dtype(dtype, device=dev))
-    custom = _read_chat_template(chat_template) if chat_template is not None else None
+    dev = resolve_device(cfg.device)
+    rm = load_reward_model(
+        cfg.model, head=head, device=dev, dtype=resolve_dtype(cfg.dtype, device=dev)
+    )
+    custom = _read_chat_template(cfg.chat_template) if cfg.chat_template is not None else None
     if custom is not None:
         rm.tokenizer.chat_template = custom
-    tpl = resolve_template(rm.tokenizer, template)
-    length = max_length or rm.context or FALLBACK_MAX_LENGTH
+    tpl = resolve_template(rm.tokenizer, cfg.template)
+    length = cfg.max_length or rm.context or FALLBACK_MAX_LENGTH
     if rm.context is not None:
         length = min(length, rm.context)  # longer inputs would crash the position embeddings
     model_dtype = str(next(rm.model.parameters()).dtype).removeprefix("torch.")
     config: dict[str, Any] = {
         "name": name,
-        "model": model_label(model),
+        "model": model_label(cfg.model),
         "head": head,
         "K": rm.k,
         "template": tpl,
@@ -519,7 +556,7 @@ def score_rewards(
     if custom is not None:
         config["chat_template"] = custom
     run_id, resumed = store.begin_run(
-        RunRecord(REWARD_STEP, dataset, config, versions()), resume=resume
+        RunRecord(REWARD_STEP, dataset, config, versions()), resume=cfg.resume
     )
     done = store.done_reward_keys(run_id) if resumed else set()
     todo = [i for i, key in enumerate(cands.keys) if key not in done]
@@ -539,8 +576,8 @@ def score_rewards(
                 if progress is not None:
                     progress(k)
 
-            for start in range(0, len(todo), chunk_size):
-                part = todo[start : start + chunk_size]
+            for start in range(0, len(todo), cfg.chunk_size):
+                part = todo[start : start + cfg.chunk_size]
                 texts = [
                     render(rm.tokenizer, cands.contexts[i], cands.responses[i], template=tpl)
                     for i in part
@@ -550,7 +587,7 @@ def score_rewards(
                     texts,
                     chat=tpl == CHAT,
                     max_length=length,
-                    batch_size=batch_size,
+                    batch_size=cfg.batch_size,
                     progress=step,
                 )
                 writer.put(

@@ -5,7 +5,9 @@ each rule removes, what remains per cluster and difficulty band).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from core.errors import StudioError
 from core.filters import Filter
 from core.rules import (
     RemovalReport,
@@ -43,26 +45,45 @@ def difficulty_scores(store: Store, views: Views) -> dict[str, str]:
     return out
 
 
-def removed_view(
-    store: Store,
-    dataset: str,
-    *,
-    views: Views,
-    filters: Sequence[Filter],
-    ids: Sequence[str] | None,
-    names: Sequence[str],
-    difficulty: str | None = None,
-    columns: Sequence[str] = (),
-) -> RemovalReport:
-    """The removed view of ``filters`` (and the ``ids`` selection) on a dataset, in one query.
+@dataclass(frozen=True)
+class RemovedViewRequest:
+    """What the removed view shows, checked on construction: ``filters`` (and the ``ids``
+    selection, None: no selection) on ``dataset`` read through ``views``; ``names``, one per
+    filter, then "selection" with ids (:func:`hit_names`, :meth:`RuleSet.hit_names`);
+    ``difficulty``: the column to band by (None: the :func:`difficulty_column` default);
+    ``columns``: more columns for the rows (e.g. prompt). The CLI's rules and the app's rules
+    panel build the same request."""
 
-    ``names``: one per filter, then "selection" with ids (:func:`hit_names`,
-    :meth:`RuleSet.hit_names`); ``difficulty``: the column to band by (None: the
-    :func:`difficulty_column` default); ``columns``: more columns for the rows (e.g. prompt)."""
-    labels = store.label_names(dataset)
-    scores = difficulty_scores(store, views)
-    others = [n for n, _ in views.score_runs]
-    column, higher_is = difficulty_column(labels, scores, difficulty, others=others)
-    wanted = list(dict.fromkeys(["cluster", *([column] if column else []), *columns]))
-    hits = store.rule_hits(dataset, views=views, filters=filters, ids=ids, columns=wanted)
-    return removal_report(hits.to_pandas(), names, difficulty=column, higher_is=higher_is)
+    dataset: str
+    views: Views
+    filters: Sequence[Filter]
+    ids: Sequence[str] | None
+    names: Sequence[str]
+    difficulty: str | None = None
+    columns: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        want = len(self.filters) + (self.ids is not None)
+        if len(self.names) != want:
+            raise StudioError(
+                f"names: {len(self.names)} given for {len(self.filters)} filters"
+                f"{' and a selection' if self.ids is not None else ''}; expected {want}"
+            )
+
+
+def removed_view(store: Store, request: RemovedViewRequest) -> RemovalReport:
+    """The removed view of ``request.filters`` (and the ``request.ids`` selection) on a dataset, in
+    one query."""
+    labels = store.label_names(request.dataset)
+    scores = difficulty_scores(store, request.views)
+    others = [n for n, _ in request.views.score_runs]
+    column, higher_is = difficulty_column(labels, scores, request.difficulty, others=others)
+    wanted = list(dict.fromkeys(["cluster", *([column] if column else []), *request.columns]))
+    hits = store.rule_hits(
+        request.dataset,
+        views=request.views,
+        filters=request.filters,
+        ids=request.ids,
+        columns=wanted,
+    )
+    return removal_report(hits.to_pandas(), request.names, difficulty=column, higher_is=higher_is)
