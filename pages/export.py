@@ -18,19 +18,15 @@ import streamlit as st
 from core.defaults import DEFAULT_MIX
 from core.errors import StudioError
 from core.export import (
-    FORMAT_CONTAINER,
-    FORMAT_LAYOUT,
     FORMATS,
-    KEEP_ORDER,
+    LAYOUTS,
     ORDERS,
-    REWARD_LAYOUTS,
-    VERL_CONTAINERS,
     ExportConfig,
+    format_table,
     path_under,
     side_path,
 )
 from core.filters import Filter
-from core.formats import CONTAINERS
 from core.steps.export import export
 from ui.charts import histogram, kept_bars
 from ui.common import (
@@ -58,6 +54,14 @@ ORDER_HELP = (
     "curriculum (SAERL): easy-to-hard by difficulty within each cluster, clusters interleaved; "
     "easy-to-hard: the whole set sorted by difficulty; random: a seeded shuffle; none: as ingested"
 )
+
+
+def format_help() -> str:
+    """The Format box's help, from the layout registry: each layout's --format names and what
+    it is for ("jsonl / parquet / hf: every column; verl: verl's RL Parquet; ...")."""
+    return "; ".join(
+        f"{' / '.join(layout.formats())}: {layout.summary}" for layout in LAYOUTS.values()
+    )
 
 
 def widget_filters(ctx, ranges: pd.DataFrame, tag_values: pd.DataFrame) -> list[Filter]:
@@ -160,23 +164,18 @@ def export_options(dataset: str, kind: str, numeric: list[str]) -> tuple[ExportC
         help=f"0 = pure-cluster batches, 1 = a plain shuffle; {DEFAULT_MIX} is SAERL's "
         "moderate mixing",
     )
-    fmt = f2.selectbox(
-        "Format",
-        list(FORMATS),
-        key="exp_fmt",
-        help="jsonl / parquet / hf: every column; verl: verl's RL Parquet; trl-prompt: "
-        "GRPO/RLOO prompts; trl-preference: DPO / reward-model pairs; trl-messages: SFT chats",
-    )
-    containers = list(VERL_CONTAINERS if FORMAT_LAYOUT[fmt] == "verl" else CONTAINERS)
+    fmt = f2.selectbox("Format", list(FORMATS), key="exp_fmt", help=format_help())
+    layout, default_container = format_table()[fmt]
+    containers = list(layout.containers)
     container = f3.selectbox(
         "Container",
         containers,
-        index=containers.index(FORMAT_CONTAINER[fmt]),
+        index=containers.index(default_container),
         key=f"exp_container_{fmt}",
         help="hf: a folder `datasets.load_from_disk` opens",
     )
     responses = "chosen"
-    if kind == "responses" and FORMAT_LAYOUT[fmt] == "trl-messages":
+    if kind == "responses" and layout.picks_responses:
         every = st.checkbox(
             "Rejected responses too",
             key="exp_all_responses",
@@ -194,7 +193,7 @@ def export_options(dataset: str, kind: str, numeric: list[str]) -> tuple[ExportC
         mix=float(mix),
         responses=responses,  # type: ignore[arg-type]
     )
-    stem = dataset if FORMAT_LAYOUT[fmt] == "rows" else f"{dataset}.{fmt}"
+    stem = dataset if layout.by_container else f"{dataset}.{fmt}"
     return cfg, safe_name(stem) + SUFFIX[container]
 
 
@@ -386,7 +385,7 @@ def render() -> None:
         file_name=name + ".manifest.json",
         on_click="ignore",
     )
-    if cfg.layout in REWARD_LAYOUTS:
+    if cfg.layout_spec.reward_file:
         w3.download_button(
             "Download reward function",
             lambda: payload("reward"),
@@ -398,7 +397,7 @@ def render() -> None:
         )
     st.caption(
         "Row order is the training order and trainers shuffle by default. To keep it: "
-        f"{KEEP_ORDER[cfg.layout]}. The manifest records this and the batch size."
+        f"{cfg.layout_spec.keep_order}. The manifest records this and the batch size."
     )
 
 

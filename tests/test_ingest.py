@@ -637,14 +637,14 @@ def test_reserved_names_cover_every_column_the_store_adds(tmp_path: Path) -> Non
     """RESERVED_COLUMNS cannot drift from the store: every column of the wide view and of the
     export rows that is not one of the dataset's own labels, tags or extra fields is listed,
     and so is every column a derived responses dataset adds."""
-    from core import formats
+    from core import export
     from core import store as store_mod
     from core.filters import FEATURE_PREFIX
     from core.ingest import RESERVED_COLUMNS, RESERVED_FOR_KIND, RESERVED_PREFIXES
     from core.store import Store
 
-    listed = {*store_mod.BASE_COLUMNS, *store_mod.DEDUP_COLUMNS, *formats.INTERNAL}
-    listed |= set(formats.RESPONSES)
+    listed = {*store_mod.BASE_COLUMNS, *store_mod.DEDUP_COLUMNS, *export.INTERNAL}
+    listed |= set(export.RESPONSES)
     assert {n.lower() for n in listed} <= RESERVED_COLUMNS
     assert FEATURE_PREFIX in RESERVED_PREFIXES
     assert all(n == n.lower() for n in RESERVED_COLUMNS)

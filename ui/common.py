@@ -287,7 +287,7 @@ def load_layout_preview(
     """The first ``n`` rows of the export in the chosen format's layout, as the file holds them."""
     import pyarrow as pa
 
-    from core.formats import to_layout
+    from core.export import to_layout
     from core.steps.export import export_rows
 
     s = Store(path, lock_timeout_s=5.0)

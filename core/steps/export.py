@@ -8,6 +8,7 @@ import itertools
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,29 +16,33 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from core.batching import compose_batches, cross_cluster_share
 from core.errors import StudioError
 from core.export import (
-    KEEP_ORDER,
     PROJECT_ROOT,
     ExportConfig,
+    ExportWriter,
+    Written,
     check_target,
+    compose_batches,
+    cross_cluster_share,
     describe_filters,
     export_command,
     layout_filters,
+    layout_schema,
+    load_tokenizer,
     manifest_bytes,
     manifest_path,
     order_index,
     resolve_container,
     reward_function_bytes,
     side_files,
+    to_layout,
     train_recipe,
+    trainer_lengths,
     write_atomic_bytes,
     write_error,
 )
 from core.filters import Filter
-from core.formats import ExportWriter, Written, layout_schema, to_layout
-from core.lengths import LENGTH_RULE, load_tokenizer, trainer_lengths
 from core.rules import band_counts, difficulty_column
 from core.steps.base import (
     versions,
@@ -93,7 +98,7 @@ def export_plan(
     cluster = np.where(np.isnan(cluster), -1, cluster).astype(np.int64)
     diff = narrow[column].to_numpy(zero_copy_only=False).astype(np.float64) if column else None
     pair = None
-    if cfg.layout == "trl-preference":
+    if cfg.layout_spec.pair_rows:
         # the trainer's rows are (chosen, rejected) pairs: order and batch those, so a batch
         # of --batch-size is a batch of the trainer's rows (a prompt without a rejected
         # response gives none)
@@ -170,7 +175,7 @@ def _length_check(
     cfg: ExportConfig,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Which planned rows (``idx``, with ``pair`` for pair rows) fit ``cfg.max_length`` tokens
-    as the layout's trainer measures them (:func:`core.lengths.trainer_lengths` with
+    as the layout's trainer measures them (:func:`core.export.trainer_lengths` with
     ``cfg.tokenizer``), and what the manifest reports: the rule, the longest row, and the ids
     of the rows dropped (a pair row as ``ID#rejected_idx``). Reads the rows' text chunk by
     chunk, in ingest order, before anything is ordered or batched, so batches stay whole."""
@@ -203,7 +208,7 @@ def _length_check(
     return keep, {
         "tokenizer": cfg.tokenizer,
         "max_length": cfg.max_length,
-        "measured": LENGTH_RULE[cfg.layout],
+        "measured": cfg.layout_spec.length_rule,
         "rows_checked": n,
         "longest": longest,
         "dropped": len(dropped),
@@ -293,13 +298,13 @@ def export(
     (the studio's verifier as verl's ``compute_score`` and TRL's ``verifier_reward``,
     :mod:`core.answers`); with ``ids``, ``OUT.ids.txt``
     (what the manifest's command reads back). Before anything is written, ``out`` is checked
-    (:func:`core.export.check_target`): never the store's files or a folder holding them,
+    (:func:`core.export.files.check_target`): never the store's files or a folder holding them,
     never a folder we did not write, never a place that cannot be written. The side files are
     renamed into place before the data, so a kill between the two leaves a manifest whose
     sha256 does not match the data beside it."""
 
     given = Path(out)
-    check_target(given, cfg=cfg, store_path=store.path)
+    check_target(given, container_of=partial(resolve_container, cfg=cfg), store_path=store.path)
     # the manifest, its command and the store's record name the export by its absolute path
     out = given.absolute()
     layout, container = cfg.layout, resolve_container(given, cfg)
@@ -307,7 +312,7 @@ def export(
     store = store.capped(memory_mb)
     views = store.views(dataset)
     plan = export_plan(store, dataset=dataset, views=views, filters=filters, ids=ids, cfg=cfg)
-    sides = side_files(out, layout=layout, with_ids=ids is not None)
+    sides = side_files(out, reward=cfg.layout_spec.reward_file, with_ids=ids is not None)
     # before the rows stream: its queries then never run beside the open stream's spill
     manifest = export_manifest(
         store,
@@ -433,7 +438,7 @@ def export_manifest(
         "rule_set": rule_set,
         "filters": describe_filters([*filters, *added]),
         "responses": None
-        if kind != "responses" or cfg.layout != "trl-messages"
+        if kind != "responses" or not cfg.layout_spec.picks_responses
         else {
             "kept": cfg.responses,
             "why": "SFT trains on chosen responses by default (--responses all keeps the "
@@ -457,10 +462,9 @@ def export_manifest(
             "measured_cross_cluster_share": round(float(plan.cross_cluster_share or 0), 4),
         },
         "lengths": plan.lengths,
-        "keep_the_order": KEEP_ORDER.get(cfg.layout, KEEP_ORDER["rows"]),
+        "keep_the_order": cfg.layout_spec.keep_order,
         "train": train_recipe(
             cfg,
-            kind=kind,
             out=out,
             container=resolve_container(out, cfg),
             n_rows=n_rows,

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from core.batching import cluster_distances
+from core.export import cluster_distances
 from core.clustering import (
     ClusterConfig,
     auto_ks,

@@ -123,20 +123,20 @@ def test_an_hf_export_onto_a_users_folder_is_refused_and_keeps_it(
 def test_the_manifest_is_renamed_before_the_data(db: Path, tmp_path: Path) -> None:
     """A kill between the two renames leaves the old data beside a manifest that names other
     bytes, which doctor reports, never new data beside an old manifest."""
-    from core import formats
+    from core.export import writer
 
     out = tmp_path / "train.jsonl"
     assert _export(db, out) == 0
     old = out.read_bytes()
     seen: list[bytes] = []
-    real = formats._replace
+    real = writer._replace
 
     def crash_after_manifest(tmp: Path, target: Path) -> None:
         seen.append(manifest_path(out).read_bytes())
         raise KeyboardInterrupt  # killed before the data's rename
 
     try:
-        formats._replace = crash_after_manifest
+        writer._replace = crash_after_manifest
         with pytest.raises(KeyboardInterrupt):
             export(
                 Store(db),
@@ -146,7 +146,7 @@ def test_the_manifest_is_renamed_before_the_data(db: Path, tmp_path: Path) -> No
                 cfg=ExportConfig(fmt="jsonl"),
             )
     finally:
-        formats._replace = real
+        writer._replace = real
     assert out.read_bytes() == old  # the data is the old one
     assert json.loads(seen[0])["rows"] == 10  # the new manifest was already in place
     finding = check_manifest(manifest_path(out))
