@@ -64,7 +64,7 @@ class ExportConfig:
             raise StudioError(f"unknown container {self.container!r}: use {_one_of(CONTAINERS)}")
         if (self.tokenizer is None) != (self.max_length is None):
             raise StudioError("--tokenizer and --max-length go together: give both or neither")
-        if self.max_length is not None and not self.layout_spec.trainers:
+        if self.max_length is not None and self.layout_spec.lengths is None:
             raise StudioError(
                 f"--max-length measures rows as a trainer does; --format {self.fmt} has no "
                 "trainer (use verl or a trl-* format)"
