@@ -68,9 +68,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.errors import StudioError
-from core.filters import FEATURE_PREFIX
 from core.export import INTERNAL as EXPORT_INTERNAL
 from core.export import RESPONSES as EXPORT_RESPONSES
+from core.filters import FEATURE_PREFIX
 from core.store import BASE_COLUMNS, DEDUP_COLUMNS
 
 Kind = Literal["prompts", "preferences", "chats"]

@@ -45,8 +45,6 @@ from pathlib import Path, PurePath
 from core.errors import StudioError
 
 STALE_TEMP_S = 24 * 3600  # a temp whose pid looks alive but that nothing touched for a day
-
-
 _TEMP_NAME = re.compile(r"^\.(?P<out>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}\.(?:tmp|old)$")
 
 # an hf folder as save_to_disk writes one shard, and what datasets adds when a trainer maps it

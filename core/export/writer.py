@@ -38,8 +38,6 @@ from core.export.files import (
 
 # what ExportWriter writes: a JSON Lines file, a Parquet file, a save_to_disk folder
 CONTAINERS = ("jsonl", "parquet", "hf")
-
-
 ROW_GROUP = 65_536  # rows per Parquet row group / Arrow record batch, whatever the chunking
 
 
@@ -73,8 +71,6 @@ def large_text(text: str) -> pa.Scalar:
 # what json.dumps(ensure_ascii=False) escapes: these always, the other control characters when
 # a column holds any
 _ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
-
-
 _RARE_ESCAPES = tuple(
     (chr(c), {8: "\\b", 12: "\\f"}.get(c, f"\\u{c:04x}"))
     for c in range(32)
