@@ -29,7 +29,9 @@ Format = str  # a --format name: a layout's, or a container's for the plain rows
 
 
 def _one_of(names: tuple[str, ...]) -> str:
-    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+    """``("a", "b", "c")`` as "a, b or c"."""
+    *head, last = names
+    return f"{', '.join(head)} or {last}" if head else last
 
 
 @dataclass(frozen=True)
