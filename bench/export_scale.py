@@ -140,7 +140,7 @@ def build(path: Path, n: int, seed: int = 0, *, responses: pa.Table | None = Non
     s.finish_run(fr, summary={"n": n})
     cluster = rng.integers(0, K, n)
     centroids = rng.normal(size=(K, 16))
-    from core.batching import cluster_distances
+    from core.export import cluster_distances
 
     s.add_run(
         RunRecord(

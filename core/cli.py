@@ -1159,34 +1159,21 @@ def _export_config(args: argparse.Namespace) -> Any:
 
 def _export(args: argparse.Namespace) -> int:
     from core.filters import parse_rule_where
-    from core.rules import intersect_ids
-    from core.steps.export import export
+    from core.steps.export import ExportRequest, export
 
     store = _store(args)
     filters = [parse_rule_where(w) for w in args.where]
     filters += [replace(parse_rule_where(w), action="drop") for w in args.drop]
     ids = _checked_ids(store, args)
-    recorded = None
-    if args.rules:
-        rule_set, _ = _loaded_rules(store, args.rules, args.dataset)
-        filters = [*rule_set.filters(), *filters]
-        ids = intersect_ids(rule_set.ids(), ids)
-        recorded = {
-            "name": rule_set.name,
-            "path": str(Path(args.rules).absolute()),
-            "filters": [f.describe() for f in rule_set.filters()],
-            "rules": rule_set.to_dict(),
-        }
-    m = export(
-        store,
+    rule_set = _loaded_rules(store, args.rules, args.dataset)[0] if args.rules else None
+    request = ExportRequest(
         dataset=args.dataset,
-        out=args.out,
-        filters=filters,
-        ids=ids,
-        cfg=_export_config(args),
-        rule_set=recorded,
-        memory_mb=args.memory_mb,
+        filters=tuple(filters),
+        ids=None if ids is None else tuple(ids),
+        rule_set=rule_set,
+        rules_path=str(Path(args.rules).absolute()) if args.rules else None,
     )
+    m = export(store, request, _export_config(args), out=args.out, memory_mb=args.memory_mb)
     _print_export(m, out=args.out)
     return 0
 

@@ -68,9 +68,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.errors import StudioError
+from core.export import INTERNAL as EXPORT_INTERNAL
+from core.export import RESPONSES as EXPORT_RESPONSES
 from core.filters import FEATURE_PREFIX
-from core.formats import INTERNAL as EXPORT_INTERNAL
-from core.formats import RESPONSES as EXPORT_RESPONSES
 from core.store.schema import BASE_COLUMNS, DEDUP_COLUMNS
 
 Kind = Literal["prompts", "preferences", "chats"]
@@ -132,13 +132,13 @@ _TURNS = "a non-empty (JSON) list of {role, content}"
 # Column names the store and its exports already use, so a label, tag or extra field of that
 # name would be hidden, dropped or clash (lowercase: DuckDB ignores case in column names).
 # Read from the constants that define them: core.store's BASE_COLUMNS and DEDUP_COLUMNS (the
-# wide view), core.formats' INTERNAL (idx, position) and RESPONSES (chosen, rejected, messages,
+# wide view), core.export's INTERNAL (idx, position) and RESPONSES (chosen, rejected, messages,
 # response). The rest have no constant yet, each written in one place: the wide view's own
 # ``tags`` and ``extra`` (the examples table), Store.export_chunks' ``batch``, trl-preference's
-# ``rejected_idx`` (core.formats) and Store.map_points' ``top_features`` and ``example_id``.
-# tests/test_ingest.py checks that every column the store and export_chunks add is listed.
-# core.formats' TRAINER_NAMES are not here: they clash only with one trainer layout, which
-# refuses them itself in one line.
+# ``rejected_idx`` (core.export.layouts.trl_preference) and Store.map_points' ``top_features``
+# and ``example_id``. tests/test_ingest.py checks that every column the store and export_chunks
+# add is listed. The trainer layouts' TRAINER_NAMES are not here: each clashes only with its own
+# layout, which refuses them itself in one line.
 _UNNAMED_COLUMNS = ("tags", "extra", "batch", "rejected_idx", "top_features", "example_id")
 RESERVED_COLUMNS = frozenset(
     n.lower()

@@ -18,19 +18,15 @@ import streamlit as st
 from core.defaults import DEFAULT_MIX
 from core.errors import StudioError
 from core.export import (
-    FORMAT_CONTAINER,
-    FORMAT_LAYOUT,
     FORMATS,
-    KEEP_ORDER,
+    LAYOUTS,
     ORDERS,
-    REWARD_LAYOUTS,
-    VERL_CONTAINERS,
     ExportConfig,
+    format_table,
     path_under,
     side_path,
 )
 from core.filters import Filter
-from core.formats import CONTAINERS
 from ui.charts import histogram, kept_bars
 from ui.common import error, guarded, open_dataset, page_setup, provenance
 from ui.loaders import (
@@ -52,6 +48,14 @@ ORDER_HELP = (
     "curriculum (SAERL): easy-to-hard by difficulty within each cluster, clusters interleaved; "
     "easy-to-hard: the whole set sorted by difficulty; random: a seeded shuffle; none: as ingested"
 )
+
+
+def format_help() -> str:
+    """The Format box's help, from the layout registry: each layout's --format names and what
+    it is for ("jsonl / parquet / hf: every column; verl: verl's RL Parquet; ...")."""
+    return "; ".join(
+        f"{' / '.join(layout.formats())}: {layout.summary}" for layout in LAYOUTS.values()
+    )
 
 
 def widget_filters(ctx, ranges: pd.DataFrame, tag_values: pd.DataFrame) -> list[Filter]:
@@ -154,23 +158,18 @@ def export_options(dataset: str, kind: str, numeric: list[str]) -> tuple[ExportC
         help=f"0 = pure-cluster batches, 1 = a plain shuffle; {DEFAULT_MIX} is SAERL's "
         "moderate mixing",
     )
-    fmt = f2.selectbox(
-        "Format",
-        list(FORMATS),
-        key="exp_fmt",
-        help="jsonl / parquet / hf: every column; verl: verl's RL Parquet; trl-prompt: "
-        "GRPO/RLOO prompts; trl-preference: DPO / reward-model pairs; trl-messages: SFT chats",
-    )
-    containers = list(VERL_CONTAINERS if FORMAT_LAYOUT[fmt] == "verl" else CONTAINERS)
+    fmt = f2.selectbox("Format", list(FORMATS), key="exp_fmt", help=format_help())
+    layout, default_container = format_table()[fmt]
+    containers = list(layout.containers)
     container = f3.selectbox(
         "Container",
         containers,
-        index=containers.index(FORMAT_CONTAINER[fmt]),
+        index=containers.index(default_container),
         key=f"exp_container_{fmt}",
         help="hf: a folder `datasets.load_from_disk` opens",
     )
     responses = "chosen"
-    if kind == "responses" and FORMAT_LAYOUT[fmt] == "trl-messages":
+    if kind == "responses" and layout.picks_responses:
         every = st.checkbox(
             "Rejected responses too",
             key="exp_all_responses",
@@ -188,7 +187,7 @@ def export_options(dataset: str, kind: str, numeric: list[str]) -> tuple[ExportC
         mix=float(mix),
         responses=responses,  # type: ignore[arg-type]
     )
-    stem = dataset if FORMAT_LAYOUT[fmt] == "rows" else f"{dataset}.{fmt}"
+    stem = dataset if layout.by_container else f"{dataset}.{fmt}"
     return cfg, safe_name(stem) + SUFFIX[container]
 
 
@@ -239,9 +238,10 @@ def render() -> None:
         f"Only the map selection ({len(sel):,} points)", key="exp_sel", disabled=not sel
     )
     try:
-        filters, ids, rule_set = rule_set_panel(
+        request = rule_set_panel(
             ctx, quick, ids=list(sel) if use_sel else None, rules_dir=RULES_DIR
         )
+        filters, ids = request.kept_filters(), request.kept_ids()
     except StudioError as exc:
         error(exc)
         return
@@ -331,17 +331,8 @@ def render() -> None:
         "`--export-dir DIR` or `$SAERL_EXPORT_DIR`); to put the file anywhere else, download it."
     )
     w1, w2, w3 = st.columns(3)
-    rule_info = None if rule_set is None else {"name": rule_set}
-    # the button and the downloads write through the same call
-    write = partial(
-        write_export,
-        dataset=dataset,
-        filters=filters,
-        ids=ids,
-        cfg=cfg,
-        record=False,
-        rule_set=rule_info,
-    )
+    # the button and the downloads write through the same call, the CLI's export step
+    write = partial(write_export, request=request, cfg=cfg)
     if w1.button("Write file + manifest", type="primary", key="exp_write"):
         try:
             out = path_under(folder, typed)
@@ -380,7 +371,7 @@ def render() -> None:
         file_name=name + ".manifest.json",
         on_click="ignore",
     )
-    if cfg.layout in REWARD_LAYOUTS:
+    if cfg.layout_spec.reward_file:
         w3.download_button(
             "Download reward function",
             lambda: payload("reward"),
@@ -392,7 +383,7 @@ def render() -> None:
         )
     st.caption(
         "Row order is the training order and trainers shuffle by default. To keep it: "
-        f"{KEEP_ORDER[cfg.layout]}. The manifest records this and the batch size."
+        f"{cfg.layout_spec.keep_order}. The manifest records this and the batch size."
     )
 
 

@@ -34,8 +34,8 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from core.errors import StudioError
+from core.export import to_layout
 from core.filters import Filter, parse_rule_where, parse_where
-from core.formats import to_layout
 from core.steps.ingest import ingest
 from core.store import Store, Views
 

@@ -618,7 +618,7 @@ def test_a_label_read_under_another_name_escapes_the_clash(tmp_path: Path) -> No
     """The error's remedy works: --map gives the label a free name, and every column of the
     export (the label under its new name, the file's column as an extra field) is there."""
     from core.export import ExportConfig
-    from core.steps.export import export
+    from core.steps.export import ExportRequest, export
     from core.steps.ingest import ingest
     from core.store import Store
 
@@ -628,7 +628,7 @@ def test_a_label_read_under_another_name_escapes_the_clash(tmp_path: Path) -> No
     store = Store(tmp_path / "s.duckdb")
     ingest(store, path, dataset="d", kind="prompts", mapping={"level": "Cluster"})
     out = tmp_path / "out.jsonl"
-    export(store, dataset="d", out=out, cfg=ExportConfig(fmt="jsonl"))
+    export(store, ExportRequest("d"), ExportConfig(fmt="jsonl"), out=out)
     (row,) = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert row["level"] == 3.0 and row["Cluster"] == "3" and row["cluster"] is None
 
@@ -637,14 +637,14 @@ def test_reserved_names_cover_every_column_the_store_adds(tmp_path: Path) -> Non
     """RESERVED_COLUMNS cannot drift from the store: every column of the wide view and of the
     export rows that is not one of the dataset's own labels, tags or extra fields is listed,
     and so is every column a derived responses dataset adds."""
-    from core import formats
+    from core import export
     from core import store as store_mod
     from core.filters import FEATURE_PREFIX
     from core.ingest import RESERVED_COLUMNS, RESERVED_FOR_KIND, RESERVED_PREFIXES
     from core.store import Store
 
-    listed = {*store_mod.BASE_COLUMNS, *store_mod.DEDUP_COLUMNS, *formats.INTERNAL}
-    listed |= set(formats.RESPONSES)
+    listed = {*store_mod.BASE_COLUMNS, *store_mod.DEDUP_COLUMNS, *export.INTERNAL}
+    listed |= set(export.RESPONSES)
     assert {n.lower() for n in listed} <= RESERVED_COLUMNS
     assert FEATURE_PREFIX in RESERVED_PREFIXES
     assert all(n == n.lower() for n in RESERVED_COLUMNS)

@@ -15,7 +15,7 @@ import pytest
 from core import rewards
 from core.errors import StudioError
 from core.export import ExportConfig
-from core.steps.export import export
+from core.steps.export import ExportRequest, export
 from core.steps.rewards import (
     RewardProbeConfig,
     disagreement_probe,
@@ -287,7 +287,7 @@ def test_a_responses_dataset_exports_its_responses(rewards_db: Path, tmp_path: P
     ):
         export(
             Store(copy),
-            dataset="prefs.responses",
+            ExportRequest("prefs.responses"),
+            ExportConfig(fmt="trl-preference", order="none"),
             out=tmp_path / "x.jsonl",
-            cfg=ExportConfig(fmt="trl-preference", order="none"),
         )

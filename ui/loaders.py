@@ -15,9 +15,9 @@ import pandas as pd
 import pyarrow as pa
 import streamlit as st
 
+from core.export import ExportConfig, to_layout
 from core.feature_info import search_features, with_labels
 from core.filters import Filter
-from core.formats import to_layout
 from core.rewards import (
     Accuracy,
     Agreement,
@@ -27,7 +27,7 @@ from core.rewards import (
     preference_pairs,
 )
 from core.rules import RemovalReport, RuleSet, load_rule_set
-from core.steps.export import export, export_columns, export_rows
+from core.steps.export import ExportRequest, export, export_columns, export_rows
 from core.steps.judge import JudgeRequest, calibration, category_values, judge
 from core.steps.probes import ProbeRequest, probe
 from core.steps.rewards import disagreement_probe, preference_shift, reward_frame, reward_sources
@@ -477,9 +477,10 @@ def train_probe(dataset: str, *, signal: str, label: str) -> int:
     return probe(store(), ProbeRequest(dataset, signal, label))
 
 
-def write_export(out: Path, **options: Any) -> dict[str, Any]:
-    """``python -m core export``: the export step, writing ``out`` and its side files."""
-    return export(store(), out=out, **options)
+def write_export(out: Path, *, request: ExportRequest, cfg: ExportConfig) -> dict[str, Any]:
+    """``python -m core export``: the export step, writing ``out`` and its side files (not
+    logged in the store, which the app holds read-only)."""
+    return export(store(), request, cfg, out=out, record=False)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -20,12 +20,12 @@ from core.rules import (
     RuleSet,
     feature_identity,
     hit_names,
-    intersect_ids,
     parse_rule_set,
     rule_set_bytes,
     rule_set_path,
     save_rule_set,
 )
+from core.steps.export import ExportRequest
 from core.store.sql import Views
 from ui.common import PageContext, error
 from ui.loaders import (
@@ -53,9 +53,9 @@ def _set_feature_rules(dataset: str, rules: list[Filter]) -> None:
     st.session_state[FEATURE_RULES] = {**st.session_state[FEATURE_RULES], dataset: rules}
 
 
-def _pick_rule_set(ctx: PageContext, rules_dir: Path) -> RuleSet | None:
-    """The rule set chosen from ``rules_dir`` or uploaded (None: none, or one that cannot apply,
-    after saying why)."""
+def _pick_rule_set(ctx: PageContext, rules_dir: Path) -> tuple[RuleSet | None, Path | None]:
+    """The rule set chosen from ``rules_dir`` (and its file) or uploaded (and None); (None, None):
+    none, or one that cannot apply, after saying why."""
     files = sorted(rules_dir.glob("*.json")) if rules_dir.is_dir() else []
     c1, c2 = st.columns(2)
     choice = c1.selectbox(
@@ -65,6 +65,7 @@ def _pick_rule_set(ctx: PageContext, rules_dir: Path) -> RuleSet | None:
         help="a rule set saved here or committed with your project",
     )
     upload = c2.file_uploader("…or upload one", type=["json"], key="rules_upload")
+    path = None
     try:
         if upload is not None:
             rule_set = parse_rule_set(upload.getvalue().decode("utf-8"), source=upload.name)
@@ -75,10 +76,10 @@ def _pick_rule_set(ctx: PageContext, rules_dir: Path) -> RuleSet | None:
                 ctx.path, ctx.tok, ctx.dataset, str(path), path.stat().st_mtime
             )
         else:
-            return None
+            return None, None
     except (StudioError, UnicodeDecodeError, OSError) as exc:
         error(f"The rule set is not applied: {exc}")
-        return None
+        return None, None
     # the file's own words (description, notes, the rules quoted in warnings): shown literally
     for warning in warnings:
         st.warning(md(warning))
@@ -99,7 +100,7 @@ def _pick_rule_set(ctx: PageContext, rules_dir: Path) -> RuleSet | None:
         hide_index=True,
         width="stretch",
     )
-    return rule_set
+    return rule_set, path
 
 
 def _feature_editor(ctx: PageContext) -> list[Filter]:
@@ -232,15 +233,22 @@ def rule_set_panel(
     *,
     rules_dir: Path,
     ids: list[str] | None = None,
-) -> tuple[list[Filter], list[str] | None, str | None]:
-    """Rule sets on the Export page. Returns the combined filters (the loaded set's, then
-    ``widget_filters``, then the feature rules), the ids to keep (the loaded set's and ``ids``,
-    a map selection, both), and the loaded rule set's name (None without one)."""
-    loaded = _pick_rule_set(ctx, rules_dir)
+) -> ExportRequest:
+    """Rule sets on the Export page. Returns what the page exports, as the CLI's flags give it:
+    the loaded rule set and its file, then ``widget_filters`` and the feature rules, and ``ids``
+    (a map selection), so its ``kept_filters()`` are the combined filters and ``kept_ids()`` the
+    set's ids and the selection, both."""
+    loaded, rules_file = _pick_rule_set(ctx, rules_dir)
     st.markdown("**Feature rules**")
     feature_rules = _feature_editor(ctx)
-    filters = [*(loaded.filters() if loaded else []), *widget_filters, *feature_rules]
-    keep_ids = intersect_ids(loaded.ids() if loaded else None, ids)
+    request = ExportRequest(
+        dataset=ctx.dataset,
+        filters=(*widget_filters, *feature_rules),
+        ids=None if ids is None else tuple(ids),
+        rule_set=loaded,
+        rules_path=None if rules_file is None else str(rules_file.absolute()),
+    )
+    filters, keep_ids = request.kept_filters(), request.kept_ids()
     # where each rule came from, beside the per-rule counts
     sources = (
         [f"rule set: {r.note}" if r.note else "rule set" for r in loaded.filter_rules()]
@@ -269,4 +277,4 @@ def rule_set_panel(
         tuple(names),
     )
     _draw(report, sources, ctx.views, ctx)
-    return filters, keep_ids, loaded.name if loaded else None
+    return request

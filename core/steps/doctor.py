@@ -38,8 +38,7 @@ import duckdb
 from core.defaults import DEFAULT_SAE_DIR
 from core.defaults import export_dir as default_export_dir
 from core.errors import StudioError
-from core.export import leftover_temp_files, manifest_path
-from core.formats import HF_DATA, file_sha256
+from core.export import HF_DATA, file_sha256, leftover_temp_files, manifest_path
 from core.sae import leftover_temp_dirs
 from core.store import SCHEMA_VERSION, Store
 

@@ -8,6 +8,7 @@ import itertools
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,30 +16,34 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from core.batching import compose_batches, cross_cluster_share
 from core.errors import StudioError
 from core.export import (
-    KEEP_ORDER,
     PROJECT_ROOT,
     ExportConfig,
+    ExportWriter,
+    Written,
     check_target,
+    compose_batches,
+    cross_cluster_share,
     describe_filters,
     export_command,
     layout_filters,
+    layout_schema,
+    load_tokenizer,
     manifest_bytes,
     manifest_path,
     order_index,
     resolve_container,
     reward_function_bytes,
     side_files,
+    to_layout,
     train_recipe,
+    trainer_lengths,
     write_atomic_bytes,
     write_error,
 )
 from core.filters import Filter
-from core.formats import ExportWriter, Written, layout_schema, to_layout
-from core.lengths import LENGTH_RULE, load_tokenizer, trainer_lengths
-from core.rules import band_counts, difficulty_column
+from core.rules import RuleSet, band_counts, difficulty_column, intersect_ids
 from core.steps.base import (
     versions,
 )
@@ -47,6 +52,40 @@ from core.store import Store, Views
 
 # --- export ----------------------------------------------------------------------------------
 EXPORT_MEMORY_MB = 1024  # DuckDB's cap while exporting (--memory-mb): memory stays flat
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """What an export keeps, given the same way by the CLI's flags and the Export page: the
+    dataset; a rule set (its filters come first, its ids are intersected with ``ids``) and the
+    file it was read from (``rules_path``, None for an upload); the filters and ids given
+    beside it. The manifest records the rule set the same way whoever asked."""
+
+    dataset: str
+    filters: tuple[Filter, ...] = ()
+    ids: tuple[str, ...] | None = None
+    rule_set: RuleSet | None = None
+    rules_path: str | None = None
+
+    def kept_filters(self) -> list[Filter]:
+        """The rule set's filters, then the request's own."""
+        return [*(self.rule_set.filters() if self.rule_set else []), *self.filters]
+
+    def kept_ids(self) -> list[str] | None:
+        """The ids to keep: the rule set's and the request's, intersected (None: every id)."""
+        listed = None if self.ids is None else list(self.ids)
+        return intersect_ids(self.rule_set.ids() if self.rule_set else None, listed)
+
+    def recorded_rule_set(self) -> dict[str, Any] | None:
+        """The manifest's ``rule_set``: name, path, its own filters and the whole set."""
+        if self.rule_set is None:
+            return None
+        return {
+            "name": self.rule_set.name,
+            "path": self.rules_path,
+            "filters": [f.describe() for f in self.rule_set.filters()],
+            "rules": self.rule_set.to_dict(),
+        }
 
 
 @dataclass(frozen=True)
@@ -93,7 +132,7 @@ def export_plan(
     cluster = np.where(np.isnan(cluster), -1, cluster).astype(np.int64)
     diff = narrow[column].to_numpy(zero_copy_only=False).astype(np.float64) if column else None
     pair = None
-    if cfg.layout == "trl-preference":
+    if cfg.layout_spec.pair_rows:
         # the trainer's rows are (chosen, rejected) pairs: order and batch those, so a batch
         # of --batch-size is a batch of the trainer's rows (a prompt without a rejected
         # response gives none)
@@ -170,7 +209,7 @@ def _length_check(
     cfg: ExportConfig,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Which planned rows (``idx``, with ``pair`` for pair rows) fit ``cfg.max_length`` tokens
-    as the layout's trainer measures them (:func:`core.lengths.trainer_lengths` with
+    as the layout's trainer measures them (:func:`core.export.trainer_lengths` with
     ``cfg.tokenizer``), and what the manifest reports: the rule, the longest row, and the ids
     of the rows dropped (a pair row as ``ID#rejected_idx``). Reads the rows' text chunk by
     chunk, in ingest order, before anything is ordered or batched, so batches stay whole."""
@@ -203,7 +242,7 @@ def _length_check(
     return keep, {
         "tokenizer": cfg.tokenizer,
         "max_length": cfg.max_length,
-        "measured": LENGTH_RULE[cfg.layout],
+        "measured": cfg.layout_spec.length_rule,
         "rows_checked": n,
         "longest": longest,
         "dropped": len(dropped),
@@ -272,55 +311,40 @@ def export_columns(
 
 def export(
     store: Store,
-    *,
-    dataset: str,
-    out: str | Path,
-    filters: Sequence[Filter] = (),
-    ids: Sequence[str] | None = None,
+    request: ExportRequest,
     cfg: ExportConfig,
+    *,
+    out: str | Path,
     record: bool = True,
-    rule_set: dict[str, Any] | None = None,
     memory_mb: int = EXPORT_MEMORY_MB,
 ) -> dict[str, Any]:
     """Write the filtered, ordered rows in ``cfg.fmt`` and a manifest that reproduces them, both
     atomically, streaming the rows in chunks (memory stays flat as the row count grows).
     ``record`` also logs the export in the store (the app, which opens the store read-only,
-    passes False). ``rule_set`` (name, path, filters: the rule set's own filters, which come
-    first in ``filters``) is recorded in the manifest when the filters came from one.
-    ``memory_mb`` caps DuckDB's memory (its sorts spill to disk beyond it).
+    passes False). ``memory_mb`` caps DuckDB's memory (its sorts spill to disk beyond it).
 
     Beside the data (``OUT``): ``OUT.manifest.json``; for verl and trl-prompt, ``OUT.reward.py``
     (the studio's verifier as verl's ``compute_score`` and TRL's ``verifier_reward``,
     :mod:`core.answers`); with ``ids``, ``OUT.ids.txt``
     (what the manifest's command reads back). Before anything is written, ``out`` is checked
-    (:func:`core.export.check_target`): never the store's files or a folder holding them,
+    (:func:`core.export.files.check_target`): never the store's files or a folder holding them,
     never a folder we did not write, never a place that cannot be written. The side files are
     renamed into place before the data, so a kill between the two leaves a manifest whose
     sha256 does not match the data beside it."""
 
     given = Path(out)
-    check_target(given, cfg=cfg, store_path=store.path)
+    check_target(given, container_of=partial(resolve_container, cfg=cfg), store_path=store.path)
     # the manifest, its command and the store's record name the export by its absolute path
     out = given.absolute()
     layout, container = cfg.layout, resolve_container(given, cfg)
+    dataset, filters, ids = request.dataset, request.kept_filters(), request.kept_ids()
     kind = store.dataset(dataset)["kind"]  # a clear error for an unknown name
     store = store.capped(memory_mb)
     views = store.views(dataset)
     plan = export_plan(store, dataset=dataset, views=views, filters=filters, ids=ids, cfg=cfg)
-    sides = side_files(out, layout=layout, with_ids=ids is not None)
+    sides = side_files(out, reward=cfg.layout_spec.reward_file, with_ids=ids is not None)
     # before the rows stream: its queries then never run beside the open stream's spill
-    manifest = export_manifest(
-        store,
-        dataset=dataset,
-        plan=plan,
-        filters=filters,
-        ids=ids,
-        cfg=cfg,
-        views=views,
-        rule_set=rule_set,
-        out=out,
-        sides=sides,
-    )
+    manifest = export_manifest(store, request, cfg, plan=plan, views=views, out=out, sides=sides)
     chunks = store.export_chunks(dataset, views=views, plan=plan.table)
     if cfg.batch_size is None:
         chunks = (c.drop_columns(["batch"]) for c in chunks)
@@ -387,31 +411,30 @@ def check_ids(store: Store, *, dataset: str, ids: Sequence[str], source: str) ->
 
 def export_manifest(
     store: Store,
-    *,
-    dataset: str,
-    plan: ExportPlan,
-    filters: Sequence[Filter],
-    ids: Sequence[str] | None,
+    request: ExportRequest,
     cfg: ExportConfig,
+    *,
+    plan: ExportPlan,
     views: Views,
     out: Path,
     sides: dict[str, Path],
-    rule_set: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything needed to rebuild the file: rules, order, seed, batches, runs, counts per
     cluster and per difficulty band, versions, the command that writes the same bytes again,
     and how to train on it (``train``: the trainer's settings that keep the order and the
     batches, and a command or snippet that starts a run)."""
     feature_run = store.run(views.feature_run)["config"] if views.feature_run else None
+    dataset, filters, ids = request.dataset, request.kept_filters(), request.kept_ids()
+    rule_set = request.recorded_rule_set()
     kind = store.dataset(dataset)["kind"]
-    n_from_rules = len(rule_set.get("filters", ())) if rule_set else 0
     command = export_command(
         store_path=Path(store.path).absolute(),
         dataset=dataset,
         out=out,
         cfg=cfg,
-        filters=filters[n_from_rules:],
-        rules=rule_set.get("path") if rule_set else None,
+        # a rule set read from a file is named by it; an uploaded one is spelled out
+        filters=list(request.filters) if request.rules_path else filters,
+        rules=request.rules_path,
         ids_file=sides.get("ids"),
     )
     values, sizes = np.unique(plan.cluster, return_counts=True)
@@ -433,7 +456,7 @@ def export_manifest(
         "rule_set": rule_set,
         "filters": describe_filters([*filters, *added]),
         "responses": None
-        if kind != "responses" or cfg.layout != "trl-messages"
+        if kind != "responses" or not cfg.layout_spec.picks_responses
         else {
             "kept": cfg.responses,
             "why": "SFT trains on chosen responses by default (--responses all keeps the "
@@ -457,10 +480,9 @@ def export_manifest(
             "measured_cross_cluster_share": round(float(plan.cross_cluster_share or 0), 4),
         },
         "lengths": plan.lengths,
-        "keep_the_order": KEEP_ORDER.get(cfg.layout, KEEP_ORDER["rows"]),
+        "keep_the_order": cfg.layout_spec.keep_order,
         "train": train_recipe(
             cfg,
-            kind=kind,
             out=out,
             container=resolve_container(out, cfg),
             n_rows=n_rows,

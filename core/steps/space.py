@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from core.batching import cluster_distances
 from core.clustering import (
     ClusterConfig,
     auto_ks,
@@ -28,6 +27,7 @@ from core.clustering import (
     sweep_edge_note,
     sweep_k,
 )
+from core.export import cluster_distances
 from core.probes import (
     compare_clusterings,
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.demo_data import write_demo_chats, write_demo_preferences
-from core.export import FORMAT_LAYOUT
+from core.export import ExportConfig
 from tests.conftest import PIPELINE_ROWS, load_written, run_cli
 
 PROMPT_FORMATS = ["jsonl", "parquet", "hf", "verl", "trl-prompt"]
@@ -32,7 +32,7 @@ def test_every_format_loads_and_reproduces(pipeline_db, tmp_path, fmt):
     assert len(ds) == manifest["rows"] == manifest["counts"]["examples"] < PIPELINE_ROWS
     assert sum(manifest["counts"]["per_cluster"].values()) == manifest["rows"]
     assert sum(manifest["counts"]["per_difficulty_band"].values()) == manifest["rows"]
-    assert manifest["layout"] == FORMAT_LAYOUT[fmt]
+    assert manifest["layout"] == ExportConfig(fmt=fmt).layout
     assert "--drop is_duplicate=1" in manifest["command"]
     layout = manifest["layout"]
     if layout in ("verl", "trl-prompt"):
@@ -106,7 +106,6 @@ def test_the_app_reads_only_what_it_charts(pipeline_db):
     text, the same as the full export rows; export_rows(limit=) reads only the first rows."""
     from pandas.testing import assert_frame_equal
 
-    from core.export import ExportConfig
     from core.filters import Filter
     from core.steps.export import export_columns, export_rows
     from core.store import Store

@@ -20,7 +20,7 @@ from core.export import ExportConfig, leftover_temp_files, manifest_path, path_u
 from core.filters import parse_rule_where, parse_where
 from core.rules import RuleSet, save_rule_set
 from core.steps.doctor import check_manifest
-from core.steps.export import export
+from core.steps.export import ExportRequest, export
 from core.store import Store
 from tests.conftest import run_cli
 
@@ -123,30 +123,29 @@ def test_an_hf_export_onto_a_users_folder_is_refused_and_keeps_it(
 def test_the_manifest_is_renamed_before_the_data(db: Path, tmp_path: Path) -> None:
     """A kill between the two renames leaves the old data beside a manifest that names other
     bytes, which doctor reports, never new data beside an old manifest."""
-    from core import formats
+    from core.export import writer
 
     out = tmp_path / "train.jsonl"
     assert _export(db, out) == 0
     old = out.read_bytes()
     seen: list[bytes] = []
-    real = formats._replace
+    real = writer._replace
 
     def crash_after_manifest(tmp: Path, target: Path) -> None:
         seen.append(manifest_path(out).read_bytes())
         raise KeyboardInterrupt  # killed before the data's rename
 
     try:
-        formats._replace = crash_after_manifest
+        writer._replace = crash_after_manifest
         with pytest.raises(KeyboardInterrupt):
             export(
                 Store(db),
-                dataset="d",
+                ExportRequest("d", filters=(parse_where("difficulty<=1"),)),
+                ExportConfig(fmt="jsonl"),
                 out=out,
-                filters=[parse_where("difficulty<=1")],
-                cfg=ExportConfig(fmt="jsonl"),
             )
     finally:
-        formats._replace = real
+        writer._replace = real
     assert out.read_bytes() == old  # the data is the old one
     assert json.loads(seen[0])["rows"] == 10  # the new manifest was already in place
     finding = check_manifest(manifest_path(out))
@@ -324,7 +323,7 @@ def test_the_store_is_found_however_the_path_is_spelled(
 
 def test_the_step_refuses_the_store_for_the_app_too(db: Path) -> None:
     with pytest.raises(StudioError, match="would replace the database"):
-        export(Store(db), dataset="d", out=db, cfg=ExportConfig(container="jsonl"))
+        export(Store(db), ExportRequest("d"), ExportConfig(container="jsonl"), out=db)
 
 
 def test_an_hf_export_replaces_only_its_own_folder_and_writes_the_same_bytes(

@@ -4,8 +4,8 @@ cross-cluster share matches the mixing ratio."""
 import numpy as np
 import pytest
 
-from core.batching import cluster_distances, compose_batches, cross_cluster_share
 from core.errors import StudioError
+from core.export.batching import cluster_distances, compose_batches, cross_cluster_share
 
 
 def _cases():

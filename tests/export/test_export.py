@@ -114,12 +114,12 @@ def test_write_atomic_bytes_is_atomic(tmp_path, monkeypatch):
     out = tmp_path / "x.json"
     write_atomic_bytes(out, b"new\n")
     assert out.read_bytes() == b"new\n"
-    import core.export as ex
+    import core.export.files as files
 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ex.os, "replace", boom)
+    monkeypatch.setattr(files.os, "replace", boom)
     with pytest.raises(OSError):
         write_atomic_bytes(out, b"newer\n")
     assert out.read_bytes() == b"new\n"

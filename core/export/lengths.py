@@ -5,7 +5,9 @@ shifts every later batch off the export's batch boundaries. The export measures 
 its trainer will (the same chat template calls) and drops those over the limit before it orders
 and batches, so every batch reaches the trainer whole; the manifest lists what was dropped.
 
-What each layout's trainer does with long rows (verl 0.9.1, TRL 1.16: tests/e2e checks them):
+What each layout's trainer does with long rows (verl 0.9.1, TRL 1.16: tests/e2e checks them);
+each layout says it in its ``length_rule`` and measures it with its ``lengths``
+(core.export.layouts):
 
 - ``verl``: the prompt with the chat template and its generation prompt, against
   ``data.max_prompt_length``; ``data.filter_overlong_prompts=True`` drops longer prompts (and
@@ -19,9 +21,6 @@ What each layout's trainer does with long rows (verl 0.9.1, TRL 1.16: tests/e2e 
 
 ``--max-length N`` drops every row whose length is over N: exactly the rows RewardTrainer and
 verl's filter drop, and the rows DPO and SFT would cut, so what trains is what was exported.
-
-    >>> sorted(LENGTH_RULE)
-    ['trl-messages', 'trl-preference', 'trl-prompt', 'verl']
 """
 
 from __future__ import annotations
@@ -34,20 +33,13 @@ import pyarrow as pa
 
 from core.errors import StudioError
 
-_PROMPT = (
+# what the prompt layouts (verl, trl-prompt) measure; each adds which trainer compares it
+PROMPT_TOKENS = (
     "prompt tokens with the chat template and its generation prompt "
     "(apply_chat_template(prompt, add_generation_prompt=True))"
 )
 # what a tokenizer folder holds (transformers reads one of them)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-LENGTH_RULE = {
-    "verl": _PROMPT + ", as verl's filter_overlong_prompts compares with data.max_prompt_length",
-    "trl-prompt": _PROMPT + ", as GRPOTrainer/RLOOTrainer tokenize prompts",
-    "trl-preference": "the longer of prompt+chosen and prompt+rejected with the chat template, "
-    "as RewardTrainer compares with max_length (it drops longer pairs; DPOTrainer cuts them)",
-    "trl-messages": "the conversation with the chat template, as SFTTrainer compares with "
-    "max_length (it cuts longer ones)",
-}
 
 
 def load_tokenizer(source: str) -> Any:
@@ -74,7 +66,9 @@ def load_tokenizer(source: str) -> Any:
     return tokenizer
 
 
-def _chat_lengths(tokenizer: Any, conversations: list[Any], *, generation: bool) -> np.ndarray:
+def chat_lengths(tokenizer: Any, conversations: list[Any], *, generation: bool) -> np.ndarray:
+    """[n] the token count of each conversation (a list of {role, content}) with the chat
+    template, as the trainers tokenize it (``generation``: with the generation prompt)."""
     if not conversations:
         return np.zeros(0, np.int64)
     out = tokenizer.apply_chat_template(
@@ -83,22 +77,7 @@ def _chat_lengths(tokenizer: Any, conversations: list[Any], *, generation: bool)
     return np.array([len(ids) for ids in out["input_ids"]], dtype=np.int64)
 
 
-def trainer_lengths(tokenizer: Any, rows: pa.Table, *, layout: str) -> np.ndarray:
-    """[n] the length of each row of ``rows`` (a table in ``layout``, core.formats.to_layout)
-    that ``layout``'s trainer compares with its limit (see the module doc)."""
-    if layout not in LENGTH_RULE:
-        raise StudioError(
-            f"--max-length measures rows as a trainer does; --format {layout} has no trainer "
-            f"(use {', '.join(LENGTH_RULE)})"
-        )
-    if layout in ("verl", "trl-prompt"):
-        return _chat_lengths(tokenizer, rows.column("prompt").to_pylist(), generation=True)
-    if layout == "trl-messages":
-        return _chat_lengths(tokenizer, rows.column("messages").to_pylist(), generation=False)
-    prompts = rows.column("prompt").to_pylist()
-    chosen = [p + c for p, c in zip(prompts, rows.column("chosen").to_pylist(), strict=True)]
-    rejected = [p + r for p, r in zip(prompts, rows.column("rejected").to_pylist(), strict=True)]
-    return np.maximum(
-        _chat_lengths(tokenizer, chosen, generation=False),
-        _chat_lengths(tokenizer, rejected, generation=False),
-    )
+def prompt_lengths(tokenizer: Any, rows: pa.Table) -> np.ndarray:
+    """[n] the tokens of each row's ``prompt`` (chat messages) with the chat template and its
+    generation prompt: what verl's filter and GRPO/RLOO see."""
+    return chat_lengths(tokenizer, rows.column("prompt").to_pylist(), generation=True)

@@ -374,28 +374,28 @@ README_EXAMPLES = {
 def test_readme_train_commands_are_what_the_manifest_gives(fmt: str) -> None:
     """README's "Train on it" shows, verbatim, the recipe a --batch-size 16 export's manifest
     holds (tests/e2e runs those recipes with the real trainers)."""
-    from core.export import REWARD_LAYOUTS, ExportConfig, side_path, train_recipe
+    from core.export import ExportConfig, side_path, train_recipe
 
     out = Path(README_EXAMPLES[fmt])
+    cfg = ExportConfig(fmt=fmt, batch_size=16)
     recipe = train_recipe(
-        ExportConfig(fmt=fmt, batch_size=16),
-        kind="prompts",
+        cfg,
         out=out,
         container="parquet" if out.suffix == ".parquet" else "jsonl",
         n_rows=160,
-        reward_file=side_path(out, "reward") if fmt in REWARD_LAYOUTS else None,
+        reward_file=side_path(out, "reward") if cfg.layout_spec.reward_file else None,
     )
     assert recipe is not None
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     shown = recipe["command"] if fmt == "verl" else recipe["snippet"]
     assert shown in readme
 
 
 def test_the_recipes_name_the_trainer_versions_ci_installs() -> None:
-    """core.export's VERL_VERSION / TRL_VERSION are the pins tests/e2e runs against."""
+    """core.export's VERL_VERSION / TRL_VERSION (layouts/verl.py, layouts/trl_shared.py) are the pins tests/e2e runs against."""
     from core.export import TRL_VERSION, VERL_VERSION
 
-    root = Path(__file__).parent.parent
+    root = Path(__file__).parents[2]
     assert f"verl=={VERL_VERSION}" in (root / "requirements-verl.txt").read_text().splitlines()
     pins = (root / "requirements-trainers.txt").read_text().splitlines()
     assert f"trl=={TRL_VERSION}" in pins

@@ -1,4 +1,4 @@
-"""core.formats at the sizes the export streams (pages, many row groups), its JSON Lines encoder,
+"""core.export's layouts and writer at the sizes the export streams (pages, many row groups), its JSON Lines encoder,
 the chats' messages parser, hf metadata and bytes under nulls, and the checks on column names.
 ``export_rows`` builds export-row chunks as the store streams them (bench/ uses it too)."""
 
@@ -16,9 +16,9 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 
-import core.formats
+import core.export.writer
 from core.errors import StudioError
-from core.formats import (
+from core.export import (
     CONTAINERS,
     ExportWriter,
     Written,
@@ -120,7 +120,7 @@ def test_thousands_of_rows_same_bytes_however_chunked(
 ):
     # Parquet cut its pages where the input's chunks ended before a row group was written from
     # one contiguous table; that shows only once a column fills more than a page
-    monkeypatch.setattr(core.formats, "ROW_GROUP", BIG // 2)
+    monkeypatch.setattr(core.export.writer, "ROW_GROUP", BIG // 2)
     hashes = set()
     for n, sizes in enumerate([(BIG,), (1000,) * 6, (7, BIG - 7), (1500, 1500, 3000)]):
         out = tmp_path / f"{n}{SUFFIX[container]}"

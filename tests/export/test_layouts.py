@@ -1,4 +1,4 @@
-"""core/formats.py without a store or a model: export-row chunks built by hand, written in every
+"""core/export/layouts and core/export/writer.py without a store or a model: export-row chunks built by hand, written in every
 layout and container with ExportWriter, read back the way trainers read them (`datasets`)."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 
-import core.formats
+import core.export.writer
 from core.errors import StudioError
-from core.formats import CONTAINERS, ExportWriter, Written, container_for, layout_schema, to_layout
+from core.export import CONTAINERS, ExportWriter, Written, container_for, layout_schema, to_layout
 from tests.conftest import load_written
 
 N = 10  # rows per test set
@@ -43,7 +43,7 @@ RESPONSES = ("prompt", "chosen", "rejected", "messages")  # a trainer layout's o
 
 @pytest.fixture(autouse=True)
 def small_row_groups(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(core.formats, "ROW_GROUP", GROUP)
+    monkeypatch.setattr(core.export.writer, "ROW_GROUP", GROUP)
 
 
 # --- export rows as Store.export_chunks yields them ---------------------------------------------

@@ -1,0 +1,1 @@
+"""Tests of core/export/ and the export step (core/steps/export.py)."""
