@@ -24,7 +24,7 @@ demo_done=$(stat -c %Y data/demo.duckdb)
 import sys, time
 from playwright.sync_api import sync_playwright
 sys.path.insert(0, ".")
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS
 port = sys.argv[1]
 with sync_playwright() as p:
     b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -25,7 +25,7 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.store import RunRecord, Store
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, serve
+from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, serve
 
 COUNT_JS = """() => { const gd = document.querySelector('.js-plotly-plot');
   if (!gd || !gd._fullData) return -1; return gd._fullData.reduce((a, t) => a + (t._length || 0), 0); }"""

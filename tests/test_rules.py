@@ -35,7 +35,7 @@ from core.rules import (
 from core.steps.rules import RemovedViewRequest, removed_view
 from core.store import Store
 from tests.conftest import run_cli
-from tests.test_app_safety import seen
+from tests.ui.test_app_safety import seen
 
 SAE = {"model": "m", "layer": 3, "hook": "blocks.3.hook_resid_post", "sae": "s", "d_sae": 64}
 
@@ -457,7 +457,9 @@ def _panel_script(db: str, rules_dir: str) -> None:
     ctx = PageContext("demo", db, s.version_token(), s.views("demo"))
     dedup = st.checkbox("dedup", key="t_dedup")
     quick = [Filter("is_duplicate", "=", 1, action="drop")] if dedup else []
-    filters, ids, name = rule_set_panel(ctx, quick, rules_dir=Path(rules_dir))
+    request = rule_set_panel(ctx, quick, rules_dir=Path(rules_dir))
+    filters, ids = request.kept_filters(), request.kept_ids()
+    name = request.rule_set.name if request.rule_set else None
     st.session_state["t_out"] = ([f.describe() for f in filters], ids, name)
     st.session_state["t_count"] = s.count("demo", views=ctx.views, filters=filters, ids=ids)
 

@@ -4,7 +4,7 @@ A store whose dataset names, ids, prompts, tag and label names, reward-source na
 carry markdown, HTML and URLs (``HOSTILE``) is opened on every page under AppTest: every text
 Streamlit renders as markdown must show them literally (rendered with markdown-it as Streamlit's
 CommonMark renderer would: no link, no image, no raw HTML, no unescaped math or colour
-shortcode) and every Plotly text must hold them HTML-escaped. tests/test_browser.py opens the
+shortcode) and every Plotly text must hold them HTML-escaped. tests/e2e/test_browser.py opens the
 same store in Chromium. The Export page writes only inside its export folder; a file that is not
 a store is one error line on every page; the served app listens on 127.0.0.1 only.
 """
@@ -31,7 +31,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.conftest import PIPELINE_LAYER, run_cli
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
 ROOT = Path(APP).parent
 PAGES = (
     "pages/overview.py",

@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.store import REWARD_STEP, RunRecord
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
 # AppTest's limit for one script run: generous, as a loaded machine is slow, not wrong; the
 # tests assert what the pages show, never how fast
 TIMEOUT_S = 600

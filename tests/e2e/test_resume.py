@@ -26,7 +26,7 @@ from core.store import Store
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N = 3000
 OUTER_TIMEOUT_S = 1800
 

@@ -1,6 +1,6 @@
 """Real-browser tests: Streamlit serves the app as the README starts it and Debian's Chromium opens
 the Map page (the chart drawn with every point), the Rewards page (the scatter and the chosen ->
-rejected arrows), and every page on a store of hostile names (tests/test_app_safety.py): no
+rejected arrows), and every page on a store of hostile names (tests/ui/test_app_safety.py): no
 request leaves for another host, no link or image comes from the data, the text reads as written.
 
 Waits are for events (the health endpoint, the script finishing, a chart drawn), never for a
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PIPELINE_ROWS
-from tests.test_app_safety import (
+from tests.ui.test_app_safety import (
     DATASET,
     HOSTILE,
     HOSTILE_URL,
