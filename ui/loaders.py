@@ -35,9 +35,16 @@ from core.steps.rules import RemovedViewRequest, check_on_store, removed_view
 from core.store import Store, Views
 from ui.state import db_path
 
+LOCK_TIMEOUT_S = 5.0  # how long a page waits for a CLI command's write lock before saying so
+
+
+def _open(path: str) -> Store:
+    """The store at ``path`` as a page opens it: short connections, a short wait for a lock."""
+    return Store(path, lock_timeout_s=LOCK_TIMEOUT_S)
+
 
 def store() -> Store:
-    return Store(db_path(), lock_timeout_s=5.0)
+    return _open(db_path())
 
 
 def token() -> tuple[float, float]:
@@ -46,51 +53,51 @@ def token() -> tuple[float, float]:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def load_datasets(path: str, tok: tuple[float, float]) -> pd.DataFrame:
-    s = Store(path, lock_timeout_s=5.0)
+    s = _open(path)
     s.check_readable()
     return s.list_datasets()
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def load_feature_runs(path: str, tok: tuple[float, float]) -> pd.DataFrame:
-    return Store(path, lock_timeout_s=5.0).feature_runs()
+    return _open(path).feature_runs()
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def load_runs(path: str, tok: tuple[float, float], dataset: str | None) -> pd.DataFrame:
-    return Store(path, lock_timeout_s=5.0).list_runs(dataset=dataset)
+    return _open(path).list_runs(dataset=dataset)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def load_views(path: str, tok: tuple[float, float], dataset: str) -> Views:
-    return Store(path, lock_timeout_s=5.0).views(dataset)
+    return _open(path).views(dataset)
 
 
 @st.cache_data(show_spinner="Loading the map…", max_entries=8)
 def load_map(path: str, tok: tuple[float, float], dataset: str) -> pd.DataFrame:
-    s = Store(path, lock_timeout_s=5.0)
+    s = _open(path)
     return s.map_points(dataset, views=s.views(dataset))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def load_clusters(path: str, tok: tuple[float, float], cluster_run: int) -> pd.DataFrame:
-    return Store(path, lock_timeout_s=5.0).clusters(cluster_run)
+    return _open(path).clusters(cluster_run)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def load_run(path: str, tok: tuple[float, float], run_id: int) -> dict[str, Any]:
-    return Store(path, lock_timeout_s=5.0).run(run_id)
+    return _open(path).run(run_id)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def load_label_names(path: str, tok: tuple[float, float], dataset: str) -> list[str]:
-    return Store(path, lock_timeout_s=5.0).label_names(dataset)
+    return _open(path).label_names(dataset)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def load_label_ranges(path: str, tok: tuple[float, float], dataset: str) -> pd.DataFrame:
     """Numeric labels and the latest probe scores, with their ranges (kind: label / score)."""
-    s = Store(path, lock_timeout_s=5.0)
+    s = _open(path)
     return s.label_ranges(dataset, views=s.views(dataset))
 
 
@@ -108,7 +115,7 @@ def load_export_columns(
     (``cfg`` None: of every row), no text."""
 
     return export_columns(
-        Store(path, lock_timeout_s=5.0),
+        _open(path),
         dataset=dataset,
         columns=list(columns),
         filters=list(filters),
@@ -130,7 +137,7 @@ def load_layout_preview(
     """The first ``n`` rows of the export in the chosen format's layout, as the file holds them."""
     import pyarrow as pa
 
-    s = Store(path, lock_timeout_s=5.0)
+    s = _open(path)
     rows, _ = export_rows(
         s,
         dataset=dataset,
@@ -146,7 +153,7 @@ def load_layout_preview(
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def load_tag_values(path: str, tok: tuple[float, float], dataset: str) -> pd.DataFrame:
-    return Store(path, lock_timeout_s=5.0).tag_values(dataset)
+    return _open(path).tag_values(dataset)
 
 
 # --- the Features page ----------------------------------------------------------------------------
@@ -154,7 +161,7 @@ def load_tag_values(path: str, tok: tuple[float, float], dataset: str) -> pd.Dat
 def load_feature_table(path: str, tok: tuple[float, float], run_id: int) -> pd.DataFrame:
     """Every feature of a run with its statistics and label (description or top tokens)."""
 
-    return with_labels(Store(path, lock_timeout_s=5.0).feature_summary(run_id))
+    return with_labels(_open(path).feature_summary(run_id))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -170,7 +177,7 @@ def load_feature_detail(
     path: str, tok: tuple[float, float], run_id: int, feature_id: int, n_examples: int
 ) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
     """(top examples by pooled value, pooled values in the stored top-k, top token occurrences)."""
-    s = Store(path, lock_timeout_s=5.0)
+    s = _open(path)
     return (
         s.feature_top_examples(run_id, feature_ids=[feature_id], per_feature=n_examples),
         s.feature_activations(run_id, feature_id),
@@ -183,7 +190,7 @@ def load_example_features(
     path: str, tok: tuple[float, float], run_id: int, example_ids: tuple[str, ...]
 ) -> pd.DataFrame:
     """The features of one example (or those shared by several), with their labels."""
-    feats = Store(path, lock_timeout_s=5.0).example_features(run_id, list(example_ids))
+    feats = _open(path).example_features(run_id, list(example_ids))
     table = load_feature_table(path, tok, run_id)[["feature_id", "label", "freq"]]
     return feats.merge(table, on="feature_id", how="left")
 
@@ -192,13 +199,13 @@ def load_example_features(
 def load_example_search(
     path: str, tok: tuple[float, float], dataset: str, query: str
 ) -> pd.DataFrame:
-    return Store(path, lock_timeout_s=5.0).find_examples(dataset, query)
+    return _open(path).find_examples(dataset, query)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def load_example(path: str, tok: tuple[float, float], dataset: str, example_id: str) -> dict | None:
     """One example's row of the wide view (text, cluster, labels, tags), or None."""
-    s = Store(path, lock_timeout_s=5.0)
+    s = _open(path)
     rows = s.wide(dataset, views=s.views(dataset), ids=[example_id]).to_pylist()
     return rows[0] if rows else None
 
@@ -207,13 +214,13 @@ def load_example(path: str, tok: tuple[float, float], dataset: str, example_id: 
 @st.cache_data(show_spinner=False, max_entries=32)
 def load_cluster_summary(path: str, tok: tuple[float, float], dataset: str) -> pd.DataFrame:
     """The latest clusters with size, label, top features, mean_<label> and n_duplicates."""
-    s = Store(path, lock_timeout_s=5.0)
+    s = _open(path)
     return s.cluster_summary(dataset, views=s.views(dataset))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def load_duplicate_groups(path: str, tok: tuple[float, float], dedup_run: int) -> pd.DataFrame:
-    return Store(path, lock_timeout_s=5.0).duplicate_groups(dedup_run)
+    return _open(path).duplicate_groups(dedup_run)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -222,7 +229,7 @@ def load_cluster_examples(
 ) -> pd.DataFrame:
     """The examples of one cluster (wide view, without text/extra/tags)."""
 
-    s = Store(path, lock_timeout_s=5.0)
+    s = _open(path)
     wide = s.wide(dataset, views=s.views(dataset), filters=[Filter("cluster", "=", cluster)])
     return wide.to_pandas().drop(columns=["text", "extra", "tags"])
 
@@ -231,7 +238,7 @@ def load_cluster_examples(
 @st.cache_data(show_spinner=False, max_entries=32)
 def load_probe_runs(path: str, tok: tuple[float, float], dataset: str, signal: str) -> list[dict]:
     """Finished probe runs of one signal, newest first (config and summary parsed)."""
-    runs = Store(path, lock_timeout_s=5.0).list_runs(dataset=dataset, step="probe")
+    runs = _open(path).list_runs(dataset=dataset, step="probe")
     runs = runs[runs["status"] == "done"]
     return [r for r in runs.to_dict("records") if r["config"].get("signal") == signal]
 
@@ -242,7 +249,7 @@ def load_probe_frame(
 ) -> pd.DataFrame:
     """id, prompt, cluster, the probe's label, its score (``score``) and out-of-fold score
     (``oof``, labelled rows only) for every example."""
-    s = Store(path, lock_timeout_s=5.0)
+    s = _open(path)
     run = s.run(run_id)
     label = run["config"]["label"]
     views = s.views(dataset, feature_run=run["config"]["feature_run"])
@@ -257,7 +264,7 @@ def load_rollout_view(
 ) -> tuple[dict | None, pd.DataFrame]:
     """(the latest rollouts run, the wide rows of the zero-signal prompts)."""
 
-    s = Store(path, lock_timeout_s=5.0)
+    s = _open(path)
     rid = s.latest_run(dataset=dataset, step="rollouts")
     if rid is None:
         return None, pd.DataFrame()
@@ -271,7 +278,7 @@ def load_rollout_view(
 @st.cache_data(show_spinner=False, max_entries=32)
 def load_reward_datasets(path: str, tok: tuple[float, float]) -> pd.DataFrame:
     """The datasets that have reward sources: name, kind, sources (their names)."""
-    s = Store(path, lock_timeout_s=5.0)
+    s = _open(path)
     s.check_readable()
     rows = []
     for name, kind in s.list_datasets()[["name", "kind"]].itertuples(index=False):
@@ -285,7 +292,7 @@ def load_reward_datasets(path: str, tok: tuple[float, float]) -> pd.DataFrame:
 def load_reward_sources(path: str, tok: tuple[float, float], dataset: str) -> dict[str, dict]:
     """core.steps.reward_sources: name -> run_id, kind, source (as stored), config, summary."""
 
-    return reward_sources(Store(path, lock_timeout_s=5.0), dataset=dataset)
+    return reward_sources(_open(path), dataset=dataset)
 
 
 @st.cache_data(show_spinner="Reading the reward scores…", max_entries=16)
@@ -293,7 +300,7 @@ def load_reward_frame(path: str, tok: tuple[float, float], dataset: str) -> pd.D
     """core.steps.reward_frame: one row per scored candidate, ``score:<name>`` per source, and
     the response's cluster, cluster_label, x, y on the responses map (NaN without one)."""
 
-    return reward_frame(Store(path, lock_timeout_s=5.0), dataset=dataset)
+    return reward_frame(_open(path), dataset=dataset)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -302,7 +309,7 @@ def load_reward_scores(
 ) -> pd.DataFrame:
     """One source's stored scores as core.rewards reads them: example_id, response_idx, role,
     score (chats: no role, as their one response per example forms no preference pair)."""
-    s = Store(path, lock_timeout_s=5.0)
+    s = _open(path)
     scores = s.reward_frames(dataset, [name])[name]
     cols = ["example_id", "response_idx", "role", "score"]
     if s.dataset(dataset)["kind"] != "preferences":
@@ -357,7 +364,7 @@ def load_judged(
         side=side,
         margins=None if margins is None else list(margins),
     )
-    return judge(Store(path, lock_timeout_s=5.0), req)
+    return judge(_open(path), req)
 
 
 def load_reward_accuracy(
@@ -373,7 +380,7 @@ def load_reward_accuracy(
 def load_reward_categories(path: str, tok: tuple[float, float], dataset: str) -> list[str]:
     """The tags and labels of a dataset with few enough values (2..50) to judge per value."""
 
-    s = Store(path, lock_timeout_s=5.0)
+    s = _open(path)
     names = s.tag_names(dataset) + s.label_names(dataset)
     if not names:
         return []
@@ -443,7 +450,7 @@ def load_preference_shift(
     """core.steps.preference_shift: the ``top`` SAE features (both ways) by mean chosen-minus-
     rejected activation over every (chosen, rejected) pair, with labels."""
 
-    return preference_shift(Store(path, lock_timeout_s=5.0), dataset=dataset, top=top)
+    return preference_shift(_open(path), dataset=dataset, top=top)
 
 
 @st.cache_data(show_spinner="Fitting the disagreement probe…", max_entries=16)
@@ -452,7 +459,7 @@ def load_disagreement_probe(
 ) -> Any:
     """core.steps.disagreement_probe of sources a and b (a DisagreementProbe)."""
 
-    return disagreement_probe(Store(path, lock_timeout_s=5.0), dataset=dataset, a=a, b=b)
+    return disagreement_probe(_open(path), dataset=dataset, a=a, b=b)
 
 
 @st.cache_data(show_spinner="Calibrating…", max_entries=16)
@@ -461,9 +468,7 @@ def load_reward_calibration(
 ) -> dict[str, Any]:
     """core.reward_models.calibration of an ordinal reward source against a feedback label."""
 
-    return calibration(
-        Store(path, lock_timeout_s=5.0), dataset=dataset, name=name, label=label, n_bins=n_bins
-    )
+    return calibration(_open(path), dataset=dataset, name=name, label=label, n_bins=n_bins)
 
 
 # --- the page's writes: each one short transaction through the step the CLI runs -------------
@@ -488,7 +493,7 @@ def load_rule_set_checked(
     path: str, tok: tuple[float, float], dataset: str, rules_file: str, mtime: float
 ) -> tuple[RuleSet, list[str]]:
     """A rule set file, checked against the dataset: (rule set, warnings)."""
-    s = Store(path, lock_timeout_s=5.0)
+    s = _open(path)
     rule_set = load_rule_set(rules_file)
     return rule_set, check_on_store(s, dataset, rule_set, views=s.views(dataset))
 
@@ -503,7 +508,7 @@ def load_removed_view(
     names: tuple[str, ...],
 ) -> RemovalReport:
     """The removed view of the rules (one query) with the prompt of each row."""
-    s = Store(path, lock_timeout_s=5.0)
+    s = _open(path)
     req = RemovedViewRequest(
         dataset,
         views=s.views(dataset),
@@ -517,4 +522,4 @@ def load_removed_view(
 
 def check_rule_set_here(path: str, dataset: str, rule_set: RuleSet, views: Views) -> list[str]:
     """An uploaded rule set checked against the dataset (uncached: its bytes are the key)."""
-    return check_on_store(Store(path, lock_timeout_s=5.0), dataset, rule_set, views=views)
+    return check_on_store(_open(path), dataset, rule_set, views=views)
