@@ -56,9 +56,11 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
-            raise StudioError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise StudioError(
+                f"{{field}} must be at least 1, got {self.batch_size}", field="batch_size"
+            )
         if not 0.0 <= self.mix <= 1.0:
-            raise StudioError(f"--mix must lie in [0, 1], got {self.mix}")
+            raise StudioError(f"{{field}} must lie in [0, 1], got {self.mix}", field="mix")
         if self.order not in ORDERS:
             raise StudioError(f"unknown order {self.order!r}: use {', '.join(ORDERS)}")
         layout_of(self.fmt)  # an unknown format is one line naming the formats
@@ -72,10 +74,13 @@ class ExportConfig:
                 "trainer (use verl or a trl-* format)"
             )
         if self.max_length is not None and self.max_length < 1:
-            raise StudioError(f"--max-length must be at least 1, got {self.max_length}")
+            raise StudioError(
+                f"{{field}} must be at least 1, got {self.max_length}", field="max_length"
+            )
         if self.responses not in RESPONSE_CHOICES:
             raise StudioError(
-                f"unknown --responses {self.responses!r}: use {', '.join(RESPONSE_CHOICES)}"
+                f"unknown {{field}} {self.responses!r}: use {', '.join(RESPONSE_CHOICES)}",
+                field="responses",
             )
 
     @property

@@ -76,3 +76,20 @@ def test_a_cli_error_is_one_line_and_exit_2(
     argv = ["difficulty", "--dataset", "d", "--label", "x", "--range", "3,1", "--db", db]
     assert main(argv) == 2
     assert capsys.readouterr().err == "error: --range '3,1': LO is above HI\n"
+
+
+def test_a_config_error_names_the_field_in_core_and_the_flag_in_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The page shows ExportConfig's words (the field); the CLI prints its flag."""
+    from core.export import ExportConfig
+
+    with pytest.raises(StudioError) as caught:
+        ExportConfig(fmt="jsonl", batch_size=4, mix=2.0)
+    assert str(caught.value) == "mix must lie in [0, 1], got 2.0"
+    code = main(
+        ["export", "--db", str(tmp_path / "s.duckdb"), "--dataset", "d", "--out",
+         str(tmp_path / "x.jsonl"), "--batch-size", "4", "--mix", "2"]
+    )  # fmt: skip
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "error: --mix must lie in [0, 1], got 2.0"
