@@ -104,8 +104,9 @@ def parse_where(expr: str) -> Filter:
     m = _WHERE.match(expr)
     if not m:
         raise StudioError(
-            f"--where {expr!r}: expected COLUMN<op>VALUE (op: < <= > >= = !=) "
-            "or 'COLUMN in A,B,...'"
+            f"{{field}} {expr!r}: expected COLUMN<op>VALUE (op: < <= > >= = !=) "
+            "or 'COLUMN in A,B,...'",
+            field="where",
         )
     col, op, raw = m.group(1), " ".join(m.group(2).split()), m.group(3)
     parts = [v for v in raw.split(",") if v.strip()] if op in ("in", "not in") else [raw]
@@ -144,8 +145,9 @@ def check_finite(value: float | str, *, expr: str, text: str) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raw = text.strip()
         raise StudioError(
-            f"--where {expr!r}: {raw!r} is not a finite number (compare with a number, or quote "
-            f"it, '{raw}', to match text)"
+            f"{{field}} {expr!r}: {raw!r} is not a finite number (compare with a number, or "
+            f"quote it, '{raw}', to match text)",
+            field="where",
         )
 
 
@@ -162,7 +164,8 @@ def parse_rule_where(expr: str) -> Filter:
     if m is None:
         if expr.strip().startswith("feature:"):
             raise StudioError(
-                f"--where {expr!r}: a feature rule is feature:N<op>T (op: < <= > >= = !=)"
+                f"{{field}} {expr!r}: a feature rule is feature:N<op>T (op: < <= > >= = !=)",
+                field="where",
             )
         return parse_where(expr)
     column, op, raw = f"feature:{m.group(1)}", m.group(2), m.group(3)
@@ -171,7 +174,8 @@ def parse_rule_where(expr: str) -> Filter:
         value = float(raw)
     except ValueError:
         raise StudioError(
-            f"--where {expr!r}: a feature threshold must be a number, got {raw!r}"
+            f"{{field}} {expr!r}: a feature threshold must be a number, got {raw!r}",
+            field="where",
         ) from None
     check_finite(value, expr=expr, text=raw)
     return Filter(column, "=" if op == "==" else op, value)  # type: ignore[arg-type]

@@ -202,7 +202,8 @@ def _rule(data: Any, where: str) -> Rule:
     try:
         parse_rule_where(expr)
     except StudioError as exc:
-        raise StudioError(f"{where}: where: {str(exc).removeprefix('--where ')}") from None
+        said = exc.render("").lstrip() if exc.field == "where" else str(exc)
+        raise StudioError(f"{where}: where: {said}") from None
     return Rule(action=action, where=expr, note=note)
 
 

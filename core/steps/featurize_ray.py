@@ -442,7 +442,7 @@ def _ray_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     except Exception as exc:
         err = _unwrap(exc)
         if isinstance(err, StudioError):
-            raise StudioError(str(err)) from None
+            raise StudioError(*err.args, field=err.field) from None  # its field too
         raise
 
 
