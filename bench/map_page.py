@@ -25,7 +25,8 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.store import RunRecord, Store
-from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, serve
+from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.ui.test_app_safety import served
 
 COUNT_JS = """() => { const gd = document.querySelector('.js-plotly-plot');
   if (!gd || !gd._fullData) return -1; return gd._fullData.reduce((a, t) => a + (t._length || 0), 0); }"""
@@ -152,61 +153,54 @@ def main() -> None:
     print(f"built synthetic store of {args.n:,} examples in {time.perf_counter() - t0:.1f} s")
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
-    proc = serve(db, port)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            t = time.perf_counter()
-            page.goto(url)
-            page.get_by_text("Feature runs").first.wait_for(timeout=120_000)
-            overview = time.perf_counter() - t
-            t = time.perf_counter()
-            page.goto(f"{url}/map")
-            page.wait_for_function(f"({COUNT_JS})() === {args.n}", timeout=120_000)
-            first = time.perf_counter() - t
-            print(f"Overview page (baseline, no chart): {overview:6.2f} s", flush=True)
-            print(
-                f"Map first draw, {args.n:,} points:    {first:6.2f} s "
-                f"({first / overview:.1f}x overview)",
-                flush=True,
-            )
-            # filter change 1: colour by a label (one trace instead of 20)
-            t = time.perf_counter()
-            page.get_by_role("combobox", name="Colour by").click()
-            page.get_by_role("option", name="difficulty", exact=True).click()
-            page.wait_for_function(
-                "() => { const gd = document.querySelector('.js-plotly-plot');"
-                " return gd && gd.data && gd.data.length === 1; }",
-                timeout=120_000,
-            )
-            recolour = time.perf_counter() - t
-            print(
-                f"Map redraw after colour change:      {recolour:6.2f} s "
-                f"({recolour / overview:.1f}x overview)",
-                flush=True,
-            )
-            # filter change 2: show one cluster only (about n/20 points)
-            t = time.perf_counter()
-            page.get_by_role("combobox", name="Show clusters (empty = all)").click()
-            page.get_by_role("option", name=re.compile(r"^0 ·")).click()
-            page.keyboard.press("Escape")  # the multiselect commits when its menu closes
-            page.wait_for_function(
-                f"() => {{ const n = ({COUNT_JS})(); return n > 0 && n < {args.n}; }}",
-                timeout=120_000,
-            )
-            filtered = time.perf_counter() - t
-            print(
-                f"Map redraw after a cluster filter:   {filtered:6.2f} s "
-                f"({filtered / overview:.1f}x overview)",
-                flush=True,
-            )
-            browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with served(db) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        t = time.perf_counter()
+        page.goto(url)
+        page.get_by_text("Feature runs").first.wait_for(timeout=120_000)
+        overview = time.perf_counter() - t
+        t = time.perf_counter()
+        page.goto(f"{url}/map")
+        page.wait_for_function(f"({COUNT_JS})() === {args.n}", timeout=120_000)
+        first = time.perf_counter() - t
+        print(f"Overview page (baseline, no chart): {overview:6.2f} s", flush=True)
+        print(
+            f"Map first draw, {args.n:,} points:    {first:6.2f} s "
+            f"({first / overview:.1f}x overview)",
+            flush=True,
+        )
+        # filter change 1: colour by a label (one trace instead of 20)
+        t = time.perf_counter()
+        page.get_by_role("combobox", name="Colour by").click()
+        page.get_by_role("option", name="difficulty", exact=True).click()
+        page.wait_for_function(
+            "() => { const gd = document.querySelector('.js-plotly-plot');"
+            " return gd && gd.data && gd.data.length === 1; }",
+            timeout=120_000,
+        )
+        recolour = time.perf_counter() - t
+        print(
+            f"Map redraw after colour change:      {recolour:6.2f} s "
+            f"({recolour / overview:.1f}x overview)",
+            flush=True,
+        )
+        # filter change 2: show one cluster only (about n/20 points)
+        t = time.perf_counter()
+        page.get_by_role("combobox", name="Show clusters (empty = all)").click()
+        page.get_by_role("option", name=re.compile(r"^0 ·")).click()
+        page.keyboard.press("Escape")  # the multiselect commits when its menu closes
+        page.wait_for_function(
+            f"() => {{ const n = ({COUNT_JS})(); return n > 0 && n < {args.n}; }}",
+            timeout=120_000,
+        )
+        filtered = time.perf_counter() - t
+        print(
+            f"Map redraw after a cluster filter:   {filtered:6.2f} s "
+            f"({filtered / overview:.1f}x overview)",
+            flush=True,
+        )
+        browser.close()
 
 
 if __name__ == "__main__":
