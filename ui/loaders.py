@@ -354,15 +354,18 @@ def load_judged(
     by: tuple[str, ...] = (),
     side: str = "example",
     margins: tuple[float, ...] | None = None,
+    headline: bool = True,
 ) -> dict[str, Any]:
     """``python -m core judge --dataset D`` on the named sources (with ``--by``, ``--side``,
-    ``--margins``): the page reads its numbers from the same step the CLI prints."""
+    ``--margins``): the page reads its numbers from the same step the CLI prints. Only the
+    headline accuracies' own call asks for them (``headline``): each costs a bootstrap."""
     req = JudgeRequest(
         dataset,
         names=list(names),
         by=list(by),
         side=side,
         margins=None if margins is None else list(margins),
+        headline=headline,
     )
     return judge(_open(path), req)
 
@@ -395,7 +398,7 @@ def load_accuracy_by(
     ``example``) or by ``response_cluster``, each response's cluster on the responses map (side
     ``chosen`` / ``rejected``): `python -m core judge --by COLUMN --side SIDE`. The group
     column is ``value``."""
-    judged = load_judged(path, tok, dataset, (name,), by=(column,), side=side)
+    judged = load_judged(path, tok, dataset, (name,), by=(column,), side=side, headline=False)
     return pd.DataFrame.from_records(judged["sources"][name]["by"][column])
 
 
@@ -406,7 +409,8 @@ def load_margin_curve(
     pairs' |margin| (0, then quantiles), so sources on different scales meet on the kept-share
     axis."""
     grid = margin_grid(load_reward_scores(path, tok, dataset, name), points=points)
-    judged = load_judged(path, tok, dataset, (name,), margins=tuple(float(m) for m in grid))
+    margins = tuple(float(m) for m in grid)
+    judged = load_judged(path, tok, dataset, (name,), margins=margins, headline=False)
     return pd.DataFrame.from_records(judged["sources"][name]["margins"])
 
 
@@ -416,7 +420,9 @@ def load_reward_agreement(
 ) -> tuple[Agreement, pd.DataFrame | None]:
     """(the agreement of sources a and b as `judge` reports it, core.rewards.agreement_by the
     responses map's cluster, or None without a responses map)."""
-    agree = Agreement(**load_judged(path, tok, dataset, (a, b))["agreement"][f"{a} vs {b}"])
+    agree = Agreement(
+        **load_judged(path, tok, dataset, (a, b), headline=False)["agreement"][f"{a} vs {b}"]
+    )
     frame = load_reward_frame(path, tok, dataset)
     by = None
     if bool(frame["cluster"].notna().any()):

@@ -159,7 +159,10 @@ class JudgeRequest:
     """What to judge on ``dataset``, checked on construction: the reward sources ``names``
     (None: all), accuracies per value of each ``by`` column read on ``side``, the margin curve
     at ``margins``, and the calibration of ordinal sources against ``calibration_label`` in
-    ``n_bins`` confidence bins. The CLI's judge and the Rewards page build the same request."""
+    ``n_bins`` confidence bins. The CLI's judge and the Rewards page build the same request.
+    ``headline`` False leaves out each source's pairwise and 1-of-N accuracies (their bootstraps
+    cost ~47 CPU-s at 1M prompts): the page reads them once and then asks for a per-category
+    table or a margin curve alone."""
 
     dataset: str
     names: Sequence[str] | None = None
@@ -168,6 +171,7 @@ class JudgeRequest:
     margins: Sequence[float] | None = None
     calibration_label: str | None = None
     n_bins: int = 10
+    headline: bool = True
 
     def __post_init__(self) -> None:
         if self.side not in get_args(rewards.Side):
@@ -223,7 +227,7 @@ def judge(store: Store, request: JudgeRequest) -> dict[str, Any]:
         out["by_side"] = request.side
     for n, f in frames.items():
         row: dict[str, Any] = {"run_id": runs[n], "n_scores": len(f)}
-        if kind == "preferences":
+        if kind == "preferences" and request.headline:
             row["pairwise"] = rewards.pairwise_accuracy(f).to_dict()
             row["one_of_n"] = rewards.one_of_n_accuracy(f).to_dict()
         if values is not None:

@@ -23,6 +23,7 @@ from core.reward_models import (
     reward_from_logits,
     score_texts,
 )
+from core.steps.judge import JudgeRequest, judge
 from core.steps.rewards import RewardScoringConfig, score_rewards
 from core.store import RunRecord, Store
 from tests.conftest import CHAT_TEMPLATE, TINY_D_MODEL, _copy_tokenizer, run_cli
@@ -719,6 +720,14 @@ def test_judge_by_label_tag_and_cluster_with_margins(
     out = capsys.readouterr().out
     assert "by difficulty (side rejected):" in out
     assert "1-of-N accuracy n/a (not defined per rejected response)" in out
+
+    # the Rewards page's per-category call: the same tables, without the headline bootstraps
+    full = judge(store, JudgeRequest("prefs", by=["difficulty"], margins=[0, 1]))
+    alone = judge(store, JudgeRequest("prefs", by=["difficulty"], margins=[0, 1], headline=False))
+    assert "pairwise" in full["sources"]["imp"] and "one_of_n" in full["sources"]["imp"]
+    assert "pairwise" not in alone["sources"]["imp"] and "one_of_n" not in alone["sources"]["imp"]
+    for part in ("by", "margins"):
+        assert alone["sources"]["imp"][part] == full["sources"]["imp"][part]
 
 
 def test_judge_with_no_reward_sources_is_an_error_not_silence(
